@@ -1,138 +1,76 @@
 //! wal-core: a segmented, crash-safe write-ahead log with group commit.
 //!
-//! SKELETON: the public API below is the contract other crates build on.
-//! Bodies are filled in by the wal-core implementation.
+//! A [`Wal`] is a directory of segment files holding opaque records, each
+//! numbered by a dense, strictly increasing [`Lsn`]. Appends from many
+//! threads share one write and one fdatasync ([`SyncPolicy::Always`]);
+//! opening the log recovers it, cutting a torn tail and refusing real
+//! corruption; [`Wal::truncate_before`] drops segments a snapshot has made
+//! redundant. The on-disk format, the recovery rules and what is assumed of
+//! the disk are in `docs/format.md`.
+//!
+//! ```
+//! use wal_core::{Wal, WalOptions};
+//!
+//! # fn main() -> wal_core::Result<()> {
+//! # let tmp = tempfile::tempdir().unwrap();
+//! # let dir = tmp.path().join("wal");
+//! let wal = Wal::open(&dir, WalOptions::default())?;
+//! let first = wal.append(b"hello")?; // durable when this returns
+//! let batch = wal.append_batch(&[&b"a"[..], b"b"])?;
+//! assert_eq!((first, batch), (1, 2..4));
+//! drop(wal);
+//!
+//! // Reopening recovers; iteration starts at any LSN.
+//! let wal = Wal::open(&dir, WalOptions::default())?;
+//! let records: Vec<Vec<u8>> = wal
+//!     .iter_from(2)?
+//!     .map(|r| r.map(|r| r.data))
+//!     .collect::<Result<_, _>>()?;
+//! assert_eq!(records, vec![b"a".to_vec(), b"b".to_vec()]);
+//! assert_eq!(wal.next_lsn(), 4);
+//! # Ok(())
+//! # }
+//! ```
 
 #![warn(missing_docs)]
 
-use std::ops::Range;
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
-
+mod error;
+mod format;
+mod options;
+mod reader;
+mod recovery;
+mod segment;
 pub mod vfs;
-pub use vfs::{DirLock, StdFs, Vfs, VfsFile};
+mod writer;
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod sim;
+
+use std::ops::Range;
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub use error::{Error, Result};
+pub use options::{RecoveryMode, SyncPolicy, WalOptions};
+pub use reader::WalIter;
+pub use vfs::{DirLock, StdFs, Vfs, VfsFile};
+
+use writer::{Shared, lock};
 
 /// A log sequence number. The first record of a new log gets LSN 1; LSNs are
 /// dense, strictly increasing and never reused. 0 means "no record".
 pub type Lsn = u64;
 
-/// Result alias for wal-core.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Errors (skeleton; the implementation refines the variants).
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum Error {
-    /// An I/O operation failed.
-    Io {
-        /// What the log was doing.
-        op: &'static str,
-        /// The file or directory involved.
-        path: std::path::PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// A record exceeds the maximum record size.
-    RecordTooLarge {
-        /// The record's size in bytes.
-        size: usize,
-        /// The configured maximum.
-        max: u32,
-    },
-    /// The log is in fail-stop after a failed sync: reopen it.
-    Poisoned {
-        /// The original failure.
-        reason: String,
-    },
-    /// Another handle (this process or another) holds the directory lock.
-    Locked {
-        /// The log directory.
-        dir: std::path::PathBuf,
-    },
-    /// Corruption that recovery may not cut away.
-    Corrupt {
-        /// The segment file.
-        segment: std::path::PathBuf,
-        /// Byte offset in the segment file.
-        offset: u64,
-        /// What is wrong.
-        reason: String,
-    },
-}
-
-impl std::fmt::Display for Error {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{self:?}")
-    }
-}
-impl std::error::Error for Error {}
-
-/// When `append` returns relative to durability.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SyncPolicy {
-    /// Durable (fdatasync) before `append` returns; concurrent appenders share
-    /// one write and one fdatasync (leader/follower, no timer).
-    Always,
-    /// Durable before return; the sync leader waits up to `max_delay` for more
-    /// appenders to join its group.
-    GroupCommit {
-        /// Longest a leader waits to gather a group.
-        max_delay: Duration,
-    },
-    /// A background thread syncs every `period`; a crash may lose up to one
-    /// period of acknowledged appends.
-    Interval {
-        /// Time between background syncs.
-        period: Duration,
-    },
-    /// Never sync explicitly (except on rotation, close and `sync`).
-    Never,
-}
-
-/// What open does with corruption that is not a torn tail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RecoveryMode {
-    /// Fail with [`Error::Corrupt`] naming segment and offset.
-    #[default]
-    Strict,
-    /// Cut the log at the first bad record, reporting what was dropped.
-    TruncateAtCorruption,
-}
-
-/// Options for [`Wal::open`].
-#[derive(Debug, Clone)]
-pub struct WalOptions {
-    /// Rotate to a new segment once the active one reaches this many bytes.
-    pub segment_size: u64,
-    /// Durability of `append`.
-    pub sync_policy: SyncPolicy,
-    /// Largest record payload accepted on write and on read.
-    pub max_record_size: u32,
-    /// Treatment of mid-log corruption.
-    pub recovery_mode: RecoveryMode,
-}
-
-impl Default for WalOptions {
-    fn default() -> Self {
-        WalOptions {
-            segment_size: 64 << 20,
-            sync_policy: SyncPolicy::Always,
-            max_record_size: 16 << 20,
-            recovery_mode: RecoveryMode::Strict,
-        }
-    }
-}
-
 /// What open found and did.
 #[derive(Debug, Clone, Default)]
 pub struct RecoveryReport {
-    /// Human-readable warnings (torn tail cut: file, offset, bytes).
+    /// Human-readable warnings, one per thing recovery cut or repaired (torn
+    /// tail cut: file, offset, bytes; in tolerant mode also the corruption
+    /// and every segment removed).
     pub warnings: Vec<String>,
-    /// Records found.
+    /// Records in the log after recovery.
     pub records: u64,
 }
 
@@ -145,81 +83,169 @@ pub struct Record {
     pub data: Vec<u8>,
 }
 
-/// Iterator over records from some LSN.
-#[derive(Debug)]
-pub struct WalIter {
-    _p: (),
-}
-
-impl Iterator for WalIter {
-    type Item = Result<Record>;
-    fn next(&mut self) -> Option<Self::Item> {
-        todo!()
-    }
-}
-
 /// The log. `Send + Sync`; share it with `Arc` or by reference.
+///
+/// Dropping it syncs what was written (best effort: errors are ignored, call
+/// [`Wal::sync`] first to see them) and releases the directory lock.
 #[derive(Debug)]
 pub struct Wal {
-    _p: (),
+    shared: Arc<Shared>,
+    /// The background thread of [`SyncPolicy::Interval`].
+    syncer: Option<IntervalSyncer>,
 }
 
 impl Wal {
     /// Opens (creating if needed) and recovers the log in `dir`.
+    ///
+    /// Fails with [`Error::Locked`] if the log is already open, with
+    /// [`Error::Corrupt`] on corruption that is not a torn tail (in
+    /// [`RecoveryMode::Strict`]), with [`Error::UnsupportedVersion`] on
+    /// segments of another format version.
     pub fn open(dir: impl AsRef<Path>, options: WalOptions) -> Result<Wal> {
         Self::open_with_vfs(dir, options, StdFs::shared())
     }
+
     /// As [`Wal::open`], on the given file layer.
     pub fn open_with_vfs(
-        _dir: impl AsRef<Path>,
-        _options: WalOptions,
-        _vfs: Arc<dyn Vfs>,
+        dir: impl AsRef<Path>,
+        options: WalOptions,
+        vfs: Arc<dyn Vfs>,
     ) -> Result<Wal> {
-        todo!()
+        let policy = options.sync_policy;
+        let shared = Arc::new(Shared::open(dir.as_ref(), options, vfs)?);
+        let syncer = match policy {
+            SyncPolicy::Interval { period } => {
+                Some(IntervalSyncer::start(Arc::clone(&shared), period)?)
+            }
+            _ => None,
+        };
+        Ok(Wal { shared, syncer })
     }
-    /// What recovery found.
+
+    /// What recovery found and did.
     pub fn recovery_report(&self) -> &RecoveryReport {
-        todo!()
+        self.shared.report()
     }
-    /// Appends one record; returns its LSN once durable per the sync policy.
-    pub fn append(&self, _record: &[u8]) -> Result<Lsn> {
-        todo!()
+
+    /// Appends one record; returns its LSN once it is written and as durable
+    /// as the sync policy promises.
+    ///
+    /// Fails with [`Error::RecordTooLarge`] beyond `max_record_size`, with
+    /// the I/O error if this call's group failed to write or sync, and with
+    /// [`Error::Poisoned`] once any earlier write or sync failed.
+    pub fn append(&self, record: &[u8]) -> Result<Lsn> {
+        Ok(self.shared.append(&[record])?.start)
     }
-    /// Appends records atomically in order with one write; returns their LSNs.
-    pub fn append_batch<R: AsRef<[u8]>>(&self, _records: &[R]) -> Result<Range<Lsn>> {
-        todo!()
+
+    /// Appends records in order with one write; returns their LSNs
+    /// (contiguous). All or nothing: if a crash interrupts the write, recovery
+    /// drops the whole batch. A batch never spans segments.
+    pub fn append_batch<R: AsRef<[u8]>>(&self, records: &[R]) -> Result<Range<Lsn>> {
+        self.shared.append(records)
     }
-    /// Makes everything appended so far durable.
+
+    /// Makes everything appended so far durable (fdatasync), whatever the
+    /// sync policy.
     pub fn sync(&self) -> Result<()> {
-        todo!()
+        self.shared.sync()
     }
-    /// Iterates over records with LSN >= `lsn`.
-    pub fn iter_from(&self, _lsn: Lsn) -> Result<WalIter> {
-        todo!()
+
+    /// Iterates over records with LSN >= `lsn` (from the oldest one held if
+    /// `lsn` is below it), up to the last record written when this is called.
+    /// Appends may go on meanwhile; see [`WalIter`] for what happens when
+    /// [`Wal::truncate_before`] runs concurrently.
+    pub fn iter_from(&self, lsn: Lsn) -> Result<WalIter> {
+        Ok(self.shared.iter_from(lsn))
     }
+
     /// LSN of the oldest record still held, if any.
     pub fn first_lsn(&self) -> Option<Lsn> {
-        todo!()
+        self.shared.first_lsn()
     }
-    /// LSN of the newest record, if any.
+
+    /// LSN of the newest record (appended, possibly still being written),
+    /// if any record is held.
     pub fn last_lsn(&self) -> Option<Lsn> {
-        todo!()
+        self.shared.last_lsn()
     }
+
     /// The LSN the next append will get.
     pub fn next_lsn(&self) -> Lsn {
-        todo!()
+        self.shared.next_lsn()
     }
-    /// Seals the active segment and starts a new one at `next_lsn()`.
+
+    /// Seals the active segment (synced) and starts a new one whose header
+    /// carries `next_lsn()`, so that [`Wal::truncate_before`] can then
+    /// delete everything appended so far and the next LSN still survives a
+    /// reopen. Does nothing if the active segment holds no record yet.
     pub fn rotate(&self) -> Result<()> {
-        todo!()
+        self.shared.rotate()
     }
-    /// Deletes whole segments whose records all have LSN < `lsn`; never the
-    /// active segment. Returns how many segments were deleted.
-    pub fn truncate_before(&self, _lsn: Lsn) -> Result<usize> {
-        todo!()
+
+    /// Deletes whole segments whose records all have LSN < `lsn`, oldest
+    /// first, never the active segment, with a directory fsync after each
+    /// deletion. Returns how many segments were deleted.
+    pub fn truncate_before(&self, lsn: Lsn) -> Result<usize> {
+        self.shared.truncate_before(lsn)
     }
+
     /// Total bytes of all segment files.
     pub fn disk_size(&self) -> u64 {
-        todo!()
+        self.shared.disk_size()
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        if let Some(syncer) = self.syncer.take() {
+            syncer.stop();
+        }
+        if !self.shared.is_poisoned() {
+            // Best effort: a caller who cares calls `sync` and sees errors.
+            let _ = self.shared.sync();
+        }
+    }
+}
+
+/// The background thread of [`SyncPolicy::Interval`].
+#[derive(Debug)]
+struct IntervalSyncer {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: JoinHandle<()>,
+}
+
+impl IntervalSyncer {
+    fn start(shared: Arc<Shared>, period: Duration) -> Result<IntervalSyncer> {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("wal-interval-sync".to_string())
+            .spawn(move || {
+                let (stopped, wake) = &*flag;
+                loop {
+                    let guard = lock(stopped);
+                    let (guard, _) = wake
+                        .wait_timeout_while(guard, period, |stopped| !*stopped)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    if *guard {
+                        return;
+                    }
+                    drop(guard);
+                    // A failed sync poisons the log; appenders see it.
+                    if shared.sync().is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(Error::io("start interval sync thread", ""))?;
+        Ok(IntervalSyncer { stop, thread })
+    }
+
+    fn stop(self) {
+        *lock(&self.stop.0) = true;
+        self.stop.1.notify_all();
+        // The thread only syncs and exits; a panic in it has nothing to
+        // hand back.
+        let _ = self.thread.join();
     }
 }

@@ -9,7 +9,9 @@
 //! shared file cursor.
 
 use std::fmt;
+use std::fs::{File, TryLockError};
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -75,3 +77,117 @@ impl StdFs {
         Arc::new(StdFs)
     }
 }
+
+/// Name of the lock file [`StdFs::lock_dir`] creates in the log directory.
+pub const LOCK_FILE_NAME: &str = "LOCK";
+
+impl Vfs for StdFs {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path)
+    }
+
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(path)? {
+            // Names that are not UTF-8 cannot be segment names: skip them.
+            if let Ok(name) = entry?.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn VfsFile>> {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        Ok(Box::new(StdFile { file }))
+    }
+
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn VfsFile>> {
+        Ok(Box::new(StdFile {
+            file: File::open(path)?,
+        }))
+    }
+
+    fn open_write(&self, path: &Path) -> io::Result<Box<dyn VfsFile>> {
+        let file = File::options().read(true).write(true).open(path)?;
+        Ok(Box::new(StdFile { file }))
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        // On Linux a directory opened read-only can be fsynced; that makes
+        // its entries (created, renamed, removed files) durable.
+        File::open(path)?.sync_all()
+    }
+
+    fn lock_dir(&self, path: &Path) -> io::Result<Box<dyn DirLock>> {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path.join(LOCK_FILE_NAME))?;
+        // `try_lock` is flock(2) on Unix: it belongs to this open file
+        // description, so a second open in the same process conflicts too.
+        match file.try_lock() {
+            Ok(()) => Ok(Box::new(StdDirLock { _file: file })),
+            Err(TryLockError::WouldBlock) => Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "the directory lock is held",
+            )),
+            Err(TryLockError::Error(e)) => Err(e),
+        }
+    }
+}
+
+/// A file of [`StdFs`].
+#[derive(Debug)]
+struct StdFile {
+    file: File,
+}
+
+impl VfsFile for StdFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        loop {
+            match self.file.read_at(buf, offset) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        FileExt::write_all_at(&self.file, buf, offset)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+}
+
+/// The lock of [`StdFs::lock_dir`]: closing the file releases the flock.
+#[derive(Debug)]
+struct StdDirLock {
+    _file: File,
+}
+
+impl DirLock for StdDirLock {}

@@ -1,0 +1,433 @@
+//! Open = recover: scan the segments in LSN order, cut a torn tail, refuse
+//! (or, in [`RecoveryMode::TruncateAtCorruption`], cut) anything else that
+//! is wrong. Nothing is skipped silently: every cut is in the report.
+//!
+//! Torn tail or corruption? A record that fails its checks in the *last*
+//! segment is a torn tail iff no valid record (checksum intact, LSN at or
+//! after the expected one) starts anywhere after it in that segment. An
+//! interrupted write only ever loses a suffix of what it wrote; intact
+//! records after a bad one mean the bad one was once written whole, was
+//! followed by more writes, and then decayed: that is corruption. In any
+//! other segment every problem is corruption, because a segment is synced
+//! before the next one is created.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::format::{
+    self, FLAG_BATCH_CONTINUES, HeaderError, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+};
+use crate::options::{RecoveryMode, WalOptions};
+use crate::reader::{SegmentReader, Step};
+use crate::segment::{self, SegmentMeta};
+use crate::vfs::{Vfs, VfsFile};
+use crate::{Lsn, RecoveryReport};
+
+/// The log as recovery left it, ready for appends.
+pub(crate) struct Recovered {
+    /// Segments, oldest first; the last is the active one.
+    pub segments: Vec<SegmentMeta>,
+    /// The active segment, open for writing.
+    pub active: Box<dyn VfsFile>,
+    /// Bytes of the active segment; the next record goes here.
+    pub active_len: u64,
+    /// The LSN of the next append.
+    pub next_lsn: Lsn,
+    /// What recovery found and did.
+    pub report: RecoveryReport,
+}
+
+/// What scanning one segment found.
+struct SegmentScan {
+    file_len: u64,
+    /// End of the valid prefix of records.
+    end: u64,
+    /// LSN after the last valid record.
+    next_lsn: Lsn,
+    records: u64,
+    /// Start (offset, LSN) of a batch whose last record is missing.
+    open_batch: Option<(u64, Lsn)>,
+    problem: Option<Problem>,
+}
+
+enum Problem {
+    /// The last segment holds nothing but an incomplete header: its
+    /// creation was interrupted, no record was ever acknowledged in it.
+    TornHeader(HeaderError),
+    /// The segment header is bad.
+    BadHeader(String),
+    /// The last segment ends in an incomplete write.
+    TornTail { offset: u64, reason: String },
+    /// A bad record that is not a torn tail.
+    Corrupt { offset: u64, reason: String },
+}
+
+/// Where tolerant recovery cuts the log.
+struct Cut {
+    /// Index into the segment list.
+    index: usize,
+    /// Keep this many bytes of the segment; `None`: remove it whole.
+    keep: Option<u64>,
+}
+
+impl Cut {
+    /// Keeps segment `index` as it is; only later segments go.
+    fn keeping_whole(self) -> Cut {
+        Cut {
+            keep: Some(u64::MAX),
+            ..self
+        }
+    }
+}
+
+/// Recovers the log in `dir` (already locked by the caller).
+pub(crate) fn recover(vfs: &dyn Vfs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
+    let mut names: Vec<(Lsn, PathBuf)> = vfs
+        .list_dir(dir)
+        .map_err(Error::io("list log directory", dir))?
+        .into_iter()
+        .filter_map(|name| format::parse_segment_file_name(&name).map(|lsn| (lsn, dir.join(name))))
+        .collect();
+    names.sort();
+
+    let mut report = RecoveryReport::default();
+    let mut kept: Vec<SegmentMeta> = Vec::new();
+    let mut cut: Option<Cut> = None;
+    // Expected first LSN of the next segment.
+    let mut expected: Option<Lsn> = None;
+    let mut open_batch = None;
+    let mut dir_changed = false;
+    let strict = options.recovery_mode == RecoveryMode::Strict;
+    let fail_or_cut = |path: &Path, offset: u64, reason: String, report: &mut RecoveryReport| {
+        if strict {
+            return Err(Error::Corrupt {
+                segment: path.to_path_buf(),
+                offset,
+                reason,
+            });
+        }
+        report.warnings.push(format!(
+            "corruption in {} at offset {offset}: {reason}; the log is cut there",
+            path.display()
+        ));
+        Ok(())
+    };
+
+    for (index, (name_lsn, path)) in names.iter().enumerate() {
+        let is_last = index + 1 == names.len();
+        let start_ok = match expected {
+            None if *name_lsn == 0 => Err("segment file name carries LSN 0".to_string()),
+            Some(e) if *name_lsn != e => Err(format!(
+                "LSN gap: the previous segment ends before LSN {e}, this one starts at {name_lsn}"
+            )),
+            _ => Ok(()),
+        };
+        if let Err(reason) = start_ok {
+            fail_or_cut(path, 0, reason, &mut report)?;
+            cut = Some(Cut { index, keep: None });
+            break;
+        }
+        let scan = scan_segment(vfs, path, *name_lsn, is_last, options.max_record_size)?;
+        let mut keep_len = scan.end;
+        let mut file_len = scan.file_len;
+        match scan.problem {
+            None => {}
+            Some(Problem::TornHeader(e)) => {
+                rewrite_header(vfs, path, *name_lsn)?;
+                file_len = SEGMENT_HEADER_LEN as u64;
+                dir_changed = true;
+                report.warnings.push(format!(
+                    "incomplete segment creation in {} ({}, {} bytes): header rewritten",
+                    path.display(),
+                    e.describe(),
+                    scan.file_len
+                ));
+            }
+            Some(Problem::BadHeader(reason)) => {
+                fail_or_cut(path, 0, reason, &mut report)?;
+                cut = Some(Cut { index, keep: None });
+                break;
+            }
+            Some(Problem::TornTail { offset, reason }) => {
+                report.warnings.push(format!(
+                    "torn tail in {}: cut {} bytes at offset {offset} ({reason})",
+                    path.display(),
+                    scan.file_len - offset
+                ));
+                keep_len = offset;
+            }
+            Some(Problem::Corrupt { offset, reason }) => {
+                fail_or_cut(path, offset, reason, &mut report)?;
+                report.records += scan.records;
+                kept.push(SegmentMeta {
+                    first_lsn: *name_lsn,
+                    path: path.clone(),
+                    len: scan.file_len,
+                });
+                expected = Some(scan.next_lsn);
+                open_batch = scan.open_batch;
+                cut = Some(Cut {
+                    index,
+                    keep: Some(offset),
+                });
+                break;
+            }
+        }
+        report.records += scan.records;
+        kept.push(SegmentMeta {
+            first_lsn: *name_lsn,
+            path: path.clone(),
+            len: file_len,
+        });
+        if keep_len < file_len {
+            truncate_file(vfs, path, keep_len)?;
+            if let Some(last) = kept.last_mut() {
+                last.len = keep_len;
+            }
+        }
+        expected = Some(scan.next_lsn);
+        open_batch = scan.open_batch;
+        if let (false, Some((offset, _))) = (is_last, open_batch) {
+            // Batches never span segments, and a segment is complete before
+            // the next one exists.
+            fail_or_cut(
+                path,
+                offset,
+                "segment ends inside a batch".to_string(),
+                &mut report,
+            )?;
+            // The batch rule below cuts this segment back to the batch.
+            cut = Some(Cut { index, keep: None }.keeping_whole());
+            break;
+        }
+    }
+
+    if let Some(cut) = cut {
+        // Newest first, so that a crash in the middle leaves a prefix of the
+        // log, which the next tolerant open cuts the same way.
+        for (_, path) in names[cut.index + 1..].iter().rev() {
+            remove_segment(vfs, path, &mut report)?;
+        }
+        match cut.keep {
+            None => {
+                remove_segment(vfs, &names[cut.index].1, &mut report)?;
+            }
+            Some(keep) => {
+                if let Some(last) = kept.last_mut()
+                    && keep < last.len
+                {
+                    report.warnings.push(format!(
+                        "cut {} bytes of {} at offset {keep}",
+                        last.len - keep,
+                        last.path.display()
+                    ));
+                    truncate_file(vfs, &last.path, keep)?;
+                    last.len = keep;
+                }
+            }
+        }
+        dir_changed = true;
+    }
+
+    // An `append_batch` is all or nothing: a batch whose last record did not
+    // make it is cut back to its first record.
+    if let (Some((offset, first_lsn)), Some(last)) = (open_batch, kept.last_mut())
+        && offset < last.len
+    {
+        let next = expected.unwrap_or(first_lsn);
+        report.warnings.push(format!(
+            "incomplete batch in {}: cut {} bytes ({} records from LSN {first_lsn}) at offset {offset}",
+            last.path.display(),
+            last.len - offset,
+            next - first_lsn
+        ));
+        truncate_file(vfs, &last.path, offset)?;
+        last.len = offset;
+        report.records -= next - first_lsn;
+        expected = Some(first_lsn);
+    }
+
+    if dir_changed {
+        vfs.sync_dir(dir)
+            .map_err(Error::io("sync log directory", dir))?;
+    }
+
+    let Some(last) = kept.last() else {
+        // A new log, or a tolerant cut removed everything: start a segment
+        // where the log would continue, so no LSN is ever reused.
+        let first_lsn = names.first().map_or(1, |(lsn, _)| (*lsn).max(1));
+        let (file, path) = segment::create_segment(vfs, dir, first_lsn)?;
+        return Ok(Recovered {
+            segments: vec![SegmentMeta {
+                first_lsn,
+                path,
+                len: SEGMENT_HEADER_LEN as u64,
+            }],
+            active: file,
+            active_len: SEGMENT_HEADER_LEN as u64,
+            next_lsn: first_lsn,
+            report,
+        });
+    };
+    let active = vfs
+        .open_write(&last.path)
+        .map_err(Error::io("open active segment", &last.path))?;
+    let active_len = last.len;
+    let next_lsn = expected.unwrap_or(last.first_lsn);
+    Ok(Recovered {
+        segments: kept,
+        active,
+        active_len,
+        next_lsn,
+        report,
+    })
+}
+
+/// Reads one segment and classifies what is wrong with it, if anything.
+fn scan_segment(
+    vfs: &dyn Vfs,
+    path: &Path,
+    first_lsn: Lsn,
+    is_last: bool,
+    max_record_size: u32,
+) -> Result<SegmentScan> {
+    let io_err = || Error::io("read segment", path);
+    let file = vfs
+        .open_read(path)
+        .map_err(Error::io("open segment", path))?;
+    let mut reader = SegmentReader::new(file, max_record_size).map_err(io_err())?;
+    let file_len = reader.file_len();
+    let mut scan = SegmentScan {
+        file_len,
+        end: SEGMENT_HEADER_LEN as u64,
+        next_lsn: first_lsn,
+        records: 0,
+        open_batch: None,
+        problem: None,
+    };
+    match reader.read_header().map_err(io_err())? {
+        Ok(lsn) if lsn == first_lsn => {}
+        Ok(lsn) => {
+            scan.problem = Some(Problem::BadHeader(format!(
+                "segment header says first LSN {lsn}, the file name says {first_lsn}"
+            )));
+            return Ok(scan);
+        }
+        Err(HeaderError::UnsupportedVersion(version)) => {
+            return Err(Error::UnsupportedVersion {
+                segment: path.to_path_buf(),
+                version,
+                supported: format::FORMAT_VERSION,
+            });
+        }
+        // Records are written only after the header was synced, so a bad
+        // header with nothing after it is an interrupted creation.
+        Err(e) if is_last && file_len <= SEGMENT_HEADER_LEN as u64 => {
+            scan.problem = Some(Problem::TornHeader(e));
+            return Ok(scan);
+        }
+        Err(e) => {
+            scan.problem = Some(Problem::BadHeader(e.describe()));
+            return Ok(scan);
+        }
+    }
+    loop {
+        match reader.next_step().map_err(io_err())? {
+            Step::End => return Ok(scan),
+            Step::Record {
+                offset,
+                lsn,
+                flags,
+                payload,
+            } => {
+                if lsn != scan.next_lsn {
+                    scan.problem = Some(Problem::Corrupt {
+                        offset,
+                        reason: format!("expected LSN {}, found {lsn}", scan.next_lsn),
+                    });
+                    return Ok(scan);
+                }
+                let continues = flags & FLAG_BATCH_CONTINUES != 0;
+                match (scan.open_batch, continues) {
+                    (None, true) => scan.open_batch = Some((offset, lsn)),
+                    (Some(_), false) => scan.open_batch = None,
+                    _ => {}
+                }
+                scan.next_lsn += 1;
+                scan.records += 1;
+                scan.end = offset + format::framed_len(payload.len());
+            }
+            Step::Bad { offset, error } => {
+                let reason = error.describe();
+                let torn = is_last
+                    && !valid_record_after(&mut reader, offset, scan.next_lsn, max_record_size)
+                        .map_err(io_err())?;
+                scan.problem = Some(if torn {
+                    Problem::TornTail { offset, reason }
+                } else {
+                    Problem::Corrupt { offset, reason }
+                });
+                return Ok(scan);
+            }
+        }
+    }
+}
+
+/// Whether a valid record with LSN `>= expected` starts anywhere after the
+/// bad record at `bad_offset`. The LSN bound (a record takes at least a
+/// header, so LSNs after the bad one cannot run further than that) rejects
+/// almost every position before the checksum is computed.
+fn valid_record_after(
+    reader: &mut SegmentReader,
+    bad_offset: u64,
+    expected: Lsn,
+    max_record_size: u32,
+) -> std::io::Result<bool> {
+    let rest = reader.read_rest(bad_offset)?;
+    let most_records = (rest.len() / RECORD_HEADER_LEN) as u64;
+    for start in 1..rest.len() {
+        let Some(raw) = rest.get(start..start + RECORD_HEADER_LEN) else {
+            break;
+        };
+        let mut h = [0u8; RECORD_HEADER_LEN];
+        h.copy_from_slice(raw);
+        let header = format::RecordHeader::parse(&h);
+        if header.lsn < expected || header.lsn > expected + most_records {
+            continue;
+        }
+        if format::decode_record(&rest[start..], max_record_size).is_ok() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn rewrite_header(vfs: &dyn Vfs, path: &Path, first_lsn: Lsn) -> Result<()> {
+    let file = vfs
+        .open_write(path)
+        .map_err(Error::io("open segment", path))?;
+    file.write_all_at(&format::encode_segment_header(first_lsn), 0)
+        .map_err(Error::io("write segment header", path))?;
+    file.set_len(SEGMENT_HEADER_LEN as u64)
+        .map_err(Error::io("truncate segment", path))?;
+    file.sync_data().map_err(Error::io("sync segment", path))
+}
+
+/// Cuts a segment to `len` bytes, durably, before anything is appended.
+fn truncate_file(vfs: &dyn Vfs, path: &Path, len: u64) -> Result<()> {
+    let file = vfs
+        .open_write(path)
+        .map_err(Error::io("open segment", path))?;
+    file.set_len(len)
+        .map_err(Error::io("truncate segment", path))?;
+    file.sync_data().map_err(Error::io("sync segment", path))
+}
+
+fn remove_segment(vfs: &dyn Vfs, path: &Path, report: &mut RecoveryReport) -> Result<()> {
+    vfs.remove_file(path)
+        .map_err(Error::io("remove segment", path))?;
+    report
+        .warnings
+        .push(format!("removed segment {} after the cut", path.display()));
+    Ok(())
+}
