@@ -1,0 +1,329 @@
+//! The commit pipeline: one thread that turns submitted writes into durable,
+//! applied, acknowledged ones.
+//!
+//! Callers ([`KeyValueStore::submit_put`](crate::KeyValueStore::submit_put)
+//! and `submit_delete`) validate and encode their write in their own thread
+//! and queue it on a channel. The commit thread takes everything queued (up
+//! to a cap), and for that whole batch:
+//!
+//! 1. decides which deletes write anything (a delete of a key that is absent,
+//!    after the earlier writes of the same batch, writes nothing);
+//! 2. fills in the LSNs, which it can predict because it is the log's only
+//!    appender, and appends the batch with one `Wal::append_batch`: under
+//!    `SyncPolicy::Always` one write and one fdatasync for all writers queued
+//!    meanwhile, which is group commit across connections;
+//! 3. applies the batch to the map in LSN order, under the write lock;
+//! 4. completes the callers' [`Pending`]s.
+//!
+//! So the log comes first, then memory, then the acknowledgement, and a
+//! reader never sees a write that a crash could take back. Steps 2 and 3 run
+//! under the commit lock, which a checkpoint takes to find a point where the
+//! log and the map agree.
+//!
+//! A failed append is fail-stop: the store records the reason, every write of
+//! that batch and every later one fails with [`Error::Unavailable`], and reads
+//! keep working on the state that was acknowledged.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+use std::task::{Context, Poll};
+
+use tokio::sync::oneshot;
+use wal_core::Lsn;
+
+use crate::checkpoint;
+use crate::error::{Error, Result};
+use crate::record;
+use crate::state::Entry;
+use crate::store::{Shared, lock, read, write};
+
+/// Most writes in one batch.
+const MAX_BATCH_OPS: usize = 4096;
+/// Most record bytes in one batch (a batch may exceed it by one record).
+const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// A message to the commit thread.
+pub(crate) enum Command {
+    /// Set a key.
+    Put {
+        /// The encoded `LogEntry`, `seq` still to be filled in.
+        record: Vec<u8>,
+        /// The map entry to apply.
+        entry: Entry,
+        /// Completion.
+        done: oneshot::Sender<Result<Lsn>>,
+    },
+    /// Remove a key.
+    Delete {
+        /// The encoded `LogEntry`, `seq` still to be filled in.
+        record: Vec<u8>,
+        /// The key.
+        key: Box<[u8]>,
+        /// Completion.
+        done: oneshot::Sender<Result<Option<Lsn>>>,
+    },
+    /// Finish what was queued before, sync the log, and stop.
+    Close {
+        /// Completion.
+        done: oneshot::Sender<Result<()>>,
+    },
+}
+
+impl Command {
+    fn record_len(&self) -> usize {
+        match self {
+            Command::Put { record, .. } | Command::Delete { record, .. } => record.len(),
+            Command::Close { .. } => 0,
+        }
+    }
+
+    fn fail(self, reason: &str) {
+        // A caller that dropped its Pending no longer waits: ignore send errors.
+        match self {
+            Command::Put { done, .. } => {
+                let _ = done.send(Err(Error::Unavailable(reason.to_string())));
+            }
+            Command::Delete { done, .. } => {
+                let _ = done.send(Err(Error::Unavailable(reason.to_string())));
+            }
+            Command::Close { done } => {
+                let _ = done.send(Err(Error::Unavailable(reason.to_string())));
+            }
+        }
+    }
+}
+
+/// A write submitted to the commit pipeline; resolves once it is durable (as
+/// the sync policy promises) and applied. Submission order on one thread is
+/// commit order.
+///
+/// Await it from async code: the commit thread completes it, so no runtime
+/// worker ever blocks on an fsync. [`Pending::wait`] is for threads that may
+/// block. Dropping a `Pending` does not cancel the write; it only stops
+/// waiting for it.
+#[must_use = "a write is only known to be durable once its Pending resolves"]
+pub struct Pending<T> {
+    rx: oneshot::Receiver<Result<T>>,
+}
+
+impl<T> std::fmt::Debug for Pending<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").finish_non_exhaustive()
+    }
+}
+
+fn closed_error() -> Error {
+    Error::Unavailable("the store closed before the write was committed".into())
+}
+
+impl<T> Pending<T> {
+    pub(crate) fn new(rx: oneshot::Receiver<Result<T>>) -> Self {
+        Pending { rx }
+    }
+
+    /// Blocks the current thread until the write is durable and applied.
+    ///
+    /// # Panics
+    ///
+    /// If called from within an asynchronous execution context (a tokio
+    /// runtime's thread): blocking there would stall other tasks. Await the
+    /// `Pending` instead, or call this from `spawn_blocking`.
+    pub fn wait(self) -> Result<T> {
+        self.rx
+            .blocking_recv()
+            .unwrap_or_else(|_| Err(closed_error()))
+    }
+}
+
+impl<T> Future for Pending<T> {
+    type Output = Result<T>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|_| Err(closed_error())))
+    }
+}
+
+/// The commit thread's body: runs until a `Close` arrives or every sender is
+/// gone (the last store handle dropped), then syncs the log.
+pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Command>) {
+    let mut batch: Vec<Command> = Vec::with_capacity(MAX_BATCH_OPS);
+    let mut close = None;
+    while let Ok(first) = rx.recv() {
+        let mut bytes = 0;
+        let mut next = Some(first);
+        while let Some(cmd) = next.take() {
+            if let Command::Close { done } = cmd {
+                close = Some(done);
+                break;
+            }
+            bytes += cmd.record_len();
+            batch.push(cmd);
+            if batch.len() >= MAX_BATCH_OPS || bytes >= MAX_BATCH_BYTES {
+                break;
+            }
+            // Empty or disconnected: commit what we have.
+            next = rx.try_recv().ok();
+        }
+        if !batch.is_empty() {
+            commit(&shared, &mut batch);
+            checkpoint::maybe_start_auto(&shared);
+        }
+        if close.is_some() {
+            break;
+        }
+    }
+    // Commands still queued are dropped with the receiver; their Pendings then
+    // resolve to Unavailable. Make what was acknowledged durable (it already
+    // is under SyncPolicy::Always; under relaxed policies this is the point).
+    let synced = if shared.failure().is_some() {
+        Ok(())
+    } else {
+        shared.wal.sync().map_err(Error::from)
+    };
+    if let Err(e) = &synced {
+        tracing::warn!(error = %e, "syncing the log at close failed");
+    }
+    if let Some(done) = close {
+        let _ = done.send(synced);
+    }
+}
+
+/// What one command of a batch turned into.
+enum Done {
+    Put(oneshot::Sender<Result<Lsn>>, Lsn),
+    Delete(oneshot::Sender<Result<Option<Lsn>>>, Option<Lsn>),
+}
+
+fn commit(shared: &Shared, batch: &mut Vec<Command>) {
+    if let Some(reason) = shared.failure() {
+        for cmd in batch.drain(..) {
+            cmd.fail(reason);
+        }
+        return;
+    }
+    let commit_guard = lock(&shared.commit_lock);
+    let first = shared.wal.next_lsn();
+
+    // Which commands write, and at which LSN. Only deletes need the map: a
+    // put always writes.
+    let mut lsns: Vec<Option<Lsn>> = Vec::with_capacity(batch.len());
+    let mut next = first;
+    if batch.iter().any(|c| matches!(c, Command::Delete { .. })) {
+        let state = read(&shared.state);
+        // Existence of keys as changed by earlier commands of this batch.
+        let mut overlay: HashMap<&[u8], bool> = HashMap::new();
+        for cmd in batch.iter() {
+            match cmd {
+                Command::Put { entry, .. } => {
+                    overlay.insert(entry.key(), true);
+                    lsns.push(Some(next));
+                    next += 1;
+                }
+                Command::Delete { key, .. } => {
+                    let exists = overlay
+                        .get(&**key)
+                        .copied()
+                        .unwrap_or_else(|| state.contains(key));
+                    if exists {
+                        overlay.insert(key, false);
+                        lsns.push(Some(next));
+                        next += 1;
+                    } else {
+                        lsns.push(None);
+                    }
+                }
+                Command::Close { .. } => lsns.push(None),
+            }
+        }
+    } else {
+        for _ in batch.iter() {
+            lsns.push(Some(next));
+            next += 1;
+        }
+    }
+
+    if next > first {
+        let mut starts = Vec::with_capacity((next - first) as usize);
+        for (cmd, lsn) in batch.iter_mut().zip(&lsns) {
+            if let (Some(lsn), Command::Put { record, .. } | Command::Delete { record, .. }) =
+                (lsn, cmd)
+            {
+                starts.push(record::fill_seq(record, *lsn));
+            }
+        }
+        let records: Vec<&[u8]> = batch
+            .iter()
+            .zip(&lsns)
+            .filter(|(_, lsn)| lsn.is_some())
+            .zip(&starts)
+            .filter_map(|((cmd, _), &start)| match cmd {
+                Command::Put { record, .. } | Command::Delete { record, .. } => {
+                    Some(&record[start..])
+                }
+                Command::Close { .. } => None,
+            })
+            .collect();
+        let appended = shared.wal.append_batch(&records);
+        drop(records);
+        let failure = match appended {
+            Ok(range) if range == (first..next) => None,
+            Ok(range) => Some(format!(
+                "internal error: the log assigned LSNs {range:?}, the store expected {:?}",
+                first..next
+            )),
+            Err(e) => Some(format!("write-ahead log failed: {e}")),
+        };
+        if let Some(reason) = failure {
+            tracing::error!(%reason, "the store refuses all further writes");
+            let reason = shared.set_failure(reason);
+            drop(commit_guard);
+            for cmd in batch.drain(..) {
+                cmd.fail(reason);
+            }
+            return;
+        }
+    }
+
+    // Durable: apply in LSN order, then acknowledge.
+    let mut done = Vec::with_capacity(batch.len());
+    {
+        let mut state = write(&shared.state);
+        for (cmd, lsn) in batch.drain(..).zip(lsns) {
+            match cmd {
+                Command::Put {
+                    entry, done: tx, ..
+                } => {
+                    state.put(entry);
+                    done.push(Done::Put(tx, lsn.unwrap_or(0)));
+                }
+                Command::Delete { key, done: tx, .. } => {
+                    if lsn.is_some() {
+                        state.delete(&key);
+                    }
+                    done.push(Done::Delete(tx, lsn));
+                }
+                Command::Close { done: tx } => {
+                    let _ = tx.send(Ok(()));
+                }
+            }
+        }
+        if next > first {
+            state.set_applied(next - 1);
+        }
+    }
+    drop(commit_guard);
+    for d in done {
+        match d {
+            Done::Put(tx, lsn) => {
+                let _ = tx.send(Ok(lsn));
+            }
+            Done::Delete(tx, lsn) => {
+                let _ = tx.send(Ok(lsn));
+            }
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! The store's error type.
+
+use std::path::PathBuf;
+
+use wal_core::Lsn;
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The key is empty.
+    #[error("key must not be empty")]
+    EmptyKey,
+    /// The key exceeds the maximum key size.
+    #[error("key of {size} bytes exceeds the maximum of {max}")]
+    KeyTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The value exceeds the maximum value size.
+    #[error("value of {size} bytes exceeds the maximum of {max}")]
+    ValueTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The log refuses writes (fail-stop after a failed sync) or the store is
+    /// closed: nothing was written.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The write-ahead log failed.
+    #[error("write-ahead log: {0}")]
+    Wal(#[from] wal_core::Error),
+    /// The options contradict each other (for example a maximum key plus
+    /// value size that the log's maximum record size cannot hold).
+    #[error("invalid options: {0}")]
+    InvalidOptions(String),
+    /// A snapshot file or directory operation failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What the store was doing.
+        op: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A snapshot file is damaged or not a snapshot.
+    #[error("corrupt snapshot {} at offset {offset}: {reason}", path.display())]
+    CorruptSnapshot {
+        /// The snapshot file.
+        path: PathBuf,
+        /// Byte offset of the damage in the file.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A record of the write-ahead log is whole (its checksum matched) but is
+    /// not a valid log entry for its position.
+    #[error("corrupt log entry at LSN {lsn}: {reason}")]
+    CorruptLogEntry {
+        /// The record's LSN.
+        lsn: Lsn,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Neither a snapshot nor the log can reconstruct the state: for example
+    /// the newest snapshot is corrupt and the log no longer reaches back to an
+    /// older one. Nothing was changed on disk; the message says what is
+    /// missing.
+    #[error("cannot recover: {0}")]
+    Unrecoverable(String),
+}
+
+/// Result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}

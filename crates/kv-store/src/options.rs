@@ -1,0 +1,60 @@
+//! Options of the store.
+
+use wal_core::WalOptions;
+
+use crate::error::{Error, Result};
+use crate::record;
+
+/// Options for [`KeyValueStore::open`](crate::KeyValueStore::open).
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Options of the write-ahead log (sync policy, segment size, ...).
+    pub wal: WalOptions,
+    /// Largest key accepted, in bytes.
+    pub max_key_size: usize,
+    /// Largest value accepted, in bytes.
+    pub max_value_size: usize,
+    /// Start an automatic checkpoint once the WAL exceeds this many bytes;
+    /// `None` disables automatic checkpoints.
+    pub checkpoint_after: Option<u64>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            wal: WalOptions::default(),
+            max_key_size: 64 << 10,
+            max_value_size: 4 << 20,
+            checkpoint_after: Some(256 << 20),
+        }
+    }
+}
+
+impl StoreOptions {
+    /// Checks that every key and value the limits admit fits in one log
+    /// record, so that a validated write can never be refused by the log
+    /// (which would look like a failure of the log, not of the request).
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.max_key_size == 0 {
+            return Err(Error::InvalidOptions(
+                "max_key_size must be at least 1".into(),
+            ));
+        }
+        if self.max_key_size > u32::MAX as usize {
+            return Err(Error::InvalidOptions(format!(
+                "max_key_size {} exceeds {}",
+                self.max_key_size,
+                u32::MAX
+            )));
+        }
+        let largest = record::max_encoded_len(self.max_key_size, self.max_value_size);
+        if largest > self.wal.max_record_size as usize {
+            return Err(Error::InvalidOptions(format!(
+                "a key of {} bytes and a value of {} bytes make a log record of up to {largest} \
+                 bytes, over the log's max_record_size of {}",
+                self.max_key_size, self.max_value_size, self.wal.max_record_size
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,172 @@
+//! Recovery at open: the newest valid snapshot, then the log after it.
+//!
+//! Rules:
+//! - Snapshots are tried newest first. One that cannot be read or verified
+//!   is skipped with a warning, but only in favour of an older one that the
+//!   log still covers (the log holds every record after the older one's
+//!   seq). If it does not, open fails with [`Error::Unrecoverable`] saying
+//!   which snapshot is damaged and where the log begins: silently starting
+//!   from an older state would lose acknowledged writes.
+//! - No usable snapshot means the empty state at LSN 0, valid only if the log
+//!   begins at LSN 1.
+//! - Replay checks that LSNs are dense from `seq + 1` and that each entry's
+//!   own `seq` equals its LSN.
+//! - Temp files of unfinished checkpoints are deleted.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use wal_core::{Lsn, Vfs, Wal};
+
+use crate::RecoveryInfo;
+use crate::error::{Error, Result};
+use crate::record::{self, Op};
+use crate::snapshot::{self, FileKind};
+use crate::state::{Entry, State};
+
+/// Why the log cannot be replayed forward from `seq`, or `None` if it can:
+/// it must hold every record after `seq` that was ever written.
+fn log_gap(wal: &Wal, seq: Lsn) -> Option<String> {
+    let next = wal.next_lsn();
+    let first = wal.first_lsn();
+    if next < seq + 1 {
+        return Some(format!(
+            "the log ends at LSN {}, before the snapshot's LSN {seq}",
+            next.saturating_sub(1)
+        ));
+    }
+    match first {
+        Some(first) if first > seq + 1 => Some(format!(
+            "the log begins at LSN {first}, but replay from the snapshot of LSN {seq} needs LSN {}",
+            seq + 1
+        )),
+        None if next > seq + 1 => Some(format!(
+            "the log holds no records and continues at LSN {next}, but replay from the snapshot of \
+             LSN {seq} needs LSN {}",
+            seq + 1
+        )),
+        _ => None,
+    }
+}
+
+/// Recovers the state from the snapshot directory and the (already opened)
+/// log.
+pub(crate) fn recover(
+    vfs: &Arc<dyn Vfs>,
+    snapshot_dir: &Path,
+    wal: &Wal,
+) -> Result<(State, RecoveryInfo)> {
+    let started = Instant::now();
+    let mut info = RecoveryInfo {
+        warnings: wal.recovery_report().warnings.clone(),
+        ..RecoveryInfo::default()
+    };
+
+    let mut snapshots = Vec::new();
+    let mut removed_temp = false;
+    for kind in snapshot::list(&**vfs, snapshot_dir)? {
+        match kind {
+            FileKind::Snapshot(seq) => snapshots.push(seq),
+            FileKind::Temp(seq) => {
+                let path = snapshot_dir.join(snapshot::temp_name(seq));
+                vfs.remove_file(&path)
+                    .map_err(|e| Error::io("remove unfinished snapshot", &path, e))?;
+                let msg = format!("removed unfinished snapshot {}", path.display());
+                tracing::warn!("{msg}");
+                info.warnings.push(msg);
+                removed_temp = true;
+            }
+        }
+    }
+    if removed_temp {
+        vfs.sync_dir(snapshot_dir)
+            .map_err(|e| Error::io("sync snapshot directory", snapshot_dir, e))?;
+    }
+    snapshots.sort_unstable_by(|a, b| b.cmp(a));
+
+    // Snapshots found damaged so far, newest first: (seq, error).
+    let mut damaged: Vec<(Lsn, String)> = Vec::new();
+    let mut loaded = None;
+    for &seq in &snapshots {
+        if let Some(gap) = log_gap(wal, seq) {
+            return Err(Error::Unrecoverable(unusable(&damaged, seq, &gap)));
+        }
+        let path = snapshot_dir.join(snapshot::file_name(seq));
+        match snapshot::load(vfs, &path, seq) {
+            Ok(l) => {
+                loaded = Some((seq, l));
+                break;
+            }
+            Err(e) => {
+                let msg = format!("skipping snapshot {}: {e}", path.display());
+                tracing::warn!("{msg}");
+                info.warnings.push(msg);
+                damaged.push((seq, e.to_string()));
+            }
+        }
+    }
+    let (seq, mut state) = match loaded {
+        Some((seq, l)) => {
+            info.snapshot_entries = l.entries;
+            (seq, l.state)
+        }
+        None => {
+            if let Some(gap) = log_gap(wal, 0) {
+                return Err(Error::Unrecoverable(if damaged.is_empty() {
+                    format!("no snapshot, and {gap}")
+                } else {
+                    unusable(&damaged, 0, &gap)
+                }));
+            }
+            (0, State::default())
+        }
+    };
+    info.snapshot_seq = seq;
+
+    info.replayed = replay(wal, seq, &mut state)?;
+    info.duration = started.elapsed();
+    Ok((state, info))
+}
+
+fn unusable(damaged: &[(Lsn, String)], seq: Lsn, gap: &str) -> String {
+    if damaged.is_empty() {
+        return format!("snapshot of LSN {seq} cannot be used: {gap}");
+    }
+    let list: Vec<String> = damaged
+        .iter()
+        .map(|(s, e)| format!("snapshot of LSN {s} is damaged ({e})"))
+        .collect();
+    let older = if seq == 0 {
+        "starting from an empty state".to_string()
+    } else {
+        format!("falling back to the snapshot of LSN {seq}")
+    };
+    format!("{}; {older} is impossible because {gap}", list.join("; "))
+}
+
+/// Applies every log record after `seq` to `state`; returns how many.
+fn replay(wal: &Wal, seq: Lsn, state: &mut State) -> Result<u64> {
+    let mut expected = seq + 1;
+    for rec in wal.iter_from(seq + 1)? {
+        let rec = rec?;
+        if rec.lsn != expected {
+            return Err(Error::CorruptLogEntry {
+                lsn: rec.lsn,
+                reason: format!("expected LSN {expected} next"),
+            });
+        }
+        // `Bytes` owns the record's buffer, so decoding slices key and value
+        // out of it instead of allocating copies.
+        match record::decode(rec.lsn, Bytes::from(rec.data))? {
+            Op::Put { key, value } => state.put(Entry::new(&key, &value)),
+            Op::Delete { key } => {
+                state.delete(&key);
+            }
+        }
+        expected += 1;
+    }
+    state.set_applied(expected - 1);
+    Ok(expected - 1 - seq)
+}

@@ -1,0 +1,348 @@
+//! [`KeyValueStore`]: the handle, and the state its threads share.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{
+    Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+use wal_core::{Lsn, Vfs, Wal};
+
+use crate::commit::{self, Command, Pending};
+use crate::error::{Error, Result};
+use crate::options::StoreOptions;
+use crate::state::{Entry, State};
+use crate::{KeysPage, RecoveryInfo, Stats, checkpoint, record, recovery};
+
+// A panic while holding one of these locks is a bug in this crate; the data
+// they protect stays consistent (every mutation is a single map operation),
+// so a poisoned lock is used as is rather than turned into a second panic.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+pub(crate) fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+pub(crate) fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The automatic checkpoint thread and its back-off.
+#[derive(Debug, Default)]
+pub(crate) struct AutoCheckpoint {
+    pub(crate) thread: Option<JoinHandle<()>>,
+    pub(crate) retry_after: Option<Instant>,
+}
+
+/// What the commit thread, checkpoints and handles share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) options: StoreOptions,
+    pub(crate) vfs: Arc<dyn Vfs>,
+    pub(crate) snapshot_dir: PathBuf,
+    pub(crate) wal: Wal,
+    pub(crate) state: RwLock<State>,
+    /// Held by the commit thread from reading `next_lsn` until a batch is
+    /// applied: whoever holds it sees a log and a map that agree.
+    pub(crate) commit_lock: Mutex<()>,
+    /// One checkpoint at a time.
+    pub(crate) checkpoint_lock: Mutex<()>,
+    /// A checkpoint is running or about to (automatic ones are flagged before
+    /// their thread starts).
+    pub(crate) checkpoint_running: AtomicBool,
+    pub(crate) auto_checkpoint: Mutex<AutoCheckpoint>,
+    pub(crate) snapshots_taken: AtomicU64,
+    /// Set once, when the log fails: the store is then read-only for good.
+    failure: OnceLock<String>,
+    /// Set by `close`: later writes are refused.
+    closed: AtomicBool,
+}
+
+impl Shared {
+    /// Why writes are refused, if the log failed.
+    pub(crate) fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
+    }
+
+    /// Records the log's failure (the first reason wins) and returns it.
+    pub(crate) fn set_failure(&self, reason: String) -> &str {
+        self.failure.get_or_init(|| reason)
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if let Some(reason) = self.failure() {
+            return Err(Error::Unavailable(reason.to_string()));
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Unavailable("the store is closed".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The handle's own part: dropping the last handle stops the commit thread.
+#[derive(Debug)]
+struct Inner {
+    shared: Arc<Shared>,
+    tx: Sender<Command>,
+    commit_thread: Mutex<Option<JoinHandle<()>>>,
+    recovery: RecoveryInfo,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Stop the commit thread (it finishes what is queued and syncs), then
+        // wait for a running automatic checkpoint, so that once the last handle
+        // is gone the log's directory lock is released and the store can be
+        // reopened.
+        let (done, _) = oneshot::channel();
+        let _ = self.tx.send(Command::Close { done });
+        if let Some(t) = lock(&self.commit_thread).take() {
+            let _ = t.join();
+        }
+        let auto = lock(&self.shared.auto_checkpoint).thread.take();
+        if let Some(t) = auto {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The store: a cheap-to-clone handle, `Send + Sync`. See the crate docs.
+#[derive(Debug, Clone)]
+pub struct KeyValueStore {
+    inner: Arc<Inner>,
+}
+
+impl KeyValueStore {
+    /// Opens and recovers the store in `dir` (created if missing). Fails with
+    /// [`Error::Wal`] wrapping `Locked` if another handle has it open.
+    pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<Self> {
+        Self::open_with_vfs(dir, options, wal_core::StdFs::shared())
+    }
+
+    /// As [`KeyValueStore::open`], with every file operation (log and
+    /// snapshots) going through `vfs`.
+    pub fn open_with_vfs(
+        dir: impl AsRef<Path>,
+        options: StoreOptions,
+        vfs: Arc<dyn Vfs>,
+    ) -> Result<Self> {
+        options.validate()?;
+        let dir = dir.as_ref();
+        let snapshot_dir = dir.join("snapshots");
+        vfs.create_dir_all(&snapshot_dir)
+            .map_err(|e| Error::io("create snapshot directory", &snapshot_dir, e))?;
+        // Opening the log first takes its directory lock, which then guards
+        // the snapshot directory too.
+        let wal = Wal::open_with_vfs(dir.join("wal"), options.wal.clone(), Arc::clone(&vfs))?;
+        // Make the entries "wal" and "snapshots" durable, and the store's own
+        // directory in its parent (it may just have been created). Ancestors
+        // further up are the operator's: they are expected to exist durably.
+        vfs.sync_dir(dir)
+            .map_err(|e| Error::io("sync store directory", dir, e))?;
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if dir.file_name().is_some() {
+            vfs.sync_dir(parent)
+                .map_err(|e| Error::io("sync parent directory", parent, e))?;
+        }
+
+        let (state, recovery) = recovery::recover(&vfs, &snapshot_dir, &wal)?;
+        tracing::info!(
+            dir = %dir.display(),
+            snapshot_seq = recovery.snapshot_seq,
+            snapshot_entries = recovery.snapshot_entries,
+            replayed = recovery.replayed,
+            keys = state.len(),
+            last_lsn = state.last_applied(),
+            duration_ms = recovery.duration.as_secs_f64() * 1e3,
+            "store recovered"
+        );
+
+        let shared = Arc::new(Shared {
+            options,
+            vfs,
+            snapshot_dir,
+            wal,
+            state: RwLock::new(state),
+            commit_lock: Mutex::new(()),
+            checkpoint_lock: Mutex::new(()),
+            checkpoint_running: AtomicBool::new(false),
+            auto_checkpoint: Mutex::new(AutoCheckpoint::default()),
+            snapshots_taken: AtomicU64::new(0),
+            failure: OnceLock::new(),
+            closed: AtomicBool::new(false),
+        });
+        let (tx, rx) = mpsc::channel();
+        let for_thread = Arc::clone(&shared);
+        let commit_thread = std::thread::Builder::new()
+            .name("kv-commit".into())
+            .spawn(move || commit::run(for_thread, rx))
+            .map_err(|e| Error::io("start commit thread", dir, e))?;
+        Ok(KeyValueStore {
+            inner: Arc::new(Inner {
+                shared,
+                tx,
+                commit_thread: Mutex::new(Some(commit_thread)),
+                recovery,
+            }),
+        })
+    }
+
+    /// What recovery did at open.
+    pub fn recovery(&self) -> &RecoveryInfo {
+        &self.inner.recovery
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<()> {
+        let max = self.inner.shared.options.max_key_size;
+        if key.is_empty() {
+            return Err(Error::EmptyKey);
+        }
+        if key.len() > max {
+            return Err(Error::KeyTooLarge {
+                size: key.len(),
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    fn send(&self, cmd: Command) -> Result<()> {
+        self.inner
+            .tx
+            .send(cmd)
+            .map_err(|_| Error::Unavailable("the store is closed".into()))
+    }
+
+    /// Submits a put. Invalid input ([`Error::EmptyKey`],
+    /// [`Error::KeyTooLarge`], [`Error::ValueTooLarge`]) and a store that
+    /// refuses writes ([`Error::Unavailable`]) fail here at once; otherwise
+    /// the returned [`Pending`] resolves to the write's LSN once it is durable
+    /// and applied.
+    pub fn submit_put(&self, key: &[u8], value: &[u8]) -> Result<Pending<Lsn>> {
+        self.check_key(key)?;
+        let max = self.inner.shared.options.max_value_size;
+        if value.len() > max {
+            return Err(Error::ValueTooLarge {
+                size: value.len(),
+                max,
+            });
+        }
+        self.inner.shared.check_writable()?;
+        // Encoding and copying happen here, in the caller's thread, so that
+        // many callers do this work in parallel and the commit thread only
+        // appends and applies.
+        let (done, rx) = oneshot::channel();
+        self.send(Command::Put {
+            record: record::encode_put(key, value),
+            entry: Entry::new(key, value),
+            done,
+        })?;
+        Ok(Pending::new(rx))
+    }
+
+    /// Submits a delete; resolves to `Some(lsn)` if the key existed, `None`
+    /// (nothing written) if not. Errors as for
+    /// [`submit_put`](KeyValueStore::submit_put).
+    pub fn submit_delete(&self, key: &[u8]) -> Result<Pending<Option<Lsn>>> {
+        self.check_key(key)?;
+        self.inner.shared.check_writable()?;
+        let (done, rx) = oneshot::channel();
+        self.send(Command::Delete {
+            record: record::encode_delete(key),
+            key: key.into(),
+            done,
+        })?;
+        Ok(Pending::new(rx))
+    }
+
+    /// Blocking put: [`submit_put`](KeyValueStore::submit_put) then
+    /// [`Pending::wait`] (so not for async threads).
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<Lsn> {
+        self.submit_put(key, value)?.wait()
+    }
+
+    /// Blocking delete: [`submit_delete`](KeyValueStore::submit_delete) then
+    /// [`Pending::wait`] (so not for async threads).
+    pub fn delete(&self, key: &[u8]) -> Result<Option<Lsn>> {
+        self.submit_delete(key)?.wait()
+    }
+
+    /// The value of `key`, if present. Sees every acknowledged write and
+    /// nothing that is not yet durable. Never blocks on I/O.
+    pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        read(&self.inner.shared.state)
+            .get(key)
+            .map(|e| e.value().to_vec())
+    }
+
+    /// Keys starting with `prefix`, ascending, at most `limit` (0 = no
+    /// limit). Never blocks on I/O.
+    pub fn keys(&self, prefix: &[u8], limit: usize) -> KeysPage {
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        let state = read(&self.inner.shared.state);
+        let mut page = KeysPage::default();
+        for entry in state
+            .range_from(prefix, false)
+            .take_while(|e| e.key().starts_with(prefix))
+        {
+            if page.keys.len() == limit {
+                page.truncated = true;
+                break;
+            }
+            page.keys.push(entry.key().to_vec());
+        }
+        page
+    }
+
+    /// Writes a snapshot and drops the WAL it covers; returns the LSN it
+    /// covers. Writes keep being committed meanwhile. If another checkpoint
+    /// runs, waits for it and then takes a new one. Blocking (file I/O and
+    /// fsync): call it from a thread that may block.
+    pub fn checkpoint(&self) -> Result<Lsn> {
+        checkpoint::run(&self.inner.shared)
+    }
+
+    /// Counters and sizes.
+    pub fn stats(&self) -> Stats {
+        let shared = &self.inner.shared;
+        let (keys, bytes, last_lsn) = {
+            let state = read(&shared.state);
+            (state.len(), state.bytes(), state.last_applied())
+        };
+        Stats {
+            keys,
+            bytes,
+            last_lsn,
+            wal_bytes: shared.wal.disk_size(),
+            snapshots_taken: shared.snapshots_taken.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops accepting writes, lets every write submitted before it commit,
+    /// and makes every acknowledged write durable (the point of calling it
+    /// under a relaxed sync policy). Reads keep working. Later writes fail
+    /// with [`Error::Unavailable`]. Blocking.
+    pub fn close(&self) -> Result<()> {
+        let shared = &self.inner.shared;
+        shared.closed.store(true, Ordering::Release);
+        let (done, rx) = oneshot::channel();
+        if self.inner.tx.send(Command::Close { done }).is_ok()
+            && let Ok(result) = rx.blocking_recv()
+        {
+            return result;
+        }
+        // The commit thread has already stopped (an earlier close): sync here.
+        if shared.failure().is_some() {
+            return Ok(());
+        }
+        shared.wal.sync().map_err(Error::from)
+    }
+}

@@ -1,0 +1,530 @@
+//! Behaviour of the store through its public API: reads and writes, limits,
+//! reopen, snapshots and their fallback rules, automatic checkpoints,
+//! checkpoints that do not stop writers, fail-stop.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use kv_store::{Error, KeyValueStore, StoreOptions, SyncPolicy, WalOptions};
+use wal_core::sim::{Op, SimFs};
+
+fn options() -> StoreOptions {
+    StoreOptions {
+        wal: WalOptions {
+            segment_size: 4096,
+            ..WalOptions::default()
+        },
+        max_key_size: 64,
+        max_value_size: 1024,
+        checkpoint_after: None,
+    }
+}
+
+fn snapshot_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn put_get_delete_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = KeyValueStore::open(dir.path(), options()).unwrap();
+    assert_eq!(store.put(b"b", b"2").unwrap(), 1);
+    assert_eq!(store.put(b"a", b"1").unwrap(), 2);
+    assert_eq!(store.put(b"ab", b"").unwrap(), 3);
+    assert_eq!(store.get(b"a").as_deref(), Some(&b"1"[..]));
+    assert_eq!(store.get(b"ab").as_deref(), Some(&b""[..]));
+    assert_eq!(store.get(b"c"), None);
+    assert_eq!(store.put(b"a", b"one").unwrap(), 4);
+    assert_eq!(store.get(b"a").as_deref(), Some(&b"one"[..]));
+
+    let all = store.keys(b"", 0);
+    assert_eq!(all.keys, vec![b"a".to_vec(), b"ab".to_vec(), b"b".to_vec()]);
+    assert!(!all.truncated);
+    let a = store.keys(b"a", 0);
+    assert_eq!(a.keys, vec![b"a".to_vec(), b"ab".to_vec()]);
+    let one = store.keys(b"", 1);
+    assert_eq!(one.keys, vec![b"a".to_vec()]);
+    assert!(one.truncated);
+    let exact = store.keys(b"a", 2);
+    assert!(!exact.truncated);
+
+    assert_eq!(store.delete(b"a").unwrap(), Some(5));
+    assert_eq!(store.get(b"a"), None);
+    let stats = store.stats();
+    assert_eq!(stats.keys, 2);
+    assert_eq!(stats.bytes, 1 + 1 + 2);
+    assert_eq!(stats.last_lsn, 5);
+    assert!(stats.wal_bytes > 0);
+}
+
+#[test]
+fn limits_and_empty_key_are_typed_errors_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = KeyValueStore::open(dir.path(), options()).unwrap();
+    assert!(matches!(store.put(b"", b"v"), Err(Error::EmptyKey)));
+    assert!(matches!(store.delete(b""), Err(Error::EmptyKey)));
+    assert!(matches!(
+        store.put(&[1u8; 65], b"v"),
+        Err(Error::KeyTooLarge { size: 65, max: 64 })
+    ));
+    assert!(matches!(
+        store.delete(&[1u8; 65]),
+        Err(Error::KeyTooLarge { size: 65, max: 64 })
+    ));
+    assert!(matches!(
+        store.put(b"k", &[0u8; 1025]),
+        Err(Error::ValueTooLarge {
+            size: 1025,
+            max: 1024
+        })
+    ));
+    // The limits themselves are accepted.
+    assert_eq!(store.put(&[1u8; 64], &[0u8; 1024]).unwrap(), 1);
+    assert_eq!(store.stats().last_lsn, 1);
+}
+
+#[test]
+fn options_that_the_log_cannot_hold_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options();
+    opts.max_value_size = opts.wal.max_record_size as usize;
+    assert!(matches!(
+        KeyValueStore::open(dir.path(), opts),
+        Err(Error::InvalidOptions(_))
+    ));
+}
+
+#[test]
+fn delete_of_missing_key_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = KeyValueStore::open(dir.path(), options()).unwrap();
+    store.put(b"k", b"v").unwrap();
+    let before = store.stats();
+    assert_eq!(store.delete(b"missing").unwrap(), None);
+    let after = store.stats();
+    assert_eq!(after.last_lsn, before.last_lsn);
+    assert_eq!(after.wal_bytes, before.wal_bytes);
+    // Deleting twice: the second writes nothing.
+    assert_eq!(store.delete(b"k").unwrap(), Some(2));
+    assert_eq!(store.delete(b"k").unwrap(), None);
+    assert_eq!(store.stats().last_lsn, 2);
+    drop(store);
+    let store = KeyValueStore::open(dir.path(), options()).unwrap();
+    assert_eq!(store.recovery().replayed, 2);
+    assert_eq!(store.stats().last_lsn, 2);
+}
+
+#[test]
+fn pipelined_submissions_from_one_thread_commit_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = KeyValueStore::open(dir.path(), options()).unwrap();
+    // Submitted without waiting, so they share batches: the delete of a key
+    // put earlier in the same batch must see that put, and a delete of a key
+    // deleted earlier in the batch must write nothing.
+    let mut puts = Vec::new();
+    let mut deletes = Vec::new();
+    for i in 0..200u32 {
+        let key = format!("k{}", i % 10);
+        puts.push(store.submit_put(key.as_bytes(), &i.to_le_bytes()).unwrap());
+        deletes.push(store.submit_delete(key.as_bytes()).unwrap());
+        deletes.push(store.submit_delete(key.as_bytes()).unwrap());
+    }
+    let mut last = 0;
+    for (i, p) in puts.into_iter().enumerate() {
+        let lsn = p.wait().unwrap();
+        assert_eq!(lsn, 2 * i as u64 + 1);
+        assert!(lsn > last);
+        last = lsn;
+    }
+    for (i, d) in deletes.into_iter().enumerate() {
+        let expected = if i % 2 == 0 { Some(i as u64 + 2) } else { None };
+        assert_eq!(d.wait().unwrap(), expected, "delete {i}");
+    }
+    assert_eq!(store.stats().keys, 0);
+    assert_eq!(store.stats().last_lsn, 400);
+}
+
+#[test]
+fn reopen_replays_the_log_and_a_second_open_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = KeyValueStore::open(dir.path(), options()).unwrap();
+    for i in 0..500u32 {
+        store
+            .put(format!("key{i:04}").as_bytes(), &[i as u8; 100])
+            .unwrap();
+    }
+    store.delete(b"key0007").unwrap();
+    assert!(matches!(
+        KeyValueStore::open(dir.path(), options()),
+        Err(Error::Wal(_))
+    ));
+    let clone = store.clone();
+    drop(store);
+    // A clone keeps the store open.
+    assert!(KeyValueStore::open(dir.path(), options()).is_err());
+    drop(clone);
+
+    let store = KeyValueStore::open(dir.path(), options()).unwrap();
+    let info = store.recovery();
+    assert_eq!((info.snapshot_seq, info.replayed), (0, 501));
+    assert_eq!(store.stats().keys, 499);
+    assert_eq!(store.get(b"key0007"), None);
+    assert_eq!(store.get(b"key0499"), Some(vec![243u8; 100]));
+    assert_eq!(store.put(b"x", b"y").unwrap(), 502);
+}
+
+#[test]
+fn checkpoint_truncates_the_log_and_recovery_starts_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = KeyValueStore::open(dir.path(), options()).unwrap();
+    for i in 0..300u32 {
+        store
+            .put(format!("key{:03}", i % 100).as_bytes(), &[i as u8; 100])
+            .unwrap();
+    }
+    let wal_before = store.stats().wal_bytes;
+    assert_eq!(store.checkpoint().unwrap(), 300);
+    let stats = store.stats();
+    assert_eq!(stats.snapshots_taken, 1);
+    assert!(
+        stats.wal_bytes < wal_before / 4,
+        "{} -> {}",
+        wal_before,
+        stats.wal_bytes
+    );
+    store.delete(b"key000").unwrap();
+    store.put(b"new", b"v").unwrap();
+    assert_eq!(store.checkpoint().unwrap(), 302);
+    // The older snapshot is removed once the newer one is durable.
+    assert_eq!(
+        snapshot_files(dir.path()),
+        vec![format!("snapshot-{:020}.snap", 302)]
+    );
+    store.put(b"after", b"v").unwrap();
+    drop(store);
+
+    let store = KeyValueStore::open(dir.path(), options()).unwrap();
+    let info = store.recovery().clone();
+    assert_eq!(
+        (info.snapshot_seq, info.snapshot_entries, info.replayed),
+        (302, 100, 1)
+    );
+    assert_eq!(store.get(b"key000"), None);
+    assert_eq!(store.get(b"key001"), Some(vec![201u8; 100]));
+    assert_eq!(store.get(b"new").as_deref(), Some(&b"v"[..]));
+    assert_eq!(store.get(b"after").as_deref(), Some(&b"v"[..]));
+    assert_eq!(store.stats().last_lsn, 303);
+    // A checkpoint with no write since the last one still works.
+    assert_eq!(store.checkpoint().unwrap(), 303);
+    assert_eq!(store.checkpoint().unwrap(), 303);
+    drop(store);
+    let store = KeyValueStore::open(dir.path(), options()).unwrap();
+    assert_eq!(store.recovery().replayed, 0);
+    assert_eq!(store.put(b"z", b"z").unwrap(), 304);
+}
+
+/// Writes `n` keys into a fresh store at `dir` and closes it.
+fn fill(dir: &Path, n: u32) {
+    let store = KeyValueStore::open(dir, options()).unwrap();
+    for i in 0..n {
+        store.put(format!("k{i}").as_bytes(), b"v").unwrap();
+    }
+}
+
+fn copy_snapshot(from: &Path, to: &Path, seq: u64) {
+    let name = format!("snapshot-{seq:020}.snap");
+    std::fs::copy(
+        from.join("snapshots").join(&name),
+        to.join("snapshots").join(&name),
+    )
+    .unwrap();
+}
+
+fn flip_byte(path: &Path, offset: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[offset] ^= 0x40;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn corrupt_newest_snapshot_falls_back_where_the_log_covers_the_gap() {
+    // An empty store's snapshot of LSN 0, and a store of 10 writes with a
+    // snapshot of LSN 10, both made by real checkpoints elsewhere.
+    let empty = tempfile::tempdir().unwrap();
+    KeyValueStore::open(empty.path(), options())
+        .unwrap()
+        .checkpoint()
+        .unwrap();
+    let full = tempfile::tempdir().unwrap();
+    fill(full.path(), 10);
+    KeyValueStore::open(full.path(), options())
+        .unwrap()
+        .checkpoint()
+        .unwrap();
+
+    // A store whose log still holds LSN 1..=10, with both snapshots, the
+    // newest damaged in its entries.
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 10);
+    copy_snapshot(empty.path(), dir.path(), 0);
+    copy_snapshot(full.path(), dir.path(), 10);
+    let newest = dir
+        .path()
+        .join("snapshots")
+        .join(format!("snapshot-{:020}.snap", 10));
+    flip_byte(&newest, 70);
+
+    let store = KeyValueStore::open(dir.path(), options()).unwrap();
+    let info = store.recovery().clone();
+    assert_eq!((info.snapshot_seq, info.replayed), (0, 10));
+    assert!(
+        info.warnings
+            .iter()
+            .any(|w| w.contains("skipping snapshot")),
+        "{:?}",
+        info.warnings
+    );
+    assert_eq!(store.stats().keys, 10);
+    // The next checkpoint replaces the damaged file.
+    assert_eq!(store.checkpoint().unwrap(), 10);
+    drop(store);
+    let store = KeyValueStore::open(dir.path(), options()).unwrap();
+    assert_eq!(store.recovery().snapshot_seq, 10);
+    assert_eq!(store.stats().keys, 10);
+}
+
+#[test]
+fn corrupt_newest_snapshot_without_log_coverage_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    KeyValueStore::open(empty.path(), options())
+        .unwrap()
+        .checkpoint()
+        .unwrap();
+    let store = KeyValueStore::open(dir.path(), options()).unwrap();
+    for i in 0..100u32 {
+        store.put(format!("k{i}").as_bytes(), &[7; 100]).unwrap();
+    }
+    store.checkpoint().unwrap();
+    drop(store);
+    copy_snapshot(empty.path(), dir.path(), 0);
+    let newest = dir
+        .path()
+        .join("snapshots")
+        .join(format!("snapshot-{:020}.snap", 100));
+    // Damage the header, then (separately) the trailer: both are refused.
+    for offset in [20, std::fs::metadata(&newest).unwrap().len() as usize - 1] {
+        let original = std::fs::read(&newest).unwrap();
+        flip_byte(&newest, offset);
+        match KeyValueStore::open(dir.path(), options()) {
+            Err(Error::Unrecoverable(msg)) => {
+                assert!(msg.contains("snapshot of LSN 100 is damaged"), "{msg}");
+                assert!(msg.contains("empty state"), "{msg}");
+                assert!(msg.contains("needs LSN 1"), "{msg}");
+            }
+            other => panic!("expected Unrecoverable, got {other:?}"),
+        }
+        std::fs::write(&newest, original).unwrap();
+    }
+    // Intact again, it opens.
+    let store = KeyValueStore::open(dir.path(), options()).unwrap();
+    assert_eq!(store.stats().keys, 100);
+}
+
+#[test]
+fn a_log_that_does_not_reach_back_to_the_only_snapshot_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = KeyValueStore::open(dir.path(), options()).unwrap();
+    for i in 0..100u32 {
+        store.put(format!("k{i}").as_bytes(), &[7; 100]).unwrap();
+    }
+    store.checkpoint().unwrap();
+    drop(store);
+    std::fs::remove_dir_all(dir.path().join("snapshots")).unwrap();
+    match KeyValueStore::open(dir.path(), options()) {
+        Err(Error::Unrecoverable(msg)) => assert!(msg.contains("no snapshot"), "{msg}"),
+        other => panic!("expected Unrecoverable, got {other:?}"),
+    }
+}
+
+#[test]
+fn automatic_checkpoint_starts_when_the_log_outgrows_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        checkpoint_after: Some(32 << 10),
+        ..options()
+    };
+    let store = KeyValueStore::open(dir.path(), opts.clone()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut i = 0u32;
+    while store.stats().snapshots_taken == 0 {
+        assert!(Instant::now() < deadline, "no automatic checkpoint");
+        store
+            .put(format!("key{}", i % 50).as_bytes(), &[i as u8; 200])
+            .unwrap();
+        i += 1;
+    }
+    // 50 keys of 200 bytes: one checkpoint keeps the log well below the limit.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.stats().wal_bytes > 32 << 10 {
+        assert!(Instant::now() < deadline, "log not truncated");
+        store.put(b"tick", b"").unwrap();
+    }
+    let expected: Vec<Option<Vec<u8>>> = (0..50)
+        .map(|k| store.get(format!("key{k}").as_bytes()))
+        .collect();
+    drop(store);
+    let store = KeyValueStore::open(dir.path(), opts).unwrap();
+    assert!(store.recovery().snapshot_seq > 0);
+    let got: Vec<Option<Vec<u8>>> = (0..50)
+        .map(|k| store.get(format!("key{k}").as_bytes()))
+        .collect();
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn puts_complete_while_a_checkpoint_of_a_large_store_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        wal: WalOptions {
+            sync_policy: SyncPolicy::Never,
+            segment_size: 8 << 20,
+            ..WalOptions::default()
+        },
+        ..options()
+    };
+    let store = KeyValueStore::open(dir.path(), opts.clone()).unwrap();
+    // Load 200k keys fast: many submissions in flight, then wait for all.
+    let mut pending = Vec::new();
+    for i in 0..200_000u32 {
+        pending.push(
+            store
+                .submit_put(format!("key{i:08}").as_bytes(), &[i as u8; 100])
+                .unwrap(),
+        );
+    }
+    for p in pending {
+        p.wait().unwrap();
+    }
+
+    let done = Arc::new(AtomicBool::new(false));
+    let checkpointer = {
+        let store = store.clone();
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            let seq = store.checkpoint();
+            done.store(true, Ordering::SeqCst);
+            seq
+        })
+    };
+    // Wait until the checkpoint has begun: it rotated the log, so the WAL
+    // shrinks to nothing only after it finishes; we watch its flag instead.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut completed_during = 0u32;
+    let mut i = 0u32;
+    while !done.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline);
+        store.put(format!("new{i}").as_bytes(), b"x").unwrap();
+        i += 1;
+        // Counted only if the checkpoint was still running after the put
+        // was acknowledged.
+        if !done.load(Ordering::SeqCst) {
+            completed_during += 1;
+        }
+    }
+    let seq = checkpointer.join().unwrap().unwrap();
+    assert!(
+        completed_during >= 10,
+        "only {completed_during} puts completed during the checkpoint"
+    );
+    assert!(seq >= 200_000);
+    // Every write, during the checkpoint or not, survives a reopen from the
+    // snapshot plus the log after it.
+    let expected = store.stats();
+    drop(store);
+    let store = KeyValueStore::open(dir.path(), opts).unwrap();
+    assert_eq!(store.recovery().snapshot_seq, seq);
+    let stats = store.stats();
+    assert_eq!(
+        (stats.keys, stats.bytes, stats.last_lsn),
+        (expected.keys, expected.bytes, expected.last_lsn)
+    );
+    for j in 0..i {
+        assert_eq!(
+            store.get(format!("new{j}").as_bytes()).as_deref(),
+            Some(&b"x"[..])
+        );
+    }
+}
+
+#[test]
+fn a_failed_sync_makes_the_store_refuse_writes_but_keep_reading() {
+    let fs = SimFs::new();
+    let store = KeyValueStore::open_with_vfs("/db", options(), fs.shared()).unwrap();
+    store.put(b"a", b"1").unwrap();
+    fs.fail_nth(Op::SyncData, 0, std::io::ErrorKind::Other);
+    assert!(matches!(store.put(b"b", b"2"), Err(Error::Unavailable(_))));
+    assert!(matches!(store.put(b"c", b"3"), Err(Error::Unavailable(_))));
+    assert!(matches!(store.delete(b"a"), Err(Error::Unavailable(_))));
+    assert_eq!(store.get(b"a").as_deref(), Some(&b"1"[..]));
+    assert_eq!(store.get(b"b"), None);
+    assert_eq!(store.stats().last_lsn, 1);
+}
+
+#[test]
+fn close_syncs_and_refuses_later_writes() {
+    let fs = SimFs::new();
+    let opts = StoreOptions {
+        wal: WalOptions {
+            sync_policy: SyncPolicy::Never,
+            ..options().wal
+        },
+        ..options()
+    };
+    let store = KeyValueStore::open_with_vfs("/db", opts.clone(), fs.shared()).unwrap();
+    store.put(b"a", b"1").unwrap();
+    store.close().unwrap();
+    assert!(matches!(store.put(b"b", b"2"), Err(Error::Unavailable(_))));
+    assert_eq!(store.get(b"a").as_deref(), Some(&b"1"[..]));
+    store.close().unwrap();
+    let after = fs.crash();
+    drop(store);
+    let store = KeyValueStore::open_with_vfs("/db", opts, after.shared()).unwrap();
+    assert_eq!(store.get(b"a").as_deref(), Some(&b"1"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_writes_are_awaited_from_async_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = KeyValueStore::open(dir.path(), options()).unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..8u32 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lsns = Vec::new();
+            for i in 0..50u32 {
+                let lsn = store
+                    .submit_put(format!("t{t}-{i}").as_bytes(), b"v")
+                    .unwrap()
+                    .await
+                    .unwrap();
+                lsns.push(lsn);
+            }
+            lsns
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=400).collect::<Vec<u64>>());
+    assert_eq!(store.stats().keys, 400);
+}
