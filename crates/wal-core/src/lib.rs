@@ -59,6 +59,26 @@ pub use vfs::{DirLock, StdFs, Vfs, VfsFile};
 
 use writer::{Shared, lock};
 
+/// Record framing, exposed for the crate's benchmarks only: not a stable
+/// API, and not needed to use the log.
+#[doc(hidden)]
+pub mod bench_support {
+    use crate::Lsn;
+
+    /// Appends one framed record to `out`.
+    pub fn encode_record(out: &mut Vec<u8>, lsn: Lsn, payload: &[u8]) {
+        crate::format::encode_record(out, lsn, 0, payload);
+    }
+
+    /// Decodes and verifies the record at the start of `buf`; returns its
+    /// LSN and framed length.
+    pub fn decode_record(buf: &[u8], max_record_size: u32) -> Option<(Lsn, usize)> {
+        crate::format::decode_record(buf, max_record_size)
+            .ok()
+            .map(|r| (r.lsn, r.framed_len))
+    }
+}
+
 /// A log sequence number. The first record of a new log gets LSN 1; LSNs are
 /// dense, strictly increasing and never reused. 0 means "no record".
 pub type Lsn = u64;

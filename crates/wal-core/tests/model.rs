@@ -1,0 +1,185 @@
+//! Model-based test: random appends of random sizes, batches, rotations,
+//! reopens, `truncate_before` and reads, checked against an in-memory model,
+//! with segments small enough that rotation happens all the time.
+
+use std::path::Path;
+
+use proptest::prelude::*;
+use wal_core::{SyncPolicy, Wal, WalOptions};
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append(Vec<u8>),
+    Batch(Vec<Vec<u8>>),
+    Rotate,
+    Reopen,
+    /// Truncate before a point chosen as a fraction of the LSNs held.
+    TruncateBefore(u8),
+    /// Read from a point chosen as a fraction of the LSNs.
+    ReadFrom(u8),
+    Sync,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let record = || prop::collection::vec(any::<u8>(), 0..120);
+    prop_oneof![
+        8 => record().prop_map(Op::Append),
+        2 => prop::collection::vec(record(), 1..5).prop_map(Op::Batch),
+        1 => Just(Op::Rotate),
+        1 => Just(Op::Reopen),
+        1 => any::<u8>().prop_map(Op::TruncateBefore),
+        2 => any::<u8>().prop_map(Op::ReadFrom),
+        1 => Just(Op::Sync),
+    ]
+}
+
+/// The model: every record ever appended (index = LSN - 1) and the oldest
+/// LSN the log may still hold.
+struct Model {
+    records: Vec<Vec<u8>>,
+    first: u64,
+}
+
+impl Model {
+    fn next_lsn(&self) -> u64 {
+        self.records.len() as u64 + 1
+    }
+}
+
+fn disk_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_str().unwrap().ends_with(".wal"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+/// First LSNs of the segment files, from their names, ascending.
+fn segment_first_lsns(dir: &Path) -> Vec<u64> {
+    let mut lsns: Vec<u64> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".wal").map(|d| d.parse().unwrap())
+        })
+        .collect();
+    lsns.sort_unstable();
+    lsns
+}
+
+/// The log holds exactly the model's records from its first LSN on.
+fn check(wal: &Wal, model: &mut Model, dir: &Path) -> Result<(), TestCaseError> {
+    prop_assert_eq!(wal.next_lsn(), model.next_lsn());
+    let first = wal.first_lsn().unwrap_or(model.next_lsn());
+    // Truncation only ever moves the start forward, and only as far as asked.
+    prop_assert!(
+        first >= model.first,
+        "first {} < model {}",
+        first,
+        model.first
+    );
+    model.first = first;
+    prop_assert_eq!(
+        wal.last_lsn(),
+        (first < model.next_lsn()).then(|| model.next_lsn() - 1)
+    );
+    let got: Vec<(u64, Vec<u8>)> = wal
+        .iter_from(0)
+        .unwrap()
+        .map(|r| r.map(|r| (r.lsn, r.data)))
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let want: Vec<(u64, Vec<u8>)> = (first..model.next_lsn())
+        .map(|lsn| (lsn, model.records[lsn as usize - 1].clone()))
+        .collect();
+    prop_assert_eq!(got, want);
+    prop_assert_eq!(wal.disk_size(), disk_bytes(dir));
+    Ok(())
+}
+
+fn run(segment_size: u64, policy: SyncPolicy, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let opts = WalOptions {
+        segment_size,
+        sync_policy: policy,
+        max_record_size: 200,
+        ..WalOptions::default()
+    };
+    let mut wal = Wal::open(dir, opts.clone()).unwrap();
+    let mut model = Model {
+        records: Vec::new(),
+        first: 1,
+    };
+    for op in ops {
+        match op {
+            Op::Append(data) => {
+                let lsn = wal.append(&data).unwrap();
+                prop_assert_eq!(lsn, model.next_lsn());
+                model.records.push(data);
+            }
+            Op::Batch(batch) => {
+                let lsns = wal.append_batch(&batch).unwrap();
+                let start = model.next_lsn();
+                prop_assert_eq!(lsns, start..start + batch.len() as u64);
+                model.records.extend(batch);
+            }
+            Op::Rotate => wal.rotate().unwrap(),
+            Op::Sync => wal.sync().unwrap(),
+            Op::Reopen => {
+                drop(wal);
+                wal = Wal::open(dir, opts.clone()).unwrap();
+                let report = wal.recovery_report();
+                prop_assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+                prop_assert_eq!(report.records, model.next_lsn() - model.first);
+            }
+            Op::TruncateBefore(f) => {
+                let span = model.next_lsn() + 1 - model.first;
+                let lsn = model.first + span * u64::from(f) / 255;
+                let before = wal.first_lsn();
+                let deleted = wal.truncate_before(lsn).unwrap();
+                let after = wal.first_lsn();
+                // Nothing at or above `lsn` may go.
+                if lsn < model.next_lsn() {
+                    prop_assert!(after.is_some_and(|a| a <= lsn), "{:?} > {}", after, lsn);
+                }
+                // Something was deleted iff the start moved.
+                prop_assert_eq!(deleted > 0, after != before);
+                // Everything wholly below `lsn` went: the second segment
+                // (if any) starts above it.
+                let names = segment_first_lsns(dir);
+                if names.len() >= 2 {
+                    prop_assert!(names[1] > lsn, "{:?} after truncate_before({})", names, lsn);
+                }
+            }
+            Op::ReadFrom(f) => {
+                let lsn = (model.next_lsn() + 1) * u64::from(f) / 255;
+                let got: Vec<u64> = wal
+                    .iter_from(lsn)
+                    .unwrap()
+                    .map(|r| r.unwrap().lsn)
+                    .collect();
+                let start = lsn.max(model.first);
+                prop_assert_eq!(got, (start..model.next_lsn()).collect::<Vec<_>>());
+            }
+        }
+        check(&wal, &mut model, dir)?;
+    }
+    drop(wal);
+    let wal = Wal::open(dir, opts).unwrap();
+    check(&wal, &mut model, dir)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_log_behaves_like_the_model(
+        segment_size in prop_oneof![Just(100u64), Just(256), Just(1024)],
+        policy in prop_oneof![Just(SyncPolicy::Never), Just(SyncPolicy::Always)],
+        ops in prop::collection::vec(op(), 1..60),
+    ) {
+        run(segment_size, policy, ops)?;
+    }
+}

@@ -1,0 +1,216 @@
+//! Truncating the last segment at every byte offset (a crash in the middle
+//! of its last writes): open succeeds, yields exactly the whole records
+//! before the cut, and appends continue with the right LSNs.
+//!
+//! Offsets below use the format in docs/format.md: a 32-byte segment header,
+//! then records framed by a 20-byte header.
+
+use std::path::{Path, PathBuf};
+
+use wal_core::{Record, SyncPolicy, Wal, WalOptions};
+
+const SEGMENT_HEADER: u64 = 32;
+const RECORD_HEADER: u64 = 20;
+
+fn options() -> WalOptions {
+    WalOptions {
+        segment_size: 200,
+        // Reopen sees written data; durability is not what this test is about.
+        sync_policy: SyncPolicy::Never,
+        ..WalOptions::default()
+    }
+}
+
+fn read_all(wal: &Wal) -> Vec<Record> {
+    wal.iter_from(0)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    paths.sort();
+    paths
+}
+
+fn copy_log(from: &Path, to: &Path) {
+    for path in segments(from) {
+        std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+    }
+}
+
+fn first_lsn_of(path: &Path) -> u64 {
+    path.file_stem().unwrap().to_str().unwrap().parse().unwrap()
+}
+
+/// A log of several segments of small records; returns them.
+fn build(dir: &Path) -> Vec<Record> {
+    let wal = Wal::open(dir, options()).unwrap();
+    let mut records = Vec::new();
+    // Several segments, and stop once the last one holds five records.
+    for i in 0u64.. {
+        let data: Vec<u8> = (0..(3 + i * 5 % 13)).map(|b| (b + i) as u8).collect();
+        let lsn = wal.append(&data).unwrap();
+        records.push(Record { lsn, data });
+        let last_first = first_lsn_of(segments(dir).last().unwrap());
+        if lsn >= 20 && lsn + 1 - last_first == 5 {
+            break;
+        }
+    }
+    records
+}
+
+#[test]
+fn cut_at_every_offset_of_the_last_segment() {
+    let original = tempfile::tempdir().unwrap();
+    let records = build(original.path());
+    let segs = segments(original.path());
+    assert!(segs.len() >= 3, "want a multi-segment log, got {segs:?}");
+    let last = segs.last().unwrap().clone();
+    let last_name = last.file_name().unwrap().to_str().unwrap().to_string();
+    let last_first = first_lsn_of(&last);
+    let full_len = std::fs::metadata(&last).unwrap().len();
+    // Record boundaries in the last segment: (end offset, lsn).
+    let mut ends = Vec::new();
+    let mut offset = SEGMENT_HEADER;
+    for r in records.iter().filter(|r| r.lsn >= last_first) {
+        offset += RECORD_HEADER + r.data.len() as u64;
+        ends.push((offset, r.lsn));
+    }
+    assert_eq!(offset, full_len);
+    assert!(ends.len() >= 4, "want several records in the last segment");
+
+    for cut in 0..full_len {
+        let tmp = tempfile::tempdir().unwrap();
+        copy_log(original.path(), tmp.path());
+        let path = tmp.path().join(&last_name);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+
+        let whole_before_cut = ends
+            .iter()
+            .filter(|(end, _)| *end <= cut)
+            .map(|(_, lsn)| *lsn)
+            .max()
+            .unwrap_or(last_first - 1);
+        let expected: Vec<Record> = records
+            .iter()
+            .filter(|r| r.lsn <= whole_before_cut)
+            .cloned()
+            .collect();
+
+        let wal = Wal::open(tmp.path(), options())
+            .unwrap_or_else(|e| panic!("open after cut at {cut}: {e}"));
+        assert_eq!(read_all(&wal), expected, "cut at {cut}");
+        assert_eq!(wal.next_lsn(), whole_before_cut + 1, "cut at {cut}");
+        let on_boundary = cut == SEGMENT_HEADER || ends.iter().any(|(end, _)| *end == cut);
+        let warnings = &wal.recovery_report().warnings;
+        if on_boundary {
+            assert!(warnings.is_empty(), "cut at {cut}: {warnings:?}");
+        } else {
+            assert_eq!(warnings.len(), 1, "cut at {cut}: {warnings:?}");
+            assert!(warnings[0].contains(&last_name), "{warnings:?}");
+            if cut > SEGMENT_HEADER {
+                let kept = ends
+                    .iter()
+                    .filter(|(end, _)| *end <= cut)
+                    .map(|(end, _)| *end)
+                    .max()
+                    .unwrap_or(SEGMENT_HEADER);
+                assert!(
+                    warnings[0].contains(&format!("cut {} bytes at offset {kept}", cut - kept)),
+                    "cut at {cut}: {warnings:?}"
+                );
+            }
+        }
+        // The cut is physical, before any append.
+        let kept_len = std::fs::metadata(&path).unwrap().len();
+        assert!(
+            kept_len <= cut.max(SEGMENT_HEADER),
+            "cut at {cut}: file is {kept_len}"
+        );
+
+        let a = wal.append(b"after the cut").unwrap();
+        let b = wal.append(b"and one more").unwrap();
+        assert_eq!((a, b), (whole_before_cut + 1, whole_before_cut + 2));
+        drop(wal);
+
+        let wal = Wal::open(tmp.path(), options()).unwrap();
+        assert!(wal.recovery_report().warnings.is_empty(), "cut at {cut}");
+        let all = read_all(&wal);
+        assert_eq!(all.len(), expected.len() + 2, "cut at {cut}");
+        assert_eq!(all[..expected.len()], expected[..]);
+        assert_eq!(all[expected.len()].data, b"after the cut");
+        assert_eq!(wal.next_lsn(), whole_before_cut + 3);
+    }
+}
+
+#[test]
+fn zeroes_and_garbage_after_the_last_record_are_cut() {
+    for tail in [
+        vec![0u8; 4096],
+        (0..777u32).map(|i| (i * 31 % 251) as u8).collect(),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let records = build(tmp.path());
+        let last = segments(tmp.path()).last().unwrap().clone();
+        let len = std::fs::metadata(&last).unwrap().len();
+        let mut bytes = std::fs::read(&last).unwrap();
+        bytes.extend_from_slice(&tail);
+        std::fs::write(&last, &bytes).unwrap();
+
+        let wal = Wal::open(tmp.path(), options()).unwrap();
+        assert_eq!(read_all(&wal), records);
+        let warnings = &wal.recovery_report().warnings;
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains(&format!("cut {} bytes at offset {len}", tail.len())),
+            "{warnings:?}"
+        );
+        assert_eq!(std::fs::metadata(&last).unwrap().len(), len);
+    }
+}
+
+#[test]
+fn a_batch_cut_anywhere_is_dropped_whole() {
+    let original = tempfile::tempdir().unwrap();
+    let records = build(original.path());
+    let wal = Wal::open(original.path(), options()).unwrap();
+    wal.rotate().unwrap();
+    let batch: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 7]).collect();
+    let lsns = wal.append_batch(&batch).unwrap();
+    let next = records.len() as u64 + 1;
+    assert_eq!(lsns, next..next + 4);
+    drop(wal);
+    let last = segments(original.path()).last().unwrap().clone();
+    let name = last.file_name().unwrap().to_owned();
+    let full_len = std::fs::metadata(&last).unwrap().len();
+
+    for cut in SEGMENT_HEADER..=full_len {
+        let tmp = tempfile::tempdir().unwrap();
+        copy_log(original.path(), tmp.path());
+        let path = tmp.path().join(&name);
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(cut).unwrap();
+        let wal = Wal::open(tmp.path(), options()).unwrap();
+        let got = read_all(&wal);
+        if cut == full_len {
+            assert_eq!(got.len(), records.len() + 4);
+        } else {
+            assert_eq!(got, records, "cut at {cut}");
+            assert_eq!(wal.next_lsn(), next, "cut at {cut}");
+            if cut > SEGMENT_HEADER {
+                assert!(!wal.recovery_report().warnings.is_empty(), "cut at {cut}");
+            }
+        }
+    }
+}
