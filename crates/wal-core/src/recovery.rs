@@ -313,18 +313,22 @@ fn scan_segment(
             )));
             return Ok(scan);
         }
+        // Records are written only after the header was synced, so a bad
+        // header with nothing after it is an interrupted creation. This
+        // comes before the version check: a torn header write may keep the
+        // magic and leave garbage in the version field (found by the
+        // torn-crash sweep in tests/power_loss.rs), and rewriting a file
+        // that holds no record loses nothing, its first LSN being in its name.
+        Err(e) if is_last && file_len <= SEGMENT_HEADER_LEN as u64 => {
+            scan.problem = Some(Problem::TornHeader(e));
+            return Ok(scan);
+        }
         Err(HeaderError::UnsupportedVersion(version)) => {
             return Err(Error::UnsupportedVersion {
                 segment: path.to_path_buf(),
                 version,
                 supported: format::FORMAT_VERSION,
             });
-        }
-        // Records are written only after the header was synced, so a bad
-        // header with nothing after it is an interrupted creation.
-        Err(e) if is_last && file_len <= SEGMENT_HEADER_LEN as u64 => {
-            scan.problem = Some(Problem::TornHeader(e));
-            return Ok(scan);
         }
         Err(e) => {
             scan.problem = Some(Problem::BadHeader(e.describe()));

@@ -129,8 +129,20 @@ impl Shared {
     /// Locks `dir`, recovers it and returns the ready log.
     pub(crate) fn open(dir: &Path, options: WalOptions, vfs: Arc<dyn Vfs>) -> Result<Shared> {
         options.validate()?;
+        // A directory made here is durable only once its entry in its parent
+        // is: without an fsync of each such parent, a crash could take the
+        // whole new log away, acknowledged records and all.
+        let created = missing_dirs(vfs.as_ref(), dir);
         vfs.create_dir_all(dir)
             .map_err(Error::io("create log directory", dir))?;
+        for made in &created {
+            let parent = match made.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            vfs.sync_dir(parent)
+                .map_err(Error::io("sync parent of log directory", parent))?;
+        }
         let lock = vfs.lock_dir(dir).map_err(|e| {
             if e.kind() == std::io::ErrorKind::WouldBlock {
                 Error::Locked {
@@ -478,6 +490,21 @@ impl Shared {
     pub(crate) fn is_poisoned(&self) -> bool {
         lock(&self.state).poisoned.is_some()
     }
+}
+
+/// `dir` and those of its ancestors that do not exist yet, deepest first
+/// (`list_dir` serves as the existence probe).
+fn missing_dirs(vfs: &dyn Vfs, dir: &Path) -> Vec<PathBuf> {
+    let mut missing = Vec::new();
+    let mut cur = Some(dir);
+    while let Some(d) = cur.filter(|d| !d.as_os_str().is_empty()) {
+        if vfs.list_dir(d).is_ok() {
+            break;
+        }
+        missing.push(d.to_path_buf());
+        cur = d.parent();
+    }
+    missing
 }
 
 fn check_poisoned(st: &State) -> Result<()> {
