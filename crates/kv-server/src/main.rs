@@ -1,1 +1,132 @@
-fn main() {}
+//! The `kv-server` binary: parses flags, opens the store, serves until
+//! SIGINT/SIGTERM. Exit status: 0 clean shutdown, 1 start-up or serving
+//! failure (one line on stderr), 2 usage error.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use kv_server::config::{EXIT_FAILURE, EXIT_OK};
+use kv_server::{Args, run};
+use kv_store::KeyValueStore;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    // Usage errors exit 2 inside clap.
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .and_then(|runtime| runtime.block_on(serve(args)));
+    match result {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(err) => {
+            // One line, the whole cause chain, no backtrace.
+            eprintln!("kv-server: error: {err:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    if !args.frame_fits_largest_request() {
+        tracing::warn!(
+            max_frame = args.max_frame,
+            max_key_size = args.max_key_size,
+            max_value_size = args.max_value_size,
+            "--max-frame is smaller than a put of the largest key and value: such puts \
+             will close their connection instead of getting TOO_LARGE"
+        );
+    }
+    // Bind before the (possibly long) recovery, so a taken port fails fast.
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.addr))?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+
+    let data_dir = args.data_dir.clone();
+    tracing::info!(data_dir = %data_dir.display(), "opening the store");
+    let options = args.store_options();
+    let dir = data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || KeyValueStore::open(&dir, options))
+        .await
+        .context("store open task failed")?
+        .map_err(|err| open_error(&data_dir, err))?;
+    let recovery = store.recovery();
+    for warning in &recovery.warnings {
+        tracing::warn!("recovery: {warning}");
+    }
+    tracing::info!(
+        snapshot_seq = recovery.snapshot_seq,
+        snapshot_entries = recovery.snapshot_entries,
+        replayed = recovery.replayed,
+        duration_ms = recovery.duration.as_secs_f64() * 1e3,
+        "recovered {} entries from the snapshot and replayed {} log entries in {:.1?}",
+        recovery.snapshot_entries,
+        recovery.replayed,
+        recovery.duration
+    );
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    // Tests and scripts read the real port from this line.
+    tracing::info!("listening on {addr}");
+    run(listener, store, args.server_config(), shutdown).await?;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+/// The start-up error for a store that would not open, in one line.
+fn open_error(data_dir: &std::path::Path, err: kv_store::Error) -> anyhow::Error {
+    match err {
+        kv_store::Error::Wal(wal_core::Error::Locked { .. }) => anyhow::anyhow!(
+            "data directory {} is locked: another kv-server is using it",
+            data_dir.display()
+        ),
+        err => anyhow::Error::new(err)
+            .context(format!("cannot open the store in {}", data_dir.display())),
+    }
+}
+
+/// Cancels `shutdown` on the first SIGINT or SIGTERM.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    match wait_for_signal().await {
+        Ok(name) => {
+            tracing::info!("{name} received: shutting down");
+            shutdown.cancel();
+        }
+        // Without handlers the signals keep their default action (the
+        // process ends at once); serving on is better than refusing to run.
+        Err(err) => tracing::warn!(error = %err, "cannot listen for signals"),
+    }
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() -> std::io::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    })
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() -> std::io::Result<&'static str> {
+    tokio::signal::ctrl_c().await?;
+    Ok("Ctrl-C")
+}

@@ -1,0 +1,232 @@
+//! One request in, one response out: maps each [`Request`] to the store call
+//! that answers it, and each store outcome to a [`Response`].
+//!
+//! A request becomes a [`Reply`] the moment it is read. Writes are submitted
+//! to the store right then, so that on one connection the commit order is
+//! the request order even while earlier writes still wait for their sync.
+//! Reads and checkpoints are *not* run then: they run when the connection's
+//! writer reaches them, after every earlier reply on the connection has
+//! resolved, so a pipelined `put k` then `get k` reads its own write. (A
+//! read may also see writes pipelined *after* it on the same connection,
+//! since those were submitted before its turn came: they are concurrent
+//! with it, as its answer had not been sent when they were.)
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use kv_proto::{
+    CheckpointResponse, DeleteResponse, ErrorCode, GetResponse, KeysResponse, PutResponse, Request,
+    Response, request::Command, response,
+};
+use kv_store::{KeyValueStore, Lsn, Pending};
+
+/// What every connection of one server shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// The store every request goes to.
+    pub(crate) store: KeyValueStore,
+    /// Set once the first write failed because the log is unusable, so that
+    /// the failure is logged once at ERROR instead of once per request.
+    write_failure_logged: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn new(store: KeyValueStore) -> Arc<Self> {
+        Arc::new(Shared {
+            store,
+            write_failure_logged: AtomicBool::new(false),
+        })
+    }
+
+    /// Logs the first failure of the log; later ones at debug.
+    fn note_write_failure(&self, err: &kv_store::Error) {
+        if self.write_failure_logged.swap(true, Ordering::Relaxed) {
+            tracing::debug!(error = %err, "write refused");
+        } else {
+            tracing::error!(
+                error = %err,
+                "the write-ahead log failed: writes now get UNAVAILABLE, reads go on; \
+                 restart the server to recover"
+            );
+        }
+    }
+}
+
+/// The pending answer to one request, in the connection's reply queue.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// Already known (an error, or a response that needs nothing more).
+    Ready(Response),
+    /// A put submitted to the store, waiting for durability.
+    Put { id: u64, pending: Pending<Lsn> },
+    /// A delete submitted to the store, waiting for durability.
+    Delete {
+        id: u64,
+        pending: Pending<Option<Lsn>>,
+    },
+    /// A get, read when its turn comes.
+    Get { id: u64, key: Bytes },
+    /// A key listing, read when its turn comes.
+    Keys { id: u64, prefix: Bytes, limit: u32 },
+    /// A checkpoint, started when its turn comes.
+    Checkpoint { id: u64 },
+}
+
+impl Reply {
+    /// Starts answering `request`: submits writes now, defers reads.
+    pub(crate) fn start(request: Request, shared: &Shared) -> Reply {
+        let id = request.id;
+        let Some(command) = request.command else {
+            return Reply::error(id, ErrorCode::InvalidRequest, "request has no command");
+        };
+        match command {
+            Command::Put(put) => match shared.store.submit_put(&put.key, &put.value) {
+                Ok(pending) => Reply::Put { id, pending },
+                Err(err) => Reply::Ready(store_error(id, &err, shared)),
+            },
+            Command::Delete(delete) => match shared.store.submit_delete(&delete.key) {
+                Ok(pending) => Reply::Delete { id, pending },
+                Err(err) => Reply::Ready(store_error(id, &err, shared)),
+            },
+            Command::Get(get) => Reply::Get { id, key: get.key },
+            Command::Keys(keys) => Reply::Keys {
+                id,
+                prefix: keys.prefix,
+                limit: keys.limit,
+            },
+            Command::Checkpoint(_) => Reply::Checkpoint { id },
+        }
+    }
+
+    /// An error reply.
+    pub(crate) fn error(id: u64, code: ErrorCode, message: impl Into<String>) -> Reply {
+        Reply::Ready(error_response(id, code, message))
+    }
+
+    /// Waits for the outcome and turns it into the response.
+    pub(crate) async fn resolve(self, shared: &Shared) -> Response {
+        let (id, result) = match self {
+            Reply::Ready(response) => return response,
+            Reply::Put { id, pending } => match pending.await {
+                Ok(seq) => (id, response::Result::Put(PutResponse { seq })),
+                Err(err) => return store_error(id, &err, shared),
+            },
+            Reply::Delete { id, pending } => match pending.await {
+                Ok(seq) => (
+                    id,
+                    response::Result::Delete(DeleteResponse {
+                        existed: seq.is_some(),
+                        seq: seq.unwrap_or(0),
+                    }),
+                ),
+                Err(err) => return store_error(id, &err, shared),
+            },
+            Reply::Get { id, key } => {
+                let value = shared.store.get(&key);
+                (
+                    id,
+                    response::Result::Get(GetResponse {
+                        found: value.is_some(),
+                        value: value.map(Bytes::from).unwrap_or_default(),
+                    }),
+                )
+            }
+            Reply::Keys { id, prefix, limit } => {
+                let page = shared
+                    .store
+                    .keys(&prefix, usize::try_from(limit).unwrap_or(usize::MAX));
+                (
+                    id,
+                    response::Result::Keys(KeysResponse {
+                        keys: page.keys.into_iter().map(Bytes::from).collect(),
+                        truncated: page.truncated,
+                    }),
+                )
+            }
+            Reply::Checkpoint { id } => {
+                // A checkpoint writes and syncs a whole snapshot: run it where
+                // blocking is allowed, never on a runtime worker.
+                let store = shared.store.clone();
+                match tokio::task::spawn_blocking(move || store.checkpoint()).await {
+                    Ok(Ok(seq)) => (id, response::Result::Checkpoint(CheckpointResponse { seq })),
+                    Ok(Err(err)) => return store_error(id, &err, shared),
+                    Err(join) => {
+                        return error_response(
+                            id,
+                            ErrorCode::Internal,
+                            format!("checkpoint task failed: {join}"),
+                        );
+                    }
+                }
+            }
+        };
+        Response::new(id, result)
+    }
+}
+
+/// A response carrying an error.
+pub(crate) fn error_response(id: u64, code: ErrorCode, message: impl Into<String>) -> Response {
+    Response::error(id, code, message)
+}
+
+/// Maps a store error to its wire code. A write that failed in the log is
+/// never reported as done: UNAVAILABLE when the log refuses writes (nothing
+/// was written), INTERNAL when the write itself hit the failure.
+fn store_error(id: u64, err: &kv_store::Error, shared: &Shared) -> Response {
+    let code = error_code(err);
+    if matches!(code, ErrorCode::Unavailable | ErrorCode::Internal) {
+        shared.note_write_failure(err);
+    }
+    error_response(id, code, err.to_string())
+}
+
+/// The wire code of a store error.
+pub(crate) fn error_code(err: &kv_store::Error) -> ErrorCode {
+    match err {
+        kv_store::Error::EmptyKey => ErrorCode::InvalidRequest,
+        kv_store::Error::KeyTooLarge { .. } | kv_store::Error::ValueTooLarge { .. } => {
+            ErrorCode::TooLarge
+        }
+        kv_store::Error::Unavailable(_) => ErrorCode::Unavailable,
+        kv_store::Error::Wal(wal_core::Error::Poisoned { .. }) => ErrorCode::Unavailable,
+        _ => ErrorCode::Internal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_map_to_wire_codes() {
+        use kv_store::Error;
+        assert_eq!(error_code(&Error::EmptyKey), ErrorCode::InvalidRequest);
+        assert_eq!(
+            error_code(&Error::KeyTooLarge { size: 9, max: 8 }),
+            ErrorCode::TooLarge
+        );
+        assert_eq!(
+            error_code(&Error::ValueTooLarge { size: 9, max: 8 }),
+            ErrorCode::TooLarge
+        );
+        assert_eq!(
+            error_code(&Error::Unavailable("closed".into())),
+            ErrorCode::Unavailable
+        );
+        assert_eq!(
+            error_code(&Error::Wal(wal_core::Error::Poisoned {
+                reason: "fsync failed".into()
+            })),
+            ErrorCode::Unavailable
+        );
+        assert_eq!(
+            error_code(&Error::Wal(wal_core::Error::Io {
+                op: "sync",
+                path: "x".into(),
+                source: std::io::Error::other("EIO"),
+            })),
+            ErrorCode::Internal
+        );
+    }
+}

@@ -1,0 +1,176 @@
+//! The only place where bytes on a socket become frames and frames become
+//! bytes: [`FrameReader`] reads requests with the idle and frame timeouts,
+//! [`FrameWriter`] batches responses and writes them out.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use kv_proto::{CodecError, ErrorCode, Response, ServerCodec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::Instant;
+use tokio_util::codec::{Decoder, Encoder};
+
+/// Initial read buffer: enough for many small pipelined requests per read.
+const READ_BUFFER: usize = 16 << 10;
+
+/// Why a connection stopped delivering requests.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// A frame header declared more than the maximum frame size; the body
+    /// was not read.
+    TooLarge {
+        /// Declared length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Nothing arrived for the idle timeout.
+    Idle,
+    /// A started frame did not complete within the frame timeout.
+    SlowFrame,
+    /// The peer closed in the middle of a frame.
+    Truncated,
+    /// The socket failed.
+    Io(io::Error),
+}
+
+/// One decoded item: a request, or a frame whose body is not a `Request`.
+pub(crate) type Inbound = <ServerCodec as Decoder>::Item;
+
+/// Reads frames from a connection.
+#[derive(Debug)]
+pub(crate) struct FrameReader {
+    socket: OwnedReadHalf,
+    buffer: BytesMut,
+    codec: ServerCodec,
+    /// When the first byte of the frame now in `buffer` arrived; `None`
+    /// while `buffer` holds no partial frame. Bounds how long a frame may
+    /// take (a client trickling bytes must not hold a connection forever).
+    frame_started: Option<Instant>,
+    idle_timeout: Duration,
+    frame_timeout: Duration,
+}
+
+impl FrameReader {
+    pub(crate) fn new(
+        socket: OwnedReadHalf,
+        max_frame: usize,
+        idle_timeout: Duration,
+        frame_timeout: Duration,
+    ) -> Self {
+        FrameReader {
+            socket,
+            buffer: BytesMut::with_capacity(READ_BUFFER),
+            codec: ServerCodec::new(max_frame),
+            frame_started: None,
+            idle_timeout,
+            frame_timeout,
+        }
+    }
+
+    /// The next frame; `Ok(None)` when the peer closed between frames.
+    ///
+    /// Cancel safe: the only await is one socket read into the buffer, so a
+    /// caller may drop this future (on shutdown) without losing bytes.
+    pub(crate) async fn next(&mut self) -> Result<Option<Inbound>, ReadError> {
+        loop {
+            match self.codec.decode(&mut self.buffer) {
+                Ok(Some(item)) => {
+                    // Bytes already buffered belong to the next frame, which
+                    // therefore started now.
+                    self.frame_started = (!self.buffer.is_empty()).then(Instant::now);
+                    return Ok(Some(item));
+                }
+                Ok(None) => {}
+                Err(CodecError::FrameTooLarge { len, max }) => {
+                    return Err(ReadError::TooLarge { len, max });
+                }
+                Err(CodecError::Io(err)) => return Err(ReadError::Io(err)),
+                Err(other) => return Err(ReadError::Io(io::Error::other(other.to_string()))),
+            }
+            let deadline = match self.frame_started {
+                Some(started) => started + self.frame_timeout,
+                None => Instant::now() + self.idle_timeout,
+            };
+            let read = tokio::time::timeout_at(deadline, self.socket.read_buf(&mut self.buffer));
+            match read.await {
+                Err(_elapsed) if self.frame_started.is_some() => return Err(ReadError::SlowFrame),
+                Err(_elapsed) => return Err(ReadError::Idle),
+                Ok(Ok(0)) if self.buffer.is_empty() => return Ok(None),
+                Ok(Ok(0)) => return Err(ReadError::Truncated),
+                Ok(Ok(_)) => {
+                    if self.frame_started.is_none() {
+                        self.frame_started = Some(Instant::now());
+                    }
+                }
+                Ok(Err(err)) => return Err(ReadError::Io(err)),
+            }
+        }
+    }
+}
+
+/// Writes responses, batching those that are ready together into one
+/// socket write.
+#[derive(Debug)]
+pub(crate) struct FrameWriter {
+    socket: OwnedWriteHalf,
+    buffer: BytesMut,
+    codec: ServerCodec,
+}
+
+/// Above this many buffered bytes the writer flushes even if more responses
+/// are ready, bounding memory per connection.
+pub(crate) const FLUSH_THRESHOLD: usize = 64 << 10;
+
+impl FrameWriter {
+    pub(crate) fn new(socket: OwnedWriteHalf, max_frame: usize) -> Self {
+        FrameWriter {
+            socket,
+            buffer: BytesMut::with_capacity(READ_BUFFER),
+            codec: ServerCodec::new(max_frame),
+        }
+    }
+
+    /// Appends one response to the buffer (no I/O). A response too large
+    /// for a frame (a huge key listing, say) is replaced by a TOO_LARGE
+    /// error carrying the same id, so the client still gets one answer per
+    /// request.
+    pub(crate) fn push(&mut self, response: &Response) -> io::Result<()> {
+        match self.codec.encode(response, &mut self.buffer) {
+            Ok(()) => Ok(()),
+            Err(CodecError::FrameTooLarge { len, max }) => {
+                let refusal = Response::error(
+                    response.id,
+                    ErrorCode::TooLarge,
+                    format!("response of {len} bytes exceeds the maximum frame size of {max}"),
+                );
+                self.codec
+                    .encode(&refusal, &mut self.buffer)
+                    .map_err(|err| io::Error::other(err.to_string()))
+            }
+            Err(err) => Err(io::Error::other(err.to_string())),
+        }
+    }
+
+    /// Bytes waiting to be written.
+    pub(crate) fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Writes out everything buffered.
+    pub(crate) async fn flush(&mut self) -> io::Result<()> {
+        if !self.buffer.is_empty() {
+            self.socket.write_all_buf(&mut self.buffer).await?;
+        }
+        Ok(())
+    }
+
+    /// Flushes, then closes the sending side (FIN), so the peer reads every
+    /// response before it sees the end.
+    pub(crate) async fn finish(&mut self) -> io::Result<()> {
+        self.flush().await?;
+        self.socket.shutdown().await
+    }
+}

@@ -1,0 +1,251 @@
+//! The accept loop, the connection limit, one task per connection, and
+//! graceful shutdown.
+//!
+//! Per connection, a reader turns frames into [`Reply`]s (submitting writes
+//! at once) and queues them; a writer resolves them in queue order and writes
+//! the responses. The queue is bounded (`max_in_flight`): when a client
+//! pipelines faster than its replies drain, the reader stops reading and TCP
+//! flow control pushes back on the client.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use kv_proto::ErrorCode;
+use kv_store::KeyValueStore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::Error;
+use crate::command::{Reply, Shared};
+use crate::config::ServerConfig;
+use crate::connection::{FLUSH_THRESHOLD, FrameReader, FrameWriter, ReadError};
+
+/// Pause after an accept error that is not about one connection (such as
+/// running out of file descriptors), so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Serves `store` on `listener` until `shutdown` is cancelled.
+///
+/// On cancellation it stops accepting, stops reading new requests, answers
+/// every request already read (writes included: they complete and are
+/// acknowledged), then closes the store ([`KeyValueStore::close`], which
+/// makes every acknowledged write durable) and returns.
+///
+/// At most `config.max_connections` connections are served at once: a
+/// permit is taken *before* `accept`, so excess clients wait in the
+/// kernel's backlog instead of costing memory here.
+pub async fn run(
+    listener: TcpListener,
+    store: KeyValueStore,
+    config: ServerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let shared = Shared::new(store);
+    let config = Arc::new(config);
+    let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let connections = TaskTracker::new();
+
+    loop {
+        let permit = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                // The semaphore is never closed; treat it as a shutdown.
+                Err(_) => break,
+            },
+        };
+        let (socket, peer) = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            accepted = accept(&listener) => accepted,
+        };
+        let shared = Arc::clone(&shared);
+        let config = Arc::clone(&config);
+        let token = shutdown.child_token();
+        connections.spawn(async move {
+            serve_connection(socket, peer, &shared, &config, token).await;
+            drop(permit);
+        });
+    }
+
+    drop(listener);
+    tracing::info!(
+        connections = connections.len(),
+        "shutting down: no longer accepting; finishing in-flight requests"
+    );
+    connections.close();
+    connections.wait().await;
+
+    let store = shared.store.clone();
+    tokio::task::spawn_blocking(move || store.close())
+        .await
+        .map_err(|join| Error::Io(io::Error::other(format!("store close task failed: {join}"))))?
+        .map_err(Error::Store)?;
+    tracing::info!("store closed; every acknowledged write is durable");
+    Ok(())
+}
+
+/// Accepts one connection, retrying past errors: per-connection ones
+/// (the peer reset before we accepted) at once, resource ones (EMFILE and
+/// the like) after a pause.
+async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                tracing::debug!(error = %err, "accept: connection gone before it was accepted");
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "accept failed; retrying shortly");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Serves one connection to its end: the peer closes, a timeout or a
+/// protocol violation closes it, or the server shuts down.
+async fn serve_connection(
+    socket: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    config: &ServerConfig,
+    token: CancellationToken,
+) {
+    // Responses are batched by the writer; Nagle would only add latency.
+    if let Err(err) = socket.set_nodelay(true) {
+        tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
+    }
+    let (read_half, write_half) = socket.into_split();
+    let reader = FrameReader::new(
+        read_half,
+        config.max_frame,
+        config.idle_timeout,
+        config.frame_timeout,
+    );
+    let writer = FrameWriter::new(write_half, config.max_frame);
+    let (replies, queue) = mpsc::channel(config.max_in_flight.max(1));
+    tracing::debug!(%peer, "connection opened");
+
+    let read = read_requests(reader, replies, shared, &token);
+    let write = async {
+        let result = write_replies(writer, queue, shared).await;
+        // The peer is gone or the socket failed: stop reading too.
+        token.cancel();
+        result
+    };
+    let (end, written) = tokio::join!(read, write);
+    match written {
+        Ok(()) => tracing::debug!(%peer, reason = end, "connection closed"),
+        Err(err) => tracing::debug!(%peer, reason = end, error = %err, "connection closed"),
+    }
+}
+
+/// Reads requests and queues their replies until the connection ends;
+/// returns why it ended. Dropping `replies` on return tells the writer to
+/// finish the queue and close.
+async fn read_requests(
+    mut reader: FrameReader,
+    replies: mpsc::Sender<Reply>,
+    shared: &Shared,
+    token: &CancellationToken,
+) -> &'static str {
+    loop {
+        let inbound = tokio::select! {
+            biased;
+            () = token.cancelled() => return "shutdown",
+            inbound = reader.next() => inbound,
+        };
+        let (reply, last) = match inbound {
+            Ok(Some(Ok(request))) => (Reply::start(request, shared), false),
+            Ok(Some(Err(err))) => (
+                // The id is inside the message that failed to decode.
+                Reply::error(
+                    0,
+                    ErrorCode::InvalidRequest,
+                    format!("undecodable request: {err}"),
+                ),
+                false,
+            ),
+            Err(ReadError::TooLarge { len, max }) => (
+                Reply::error(
+                    0,
+                    ErrorCode::TooLarge,
+                    format!("frame of {len} bytes exceeds the maximum of {max}"),
+                ),
+                true,
+            ),
+            Ok(None) => return "peer closed",
+            Err(ReadError::Idle) => return "idle timeout",
+            Err(ReadError::SlowFrame) => return "frame timeout",
+            Err(ReadError::Truncated) => return "peer closed mid-frame",
+            Err(ReadError::Io(err)) => {
+                tracing::debug!(error = %err, "read failed");
+                return "read error";
+            }
+        };
+        if replies.send(reply).await.is_err() {
+            return "writer stopped";
+        }
+        if last {
+            // Oversized frame: its body is never read; the writer sends
+            // TOO_LARGE after the earlier replies and closes.
+            return "frame too large";
+        }
+    }
+}
+
+/// Resolves queued replies in order and writes them. Flushes only when the
+/// next reply is not ready yet (or the buffer is large), so a burst of
+/// pipelined replies leaves in few writes.
+async fn write_replies(
+    mut writer: FrameWriter,
+    mut queue: mpsc::Receiver<Reply>,
+    shared: &Shared,
+) -> io::Result<()> {
+    loop {
+        let reply = match queue.try_recv() {
+            Ok(reply) => reply,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                writer.flush().await?;
+                match queue.recv().await {
+                    Some(reply) => reply,
+                    None => break,
+                }
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+        };
+        let mut resolving = pin!(reply.resolve(shared));
+        let response = match poll_once(resolving.as_mut()).await {
+            Poll::Ready(response) => response,
+            Poll::Pending => {
+                // Waiting (typically for a sync): send what is ready first.
+                writer.flush().await?;
+                resolving.await
+            }
+        };
+        writer.push(&response)?;
+        if writer.buffered() >= FLUSH_THRESHOLD {
+            writer.flush().await?;
+        }
+    }
+    writer.finish().await
+}
+
+/// Polls `future` once, reporting whether it was ready.
+async fn poll_once<F: Future + Unpin>(mut future: F) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut future).poll(cx))).await
+}
