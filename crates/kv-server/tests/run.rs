@@ -1,0 +1,230 @@
+//! `kv_server::run` in-process on 127.0.0.1:0: the request/response mapping,
+//! graceful shutdown, and fail-stop when the log's sync fails (on wal-core's
+//! simulated file system, which can make fdatasync fail on demand).
+
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use kv_proto::{
+    CheckpointRequest, ClientCodec, DeleteRequest, ErrorCode, GetRequest, KeysRequest, PutRequest,
+    Request, Response, request::Command, response,
+};
+use kv_server::{ServerConfig, run};
+use kv_store::{KeyValueStore, StoreOptions};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use wal_core::sim::{Op, SimFs};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+struct Running {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), kv_server::Error>>,
+}
+
+async fn serve(store: KeyValueStore) -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run(
+        listener,
+        store,
+        ServerConfig::default(),
+        shutdown.clone(),
+    ));
+    Running {
+        addr,
+        shutdown,
+        task,
+    }
+}
+
+type Conn = Framed<TcpStream, ClientCodec>;
+
+async fn connect(addr: SocketAddr) -> Conn {
+    Framed::new(
+        TcpStream::connect(addr).await.unwrap(),
+        ClientCodec::default(),
+    )
+}
+
+async fn call(conn: &mut Conn, id: u64, command: Command) -> response::Result {
+    conn.send(Request::new(id, command)).await.unwrap();
+    let response: Response = tokio::time::timeout(DEADLINE, conn.next())
+        .await
+        .expect("an answer in time")
+        .expect("connection open")
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.id, id);
+    response.result.expect("a result")
+}
+
+fn put(key: &'static str, value: &'static str) -> Command {
+    Command::Put(PutRequest {
+        key: Bytes::from_static(key.as_bytes()),
+        value: Bytes::from_static(value.as_bytes()),
+    })
+}
+
+fn get(key: &'static str) -> Command {
+    Command::Get(GetRequest {
+        key: Bytes::from_static(key.as_bytes()),
+    })
+}
+
+fn error_code(result: &response::Result) -> ErrorCode {
+    match result {
+        response::Result::Error(err) => ErrorCode::try_from(err.code).unwrap(),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_maps_to_its_response() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = KeyValueStore::open(dir.path(), StoreOptions::default()).unwrap();
+    let server = serve(store).await;
+    let mut conn = connect(server.addr).await;
+
+    let response::Result::Put(first) = call(&mut conn, 1, put("a", "1")).await else {
+        panic!("put")
+    };
+    let response::Result::Put(second) = call(&mut conn, 2, put("ab", "2")).await else {
+        panic!("put")
+    };
+    assert!(second.seq > first.seq);
+    assert_eq!(
+        call(&mut conn, 3, get("a")).await,
+        response::Result::Get(kv_proto::GetResponse {
+            found: true,
+            value: Bytes::from_static(b"1")
+        })
+    );
+    let keys = call(
+        &mut conn,
+        4,
+        Command::Keys(KeysRequest {
+            prefix: Bytes::from_static(b"a"),
+            limit: 1,
+        }),
+    )
+    .await;
+    assert_eq!(
+        keys,
+        response::Result::Keys(kv_proto::KeysResponse {
+            keys: vec![Bytes::from_static(b"a")],
+            truncated: true
+        })
+    );
+    let delete = |key: &'static str| {
+        Command::Delete(DeleteRequest {
+            key: Bytes::from_static(key.as_bytes()),
+        })
+    };
+    let response::Result::Delete(deleted) = call(&mut conn, 5, delete("a")).await else {
+        panic!("delete")
+    };
+    assert!(deleted.existed && deleted.seq > second.seq);
+    let response::Result::Delete(missing) = call(&mut conn, 6, delete("a")).await else {
+        panic!("delete")
+    };
+    assert!(!missing.existed);
+    assert_eq!(missing.seq, 0, "deleting a missing key writes nothing");
+    let response::Result::Checkpoint(checkpoint) =
+        call(&mut conn, 7, Command::Checkpoint(CheckpointRequest {})).await
+    else {
+        panic!("checkpoint")
+    };
+    assert_eq!(checkpoint.seq, deleted.seq);
+    assert_eq!(
+        error_code(&call(&mut conn, 8, put("", "empty key")).await),
+        ErrorCode::InvalidRequest
+    );
+
+    server.shutdown.cancel();
+    tokio::time::timeout(DEADLINE, server.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_idle_connections_and_closes_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = KeyValueStore::open(dir.path(), StoreOptions::default()).unwrap();
+    let server = serve(store.clone()).await;
+    let mut idle = connect(server.addr).await;
+    call(&mut idle, 1, put("k", "v")).await;
+
+    server.shutdown.cancel();
+    tokio::time::timeout(DEADLINE, server.task)
+        .await
+        .expect("run returns despite an idle client")
+        .unwrap()
+        .unwrap();
+    // The idle connection was closed, not left hanging.
+    let end = tokio::time::timeout(DEADLINE, idle.next()).await.unwrap();
+    assert!(end.is_none() || end.is_some_and(|r| r.is_err()));
+    // The store was closed: it takes no more writes.
+    assert!(store.put(b"late", b"v").is_err());
+    drop(store);
+
+    // And what was acknowledged is there on reopen.
+    let reopened = KeyValueStore::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_eq!(reopened.get(b"k"), Some(b"v".to_vec()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_sync_means_no_false_ok_and_reads_go_on() {
+    let fs = SimFs::new();
+    let store =
+        KeyValueStore::open_with_vfs("/sim/data", StoreOptions::default(), fs.shared()).unwrap();
+    let server = serve(store).await;
+    let mut conn = connect(server.addr).await;
+    call(&mut conn, 1, put("before", "ok")).await;
+
+    // The next fdatasync fails: the write that needed it must not be
+    // acknowledged, and the log goes fail-stop.
+    fs.fail_nth(Op::SyncData, 0, ErrorKind::Other);
+    let failed = call(&mut conn, 2, put("doomed", "x")).await;
+    assert!(
+        matches!(
+            error_code(&failed),
+            ErrorCode::Internal | ErrorCode::Unavailable
+        ),
+        "{failed:?}"
+    );
+    // Later writes are refused outright, even though syncs would work now.
+    fs.clear_faults();
+    assert_eq!(
+        error_code(&call(&mut conn, 3, put("after", "x")).await),
+        ErrorCode::Unavailable
+    );
+    // Reads still answer, with only what was durable.
+    assert!(matches!(
+        call(&mut conn, 4, get("before")).await,
+        response::Result::Get(ref g) if g.found
+    ));
+    assert!(matches!(
+        call(&mut conn, 5, get("doomed")).await,
+        response::Result::Get(ref g) if !g.found
+    ));
+    // A new connection is served the same way.
+    let mut other = connect(server.addr).await;
+    assert_eq!(
+        error_code(&call(&mut other, 1, put("other", "x")).await),
+        ErrorCode::Unavailable
+    );
+
+    server.shutdown.cancel();
+    // Closing a failed store may report the failure; it must not hang.
+    let _ = tokio::time::timeout(DEADLINE, server.task).await.unwrap();
+}
