@@ -1,1 +1,39 @@
-//! skeleton
+//! kv-client: an async client for kv-server, and the `kv-client` command
+//! line built on it.
+//!
+//! A [`Client`] holds one TCP connection. It is cheap to clone and its
+//! methods take `&self`, so many tasks can share it: their requests are
+//! pipelined on the connection and matched with their answers by id. The
+//! number of requests in flight is bounded ([`ClientOptions::max_in_flight`]),
+//! so a flood of calls waits instead of growing memory.
+//!
+//! ```no_run
+//! use kv_client::Client;
+//!
+//! # async fn example() -> kv_client::Result<()> {
+//! let client = Client::connect("127.0.0.1:7878").await?;
+//! let seq = client.put("greeting", "hello").await?; // durable when it returns
+//! assert_eq!(client.get("greeting").await?.as_deref(), Some(&b"hello"[..]));
+//!
+//! // Concurrent calls on clones share the connection.
+//! let writes = (0..100).map(|i| {
+//!     let client = client.clone();
+//!     tokio::spawn(async move { client.put(format!("key-{i}"), "v").await })
+//! });
+//! for write in writes {
+//!     assert!(write.await.expect("task ran")? > seq);
+//! }
+//! assert_eq!(client.delete("greeting").await?, Some(seq + 101));
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
+
+mod client;
+mod connection;
+mod error;
+
+pub use client::{Client, ClientOptions, KeysPage};
+pub use error::{ClientError, Result};
+pub use kv_proto;

@@ -1,1 +1,321 @@
-fn main() {}
+//! `kv-client`: the command line of the key-value store.
+//!
+//! One-shot commands (`put`, `get`, ...) exit 0 on success, 1 when the key
+//! is missing (get, delete), 2 on any other failure, with one line on
+//! stderr. Without a command, an interactive prompt (`cli::repl`).
+
+use std::ffi::OsString;
+use std::io::{self, IsTerminal, Read};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use kv_client::kv_proto::DEFAULT_MAX_FRAME_SIZE;
+use kv_client::{Client, ClientOptions};
+
+mod cli {
+    pub mod output;
+    pub mod repl;
+}
+
+use cli::output::{self, Failure};
+
+/// Command-line client for kv-server, a durable key-value store.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kv-client",
+    version,
+    long_about = "Command-line client for kv-server, a durable key-value store.\n\n\
+        With a command, runs it and exits: 0 on success, 1 when the key does not \
+        exist (get, delete), 2 on any other failure, with one line on stderr.\n\
+        Without a command, starts an interactive prompt (type `help` there); when \
+        stdin is not a terminal, reads the same commands line by line.",
+    after_help = "Examples:\n  \
+        kv-client put greeting hello\n  \
+        kv-client get greeting\n  \
+        kv-client put photo - < photo.jpg\n  \
+        kv-client keys --prefix user: --limit 10\n  \
+        KV_ADDR=10.0.0.5:7878 kv-client checkpoint"
+)]
+struct Cli {
+    #[command(flatten)]
+    connection: ConnectionArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Where and how to connect; shared by every command.
+#[derive(Debug, Clone, Args)]
+struct ConnectionArgs {
+    /// Address of the kv-server.
+    #[arg(
+        long,
+        env = "KV_ADDR",
+        default_value = "127.0.0.1:7878",
+        value_name = "HOST:PORT",
+        global = true
+    )]
+    addr: String,
+    /// Give up on a request after this many seconds (0: wait as long as the
+    /// connection lives).
+    #[arg(
+        long,
+        env = "KV_TIMEOUT",
+        default_value_t = 30,
+        value_name = "SECONDS",
+        global = true
+    )]
+    timeout: u64,
+    /// Largest frame sent or accepted, in bytes; should match the server's
+    /// --max-frame.
+    #[arg(long, env = "KV_MAX_FRAME", default_value_t = DEFAULT_MAX_FRAME_SIZE, value_name = "BYTES", global = true)]
+    max_frame: usize,
+}
+
+impl ConnectionArgs {
+    fn options(&self) -> ClientOptions {
+        ClientOptions {
+            max_frame_size: self.max_frame,
+            request_timeout: (self.timeout > 0).then(|| Duration::from_secs(self.timeout)),
+            ..ClientOptions::default()
+        }
+    }
+
+    async fn connect(&self) -> Result<Client, kv_client::ClientError> {
+        Client::connect_with(self.addr.as_str(), self.options()).await
+    }
+}
+
+/// The commands. Each variant is run by `run_command`.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Set KEY to VALUE, durably; prints OK.
+    Put {
+        /// The key (any bytes but empty).
+        key: OsString,
+        /// The value; `-` reads it from stdin, byte for byte. (Values like
+        /// `-3` are taken as values; use `--` before a key starting with `-`.)
+        #[arg(allow_hyphen_values = true)]
+        value: OsString,
+    },
+    /// Print the value of KEY (raw bytes unless stdout is a terminal).
+    Get {
+        /// The key.
+        key: OsString,
+    },
+    /// Remove KEY, durably; prints OK.
+    #[command(visible_alias = "del")]
+    Delete {
+        /// The key.
+        key: OsString,
+    },
+    /// List keys in ascending byte order, one a line.
+    Keys {
+        /// Only keys starting with this.
+        #[arg(long, short, default_value = "")]
+        prefix: OsString,
+        /// At most this many keys (0: no limit).
+        #[arg(long, short = 'n', default_value_t = 0)]
+        limit: u32,
+    },
+    /// Write a snapshot and drop the log it covers; prints the sequence
+    /// number the snapshot covers.
+    Checkpoint,
+}
+
+fn main() -> ExitCode {
+    // A bug must still end in one line on stderr, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("kv-client: internal error: {info}");
+        std::process::exit(2);
+    }));
+    let cli = Cli::parse();
+    match cli.command {
+        Some(command) => one_shot(&cli.connection, command),
+        None => cli::repl::run(&cli.connection),
+    }
+}
+
+/// Runs one command and turns its outcome into the exit code.
+fn one_shot(connection: &ConnectionArgs, command: Command) -> ExitCode {
+    let outcome = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Error(format!("cannot start the runtime: {e}")))
+        .and_then(|runtime| runtime.block_on(run_command(connection, command)));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => failure.report(),
+    }
+}
+
+async fn run_command(connection: &ConnectionArgs, command: Command) -> Result<(), Failure> {
+    let addr = connection.addr.as_str();
+    // The value is read before connecting: a slow stdin must not hold an
+    // idle connection open (the server closes idle connections).
+    let put_value = match &command {
+        Command::Put { value, .. } => read_value(value)?,
+        _ => Bytes::new(),
+    };
+    let client = connection
+        .connect()
+        .await
+        .map_err(|e| output::client_failure(addr, &e))?;
+    let fail = |e| output::client_failure(addr, &e);
+    let terminal = io::stdout().is_terminal();
+    match command {
+        Command::Put { key, .. } => {
+            client.put(os_bytes(key), put_value).await.map_err(fail)?;
+            output::line("OK")
+        }
+        Command::Get { key } => {
+            let key = os_bytes(key);
+            match client.get(key.clone()).await.map_err(fail)? {
+                Some(value) => output::value(&value, terminal),
+                None => Err(output::not_found(&key)),
+            }
+        }
+        Command::Delete { key } => {
+            let key = os_bytes(key);
+            match client.delete(key.clone()).await.map_err(fail)? {
+                Some(_) => output::line("OK"),
+                None => Err(output::not_found(&key)),
+            }
+        }
+        Command::Keys { prefix, limit } => {
+            let page = client.keys(os_bytes(prefix), limit).await.map_err(fail)?;
+            output::keys(&page.keys, terminal)?;
+            if page.truncated {
+                eprintln!("kv-client: more keys match; raise --limit to see them");
+            }
+            Ok(())
+        }
+        Command::Checkpoint => {
+            let seq = client.checkpoint().await.map_err(fail)?;
+            output::line(&seq.to_string())
+        }
+    }
+}
+
+/// A put's value: the argument's bytes, or all of stdin for `-`.
+fn read_value(value: &OsString) -> Result<Bytes, Failure> {
+    if value != "-" {
+        return Ok(os_bytes(value.clone()));
+    }
+    let mut buf = Vec::new();
+    io::stdin()
+        .lock()
+        .read_to_end(&mut buf)
+        .map_err(|e| Failure::Error(format!("cannot read stdin: {}", output::io_message(&e))))?;
+    Ok(Bytes::from(buf))
+}
+
+/// The bytes of a command-line argument, exactly as given (not
+/// necessarily UTF-8).
+fn os_bytes(arg: OsString) -> Bytes {
+    Bytes::from(arg.into_encoded_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("kv-client").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn put_takes_key_and_value() {
+        let cli = parse(&["put", "k", "v"]).unwrap();
+        match cli.command {
+            Some(Command::Put { key, value }) => {
+                assert_eq!(key, "k");
+                assert_eq!(value, "v");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn addr_defaults_and_may_follow_the_command() {
+        // Not set in the test environment, so the default applies.
+        if std::env::var_os("KV_ADDR").is_none() {
+            assert_eq!(
+                parse(&["get", "k"]).unwrap().connection.addr,
+                "127.0.0.1:7878"
+            );
+        }
+        let cli = parse(&["get", "k", "--addr", "10.1.2.3:9"]).unwrap();
+        assert_eq!(cli.connection.addr, "10.1.2.3:9");
+        let cli = parse(&["--addr", "h:1", "checkpoint"]).unwrap();
+        assert_eq!(cli.connection.addr, "h:1");
+        assert!(matches!(cli.command, Some(Command::Checkpoint)));
+    }
+
+    #[test]
+    fn negative_looking_value_is_a_value() {
+        match parse(&["put", "temp", "-3"]).unwrap().command {
+            Some(Command::Put { value, .. }) => assert_eq!(value, "-3"),
+            other => panic!("unexpected {other:?}"),
+        }
+        match parse(&["put", "--", "-k", "v"]).unwrap().command {
+            Some(Command::Put { key, .. }) => assert_eq!(key, "-k"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn keys_options() {
+        let cli = parse(&["keys", "--prefix", "user:", "--limit", "5"]).unwrap();
+        match cli.command {
+            Some(Command::Keys { prefix, limit }) => {
+                assert_eq!(prefix, "user:");
+                assert_eq!(limit, 5);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match parse(&["keys"]).unwrap().command {
+            Some(Command::Keys { prefix, limit }) => {
+                assert!(prefix.is_empty());
+                assert_eq!(limit, 0);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_command_means_the_prompt() {
+        assert!(parse(&[]).unwrap().command.is_none());
+    }
+
+    #[test]
+    fn usage_errors_are_refused() {
+        assert!(parse(&["put", "only-key"]).is_err());
+        assert!(parse(&["keys", "--limit", "-1"]).is_err());
+        assert!(parse(&["frobnicate"]).is_err());
+        assert!(parse(&["--timeout", "soon", "checkpoint"]).is_err());
+    }
+
+    #[test]
+    fn timeout_zero_means_none() {
+        let cli = parse(&["--timeout", "0", "checkpoint"]).unwrap();
+        assert_eq!(cli.connection.options().request_timeout, None);
+        let cli = parse(&["--timeout", "7", "checkpoint"]).unwrap();
+        assert_eq!(
+            cli.connection.options().request_timeout,
+            Some(Duration::from_secs(7))
+        );
+    }
+
+    #[test]
+    fn argument_bytes_are_kept_exactly() {
+        assert_eq!(&os_bytes(OsString::from("héllo"))[..], "héllo".as_bytes());
+    }
+}

@@ -65,6 +65,11 @@ pub enum CodecError {
 /// whose body is not a valid `D` is reported in the item and the stream goes
 /// on with the next frame. The decoder's error ([`CodecError`]) is fatal: an
 /// I/O error, an oversized length, or a stream that ends inside a frame.
+///
+/// As an [`Encoder`], it takes `E` or `&E`. With both, a bare `flush()` or
+/// `close()` on a `Framed` cannot tell which sink is meant; name the item
+/// type: `SinkExt::<Response>::flush(&mut framed)`. (`send(x)` infers it
+/// from `x`.)
 pub struct FrameCodec<D, E> {
     /// Splits frames once one is wholly buffered (see `decode`).
     inner: LengthDelimitedCodec,

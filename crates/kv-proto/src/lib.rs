@@ -54,6 +54,10 @@ pub mod v1 {
 
 pub use v1::*;
 
+/// The protobuf runtime the generated types use, re-exported so users call
+/// `Message::encoded_len` and friends without a version to keep in step.
+pub use prost;
+
 impl Request {
     /// A request with the given id and command.
     pub fn new(id: u64, command: request::Command) -> Self {

@@ -1,0 +1,172 @@
+//! What the command line prints: values, keys, and one-line errors.
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use kv_client::ClientError;
+
+/// Why a command did not succeed, and so which exit code it gets.
+#[derive(Debug)]
+pub enum Failure {
+    /// The key does not exist (get, delete): exit 1.
+    NotFound(String),
+    /// Anything else: exit 2.
+    Error(String),
+}
+
+impl Failure {
+    /// Prints the one line on stderr and returns the exit code.
+    pub fn report(&self) -> ExitCode {
+        match self {
+            Failure::NotFound(message) => {
+                eprintln!("kv-client: {message}");
+                ExitCode::from(1)
+            }
+            Failure::Error(message) => {
+                eprintln!("kv-client: {message}");
+                ExitCode::from(2)
+            }
+        }
+    }
+}
+
+/// The failure for a key that does not exist.
+pub fn not_found(key: &[u8]) -> Failure {
+    Failure::NotFound(format!("key not found: {}", quote(key)))
+}
+
+/// The failure for a client error talking to `addr`.
+pub fn client_failure(addr: &str, err: &ClientError) -> Failure {
+    Failure::Error(describe(addr, err))
+}
+
+/// One line saying what went wrong, in the user's terms: the address as
+/// they gave it, OS errors without their "(os error N)" suffix.
+pub fn describe(addr: &str, err: &ClientError) -> String {
+    match err {
+        ClientError::Connect { source, .. } => {
+            format!("cannot connect to {addr}: {}", io_message(source))
+        }
+        ClientError::Io(source) => {
+            format!("connection to {addr} failed: {}", io_message(source))
+        }
+        ClientError::Timeout(limit) => {
+            format!("no answer from {addr} within {limit:?}")
+        }
+        ClientError::Closed => format!("the server at {addr} closed the connection"),
+        other => other.to_string(),
+    }
+}
+
+/// An I/O error as a short lower-case phrase: "connection refused" rather
+/// than "Connection refused (os error 111)".
+pub fn io_message(err: &io::Error) -> String {
+    let text = err.to_string();
+    let text = match text.find(" (os error ") {
+        Some(at) => &text[..at],
+        None => &text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => text.to_string(),
+    }
+}
+
+/// Prints `text` and a newline on stdout.
+pub fn line(text: &str) -> Result<(), Failure> {
+    write_stdout(|out| writeln!(out, "{text}"))
+}
+
+/// Prints a value: on a terminal as (lossy) UTF-8 with a newline, else the
+/// raw bytes alone, so `get k > file` reproduces the value exactly.
+pub fn value(value: &[u8], terminal: bool) -> Result<(), Failure> {
+    write_stdout(|out| {
+        if terminal {
+            writeln!(out, "{}", String::from_utf8_lossy(value))
+        } else {
+            out.write_all(value)
+        }
+    })
+}
+
+/// Prints keys one a line: raw bytes, or lossy UTF-8 on a terminal.
+pub fn keys(keys: &[bytes::Bytes], terminal: bool) -> Result<(), Failure> {
+    write_stdout(|out| {
+        for key in keys {
+            if terminal {
+                writeln!(out, "{}", String::from_utf8_lossy(key))?;
+            } else {
+                out.write_all(key)?;
+                out.write_all(b"\n")?;
+            }
+        }
+        Ok(())
+    })
+}
+
+fn write_stdout(
+    write: impl FnOnce(&mut io::StdoutLock<'_>) -> io::Result<()>,
+) -> Result<(), Failure> {
+    let mut out = io::stdout().lock();
+    write(&mut out)
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::Error(format!("cannot write to stdout: {}", io_message(&e))))
+}
+
+/// `bytes` as a double-quoted string that the prompt's parser reads back
+/// as the same bytes: printable ASCII as is, everything else escaped.
+pub fn quote(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() + 2);
+    out.push('"');
+    for &b in bytes {
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn os_errors_read_as_short_phrases() {
+        let err = io::Error::from_raw_os_error(111);
+        // Linux's ECONNREFUSED; the text is the platform's.
+        if cfg!(target_os = "linux") {
+            assert_eq!(io_message(&err), "connection refused");
+        }
+        assert_eq!(io_message(&io::Error::other("Boom")), "boom");
+    }
+
+    #[test]
+    fn connect_failure_names_the_address_as_given() {
+        let err = ClientError::Connect {
+            addr: None,
+            source: Arc::new(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                "Connection refused",
+            )),
+        };
+        assert_eq!(
+            describe("127.0.0.1:7878", &err),
+            "cannot connect to 127.0.0.1:7878: connection refused"
+        );
+    }
+
+    #[test]
+    fn quote_escapes_what_is_not_printable() {
+        assert_eq!(quote(b"plain"), "\"plain\"");
+        assert_eq!(quote(b"a\"b\\c\n\x00\xff"), "\"a\\\"b\\\\c\\n\\x00\\xff\"");
+    }
+}

@@ -1,0 +1,458 @@
+//! The interactive prompt, like redis-cli's: `put k v`, `get k`, ...
+//!
+//! On a terminal it uses a line editor with history (kept in
+//! `~/.kv_client_history` when that file can be written). Otherwise it reads
+//! commands line by line from stdin, so scripts and tests can drive it; it
+//! then exits 2 if any command failed. Errors print and the prompt goes on.
+//! A lost connection is re-established by the next command.
+
+use std::io::{self, BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bytes::Bytes;
+use kv_client::{Client, ClientError};
+use rustyline::DefaultEditor;
+use rustyline::error::ReadlineError;
+
+use super::output::{describe, io_message, quote};
+use crate::ConnectionArgs;
+
+const HELP: &str = "\
+Commands (arguments may be quoted: \"a b\", 'a b'; in double quotes \\n, \\t, \\\", \\\\, \\xHH):
+  put KEY VALUE          set KEY to VALUE, durably
+  get KEY                print the value of KEY, or (nil)
+  delete KEY             remove KEY (alias: del)
+  keys [PREFIX] [LIMIT]  list keys starting with PREFIX, at most LIMIT (0: all)
+  checkpoint             write a snapshot; prints the sequence number it covers
+  help                   this text
+  quit                   leave (also: exit, Ctrl-D)";
+
+/// One line of input, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line {
+    /// Nothing to do (blank line).
+    Empty,
+    /// `put KEY VALUE`.
+    Put(Bytes, Bytes),
+    /// `get KEY`.
+    Get(Bytes),
+    /// `delete KEY`.
+    Delete(Bytes),
+    /// `keys [PREFIX] [LIMIT]`.
+    Keys(Bytes, u32),
+    /// `checkpoint`.
+    Checkpoint,
+    /// `help`.
+    Help,
+    /// `quit` or `exit`.
+    Quit,
+}
+
+/// Parses one line. Verbs are case-insensitive.
+pub fn parse_line(line: &[u8]) -> Result<Line, String> {
+    let words = split_words(line)?;
+    let Some((verb, args)) = words.split_first() else {
+        return Ok(Line::Empty);
+    };
+    let verb = String::from_utf8_lossy(verb).to_ascii_lowercase();
+    let arity = |n: usize, usage: &str| {
+        if args.len() == n {
+            Ok(())
+        } else {
+            Err(format!("wrong number of arguments; usage: {usage}"))
+        }
+    };
+    let arg = |i: usize| Bytes::copy_from_slice(&args[i]);
+    match verb.as_str() {
+        "put" | "set" => arity(2, "put KEY VALUE").map(|()| Line::Put(arg(0), arg(1))),
+        "get" => arity(1, "get KEY").map(|()| Line::Get(arg(0))),
+        "delete" | "del" => arity(1, "delete KEY").map(|()| Line::Delete(arg(0))),
+        "keys" => {
+            if args.len() > 2 {
+                return Err("wrong number of arguments; usage: keys [PREFIX] [LIMIT]".into());
+            }
+            let prefix = if args.is_empty() {
+                Bytes::new()
+            } else {
+                arg(0)
+            };
+            let limit = match args.get(1) {
+                None => 0,
+                Some(limit) => std::str::from_utf8(limit)
+                    .ok()
+                    .and_then(|s| s.parse::<u32>().ok())
+                    .ok_or_else(|| format!("LIMIT must be a number, not {}", quote(limit)))?,
+            };
+            Ok(Line::Keys(prefix, limit))
+        }
+        "checkpoint" => arity(0, "checkpoint").map(|()| Line::Checkpoint),
+        "help" | "?" => Ok(Line::Help),
+        "quit" | "exit" => Ok(Line::Quit),
+        other => Err(format!("unknown command `{other}`; type `help`")),
+    }
+}
+
+/// Splits a line into words: whitespace separates them; `"..."` groups
+/// with escapes (`\n \r \t \" \\ \xHH`), `'...'` groups literally (only
+/// `\'` is an escape). A closing quote must end the word.
+fn split_words(line: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    let mut words = Vec::new();
+    let mut i = 0;
+    while i < line.len() {
+        if line[i].is_ascii_whitespace() {
+            i += 1;
+            continue;
+        }
+        let mut word = Vec::new();
+        match line[i] {
+            b'"' => {
+                i += 1;
+                loop {
+                    match line.get(i) {
+                        None => return Err("unbalanced quotes".into()),
+                        Some(b'"') => break,
+                        Some(b'\\') => {
+                            let escaped = line.get(i + 1).ok_or("unbalanced quotes")?;
+                            i += 1;
+                            match escaped {
+                                b'n' => word.push(b'\n'),
+                                b'r' => word.push(b'\r'),
+                                b't' => word.push(b'\t'),
+                                b'x' => {
+                                    let hex = line
+                                        .get(i + 1..i + 3)
+                                        .and_then(|h| std::str::from_utf8(h).ok())
+                                        .and_then(|h| u8::from_str_radix(h, 16).ok())
+                                        .ok_or("\\x must be followed by two hex digits")?;
+                                    word.push(hex);
+                                    i += 2;
+                                }
+                                other => word.push(*other),
+                            }
+                        }
+                        Some(&b) => word.push(b),
+                    }
+                    i += 1;
+                }
+                i += 1;
+                if line.get(i).is_some_and(|b| !b.is_ascii_whitespace()) {
+                    return Err("a closing quote must be followed by a space".into());
+                }
+            }
+            b'\'' => {
+                i += 1;
+                loop {
+                    match line.get(i) {
+                        None => return Err("unbalanced quotes".into()),
+                        Some(b'\'') => break,
+                        Some(b'\\') if line.get(i + 1) == Some(&b'\'') => {
+                            word.push(b'\'');
+                            i += 1;
+                        }
+                        Some(&b) => word.push(b),
+                    }
+                    i += 1;
+                }
+                i += 1;
+                if line.get(i).is_some_and(|b| !b.is_ascii_whitespace()) {
+                    return Err("a closing quote must be followed by a space".into());
+                }
+            }
+            _ => {
+                while i < line.len() && !line[i].is_ascii_whitespace() {
+                    word.push(line[i]);
+                    i += 1;
+                }
+            }
+        }
+        words.push(word);
+    }
+    Ok(words)
+}
+
+/// Runs the prompt until `quit` or the end of input.
+pub fn run(connection: &ConnectionArgs) -> ExitCode {
+    // A worker thread of its own lets the connection's tasks notice a
+    // closed connection while the prompt waits for the user.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("kv-client: cannot start the runtime: {}", io_message(&e));
+            return ExitCode::from(2);
+        }
+    };
+    let session = Session {
+        connection: connection.clone(),
+        runtime,
+        client: None,
+        terminal_out: io::stdout().is_terminal(),
+        failures: 0,
+    };
+    if io::stdin().is_terminal() {
+        match DefaultEditor::new() {
+            Ok(editor) => return session.interactive(editor),
+            Err(e) => eprintln!("kv-client: no line editor ({e}); reading lines plainly"),
+        }
+    }
+    session.lines()
+}
+
+struct Session {
+    connection: ConnectionArgs,
+    runtime: tokio::runtime::Runtime,
+    client: Option<Client>,
+    /// Whether stdout is a terminal: values are then shown quoted, so
+    /// that binary values stay readable and unambiguous.
+    terminal_out: bool,
+    /// Commands that failed (not counting missing keys).
+    failures: u64,
+}
+
+enum Flow {
+    Continue,
+    Quit,
+}
+
+impl Session {
+    fn interactive(mut self, mut editor: DefaultEditor) -> ExitCode {
+        let history = history_path();
+        if let Some(path) = &history {
+            // A missing or unreadable file just means an empty history.
+            let _ = editor.load_history(path);
+        }
+        let prompt = format!("{}> ", self.connection.addr);
+        loop {
+            match editor.readline(&prompt) {
+                Ok(line) => {
+                    if !line.trim().is_empty() {
+                        let _ = editor.add_history_entry(line.as_str());
+                    }
+                    if let Flow::Quit = self.handle(line.as_bytes()) {
+                        break;
+                    }
+                }
+                // Ctrl-C abandons the line, as in a shell.
+                Err(ReadlineError::Interrupted) => continue,
+                Err(ReadlineError::Eof) => break,
+                Err(e) => {
+                    eprintln!("kv-client: cannot read input: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        if let Some(path) = &history {
+            // Not writable: the history stays in memory, which is fine.
+            let _ = editor.save_history(path);
+        }
+        ExitCode::SUCCESS
+    }
+
+    fn lines(mut self) -> ExitCode {
+        let stdin = io::stdin();
+        for line in stdin.lock().split(b'\n') {
+            let line = match line {
+                Ok(line) => line,
+                Err(e) => {
+                    eprintln!("kv-client: cannot read stdin: {}", io_message(&e));
+                    return ExitCode::from(2);
+                }
+            };
+            let line = line.strip_suffix(b"\r").unwrap_or(&line);
+            if let Flow::Quit = self.handle(line) {
+                break;
+            }
+        }
+        if self.failures > 0 {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        }
+    }
+
+    fn handle(&mut self, line: &[u8]) -> Flow {
+        let command = match parse_line(line) {
+            Ok(Line::Empty) => return Flow::Continue,
+            Ok(Line::Quit) => return Flow::Quit,
+            Ok(Line::Help) => {
+                println!("{HELP}");
+                return Flow::Continue;
+            }
+            Ok(command) => command,
+            Err(message) => {
+                self.fail(&message);
+                return Flow::Continue;
+            }
+        };
+        let result = self.runtime.block_on(execute(
+            &self.connection,
+            &mut self.client,
+            command,
+            self.terminal_out,
+        ));
+        if let Err(err) = result {
+            if err.is_connection_lost() {
+                // The next command connects afresh.
+                self.client = None;
+            }
+            let message = describe(&self.connection.addr, &err);
+            self.fail(&message);
+        }
+        Flow::Continue
+    }
+
+    fn fail(&mut self, message: &str) {
+        self.failures += 1;
+        eprintln!("(error) {message}");
+    }
+}
+
+/// Runs one command, connecting first if there is no live connection, and
+/// prints its result.
+async fn execute(
+    connection: &ConnectionArgs,
+    slot: &mut Option<Client>,
+    command: Line,
+    terminal_out: bool,
+) -> Result<(), ClientError> {
+    if slot.as_ref().is_none_or(Client::is_closed) {
+        *slot = Some(connection.connect().await?);
+    }
+    let Some(client) = slot.as_ref() else {
+        return Err(ClientError::Closed);
+    };
+    let show = |bytes: &[u8]| -> Vec<u8> {
+        if terminal_out {
+            quote(bytes).into_bytes()
+        } else {
+            bytes.to_vec()
+        }
+    };
+    let mut out: Vec<u8> = Vec::new();
+    match command {
+        Line::Put(key, value) => {
+            client.put(key, value).await?;
+            out.extend_from_slice(b"OK\n");
+        }
+        Line::Get(key) => match client.get(key).await? {
+            Some(value) => {
+                out.extend(show(&value));
+                out.push(b'\n');
+            }
+            None => out.extend_from_slice(b"(nil)\n"),
+        },
+        Line::Delete(key) => match client.delete(key).await? {
+            Some(_) => out.extend_from_slice(b"OK\n"),
+            None => out.extend_from_slice(b"(not found)\n"),
+        },
+        Line::Keys(prefix, limit) => {
+            let page = client.keys(prefix, limit).await?;
+            if page.keys.is_empty() && terminal_out {
+                out.extend_from_slice(b"(empty)\n");
+            }
+            for key in &page.keys {
+                out.extend(show(key));
+                out.push(b'\n');
+            }
+            if page.truncated {
+                out.extend_from_slice(b"(more keys match; raise the limit)\n");
+            }
+        }
+        Line::Checkpoint => {
+            let seq = client.checkpoint().await?;
+            out.extend_from_slice(format!("{seq}\n").as_bytes());
+        }
+        Line::Empty | Line::Help | Line::Quit => {}
+    }
+    let mut stdout = io::stdout().lock();
+    stdout
+        .write_all(&out)
+        .and_then(|()| stdout.flush())
+        .map_err(|e| ClientError::Io(std::sync::Arc::new(e)))
+}
+
+fn history_path() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".kv_client_history"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn verbs_and_arguments() {
+        assert_eq!(parse_line(b"put k v"), Ok(Line::Put(b("k"), b("v"))));
+        assert_eq!(parse_line(b"  GET   k  "), Ok(Line::Get(b("k"))));
+        assert_eq!(parse_line(b"del k"), Ok(Line::Delete(b("k"))));
+        assert_eq!(parse_line(b"delete k"), Ok(Line::Delete(b("k"))));
+        assert_eq!(parse_line(b"keys"), Ok(Line::Keys(Bytes::new(), 0)));
+        assert_eq!(parse_line(b"keys user:"), Ok(Line::Keys(b("user:"), 0)));
+        assert_eq!(parse_line(b"keys user: 10"), Ok(Line::Keys(b("user:"), 10)));
+        assert_eq!(parse_line(b"keys \"\" 3"), Ok(Line::Keys(Bytes::new(), 3)));
+        assert_eq!(parse_line(b"checkpoint"), Ok(Line::Checkpoint));
+        assert_eq!(parse_line(b"help"), Ok(Line::Help));
+        assert_eq!(parse_line(b"exit"), Ok(Line::Quit));
+        assert_eq!(parse_line(b"quit"), Ok(Line::Quit));
+        assert_eq!(parse_line(b""), Ok(Line::Empty));
+        assert_eq!(parse_line(b"   \t "), Ok(Line::Empty));
+    }
+
+    #[test]
+    fn bad_lines_say_why() {
+        assert!(
+            parse_line(b"put k")
+                .unwrap_err()
+                .contains("usage: put KEY VALUE")
+        );
+        assert!(parse_line(b"get").unwrap_err().contains("usage: get KEY"));
+        assert!(parse_line(b"checkpoint now").is_err());
+        assert!(parse_line(b"keys a b c").is_err());
+        assert!(parse_line(b"keys a lots").unwrap_err().contains("LIMIT"));
+        assert!(parse_line(b"frob").unwrap_err().contains("unknown command"));
+        assert_eq!(parse_line(b"put \"k v"), Err("unbalanced quotes".into()));
+        assert_eq!(parse_line(b"put 'k v"), Err("unbalanced quotes".into()));
+        assert!(parse_line(b"put \"k\"x v").is_err());
+        assert!(parse_line(b"put \"\\x4\" v").is_err());
+    }
+
+    #[test]
+    fn quoting_and_escapes() {
+        assert_eq!(
+            parse_line(b"put \"a key\" 'a value'"),
+            Ok(Line::Put(b("a key"), b("a value")))
+        );
+        assert_eq!(
+            parse_line(br#"put "tab\there" "nl\n\"q\"\\\x00\xff""#),
+            Ok(Line::Put(
+                b("tab\there"),
+                Bytes::from_static(b"nl\n\"q\"\\\x00\xff")
+            ))
+        );
+        assert_eq!(parse_line(br"get 'it\'s'"), Ok(Line::Get(b("it's"))));
+        // Single quotes keep backslashes literally.
+        assert_eq!(parse_line(br"get 'a\nb'"), Ok(Line::Get(b("a\\nb"))));
+        // Non-UTF-8 bytes outside quotes are kept as they are.
+        assert_eq!(
+            parse_line(b"get \xff\xfe"),
+            Ok(Line::Get(Bytes::from_static(b"\xff\xfe")))
+        );
+    }
+
+    #[test]
+    fn quoted_output_parses_back_to_the_same_bytes() {
+        let every_byte: Vec<u8> = (0..=255u8).collect();
+        let line = format!("get {}", quote(&every_byte));
+        assert_eq!(
+            parse_line(line.as_bytes()),
+            Ok(Line::Get(Bytes::from(every_byte)))
+        );
+    }
+}

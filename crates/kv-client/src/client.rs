@@ -1,0 +1,273 @@
+//! [`Client`]: a cheap-to-clone handle on one pipelined connection.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kv_proto::{
+    CheckpointRequest, DEFAULT_MAX_FRAME_SIZE, DeleteRequest, GetRequest, KeysRequest, PutRequest,
+    request, response,
+};
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::connection::{self, Call, Shared};
+use crate::error::{ClientError, Result};
+
+/// How a [`Client`] connects and what it allows.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Largest frame (request sent or response accepted), in bytes. Should
+    /// match the server's maximum: a larger request is refused by the
+    /// server, which then closes the connection.
+    pub max_frame_size: usize,
+    /// How long name lookup plus the TCP connect may take.
+    pub connect_timeout: Duration,
+    /// How long one call may take, from the moment it is made until its
+    /// answer arrives (waiting for an in-flight slot included); `None`
+    /// waits as long as the connection lives.
+    pub request_timeout: Option<Duration>,
+    /// Requests that may be queued or awaiting an answer at once; a call
+    /// beyond that waits for a slot (backpressure). At least 1.
+    pub max_in_flight: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Some(Duration::from_secs(30)),
+            max_in_flight: 1024,
+        }
+    }
+}
+
+/// One page of a key listing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeysPage {
+    /// The matching keys, in ascending byte order.
+    pub keys: Vec<Bytes>,
+    /// True when more keys matched than the limit allowed.
+    pub truncated: bool,
+}
+
+/// A connection to a kv-server.
+///
+/// Cloning is cheap and every clone shares the one connection. Calls take
+/// `&self`, so many tasks may call at once: their requests are pipelined on
+/// the connection (written without waiting for earlier answers) and each
+/// call gets its own answer. When the connection breaks, every call in
+/// flight fails with an error, and so does every later call: connect again
+/// to go on ([`ClientError::is_connection_lost`] tells when).
+///
+/// A client must be created inside a tokio runtime, which runs its
+/// background tasks; they stop when the connection closes or the last clone
+/// is dropped.
+#[derive(Clone)]
+pub struct Client {
+    calls: mpsc::Sender<Call>,
+    shared: Arc<Shared>,
+    options: Arc<ClientOptions>,
+    peer: SocketAddr,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("peer", &self.peer)
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to the server at `addr` with default options.
+    pub async fn connect(addr: impl ToSocketAddrs) -> Result<Client> {
+        Client::connect_with(addr, ClientOptions::default()).await
+    }
+
+    /// Connects to the server at `addr`, trying each address it resolves
+    /// to in turn.
+    pub async fn connect_with(addr: impl ToSocketAddrs, options: ClientOptions) -> Result<Client> {
+        let timeout = options.connect_timeout;
+        let stream = match tokio::time::timeout(timeout, open_stream(addr)).await {
+            Ok(stream) => stream?,
+            Err(_) => {
+                return Err(ClientError::Connect {
+                    addr: None,
+                    source: Arc::new(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("timed out after {timeout:?}"),
+                    )),
+                });
+            }
+        };
+        let peer = stream.peer_addr().map_err(|e| connect_error(None, e))?;
+        // Requests are batched by the writer task before each flush, so
+        // Nagle's delay would only add latency.
+        stream
+            .set_nodelay(true)
+            .map_err(|e| connect_error(Some(peer), e))?;
+        let max_in_flight = options.max_in_flight.max(1);
+        let (calls, shared) = connection::start(stream, options.max_frame_size, max_in_flight);
+        Ok(Client {
+            calls,
+            shared,
+            options: Arc::new(options),
+            peer,
+        })
+    }
+
+    /// The server's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// True once the connection has closed; every call then fails.
+    pub fn is_closed(&self) -> bool {
+        self.shared.is_closed()
+    }
+
+    /// Sets `key` to `value`; returns the sequence number (LSN) of the
+    /// write, which is durable when this returns.
+    pub async fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<u64> {
+        let command = request::Command::Put(PutRequest {
+            key: key.into(),
+            value: value.into(),
+        });
+        match self.call(command).await? {
+            response::Result::Put(put) => Ok(put.seq),
+            other => Err(unexpected("put", &other)),
+        }
+    }
+
+    /// The value of `key`, or `None` if it does not exist.
+    pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<Bytes>> {
+        let command = request::Command::Get(GetRequest { key: key.into() });
+        match self.call(command).await? {
+            response::Result::Get(get) => Ok(get.found.then_some(get.value)),
+            other => Err(unexpected("get", &other)),
+        }
+    }
+
+    /// Removes `key`. Returns the sequence number of the durable delete, or
+    /// `None` if the key did not exist (then nothing was written).
+    pub async fn delete(&self, key: impl Into<Bytes>) -> Result<Option<u64>> {
+        let command = request::Command::Delete(DeleteRequest { key: key.into() });
+        match self.call(command).await? {
+            response::Result::Delete(delete) => Ok(delete.existed.then_some(delete.seq)),
+            other => Err(unexpected("delete", &other)),
+        }
+    }
+
+    /// Keys starting with `prefix` (empty: all keys) in ascending byte
+    /// order, at most `limit` of them (0: no limit).
+    pub async fn keys(&self, prefix: impl Into<Bytes>, limit: u32) -> Result<KeysPage> {
+        let command = request::Command::Keys(KeysRequest {
+            prefix: prefix.into(),
+            limit,
+        });
+        match self.call(command).await? {
+            response::Result::Keys(keys) => Ok(KeysPage {
+                keys: keys.keys,
+                truncated: keys.truncated,
+            }),
+            other => Err(unexpected("keys", &other)),
+        }
+    }
+
+    /// Makes the server write a snapshot and drop the log it makes
+    /// redundant; returns the sequence number the snapshot covers.
+    pub async fn checkpoint(&self) -> Result<u64> {
+        match self
+            .call(request::Command::Checkpoint(CheckpointRequest {}))
+            .await?
+        {
+            response::Result::Checkpoint(checkpoint) => Ok(checkpoint.seq),
+            other => Err(unexpected("checkpoint", &other)),
+        }
+    }
+
+    /// Sends any command and returns the server's result. An error result
+    /// becomes [`ClientError::Server`]; the result's kind is not checked
+    /// against the command.
+    pub async fn call(&self, command: request::Command) -> Result<response::Result> {
+        match self.options.request_timeout {
+            Some(limit) => tokio::time::timeout(limit, self.call_inner(command))
+                .await
+                .map_err(|_| ClientError::Timeout(limit))?,
+            None => self.call_inner(command).await,
+        }
+    }
+
+    async fn call_inner(&self, command: request::Command) -> Result<response::Result> {
+        if self.shared.is_closed() {
+            return Err(self.shared.close_reason());
+        }
+        // The semaphore is closed when the connection closes, waking calls
+        // that wait here.
+        let permit = self
+            .shared
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| self.shared.close_reason())?;
+        let (reply, answer) = oneshot::channel();
+        self.calls
+            .send(Call {
+                command,
+                reply,
+                permit,
+            })
+            .await
+            .map_err(|_| self.shared.close_reason())?;
+        // A reply dropped unanswered means the connection closed, and the
+        // reason was recorded before anything was dropped.
+        answer.await.map_err(|_| self.shared.close_reason())?
+    }
+}
+
+async fn open_stream(addr: impl ToSocketAddrs) -> Result<TcpStream> {
+    let addrs = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| connect_error(None, e))?;
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(err) => last = Some(connect_error(Some(addr), err)),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        connect_error(
+            None,
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the address resolved to nothing",
+            ),
+        )
+    }))
+}
+
+fn connect_error(addr: Option<SocketAddr>, err: io::Error) -> ClientError {
+    ClientError::Connect {
+        addr,
+        source: Arc::new(err),
+    }
+}
+
+fn unexpected(command: &str, result: &response::Result) -> ClientError {
+    let kind = match result {
+        response::Result::Error(_) => "error",
+        response::Result::Get(_) => "get",
+        response::Result::Put(_) => "put",
+        response::Result::Delete(_) => "delete",
+        response::Result::Keys(_) => "keys",
+        response::Result::Checkpoint(_) => "checkpoint",
+    };
+    ClientError::Protocol(format!("{command} request answered with a {kind} result"))
+}

@@ -1,0 +1,82 @@
+//! The client's errors.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kv_proto::ErrorCode;
+
+/// Result alias of the client.
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// What can go wrong with a call.
+///
+/// `Clone` because one broken connection fails every call in flight on it
+/// with the same error; I/O errors are therefore held in an [`Arc`].
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The connection could not be established (address lookup, TCP
+    /// connect, or the connect timeout).
+    #[error("cannot connect{}: {source}", addr.map(|a| format!(" to {a}")).unwrap_or_default())]
+    Connect {
+        /// The last address tried, if the name resolved to any.
+        addr: Option<SocketAddr>,
+        /// Why it failed.
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// Reading from or writing to the connection failed; the connection is
+    /// closed.
+    #[error("connection failed: {0}")]
+    Io(#[source] Arc<io::Error>),
+    /// The server answered with an error. For an error about one request
+    /// (a key too large, say) the connection goes on; for an error about the
+    /// connection itself (a frame over the server's maximum) the server
+    /// closes it, and every call then in flight gets this error.
+    #[error("server error {code}: {message}")]
+    Server {
+        /// The category.
+        code: ErrorCode,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The server's answers do not follow the protocol (an undecodable
+    /// frame, an id that does not match the request, a result of the wrong
+    /// kind). Unless only the result's kind was wrong, the connection is
+    /// closed, since responses can no longer be matched to requests.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The request would exceed the maximum frame size; it was not sent and
+    /// the connection goes on.
+    #[error("request of {len} bytes exceeds the maximum frame size of {max} bytes")]
+    RequestTooLarge {
+        /// The encoded request's size.
+        len: usize,
+        /// The client's maximum frame size.
+        max: usize,
+    },
+    /// No answer came within the request timeout. The request may still
+    /// take effect on the server.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The connection is closed: the server closed it, or it was closed
+    /// after an earlier error.
+    #[error("the connection is closed")]
+    Closed,
+}
+
+impl ClientError {
+    /// True when this error means the connection is gone and a new one is
+    /// needed (as opposed to an error about one request).
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Connect { .. }
+                | ClientError::Io(_)
+                | ClientError::Closed
+                | ClientError::Protocol(_)
+        )
+    }
+}

@@ -1,0 +1,259 @@
+//! The `kv-client` binary against an in-test server that keeps a map in
+//! memory: output, exit codes, stdin values, and the line-by-line prompt.
+//! (The end-to-end tests against the real server are in the workspace's
+//! tests/ directory.)
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use kv_client::kv_proto::{
+    CheckpointResponse, DeleteResponse, ErrorCode, GetResponse, KeysResponse, PutResponse,
+    Response, ServerCodec, request, response,
+};
+use tokio::net::TcpListener;
+use tokio_util::codec::Framed;
+
+type Map = Arc<Mutex<BTreeMap<Bytes, Bytes>>>;
+
+/// Serves a map on 127.0.0.1; returns the address.
+async fn map_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let map: Map = Arc::default();
+    let seq = Arc::new(Mutex::new(0u64));
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let (map, seq) = (map.clone(), seq.clone());
+            tokio::spawn(async move {
+                let mut conn = Framed::new(socket, ServerCodec::default());
+                while let Some(Ok(Ok(req))) = conn.next().await {
+                    let result = apply(&map, &seq, req.command);
+                    let response = match result {
+                        Some(result) => Response::new(req.id, result),
+                        None => Response::error(req.id, ErrorCode::InvalidRequest, "no command"),
+                    };
+                    if conn.send(response).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn apply(
+    map: &Map,
+    seq: &Mutex<u64>,
+    command: Option<request::Command>,
+) -> Option<response::Result> {
+    let mut map = map.lock().unwrap();
+    let next_seq = || {
+        let mut seq = seq.lock().unwrap();
+        *seq += 1;
+        *seq
+    };
+    Some(match command? {
+        request::Command::Put(put) => {
+            map.insert(put.key, put.value);
+            response::Result::Put(PutResponse { seq: next_seq() })
+        }
+        request::Command::Get(get) => {
+            let value = map.get(&get.key).cloned();
+            response::Result::Get(GetResponse {
+                found: value.is_some(),
+                value: value.unwrap_or_default(),
+            })
+        }
+        request::Command::Delete(delete) => {
+            let existed = map.remove(&delete.key).is_some();
+            response::Result::Delete(DeleteResponse {
+                existed,
+                seq: if existed { next_seq() } else { 0 },
+            })
+        }
+        request::Command::Keys(keys) => {
+            let matching: Vec<Bytes> = map
+                .keys()
+                .filter(|k| k.starts_with(&keys.prefix))
+                .cloned()
+                .collect();
+            let limit = if keys.limit == 0 {
+                usize::MAX
+            } else {
+                keys.limit as usize
+            };
+            response::Result::Keys(KeysResponse {
+                truncated: matching.len() > limit,
+                keys: matching.into_iter().take(limit).collect(),
+            })
+        }
+        request::Command::Checkpoint(_) => response::Result::Checkpoint(CheckpointResponse {
+            seq: *seq.lock().unwrap(),
+        }),
+    })
+}
+
+/// Runs the binary with `args` against `addr`, feeding `stdin`.
+async fn kv(addr: &str, args: &[&str], stdin: &[u8]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kv-client"));
+    command
+        .env("KV_ADDR", addr)
+        .env_remove("KV_TIMEOUT")
+        .env_remove("KV_MAX_FRAME")
+        .args(args);
+    let stdin = stdin.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(&stdin).unwrap();
+        drop(input);
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// One line on stderr, no panic or backtrace.
+fn assert_one_error_line(output: &Output) {
+    let text = stderr(output);
+    assert_eq!(text.lines().count(), 1, "stderr: {text:?}");
+    assert!(text.starts_with("kv-client: "), "stderr: {text:?}");
+    assert!(!text.contains("panicked"), "stderr: {text:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_get_delete_round_trip_with_exit_codes() {
+    let addr = map_server().await;
+
+    let put = kv(&addr, &["put", "greeting", "hello"], b"").await;
+    assert_eq!(put.status.code(), Some(0), "{}", stderr(&put));
+    assert_eq!(put.stdout, b"OK\n");
+
+    // stdout is a pipe here, so the value comes out raw: no newline.
+    let get = kv(&addr, &["get", "greeting"], b"").await;
+    assert_eq!(get.status.code(), Some(0));
+    assert_eq!(get.stdout, b"hello");
+
+    let delete = kv(&addr, &["delete", "greeting"], b"").await;
+    assert_eq!(delete.status.code(), Some(0));
+    assert_eq!(delete.stdout, b"OK\n");
+
+    let missing = kv(&addr, &["get", "greeting"], b"").await;
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(missing.stdout.is_empty());
+    assert_one_error_line(&missing);
+    assert!(stderr(&missing).contains("not found"));
+
+    let missing = kv(&addr, &["delete", "greeting"], b"").await;
+    assert_eq!(missing.status.code(), Some(1));
+    assert_one_error_line(&missing);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn value_from_stdin_is_binary_safe() {
+    let addr = map_server().await;
+    let value: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+    let put = kv(&addr, &["put", "blob", "-"], &value).await;
+    assert_eq!(put.status.code(), Some(0), "{}", stderr(&put));
+    let get = kv(&addr, &["get", "blob"], b"").await;
+    assert_eq!(get.status.code(), Some(0));
+    assert!(get.stdout == value, "value changed on the way");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_checkpoint() {
+    let addr = map_server().await;
+    for key in ["user:2", "user:1", "order:1", "user:3"] {
+        let put = kv(&addr, &["put", key, "v"], b"").await;
+        assert_eq!(put.status.code(), Some(0));
+    }
+    let all = kv(&addr, &["keys"], b"").await;
+    assert_eq!(all.stdout, b"order:1\nuser:1\nuser:2\nuser:3\n");
+    assert!(all.stderr.is_empty());
+
+    let page = kv(&addr, &["keys", "--prefix", "user:", "--limit", "2"], b"").await;
+    assert_eq!(page.status.code(), Some(0));
+    assert_eq!(page.stdout, b"user:1\nuser:2\n");
+    assert!(stderr(&page).contains("more keys match"));
+
+    let checkpoint = kv(&addr, &["checkpoint"], b"").await;
+    assert_eq!(checkpoint.status.code(), Some(0));
+    assert_eq!(checkpoint.stdout, b"4\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connection_is_one_clear_line_and_exit_2() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let output = kv(&addr, &["get", "k"], b"").await;
+    assert_eq!(output.status.code(), Some(2));
+    assert_one_error_line(&output);
+    assert_eq!(
+        stderr(&output).trim_end(),
+        format!("kv-client: cannot connect to {addr}: connection refused")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_errors_exit_2() {
+    let output = kv("127.0.0.1:1", &["put", "only-a-key"], b"").await;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(!stderr(&output).contains("panicked"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_reads_commands_line_by_line_from_a_pipe() {
+    let addr = map_server().await;
+    let script = b"put a 1\n\
+        put \"b c\" 'two words'\n\
+        get a\n\
+        GET \"b c\"\n\
+        get zz\n\
+        bogus\n\
+        keys\n\
+        delete a\n\
+        delete a\n\
+        checkpoint\n\
+        quit\n\
+        get a\n";
+    let output = kv(&addr, &[], script).await;
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "OK\nOK\n1\ntwo words\n(nil)\na\nb c\nOK\n(not found)\n3\n"
+    );
+    let errors = stderr(&output);
+    assert_eq!(errors.lines().count(), 1, "{errors}");
+    assert!(
+        errors.contains("(error) unknown command `bogus`"),
+        "{errors}"
+    );
+    // A failed command makes a scripted session exit non-zero.
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_survives_a_missing_server() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let output = kv(&addr, &[], b"get a\nhelp\nget b\n").await;
+    let errors = stderr(&output);
+    assert_eq!(errors.matches("cannot connect").count(), 2, "{errors}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("checkpoint"));
+    assert_eq!(output.status.code(), Some(2));
+}
