@@ -110,7 +110,8 @@ pub struct Args {
     pub idle_timeout: Duration,
 
     /// Close a connection whose started frame has not fully arrived within
-    /// this long (defends against slow or half-open clients).
+    /// this long, or that does not take a batch of responses within this
+    /// long (defends against slow, half-open and non-reading clients).
     #[arg(long, env = "KV_FRAME_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub frame_timeout: Duration,
 
@@ -119,6 +120,11 @@ pub struct Args {
     #[arg(long, env = "KV_MAX_IN_FLIGHT", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: u32,
+
+    /// On SIGINT/SIGTERM, how long to wait for connections to finish their
+    /// in-flight requests before closing the store regardless.
+    #[arg(long, env = "KV_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
 }
 
 /// `--sync-policy` values.
@@ -143,10 +149,13 @@ pub struct ServerConfig {
     pub max_frame: usize,
     /// Connections silent this long are closed.
     pub idle_timeout: Duration,
-    /// A started frame must complete within this.
+    /// A started frame must complete within this, and a batch of
+    /// responses must be taken by the peer within this.
     pub frame_timeout: Duration,
     /// Most unanswered requests per connection.
     pub max_in_flight: usize,
+    /// Longest a graceful shutdown waits for connections to finish.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerConfig {
@@ -157,6 +166,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(300),
             frame_timeout: Duration::from_secs(10),
             max_in_flight: 1024,
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -199,6 +209,7 @@ impl Args {
             idle_timeout: self.idle_timeout,
             frame_timeout: self.frame_timeout,
             max_in_flight: self.max_in_flight as usize,
+            shutdown_grace: self.shutdown_grace,
         }
     }
 

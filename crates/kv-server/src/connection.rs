@@ -118,6 +118,10 @@ pub(crate) struct FrameWriter {
     socket: OwnedWriteHalf,
     buffer: BytesMut,
     codec: ServerCodec,
+    /// Longest one flush may take. A client that stops reading its answers
+    /// must not hold a connection (and its permit) forever, nor stall a
+    /// graceful shutdown.
+    write_timeout: Duration,
 }
 
 /// Above this many buffered bytes the writer flushes even if more responses
@@ -125,11 +129,12 @@ pub(crate) struct FrameWriter {
 pub(crate) const FLUSH_THRESHOLD: usize = 64 << 10;
 
 impl FrameWriter {
-    pub(crate) fn new(socket: OwnedWriteHalf, max_frame: usize) -> Self {
+    pub(crate) fn new(socket: OwnedWriteHalf, max_frame: usize, write_timeout: Duration) -> Self {
         FrameWriter {
             socket,
             buffer: BytesMut::with_capacity(READ_BUFFER),
             codec: ServerCodec::new(max_frame),
+            write_timeout,
         }
     }
 
@@ -159,12 +164,20 @@ impl FrameWriter {
         self.buffer.len()
     }
 
-    /// Writes out everything buffered.
+    /// Writes out everything buffered, failing with `TimedOut` if the peer
+    /// does not take it within the write timeout.
     pub(crate) async fn flush(&mut self) -> io::Result<()> {
-        if !self.buffer.is_empty() {
-            self.socket.write_all_buf(&mut self.buffer).await?;
+        if self.buffer.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let write = self.socket.write_all_buf(&mut self.buffer);
+        match tokio::time::timeout(self.write_timeout, write).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "peer is not reading its responses",
+            )),
+        }
     }
 
     /// Flushes, then closes the sending side (FIN), so the peer reads every

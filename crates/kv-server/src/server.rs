@@ -36,7 +36,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// On cancellation it stops accepting, stops reading new requests, answers
 /// every request already read (writes included: they complete and are
 /// acknowledged), then closes the store ([`KeyValueStore::close`], which
-/// makes every acknowledged write durable) and returns.
+/// makes every acknowledged write durable) and returns. Connections still
+/// busy after `config.shutdown_grace` (a client not reading its answers)
+/// are left unanswered.
 ///
 /// At most `config.max_connections` connections are served at once: a
 /// permit is taken *before* `accept`, so excess clients wait in the
@@ -82,7 +84,18 @@ pub async fn run(
         "shutting down: no longer accepting; finishing in-flight requests"
     );
     connections.close();
-    connections.wait().await;
+    if tokio::time::timeout(config.shutdown_grace, connections.wait())
+        .await
+        .is_err()
+    {
+        // Only connections stuck past every per-connection timeout get
+        // here; what they have not answered was never acknowledged.
+        tracing::warn!(
+            connections = connections.len(),
+            grace = ?config.shutdown_grace,
+            "connections still busy after the shutdown grace period; closing the store anyway"
+        );
+    }
 
     let store = shared.store.clone();
     tokio::task::spawn_blocking(move || store.close())
@@ -136,7 +149,7 @@ async fn serve_connection(
         config.idle_timeout,
         config.frame_timeout,
     );
-    let writer = FrameWriter::new(write_half, config.max_frame);
+    let writer = FrameWriter::new(write_half, config.max_frame, config.frame_timeout);
     let (replies, queue) = mpsc::channel(config.max_in_flight.max(1));
     tracing::debug!(%peer, "connection opened");
 
