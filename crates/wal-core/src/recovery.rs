@@ -96,7 +96,6 @@ pub(crate) fn recover(vfs: &dyn Vfs, dir: &Path, options: &WalOptions) -> Result
     // Expected first LSN of the next segment.
     let mut expected: Option<Lsn> = None;
     let mut open_batch = None;
-    let mut dir_changed = false;
     let strict = options.recovery_mode == RecoveryMode::Strict;
     let fail_or_cut = |path: &Path, offset: u64, reason: String, report: &mut RecoveryReport| {
         if strict {
@@ -135,7 +134,6 @@ pub(crate) fn recover(vfs: &dyn Vfs, dir: &Path, options: &WalOptions) -> Result
             Some(Problem::TornHeader(e)) => {
                 rewrite_header(vfs, path, *name_lsn)?;
                 file_len = SEGMENT_HEADER_LEN as u64;
-                dir_changed = true;
                 report.warnings.push(format!(
                     "incomplete segment creation in {} ({}, {} bytes): header rewritten",
                     path.display(),
@@ -226,7 +224,6 @@ pub(crate) fn recover(vfs: &dyn Vfs, dir: &Path, options: &WalOptions) -> Result
                 }
             }
         }
-        dir_changed = true;
     }
 
     // An `append_batch` is all or nothing: a batch whose last record did not
@@ -247,10 +244,13 @@ pub(crate) fn recover(vfs: &dyn Vfs, dir: &Path, options: &WalOptions) -> Result
         expected = Some(first_lsn);
     }
 
-    if dir_changed {
-        vfs.sync_dir(dir)
-            .map_err(Error::io("sync log directory", dir))?;
-    }
+    // Always, not only after a cut: a segment found here may have been
+    // created by a process that died (or met a failed directory fsync)
+    // before syncing the directory, so its entry may still be only in
+    // memory; records appended into it must not be acknowledged until it
+    // is durable (found by tests/fault_injection.rs).
+    vfs.sync_dir(dir)
+        .map_err(Error::io("sync log directory", dir))?;
 
     let Some(last) = kept.last() else {
         // A new log, or a tolerant cut removed everything: start a segment

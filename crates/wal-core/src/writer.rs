@@ -132,7 +132,7 @@ impl Shared {
         // A directory made here is durable only once its entry in its parent
         // is: without an fsync of each such parent, a crash could take the
         // whole new log away, acknowledged records and all.
-        let created = missing_dirs(vfs.as_ref(), dir);
+        let created = dirs_to_make_durable(vfs.as_ref(), dir)?;
         vfs.create_dir_all(dir)
             .map_err(Error::io("create log directory", dir))?;
         for made in &created {
@@ -492,19 +492,34 @@ impl Shared {
     }
 }
 
-/// `dir` and those of its ancestors that do not exist yet, deepest first
-/// (`list_dir` serves as the existence probe).
-fn missing_dirs(vfs: &dyn Vfs, dir: &Path) -> Vec<PathBuf> {
-    let mut missing = Vec::new();
+/// The directories whose entries in their parents open must fsync, deepest
+/// first: `dir` and its ancestors that do not exist yet, and `dir` itself if
+/// it exists but holds no segment yet, since an earlier open that created it
+/// may have failed before its parent was synced (nothing was acknowledged
+/// in it then, so the retry must finish the job). `list_dir` serves as the
+/// existence probe; errors other than "not found" are returned.
+fn dirs_to_make_durable(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut dirs = Vec::new();
     let mut cur = Some(dir);
     while let Some(d) = cur.filter(|d| !d.as_os_str().is_empty()) {
-        if vfs.list_dir(d).is_ok() {
-            break;
+        match vfs.list_dir(d) {
+            Ok(names) => {
+                let has_segment = names
+                    .iter()
+                    .any(|n| format::parse_segment_file_name(n).is_some());
+                if d == dir && !has_segment {
+                    dirs.push(d.to_path_buf());
+                }
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                dirs.push(d.to_path_buf());
+                cur = d.parent();
+            }
+            Err(e) => return Err(Error::io("list log directory", d)(e)),
         }
-        missing.push(d.to_path_buf());
-        cur = d.parent();
     }
-    missing
+    Ok(dirs)
 }
 
 fn check_poisoned(st: &State) -> Result<()> {
