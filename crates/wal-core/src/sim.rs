@@ -297,6 +297,8 @@ struct State {
     /// Mutating operations still allowed before the power cut.
     power_cut_in: Option<u64>,
     power_is_cut: bool,
+    /// Failures returned because of the fault plan or the space budget.
+    injected: u64,
 }
 
 /// An in-memory [`Vfs`] with a written and a durable image, crashes and
@@ -427,6 +429,7 @@ impl State {
             }
         }
         if let Some(i) = fired {
+            self.injected += 1;
             let f = self.faults.remove(i);
             if op == Op::Write && f.landed > 0 {
                 return Ok(Some((f.landed, f.kind)));
@@ -492,13 +495,17 @@ impl State {
     }
 
     /// Takes `extra` bytes of growth from the space budget, or as many as
-    /// are left; returns how many were granted.
+    /// are left; returns how many were granted. Granting fewer counts as an
+    /// injected failure: the caller fails the operation.
     fn take_space(&mut self, extra: u64) -> u64 {
         match self.space.as_mut() {
             None => extra,
             Some(left) => {
                 let granted = extra.min(*left);
                 *left -= granted;
+                if granted < extra {
+                    self.injected += 1;
+                }
                 granted
             }
         }
@@ -675,6 +682,20 @@ impl SimFs {
         let mut st = lock(&self.shared);
         st.power_cut_in = Some(n);
         st.power_is_cut = false;
+    }
+
+    /// What is left of the budget set by [`SimFs::set_space_budget`]; run a
+    /// workload with a large budget to learn how many bytes it adds.
+    pub fn space_budget_left(&self) -> Option<u64> {
+        lock(&self.shared).space
+    }
+
+    /// How many operations failed so far because of the fault plan
+    /// ([`SimFs::fail_nth`], [`SimFs::fail_nth_write_partial`]) or the space
+    /// budget. Power cuts are not counted. A test reads it around a call to
+    /// learn whether that call met an injected failure.
+    pub fn injected_failures(&self) -> u64 {
+        lock(&self.shared).injected
     }
 
     /// Whether a power cut planned by [`SimFs::power_cut_after`] happened.
@@ -1327,6 +1348,7 @@ mod tests {
         f.write_all_at(b"d", 2).unwrap();
         assert_eq!(fs.read_file(p("/d/a")).unwrap(), b"abd");
         assert_eq!(fs.op_count(Op::Write), 4);
+        assert_eq!(fs.injected_failures(), 1);
 
         for op in [Op::Create, Op::Rename, Op::Remove, Op::SyncDir, Op::SetLen] {
             fs.fail_nth(op, 0, io::ErrorKind::Other);
@@ -1366,10 +1388,13 @@ mod tests {
         let e = f.write_all_at(b"PQRST", 7).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::StorageFull);
         assert_eq!(fs.read_file(p("/d/a")).unwrap(), b"ab23xyzPQ");
+        assert_eq!(fs.space_budget_left(), Some(0));
+        assert_eq!(fs.injected_failures(), 1);
         assert_eq!(
             f.set_len(10).unwrap_err().kind(),
             io::ErrorKind::StorageFull
         );
+        assert_eq!(fs.injected_failures(), 2);
         assert_eq!(f.len().unwrap(), 9);
         fs.set_space_budget(None);
         f.set_len(10).unwrap();
