@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use kv_client::kv_proto::DEFAULT_MAX_FRAME_SIZE;
 use kv_client::{Client, ClientOptions};
 
+mod bench;
 mod cli {
     pub mod output;
     pub mod repl;
@@ -122,6 +123,10 @@ enum Command {
     /// Write a snapshot and drop the log it covers; prints the sequence
     /// number the snapshot covers.
     Checkpoint,
+    /// Load generator: many connections, pipelined puts and gets; prints
+    /// ops/s and latency percentiles (`--json` for one JSON line). Exits 2
+    /// if any request failed.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -132,6 +137,12 @@ fn main() -> ExitCode {
     }));
     let cli = Cli::parse();
     match cli.command {
+        // The bench runs many connections on a multi-threaded runtime of its
+        // own, not on the one-shot commands' single-threaded one.
+        Some(Command::Bench(args)) => match bench::main(&cli.connection.addr, &args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => Failure::Error(format!("bench: {err:#}")).report(),
+        },
         Some(command) => one_shot(&cli.connection, command),
         None => cli::repl::run(&cli.connection),
     }
@@ -195,6 +206,8 @@ async fn run_command(connection: &ConnectionArgs, command: Command) -> Result<()
             let seq = client.checkpoint().await.map_err(fail)?;
             output::line(&seq.to_string())
         }
+        // Dispatched in `main`, on its own runtime.
+        Command::Bench(_) => Err(Failure::Error("bench is not a one-shot command".into())),
     }
 }
 
