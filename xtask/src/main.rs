@@ -4,6 +4,11 @@
 //!   tests (`test` below) and the docs (warnings denied).
 //! - `test`: builds the binaries the end-to-end tests drive, then runs every
 //!   test in the workspace. This is the test command README.md gives.
+//! - `bench [--quick] [--vs-redis]`: builds release binaries and measures
+//!   the disk floor, wal-core, recovery, the server, memory and checkpoint
+//!   interference; writes `target/bench/report.md` (see `bench/mod.rs`).
+
+mod bench;
 
 use std::env;
 use std::process::{Command, ExitCode};
@@ -13,6 +18,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("test") => test(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             print_help();
             Ok(())
@@ -33,7 +39,8 @@ fn print_help() {
         "usage: cargo xtask <command>\n\n\
          commands:\n  \
          ci     fmt --check, clippy -D warnings, tests, docs (what CI runs)\n  \
-         test   build the binaries, then run every test in the workspace\n"
+         test   build the binaries, then run every test in the workspace\n  \
+         bench  [--quick] [--vs-redis]: measure on this machine, write target/bench/report.md\n"
     );
 }
 
@@ -65,7 +72,14 @@ fn test(extra: &[String]) -> Result<(), String> {
 fn ci() -> Result<(), String> {
     cargo(&["fmt", "--all", "--check"], &[])?;
     cargo(
-        &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
         &[],
     )?;
     test(&[])?;

@@ -1,0 +1,605 @@
+//! `cargo xtask bench [--quick] [--vs-redis]`: builds the release binaries
+//! once, measures the disk floor, wal-core, recovery, the server end to end,
+//! memory and checkpoint interference on this machine, and writes
+//! `target/bench/report.md` with every figure and the targets of issue 5.
+//!
+//! The measuring programs are separate processes (`kv-server`,
+//! `kv-client bench`, the `bench_wal` and `bench_recovery` examples), each
+//! printing one JSON line that [`json`] reads; only the disk floor runs in
+//! xtask itself ([`floor`]). A step that fails is reported and the others
+//! still run; the command then exits non-zero.
+
+mod floor;
+mod json;
+mod proc;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use floor::Mode;
+use json::Object;
+use proc::{Running, Server, TempDir};
+use report::{Checkpointing, LoadRun, Memory, RedisRun, Results};
+
+/// What a run measures, and for how long.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub quick: bool,
+    pub floor_secs: f64,
+    pub record_sizes: Vec<usize>,
+    pub wal_secs: f64,
+    pub wal_threads: Vec<usize>,
+    pub recovery_entries: u64,
+    pub value_size: usize,
+    pub server_secs: f64,
+    pub server_keyspace: u64,
+    pub connections: Vec<u32>,
+    pub pipelines: Vec<u32>,
+    pub memory_keys: u64,
+    /// Bytes of each key the memory and checkpoint steps write.
+    pub memory_key_prefix: &'static str,
+    pub checkpoint_secs: f64,
+    pub checkpoint_connections: u32,
+    pub server_flags: Vec<&'static str>,
+}
+
+impl Params {
+    fn new(quick: bool) -> Params {
+        Params {
+            quick,
+            floor_secs: if quick { 1.0 } else { 3.0 },
+            record_sizes: vec![128, 4096, 65536],
+            wal_secs: if quick { 1.0 } else { 3.0 },
+            wal_threads: vec![1, 4, 16, 64],
+            recovery_entries: 1_000_000,
+            value_size: 100,
+            server_secs: if quick { 1.5 } else { 5.0 },
+            server_keyspace: 100_000,
+            connections: vec![1, 16, 64],
+            pipelines: vec![1, 16],
+            memory_keys: 1_000_000,
+            // 10 bytes + 6 digits: 16-byte keys, as in the recovery step.
+            memory_key_prefix: "bench:key:",
+            checkpoint_secs: if quick { 3.0 } else { 10.0 },
+            checkpoint_connections: 16,
+            // Durable acknowledgements; no automatic checkpoint, so that
+            // only the checkpoints this suite starts ever run.
+            server_flags: vec!["--sync-policy", "always", "--checkpoint-after", "0"],
+        }
+    }
+}
+
+/// Where things are.
+struct Paths {
+    /// The workspace root.
+    root: PathBuf,
+    /// `target/bench` under the root: data, logs and the report.
+    bench: PathBuf,
+    /// The release binaries (`kv-server`, `kv-client`).
+    release: PathBuf,
+}
+
+impl Paths {
+    fn kv_server(&self) -> PathBuf {
+        self.release.join("kv-server")
+    }
+    fn kv_client(&self) -> PathBuf {
+        self.release.join("kv-client")
+    }
+    fn example(&self, name: &str) -> PathBuf {
+        self.release.join("examples").join(name)
+    }
+}
+
+pub fn run(args: &[String]) -> Result<(), String> {
+    let mut quick = false;
+    let mut vs_redis = false;
+    for arg in args {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--vs-redis" => vs_redis = true,
+            other => {
+                return Err(format!(
+                    "unknown bench flag `{other}` (try --quick, --vs-redis)"
+                ));
+            }
+        }
+    }
+    let params = Params::new(quick);
+    let root = workspace_root();
+    let build_start = Instant::now();
+    build(&root)?;
+    let build_secs = build_start.elapsed().as_secs_f64();
+    let paths = Paths {
+        bench: root.join("target").join("bench"),
+        release: target_dir(&root)?.join("release"),
+        root,
+    };
+    std::fs::create_dir_all(&paths.bench)
+        .map_err(|e| format!("cannot create {}: {e}", paths.bench.display()))?;
+
+    let started = Instant::now();
+    let mut results = Results {
+        machine: report::Machine::read(&paths.bench, &paths.root),
+        build_secs,
+        ..Results::default()
+    };
+    step(&mut results, "disk floor", |r| {
+        disk_floor(&paths, &params, r)
+    });
+    step(&mut results, "wal-core", |r| wal_core(&paths, &params, r));
+    step(&mut results, "recovery", |r| recovery(&paths, &params, r));
+    step(&mut results, "server end to end", |r| {
+        server_load(&paths, &params, r)
+    });
+    step(&mut results, "memory and checkpoint interference", |r| {
+        memory_and_checkpoint(&paths, &params, r)
+    });
+    if vs_redis {
+        step(&mut results, "redis", |r| redis(&paths, &params, r));
+    } else {
+        results.redis_note = Some("not run (pass --vs-redis)".into());
+    }
+    results.measure_secs = started.elapsed().as_secs_f64();
+    results.machine.load_after = report::loadavg();
+
+    let text = report::render(&results, &params);
+    let path = paths.bench.join("report.md");
+    std::fs::write(&path, &text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    println!("{}", report::targets_table(&results));
+    eprintln!(
+        "xtask: report written to {} (measuring took {:.0} s)",
+        path.display(),
+        results.measure_secs
+    );
+    if results.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} step(s) failed: {}",
+            results.errors.len(),
+            results.errors.join("; ")
+        ))
+    }
+}
+
+/// Runs one step, recording its failure instead of stopping the suite.
+fn step(results: &mut Results, name: &str, f: impl FnOnce(&mut Results) -> Result<(), String>) {
+    eprintln!("xtask bench: {name}...");
+    let start = Instant::now();
+    if let Err(e) = f(results) {
+        eprintln!("xtask bench: {name} FAILED: {e}");
+        results.errors.push(format!("{name}: {e}"));
+    } else {
+        eprintln!(
+            "xtask bench: {name} done in {:.1} s",
+            start.elapsed().as_secs_f64()
+        );
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    // xtask lives one level below the workspace root.
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())
+}
+
+fn build(root: &Path) -> Result<(), String> {
+    let args = [
+        "build",
+        "--release",
+        "-p",
+        "kv-server",
+        "-p",
+        "kv-client",
+        "-p",
+        "wal-core",
+        "-p",
+        "kv-store",
+        "--bins",
+        "--example",
+        "bench_wal",
+        "--example",
+        "bench_recovery",
+    ];
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let status = Command::new(cargo())
+        .args(args)
+        .current_dir(root)
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("the release build failed ({status})"))
+    }
+}
+
+/// Cargo's target directory (honours CARGO_TARGET_DIR and config).
+fn target_dir(root: &Path) -> Result<PathBuf, String> {
+    let mut cmd = Command::new(cargo());
+    cmd.args(["metadata", "--format-version", "1", "--no-deps"])
+        .current_dir(root);
+    let done = proc::run(cmd, Duration::from_secs(60))?;
+    // The metadata is nested JSON; only this one string field is needed.
+    let key = "\"target_directory\":\"";
+    let start = done
+        .stdout
+        .find(key)
+        .ok_or("cargo metadata has no target_directory")?
+        + key.len();
+    let rest = &done.stdout[start..];
+    let end = rest
+        .find('"')
+        .ok_or("cargo metadata: unterminated target_directory")?;
+    Ok(PathBuf::from(rest[..end].replace("\\\\", "\\")))
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+// a. The disk floor.
+fn disk_floor(paths: &Paths, params: &Params, results: &mut Results) -> Result<(), String> {
+    let dir = TempDir::fresh(paths.bench.join("floor"))?;
+    for &size in &params.record_sizes {
+        for mode in [Mode::Append, Mode::Preallocated] {
+            let path = dir.0.join(format!("{}-{size}", mode.name()));
+            let floor = floor::measure(&path, mode, size, secs(params.floor_secs))?;
+            eprintln!(
+                "  floor {:>12} {size:>6} B: {:.0} syncs/s, p50 {:.0} us",
+                mode.name(),
+                floor.syncs_per_sec(),
+                floor.p50_us
+            );
+            results.floors.push(floor);
+        }
+    }
+    Ok(())
+}
+
+// b. wal-core appends.
+fn wal_core(paths: &Paths, params: &Params, results: &mut Results) -> Result<(), String> {
+    let dir = TempDir::fresh(paths.bench.join("wal"))?;
+    let mut configs: Vec<(usize, usize, &str)> = Vec::new();
+    for &size in &params.record_sizes {
+        for &threads in &params.wal_threads {
+            configs.push((size, threads, "always"));
+        }
+        configs.push((size, 1, "never"));
+    }
+    for (n, (size, threads, policy)) in configs.into_iter().enumerate() {
+        let log_dir = dir.0.join(format!("log-{n}"));
+        let mut cmd = Command::new(paths.example("bench_wal"));
+        cmd.arg("--dir")
+            .arg(&log_dir)
+            .args(["--record-size", &size.to_string()])
+            .args(["--threads", &threads.to_string()])
+            .args(["--policy", policy])
+            .args(["--duration", &params.wal_secs.to_string()]);
+        let done = proc::run(cmd, secs(params.wal_secs + 120.0))?;
+        let _ = std::fs::remove_dir_all(&log_dir);
+        let obj = json::parse_last_object(&done.stdout)?;
+        eprintln!(
+            "  wal {policy:>6} {size:>6} B x {threads:>2} threads: {:.0} appends/s",
+            obj.num("appends_per_sec")?
+        );
+        results.wal.push(obj);
+    }
+    Ok(())
+}
+
+// c. Recovery of a store of N entries.
+fn recovery(paths: &Paths, params: &Params, results: &mut Results) -> Result<(), String> {
+    let dir = TempDir::fresh(paths.bench.join("recovery"))?;
+    let mut cmd = Command::new(paths.example("bench_recovery"));
+    cmd.arg("--dir")
+        .arg(dir.0.join("store"))
+        .args(["--entries", &params.recovery_entries.to_string()])
+        .args(["--value-size", &params.value_size.to_string()]);
+    let done = proc::run(cmd, Duration::from_secs(600))?;
+    let obj = json::parse_last_object(&done.stdout)?;
+    eprintln!(
+        "  recovery: WAL {:.0} entries/s, snapshot {:.0} entries/s",
+        obj.num("wal_entries_per_sec")?,
+        obj.num("snapshot_entries_per_sec")?
+    );
+    results.recovery = Some(obj);
+    Ok(())
+}
+
+/// Runs `kv-client bench --json` with `flags` against `addr`.
+fn client_bench(
+    paths: &Paths,
+    addr: &str,
+    flags: &[String],
+    timeout: Duration,
+) -> Result<Object, String> {
+    let done = proc::run(client_bench_cmd(paths, addr, flags), timeout)?;
+    json::parse_last_object(&done.stdout)
+}
+
+fn client_bench_cmd(paths: &Paths, addr: &str, flags: &[String]) -> Command {
+    let mut cmd = Command::new(paths.kv_client());
+    cmd.args(["--addr", addr, "bench", "--json"]).args(flags);
+    cmd
+}
+
+fn flags(pairs: &[(&str, String)]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (flag, value) in pairs {
+        out.push(flag.to_string());
+        if !value.is_empty() {
+            out.push(value.clone());
+        }
+    }
+    out
+}
+
+/// Writes keys 0..n of `prefix` once each (16 connections x pipeline 16).
+fn load_keys(
+    paths: &Paths,
+    addr: &str,
+    n: u64,
+    prefix: &str,
+    value_size: usize,
+) -> Result<Object, String> {
+    let f = flags(&[
+        ("--connections", "16".into()),
+        ("--pipeline", "16".into()),
+        ("--requests", n.to_string()),
+        ("--keyspace", n.to_string()),
+        ("--sequential-keys", String::new()),
+        ("--key-prefix", prefix.into()),
+        ("--value-size", value_size.to_string()),
+        ("--mix", "put".into()),
+    ]);
+    client_bench(paths, addr, &f, Duration::from_secs(900))
+}
+
+// d. The server end to end.
+fn server_load(paths: &Paths, params: &Params, results: &mut Results) -> Result<(), String> {
+    let dir = TempDir::fresh(paths.bench.join("server-data"))?;
+    let server = Server::start(
+        &paths.kv_server(),
+        &dir.0,
+        &params.server_flags,
+        &paths.bench.join("server-load.log"),
+    )?;
+    let prefix = "bench:";
+    // Every key the gets ask for exists.
+    load_keys(
+        paths,
+        &server.addr,
+        params.server_keyspace,
+        prefix,
+        params.value_size,
+    )?;
+    for op in ["put", "get"] {
+        for &connections in &params.connections {
+            for &pipeline in &params.pipelines {
+                let f = flags(&[
+                    ("--mix", op.into()),
+                    ("--connections", connections.to_string()),
+                    ("--pipeline", pipeline.to_string()),
+                    ("--duration", params.server_secs.to_string()),
+                    ("--keyspace", params.server_keyspace.to_string()),
+                    ("--key-prefix", prefix.into()),
+                    ("--value-size", params.value_size.to_string()),
+                ]);
+                let obj = client_bench(paths, &server.addr, &f, secs(params.server_secs + 60.0))?;
+                eprintln!(
+                    "  {op} {connections:>2} conn x P{pipeline:<2}: {:.0} ops/s, p99 {:.0} us",
+                    obj.num("ops_per_sec")?,
+                    obj.num("p99_us")?
+                );
+                results.server.push(LoadRun {
+                    op,
+                    connections,
+                    pipeline,
+                    obj,
+                });
+            }
+        }
+    }
+    server.stop(Duration::from_secs(30))
+}
+
+// e. Memory, then f. checkpoint interference, on one server holding the
+// loaded keys.
+fn memory_and_checkpoint(
+    paths: &Paths,
+    params: &Params,
+    results: &mut Results,
+) -> Result<(), String> {
+    let dir = TempDir::fresh(paths.bench.join("memory-data"))?;
+    let server = Server::start(
+        &paths.kv_server(),
+        &dir.0,
+        &params.server_flags,
+        &paths.bench.join("server-memory.log"),
+    )?;
+    let rss_before = server.rss_bytes()?;
+    let load = load_keys(
+        paths,
+        &server.addr,
+        params.memory_keys,
+        params.memory_key_prefix,
+        params.value_size,
+    )?;
+    let rss_after = server.rss_bytes()?;
+    let memory = Memory {
+        keys: params.memory_keys,
+        key_size: load.num("key_size")? as u64,
+        value_size: params.value_size as u64,
+        rss_before,
+        rss_after,
+        load_ops_per_sec: load.num("ops_per_sec")?,
+    };
+    eprintln!(
+        "  memory: {:.0} bytes/key ({:.2}x raw)",
+        memory.bytes_per_key(),
+        memory.ratio()
+    );
+    results.memory = Some(memory);
+
+    results.checkpointing = Some(checkpoint_interference(paths, params, &server.addr)?);
+    server.stop(Duration::from_secs(60))
+}
+
+fn checkpoint_interference(
+    paths: &Paths,
+    params: &Params,
+    addr: &str,
+) -> Result<Checkpointing, String> {
+    let checkpoint = || -> Result<f64, String> {
+        let mut cmd = Command::new(paths.kv_client());
+        cmd.args(["--addr", addr, "--timeout", "0", "checkpoint"]);
+        Ok(proc::run(cmd, Duration::from_secs(300))?
+            .elapsed
+            .as_secs_f64())
+    };
+    // The first checkpoint also drops the log of the loading, so that both
+    // measured runs start from the same small log.
+    let warmup_secs = checkpoint()?;
+    let f = flags(&[
+        ("--mix", "put".into()),
+        ("--connections", params.checkpoint_connections.to_string()),
+        ("--pipeline", "1".into()),
+        ("--duration", params.checkpoint_secs.to_string()),
+        ("--keyspace", params.memory_keys.to_string()),
+        ("--key-prefix", params.memory_key_prefix.into()),
+        ("--value-size", params.value_size.to_string()),
+    ]);
+    let timeout = secs(params.checkpoint_secs + 120.0);
+    let baseline = client_bench(paths, addr, &f, timeout)?;
+
+    // Checkpoints back to back for the whole run, each a full snapshot of
+    // the loaded keys, so that (nearly) every write of the run overlaps one.
+    let bench = Running::start(client_bench_cmd(paths, addr, &f))?;
+    let bench_start = Instant::now();
+    let run_secs = params.checkpoint_secs;
+    // Let the load reach a steady state first.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut checkpoints = Vec::new();
+    let mut covered = 0.0;
+    while bench_start.elapsed().as_secs_f64() < run_secs - 0.1 {
+        let from = bench_start.elapsed().as_secs_f64();
+        let took = checkpoint()?;
+        let to = (from + took).min(run_secs);
+        covered += (to - from).max(0.0);
+        checkpoints.push(took);
+    }
+    let during = json::parse_last_object(&bench.wait(timeout)?.stdout)?;
+    let result = Checkpointing {
+        warmup_secs,
+        checkpoints,
+        covered_fraction: covered / during.num("secs")?.max(1e-9),
+        baseline,
+        during,
+    };
+    eprintln!(
+        "  checkpoint: write p99 {:.0} us without, {:.0} us during ({} checkpoints)",
+        result.baseline.num("p99_us")?,
+        result.during.num("p99_us")?,
+        result.checkpoints.len()
+    );
+    Ok(result)
+}
+
+/// The path of `name` if it is an executable on PATH.
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// The optional comparison with Redis, `appendonly yes`, `appendfsync
+/// always`, same connection counts, pipelines and value size.
+fn redis(paths: &Paths, params: &Params, results: &mut Results) -> Result<(), String> {
+    let (Some(server_bin), Some(bench_bin)) = (on_path("redis-server"), on_path("redis-benchmark"))
+    else {
+        eprintln!("  redis-server and redis-benchmark are not both on PATH: skipped");
+        results.redis_note = Some("skipped: redis-server and redis-benchmark not on PATH".into());
+        return Ok(());
+    };
+    let dir = TempDir::fresh(paths.bench.join("redis-data"))?;
+    // A free port: bind, read it, release it. Redis cannot report a port it
+    // chose itself.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("cannot find a free port: {e}"))?
+        .port();
+    let mut cmd = Command::new(&server_bin);
+    cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .arg("--dir")
+        .arg(&dir.0)
+        .args([
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+        ])
+        .args(["--daemonize", "no", "--protected-mode", "yes"]);
+    // Owned by the guard: dropped (killed) on every path out of here.
+    let redis = Running::start(cmd)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() >= deadline {
+            return Err("redis-server did not accept connections within 20 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let version = proc::run(
+        {
+            let mut c = Command::new(&server_bin);
+            c.arg("--version");
+            c
+        },
+        Duration::from_secs(10),
+    )
+    .map(|d| d.stdout.trim().to_string())
+    .unwrap_or_default();
+    results.redis_note = Some(version);
+
+    for (test, op) in [("set", "put"), ("get", "get")] {
+        for &connections in &params.connections {
+            for &pipeline in &params.pipelines {
+                // redis-benchmark counts requests, not time: size the count
+                // from our own rate for the same configuration so that the
+                // run lasts about as long as ours did.
+                let ours = results
+                    .server
+                    .iter()
+                    .find(|r| r.op == op && r.connections == connections && r.pipeline == pipeline)
+                    .and_then(|r| r.obj.num("ops_per_sec").ok())
+                    .unwrap_or(10_000.0);
+                let requests = ((ours * params.server_secs) as u64).clamp(2_000, 5_000_000);
+                let mut cmd = Command::new(&bench_bin);
+                cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                    .args(["-t", test, "-n", &requests.to_string()])
+                    .args(["-c", &connections.to_string(), "-P", &pipeline.to_string()])
+                    .args(["-d", &params.value_size.to_string()])
+                    .args(["-r", &params.server_keyspace.to_string(), "--csv", "-q"]);
+                let done = proc::run(cmd, Duration::from_secs(300))?;
+                let run = RedisRun::parse(test, connections, pipeline, &done.stdout)?;
+                eprintln!(
+                    "  redis {test} {connections:>2} conn x P{pipeline:<2}: {:.0} ops/s",
+                    run.rps
+                );
+                results.redis.push(run);
+            }
+        }
+    }
+    drop(redis);
+    Ok(())
+}

@@ -1,0 +1,787 @@
+//! The figures of a run and the markdown report made of them.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+
+use super::Params;
+use super::floor::{Floor, Mode};
+use super::json::Object;
+
+/// The machine the figures come from.
+#[derive(Debug, Clone, Default)]
+pub struct Machine {
+    pub cores: usize,
+    pub cpu: String,
+    pub kernel: String,
+    pub filesystem: String,
+    pub memory: String,
+    pub commit: String,
+    pub load_before: String,
+    pub load_after: String,
+}
+
+/// What `program args` printed, trimmed; `None` if it could not run or
+/// failed.
+fn command_output(program: &str, args: &[&str]) -> Option<String> {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// The 1, 5 and 15 minute load averages: the machine may be shared, and a
+/// busy neighbour shows here.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+impl Machine {
+    pub fn read(data_dir: &Path, root: &Path) -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let memory = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+                let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+                Some(format!("{:.1} GiB", kib / (1024.0 * 1024.0)))
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let root_str = root.to_string_lossy().into_owned();
+        let mut commit = command_output("git", &["-C", &root_str, "rev-parse", "--short", "HEAD"])
+            .unwrap_or_else(|| "unknown".into());
+        if command_output("git", &["-C", &root_str, "status", "--porcelain"])
+            .is_some_and(|changes| !changes.is_empty())
+        {
+            commit.push_str(" (with uncommitted changes)");
+        }
+        Machine {
+            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            cpu,
+            kernel: command_output("uname", &["-r"]).unwrap_or_else(|| "unknown".into()),
+            filesystem: command_output("stat", &["-f", "-c", "%T", &data_dir.to_string_lossy()])
+                .unwrap_or_else(|| "unknown".into()),
+            memory,
+            commit,
+            load_before: loadavg(),
+            load_after: String::new(),
+        }
+    }
+}
+
+/// One `kv-client bench` run against the server.
+#[derive(Debug, Clone)]
+pub struct LoadRun {
+    pub op: &'static str,
+    pub connections: u32,
+    pub pipeline: u32,
+    pub obj: Object,
+}
+
+/// Server memory after loading keys.
+#[derive(Debug, Clone)]
+pub struct Memory {
+    pub keys: u64,
+    pub key_size: u64,
+    pub value_size: u64,
+    pub rss_before: u64,
+    pub rss_after: u64,
+    pub load_ops_per_sec: f64,
+}
+
+impl Memory {
+    pub fn bytes_per_key(&self) -> f64 {
+        self.rss_after.saturating_sub(self.rss_before) as f64 / self.keys as f64
+    }
+    pub fn ratio(&self) -> f64 {
+        self.bytes_per_key() / (self.key_size + self.value_size) as f64
+    }
+}
+
+/// Write latency with and without checkpoints running.
+#[derive(Debug, Clone)]
+pub struct Checkpointing {
+    pub warmup_secs: f64,
+    /// Duration of each checkpoint run during the measured bench.
+    pub checkpoints: Vec<f64>,
+    /// Share of the measured bench's time during which a checkpoint ran.
+    pub covered_fraction: f64,
+    pub baseline: Object,
+    pub during: Object,
+}
+
+/// One redis-benchmark result.
+#[derive(Debug, Clone)]
+pub struct RedisRun {
+    pub test: &'static str,
+    pub connections: u32,
+    pub pipeline: u32,
+    pub rps: f64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+impl RedisRun {
+    /// Reads redis-benchmark's `--csv` output: a header line, then
+    /// `"SET","3300.00","0.2",...` with the columns the header names.
+    pub fn parse(
+        test: &'static str,
+        connections: u32,
+        pipeline: u32,
+        csv: &str,
+    ) -> Result<RedisRun, String> {
+        let rows: Vec<Vec<String>> = csv
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                l.split(',')
+                    .map(|c| c.trim().trim_matches('"').to_string())
+                    .collect()
+            })
+            .collect();
+        let header = rows.iter().find(|r| r.first().is_some_and(|c| c == "test"));
+        let row = rows
+            .iter()
+            .find(|r| r.first().is_some_and(|c| c.eq_ignore_ascii_case(test)))
+            .ok_or_else(|| format!("no {test} row in redis-benchmark's output: {csv:?}"))?;
+        let column = |name: &str| -> Option<f64> {
+            let index = header?.iter().position(|h| h == name)?;
+            row.get(index)?.parse().ok()
+        };
+        let rps = row
+            .get(1)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("no rate in {row:?}"))?;
+        Ok(RedisRun {
+            test,
+            connections,
+            pipeline,
+            rps,
+            p50_ms: column("p50_latency_ms"),
+            p99_ms: column("p99_latency_ms"),
+        })
+    }
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Default)]
+pub struct Results {
+    pub machine: Machine,
+    pub build_secs: f64,
+    pub measure_secs: f64,
+    pub floors: Vec<Floor>,
+    pub wal: Vec<Object>,
+    pub recovery: Option<Object>,
+    pub server: Vec<LoadRun>,
+    pub memory: Option<Memory>,
+    pub checkpointing: Option<Checkpointing>,
+    pub redis: Vec<RedisRun>,
+    pub redis_note: Option<String>,
+    pub errors: Vec<String>,
+}
+
+impl Results {
+    fn floor(&self, mode: Mode, size: usize) -> Option<&Floor> {
+        self.floors
+            .iter()
+            .find(|f| f.mode == mode && f.record_size == size)
+    }
+
+    fn wal(&self, policy: &str, size: usize, threads: usize) -> Option<&Object> {
+        self.wal.iter().find(|o| {
+            o.str("policy") == Some(policy)
+                && o.num("record_size").ok() == Some(size as f64)
+                && o.num("threads").ok() == Some(threads as f64)
+        })
+    }
+
+    fn server(&self, op: &str, connections: u32, pipeline: u32) -> Option<f64> {
+        self.server
+            .iter()
+            .find(|r| r.op == op && r.connections == connections && r.pipeline == pipeline)
+            .and_then(|r| r.obj.num("ops_per_sec").ok())
+    }
+
+    fn redis_rate(&self, test: &str, connections: u32, pipeline: u32) -> Option<f64> {
+        self.redis
+            .iter()
+            .find(|r| r.test == test && r.connections == connections && r.pipeline == pipeline)
+            .map(|r| r.rps)
+    }
+}
+
+/// `1234567.8` as `1,234,568`.
+pub fn int(x: f64) -> String {
+    if !x.is_finite() {
+        return "n/a".into();
+    }
+    let digits = format!("{:.0}", x.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if x < 0.0 && digits != "0" {
+        out.insert(0, '-');
+    }
+    out
+}
+
+fn us(x: f64) -> String {
+    if x >= 10_000.0 {
+        format!("{:.1} ms", x / 1e3)
+    } else if x >= 1000.0 {
+        format!("{:.2} ms", x / 1e3)
+    } else if x >= 10.0 {
+        format!("{x:.0} µs")
+    } else {
+        format!("{x:.1} µs")
+    }
+}
+
+fn num(o: &Object, key: &str) -> f64 {
+    o.num(key).unwrap_or(f64::NAN)
+}
+
+/// One row of the targets table.
+pub struct Target {
+    pub name: String,
+    pub goal: String,
+    pub measured: String,
+    /// None when the figure is missing (its step failed or was skipped).
+    pub pass: Option<bool>,
+}
+
+/// The targets of issue 5 beside the figures of this run.
+pub fn targets(r: &Results) -> Vec<Target> {
+    let mut out = Vec::new();
+    let floor_128 = r.floor(Mode::Append, 128).map(Floor::syncs_per_sec);
+
+    let put_1 = r.server("put", 1, 1);
+    out.push(match (put_1, floor_128) {
+        (Some(put), Some(floor)) => Target {
+            name: "single connection, durable put".into(),
+            goal: "≥ 90% of the disk floor's sync rate (128 B appending)".into(),
+            measured: format!(
+                "{} ops/s = {:.0}% of {} syncs/s",
+                int(put),
+                put / floor * 100.0,
+                int(floor)
+            ),
+            pass: Some(put >= 0.9 * floor),
+        },
+        _ => missing(
+            "single connection, durable put",
+            "≥ 90% of the disk floor's sync rate",
+        ),
+    });
+    for (pipeline, goal) in [(1, 95_000.0), (16, 600_000.0)] {
+        let name = format!("durable puts, 64 connections, pipeline {pipeline}");
+        let mut goal_text = format!("≥ {} ops/s (2× Redis always)", int(goal));
+        let redis = r.redis_rate("set", 64, pipeline);
+        if let Some(redis) = redis {
+            let _ = write!(goal_text, "; 2× Redis here = {}", int(2.0 * redis));
+        }
+        out.push(match r.server("put", 64, pipeline) {
+            Some(rate) => Target {
+                name,
+                goal: goal_text,
+                measured: format!("{} ops/s", int(rate)),
+                pass: Some(rate >= goal && redis.is_none_or(|redis| rate >= 2.0 * redis)),
+            },
+            None => missing(&name, &goal_text),
+        });
+    }
+    for (pipeline, goal) in [(1, 70_000.0), (16, 600_000.0)] {
+        let name = format!("gets, 64 connections, pipeline {pipeline}");
+        let mut goal_text = format!("≥ {} ops/s (Redis)", int(goal));
+        let redis = r.redis_rate("get", 64, pipeline);
+        if let Some(redis) = redis {
+            let _ = write!(goal_text, "; Redis here = {}", int(redis));
+        }
+        out.push(match r.server("get", 64, pipeline) {
+            Some(rate) => Target {
+                name,
+                goal: goal_text,
+                measured: format!("{} ops/s", int(rate)),
+                pass: Some(rate >= goal && redis.is_none_or(|redis| rate >= redis)),
+            },
+            None => missing(&name, &goal_text),
+        });
+    }
+    let wal_64 = r
+        .wal("always", 128, 64)
+        .and_then(|o| o.num("appends_per_sec").ok());
+    out.push(match (wal_64, floor_128) {
+        (Some(rate), Some(floor)) => Target {
+            name: "wal-core group commit, 64 writers, 128 B".into(),
+            goal: "≥ 30× the single-writer floor".into(),
+            measured: format!(
+                "{} appends/s = {:.1}× {}",
+                int(rate),
+                rate / floor,
+                int(floor)
+            ),
+            pass: Some(rate >= 30.0 * floor),
+        },
+        _ => missing(
+            "wal-core group commit, 64 writers",
+            "≥ 30× the single-writer floor",
+        ),
+    });
+    let replay = r
+        .recovery
+        .as_ref()
+        .and_then(|o| o.num("wal_entries_per_sec").ok());
+    out.push(match replay {
+        Some(rate) => Target {
+            name: "recovery from the WAL".into(),
+            goal: "≥ 5,000,000 entries/s".into(),
+            measured: format!("{} entries/s", int(rate)),
+            pass: Some(rate >= 5e6),
+        },
+        None => missing("recovery from the WAL", "≥ 5,000,000 entries/s"),
+    });
+    out.push(match &r.memory {
+        Some(m) => Target {
+            name: "memory, 100-byte values".into(),
+            goal: "≤ 2× raw key+value bytes".into(),
+            measured: format!(
+                "{:.0} B/key = {:.2}× raw ({} B)",
+                m.bytes_per_key(),
+                m.ratio(),
+                m.key_size + m.value_size
+            ),
+            pass: Some(m.ratio() <= 2.0),
+        },
+        None => missing("memory, 100-byte values", "≤ 2× raw key+value bytes"),
+    });
+    out.push(match &r.checkpointing {
+        Some(c) => {
+            let (base, during) = (num(&c.baseline, "p99_us"), num(&c.during, "p99_us"));
+            Target {
+                name: "write p99 during a checkpoint".into(),
+                goal: "≤ 2× the p99 without one".into(),
+                measured: format!("{} vs {} = {:.2}×", us(during), us(base), during / base),
+                pass: Some(during <= 2.0 * base),
+            }
+        }
+        None => missing("write p99 during a checkpoint", "≤ 2× the p99 without one"),
+    });
+    out
+}
+
+fn missing(name: &str, goal: &str) -> Target {
+    Target {
+        name: name.into(),
+        goal: goal.into(),
+        measured: "not measured (step failed)".into(),
+        pass: None,
+    }
+}
+
+pub fn targets_table(r: &Results) -> String {
+    let mut t = String::from("| Target | Goal | Measured | |\n|---|---|---|---|\n");
+    for target in targets(r) {
+        let verdict = match target.pass {
+            Some(true) => "PASS",
+            Some(false) => "MISS",
+            None => "n/a",
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {verdict} |",
+            target.name, target.goal, target.measured
+        );
+    }
+    t
+}
+
+/// The whole report.
+pub fn render(r: &Results, p: &Params) -> String {
+    let mut s = String::new();
+    let m = &r.machine;
+    let mode = if p.quick {
+        "`cargo xtask bench --quick`"
+    } else {
+        "`cargo xtask bench`"
+    };
+    let _ = writeln!(s, "# Benchmark report\n");
+    let _ = writeln!(
+        s,
+        "Made by {mode} at commit {}; measuring took {:.0} s (after a release build of {:.0} s). \
+         Everything ran on this one machine: load generator, server and disk.\n",
+        m.commit, r.measure_secs, r.build_secs
+    );
+    let _ = writeln!(s, "## Machine\n");
+    let _ = writeln!(s, "| | |\n|---|---|");
+    let _ = writeln!(s, "| CPU | {} |", m.cpu);
+    let _ = writeln!(s, "| cores | {} |", m.cores);
+    let _ = writeln!(s, "| memory | {} |", m.memory);
+    let _ = writeln!(s, "| kernel | {} |", m.kernel);
+    let _ = writeln!(
+        s,
+        "| filesystem of the data dir (`stat -f -c %T`) | {} |",
+        m.filesystem
+    );
+    let _ = writeln!(
+        s,
+        "| load average before / after (1, 5, 15 min) | {} / {} |\n",
+        m.load_before, m.load_after
+    );
+    if !r.errors.is_empty() {
+        let _ = writeln!(s, "## Failed steps\n");
+        for e in &r.errors {
+            let _ = writeln!(s, "- {e}");
+        }
+        s.push('\n');
+    }
+
+    let _ = writeln!(s, "## Targets (issue 5)\n");
+    s.push_str(&targets_table(r));
+    s.push('\n');
+
+    let _ = writeln!(s, "## Parameters\n");
+    let _ = writeln!(
+        s,
+        "- Disk floor: {} s per configuration; one writer; `write` + `fdatasync` of one record per \
+         iteration, into a new file (append) or a 64 MiB file written with zeroes and synced first \
+         (preallocated; writes wrap around in it).",
+        p.floor_secs
+    );
+    let _ = writeln!(
+        s,
+        "- wal-core (`bench_wal` example): {} s per configuration; records of {:?} bytes; \
+         `SyncPolicy::Always` at {:?} threads, and `SyncPolicy::Never` at 1 thread; default \
+         options otherwise (64 MiB segments).",
+        p.wal_secs, p.record_sizes, p.wal_threads
+    );
+    let _ = writeln!(
+        s,
+        "- Recovery (`bench_recovery` example): {} entries, 16-byte keys, {}-byte values, loaded \
+         unsynced then closed (synced); time of `KeyValueStore::open` from the WAL alone, then \
+         after a checkpoint from the snapshot.",
+        int(p.recovery_entries as f64),
+        p.value_size
+    );
+    let _ = writeln!(
+        s,
+        "- Server: release `kv-server {}` on 127.0.0.1; `kv-client bench` runs of {} s, \
+         {}-byte values, keyspace {} (all loaded before the gets), random keys, connections {:?} × \
+         pipeline {:?}. The load generator shares the machine's {} cores with the server.",
+        p.server_flags.join(" "),
+        p.server_secs,
+        p.value_size,
+        int(p.server_keyspace as f64),
+        p.connections,
+        p.pipelines,
+        m.cores
+    );
+    let _ = writeln!(
+        s,
+        "- Memory: a fresh server; VmRSS after loading {} distinct keys (16 connections × \
+         pipeline 16) minus VmRSS before.",
+        int(p.memory_keys as f64)
+    );
+    let _ = writeln!(
+        s,
+        "- Checkpoint interference: on that server ({} keys), a first checkpoint drops the \
+         loading's log; then a {} s put run ({} connections × pipeline 1, random keys over the \
+         loaded ones) without checkpoints, then the same run with `kv-client checkpoint` \
+         started 0.3 s in and again back to back until the run ends.\n",
+        int(p.memory_keys as f64),
+        p.checkpoint_secs,
+        p.checkpoint_connections
+    );
+    let _ = writeln!(
+        s,
+        "MB are 10^6 bytes of payload. Latencies: p50 / p99 / p99.9 / max.\n"
+    );
+
+    let _ = writeln!(s, "## a. Disk floor\n");
+    let _ = writeln!(
+        s,
+        "| record | mode | syncs/s | MB/s | p50 | p99 |\n|---|---|---|---|---|---|"
+    );
+    for f in &r.floors {
+        let _ = writeln!(
+            s,
+            "| {} B | {} | {} | {:.2} | {} | {} |",
+            f.record_size,
+            f.mode.name(),
+            int(f.syncs_per_sec()),
+            f.mb_per_sec(),
+            us(f.p50_us),
+            us(f.p99_us)
+        );
+    }
+
+    let _ = writeln!(s, "\n## b. wal-core appends\n");
+    let _ = writeln!(
+        s,
+        "Ratio: appends/s over the single-writer appending floor of the same record size.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| record | policy | threads | appends/s | MB/s | p50 | p99 | × floor |\n|---|---|---|---|---|---|---|---|"
+    );
+    for o in &r.wal {
+        let size = num(o, "record_size");
+        let rate = num(o, "appends_per_sec");
+        let ratio = r
+            .floor(Mode::Append, size as usize)
+            .map(|f| format!("{:.1}×", rate / f.syncs_per_sec()))
+            .unwrap_or_else(|| "n/a".into());
+        let _ = writeln!(
+            s,
+            "| {} B | {} | {} | {} | {:.2} | {} | {} | {ratio} |",
+            size,
+            o.str("policy").unwrap_or("?"),
+            num(o, "threads"),
+            int(rate),
+            num(o, "mb_per_sec"),
+            us(num(o, "p50_us")),
+            us(num(o, "p99_us"))
+        );
+    }
+
+    let _ = writeln!(s, "\n## c. Recovery\n");
+    if let Some(o) = &r.recovery {
+        let _ = writeln!(
+            s,
+            "{} entries loaded in {:.2} s (unsynced).\n",
+            int(num(o, "entries")),
+            num(o, "load_secs")
+        );
+        let _ = writeln!(
+            s,
+            "| from | bytes read | open time | entries/s | MB/s |\n|---|---|---|---|---|"
+        );
+        let _ = writeln!(
+            s,
+            "| WAL alone ({} entries replayed) | {} | {:.3} s | {} | {:.0} |",
+            int(num(o, "wal_replayed")),
+            int(num(o, "wal_bytes")),
+            num(o, "wal_open_secs"),
+            int(num(o, "wal_entries_per_sec")),
+            num(o, "wal_mb_per_sec")
+        );
+        let _ = writeln!(
+            s,
+            "| snapshot ({} entries) | {} | {:.3} s | {} | {:.0} |",
+            int(num(o, "snapshot_entries")),
+            int(num(o, "snapshot_bytes")),
+            num(o, "snapshot_open_secs"),
+            int(num(o, "snapshot_entries_per_sec")),
+            num(o, "snapshot_mb_per_sec")
+        );
+    } else {
+        let _ = writeln!(s, "Not measured (the step failed).");
+    }
+
+    let _ = writeln!(s, "\n## d. Server end to end\n");
+    let has_redis = !r.redis.is_empty();
+    let _ = write!(
+        s,
+        "| op | connections | pipeline | ops/s | p50 | p99 | p99.9 | max | errors |"
+    );
+    if has_redis {
+        let _ = write!(s, " Redis ops/s | Redis p50 / p99 | us / Redis |");
+    }
+    let _ = writeln!(
+        s,
+        "\n|---|---|---|---|---|---|---|---|---|{}",
+        if has_redis { "---|---|---|" } else { "" }
+    );
+    for run in &r.server {
+        let o = &run.obj;
+        let rate = num(o, "ops_per_sec");
+        let _ = write!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            run.op,
+            run.connections,
+            run.pipeline,
+            int(rate),
+            us(num(o, "p50_us")),
+            us(num(o, "p99_us")),
+            us(num(o, "p999_us")),
+            us(num(o, "max_us")),
+            num(o, "errors")
+        );
+        if has_redis {
+            let test = if run.op == "put" { "set" } else { "get" };
+            match r.redis.iter().find(|x| {
+                x.test == test && x.connections == run.connections && x.pipeline == run.pipeline
+            }) {
+                Some(x) => {
+                    let lat = |v: Option<f64>| v.map_or("?".into(), |ms| us(ms * 1e3));
+                    let _ = write!(
+                        s,
+                        " {} | {} / {} | {:.2}× |",
+                        int(x.rps),
+                        lat(x.p50_ms),
+                        lat(x.p99_ms),
+                        rate / x.rps
+                    );
+                }
+                None => {
+                    let _ = write!(s, " | | |");
+                }
+            }
+        }
+        s.push('\n');
+    }
+    if let Some(note) = &r.redis_note {
+        let _ = writeln!(
+            s,
+            "\nRedis (`appendonly yes`, `appendfsync always`, redis-benchmark): {note}."
+        );
+    }
+
+    let _ = writeln!(s, "\n## e. Memory\n");
+    if let Some(mem) = &r.memory {
+        let _ = writeln!(
+            s,
+            "| keys | key + value | VmRSS before | VmRSS after | bytes/key | × raw | load rate |\n|---|---|---|---|---|---|---|"
+        );
+        let _ = writeln!(
+            s,
+            "| {} | {} + {} B | {:.1} MiB | {:.1} MiB | {:.0} | {:.2}× | {} puts/s |",
+            int(mem.keys as f64),
+            mem.key_size,
+            mem.value_size,
+            mem.rss_before as f64 / 1048576.0,
+            mem.rss_after as f64 / 1048576.0,
+            mem.bytes_per_key(),
+            mem.ratio(),
+            int(mem.load_ops_per_sec)
+        );
+    } else {
+        let _ = writeln!(s, "Not measured (the step failed).");
+    }
+
+    let _ = writeln!(s, "\n## f. Checkpoint interference\n");
+    if let Some(c) = &r.checkpointing {
+        let total: f64 = c.checkpoints.iter().sum();
+        let _ = writeln!(
+            s,
+            "First checkpoint (after loading): {:.2} s. During the measured run: {} checkpoints, \
+             {:.2} s each on average; a checkpoint was running {:.0}% of the run.\n",
+            c.warmup_secs,
+            c.checkpoints.len(),
+            if c.checkpoints.is_empty() {
+                0.0
+            } else {
+                total / c.checkpoints.len() as f64
+            },
+            c.covered_fraction * 100.0
+        );
+        let _ = writeln!(
+            s,
+            "| run | puts/s | p50 | p99 | p99.9 | max |\n|---|---|---|---|---|---|"
+        );
+        for (name, o) in [
+            ("without checkpoint", &c.baseline),
+            ("during checkpoints", &c.during),
+        ] {
+            let _ = writeln!(
+                s,
+                "| {name} | {} | {} | {} | {} | {} |",
+                int(num(o, "ops_per_sec")),
+                us(num(o, "p50_us")),
+                us(num(o, "p99_us")),
+                us(num(o, "p999_us")),
+                us(num(o, "max_us"))
+            );
+        }
+    } else {
+        let _ = writeln!(s, "Not measured (the step failed).");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::json::parse_object;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(int(0.0), "0");
+        assert_eq!(int(999.4), "999");
+        assert_eq!(int(1000.0), "1,000");
+        assert_eq!(int(1234567.8), "1,234,568");
+        assert_eq!(int(-4200.0), "-4,200");
+        assert_eq!(int(f64::NAN), "n/a");
+    }
+
+    #[test]
+    fn reads_redis_benchmark_csv() {
+        let csv = "\"test\",\"rps\",\"avg_latency_ms\",\"min_latency_ms\",\"p50_latency_ms\",\"p95_latency_ms\",\"p99_latency_ms\",\"max_latency_ms\"\n\
+                   \"SET\",\"3300.50\",\"0.300\",\"0.100\",\"0.287\",\"0.400\",\"0.551\",\"2.000\"\n";
+        let run = RedisRun::parse("set", 1, 1, csv).unwrap();
+        assert_eq!(run.rps, 3300.5);
+        assert_eq!(run.p50_ms, Some(0.287));
+        assert_eq!(run.p99_ms, Some(0.551));
+        assert!(RedisRun::parse("get", 1, 1, csv).is_err());
+    }
+
+    fn run(op: &'static str, connections: u32, pipeline: u32, rate: f64) -> LoadRun {
+        LoadRun {
+            op,
+            connections,
+            pipeline,
+            obj: parse_object(&format!("{{\"ops_per_sec\":{rate},\"p99_us\":100}}")).unwrap(),
+        }
+    }
+
+    #[test]
+    fn targets_pass_miss_and_missing() {
+        let floor = Floor {
+            mode: Mode::Append,
+            record_size: 128,
+            syncs: 1000,
+            secs: 1.0,
+            p50_us: 900.0,
+            p99_us: 1500.0,
+        };
+        let results = Results {
+            floors: vec![floor],
+            server: vec![run("put", 1, 1, 950.0), run("put", 64, 1, 90_000.0)],
+            memory: Some(Memory {
+                keys: 1000,
+                key_size: 16,
+                value_size: 100,
+                rss_before: 1_000_000,
+                rss_after: 1_200_000,
+                load_ops_per_sec: 1.0,
+            }),
+            ..Results::default()
+        };
+        let t = targets(&results);
+        let by_name = |n: &str| t.iter().find(|x| x.name.starts_with(n)).unwrap().pass;
+        assert_eq!(by_name("single connection"), Some(true)); // 95% of the floor
+        assert_eq!(
+            by_name("durable puts, 64 connections, pipeline 1"),
+            Some(false)
+        );
+        assert_eq!(by_name("durable puts, 64 connections, pipeline 16"), None);
+        assert_eq!(by_name("memory"), Some(true)); // 200 B/key = 1.72x of 116
+        assert_eq!(by_name("recovery"), None);
+        let table = targets_table(&results);
+        assert!(table.contains("PASS") && table.contains("MISS") && table.contains("n/a"));
+    }
+}
