@@ -298,7 +298,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
             Some(rate) => Target {
                 name,
                 goal: goal_text,
-                measured: format!("{} ops/s", int(rate)),
+                measured: with_redis_ratio(rate, redis),
                 pass: Some(rate >= goal && redis.is_none_or(|redis| rate >= 2.0 * redis)),
             },
             None => missing(&name, &goal_text),
@@ -315,7 +315,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
             Some(rate) => Target {
                 name,
                 goal: goal_text,
-                measured: format!("{} ops/s", int(rate)),
+                measured: with_redis_ratio(rate, redis),
                 pass: Some(rate >= goal && redis.is_none_or(|redis| rate >= redis)),
             },
             None => missing(&name, &goal_text),
@@ -381,6 +381,14 @@ pub fn targets(r: &Results) -> Vec<Target> {
         None => missing("write p99 during a checkpoint", "≤ 2× the p99 without one"),
     });
     out
+}
+
+/// `rate ops/s`, and its ratio to Redis's rate when Redis was measured.
+fn with_redis_ratio(rate: f64, redis: Option<f64>) -> String {
+    match redis {
+        Some(redis) => format!("{} ops/s = {:.2}× Redis here", int(rate), rate / redis),
+        None => format!("{} ops/s", int(rate)),
+    }
 }
 
 fn missing(name: &str, goal: &str) -> Target {
