@@ -1,6 +1,104 @@
-//! kv-store: an in-memory ordered key-value store made durable by wal-core.
+//! kv-store: an in-memory ordered key-value store made durable by
+//! [wal-core](wal_core).
 //!
-//! TODO crate docs.
+//! Every write is a record in a write-ahead log; the state is an ordered map
+//! in memory; snapshots (checkpoints) bound how much log a restart replays.
+//!
+//! ```
+//! use kv_store::{KeyValueStore, StoreOptions};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let store = KeyValueStore::open(dir.path(), StoreOptions::default())?;
+//! let lsn = store.put(b"greeting", b"hello")?; // returns once durable
+//! assert_eq!(store.get(b"greeting").as_deref(), Some(&b"hello"[..]));
+//! assert_eq!(store.delete(b"missing")?, None); // writes nothing
+//! assert_eq!(store.checkpoint()?, lsn); // snapshot, then the log is cut
+//! drop(store);
+//!
+//! let store = KeyValueStore::open(dir.path(), StoreOptions::default())?;
+//! assert_eq!(store.recovery().snapshot_seq, lsn);
+//! assert_eq!(store.get(b"greeting").as_deref(), Some(&b"hello"[..]));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Layout on disk
+//!
+//! `<dir>/wal/` is the wal-core log; `<dir>/snapshots/` holds
+//! `snapshot-<seq, 20 digits>.snap` (the format is drawn in the `snapshot`
+//! module's source) and, while a checkpoint runs, its `.tmp` file. Every file
+//! operation, log and snapshots alike, goes through one [`Vfs`], so the
+//! simulated file system of wal-core's `test-util` feature covers both in
+//! crash tests.
+//!
+//! # Writes: log first, then apply, then acknowledge
+//!
+//! [`KeyValueStore::submit_put`] and [`KeyValueStore::submit_delete`]
+//! validate the request and encode its `kv.v1.LogEntry` in the caller's
+//! thread (so many server threads encode in parallel), then queue it for one
+//! commit thread and return a [`Pending`]. The commit thread takes everything
+//! queued, appends it with one `Wal::append_batch` (under
+//! [`SyncPolicy::Always`] that is one write and one fdatasync for every
+//! writer queued meanwhile: group commit across connections), applies the
+//! batch to the map in LSN order, and only then completes the `Pending`s. A
+//! reader therefore never sees a write that a crash could take back, and
+//! writes submitted from one thread commit in submission order, which lets a
+//! connection pipeline.
+//!
+//! Why a commit thread and a future rather than a blocking `put`: an async
+//! server must not block a runtime worker on fsync. A [`Pending`] is a
+//! future completed by the commit thread (a `tokio::sync::oneshot`, which
+//! needs no runtime), so the server awaits durability while its workers keep
+//! serving; [`Pending::wait`] serves plain threads. The single thread is also
+//! what makes LSNs predictable (it is the log's only appender, so it writes
+//! each entry's `seq` before appending) and lets it decide, against the map
+//! and the earlier writes of the same batch, that a delete of a missing key
+//! writes nothing.
+//!
+//! If the log fails (a failed fsync puts wal-core in fail-stop), the batch
+//! and every later write fail with [`Error::Unavailable`], never with a false
+//! success; reads keep serving the acknowledged state.
+//!
+//! # Memory
+//!
+//! The map is a `BTreeSet` of single allocations holding
+//! `[key length][key][value]`, ordered by key: a 16-byte B-tree slot and one
+//! heap block per entry, instead of two `Vec`s (48 bytes of slot and two
+//! blocks). Reads take a read lock; the commit thread takes the write lock
+//! once per batch.
+//!
+//! # Checkpoints
+//!
+//! [`KeyValueStore::checkpoint`] is fuzzy and does not stop writers: under
+//! the commit lock it rotates the log and notes `n`, the last applied LSN;
+//! then it copies the map in chunks of 4096 entries, one read-lock
+//! acquisition per chunk, so writes keep committing between chunks. The copy
+//! may thus hold writes later than `n`. That is harmless because recovery
+//! replays every record after `n`, and replay is idempotent per key (a put
+//! sets, a delete removes): each key ends with the value of its last record
+//! after `n`, or, if no record after `n` touches it, with the value it had
+//! throughout the copy, which is its value at `n`. Before the snapshot is
+//! published the log is synced, so even under a relaxed sync policy a
+//! snapshot never holds a write the log could lose.
+//!
+//! The file is then synced, renamed into place and the directory synced;
+//! only then does the log drop its segments below `n + 1`, and older
+//! snapshots are deleted. They are not kept as a fallback: once the log is
+//! cut at the new snapshot an older one could not be replayed forward.
+//! One checkpoint runs at a time. An automatic one starts in a background
+//! thread when the log outgrows [`StoreOptions::checkpoint_after`].
+//!
+//! # Recovery
+//!
+//! Open loads the newest snapshot that verifies (checksums per entry and over
+//! the whole file), then replays the log after it, checking that LSNs are
+//! dense and that each entry's `seq` matches its LSN. A damaged snapshot is
+//! skipped, with a warning in [`RecoveryInfo::warnings`], only for an older
+//! one (or the empty state) that the log still reaches back to; otherwise
+//! open fails with [`Error::Unrecoverable`] rather than silently lose
+//! acknowledged writes. Recovery decodes keys and values as slices of the
+//! buffers read, so the only allocation per entry is the map's own.
 
 #![warn(missing_docs)]
 
