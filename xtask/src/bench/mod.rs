@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use floor::Mode;
 use json::Object;
 use proc::{Running, Server, TempDir};
-use report::{Checkpointing, LoadRun, Memory, RedisRun, Results};
+use report::{Adjacent, Checkpointing, LoadRun, Memory, RedisRun, Results};
 
 /// What a run measures, and for how long.
 #[derive(Debug, Clone)]
@@ -275,6 +275,21 @@ fn wal_core(paths: &Paths, params: &Params, results: &mut Results) -> Result<(),
         configs.push((size, 1, "never"));
     }
     for (n, (size, threads, policy)) in configs.into_iter().enumerate() {
+        if threads == 1 && policy == "always" {
+            // The first run of each record size: measure the floor again
+            // just before it (see `Results::adjacent_floors`).
+            let floor = floor::measure(
+                &dir.0.join("floor"),
+                Mode::Append,
+                size,
+                secs(params.floor_secs),
+            )?;
+            eprintln!(
+                "  floor  append {size:>6} B: {:.0} syncs/s (adjacent)",
+                floor.syncs_per_sec()
+            );
+            results.adjacent_floors.push((Adjacent::Wal, floor));
+        }
         let log_dir = dir.0.join(format!("log-{n}"));
         let mut cmd = Command::new(paths.example("bench_wal"));
         cmd.arg("--dir")
@@ -384,6 +399,21 @@ fn server_load(paths: &Paths, params: &Params, results: &mut Results) -> Result<
     for op in ["put", "get"] {
         for &connections in &params.connections {
             for &pipeline in &params.pipelines {
+                if op == "put" && connections == 1 && pipeline == 1 {
+                    // The single-connection put is judged against the floor:
+                    // measure it just before, on the same filesystem.
+                    let floor = floor::measure(
+                        &paths.bench.join("server-floor"),
+                        Mode::Append,
+                        128,
+                        secs(params.floor_secs),
+                    )?;
+                    eprintln!(
+                        "  floor  append    128 B: {:.0} syncs/s (adjacent)",
+                        floor.syncs_per_sec()
+                    );
+                    results.adjacent_floors.push((Adjacent::Server, floor));
+                }
                 let f = flags(&[
                     ("--mix", op.into()),
                     ("--connections", connections.to_string()),

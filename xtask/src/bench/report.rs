@@ -15,6 +15,8 @@ pub struct Machine {
     pub cpu: String,
     pub kernel: String,
     pub filesystem: String,
+    /// The mount holding the data dir: device, type and options.
+    pub mount: String,
     pub memory: String,
     pub commit: String,
     pub load_before: String,
@@ -71,12 +73,40 @@ impl Machine {
             kernel: command_output("uname", &["-r"]).unwrap_or_else(|| "unknown".into()),
             filesystem: command_output("stat", &["-f", "-c", "%T", &data_dir.to_string_lossy()])
                 .unwrap_or_else(|| "unknown".into()),
+            mount: mount_of(data_dir).unwrap_or_else(|| "unknown".into()),
             memory,
             commit,
             load_before: loadavg(),
             load_after: String::new(),
         }
     }
+}
+
+/// The /proc/self/mounts entry whose mount point is the longest prefix of
+/// `dir`, as `device on point type options`.
+fn mount_of(dir: &Path) -> Option<String> {
+    let dir = dir.canonicalize().ok()?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let point = Path::new(fields.get(1)?);
+            dir.starts_with(point).then(|| {
+                (
+                    point.as_os_str().len(),
+                    format!(
+                        "{} on {} type {} ({})",
+                        fields[0],
+                        fields[1],
+                        fields.get(2).unwrap_or(&"?"),
+                        fields.get(3).unwrap_or(&"?")
+                    ),
+                )
+            })
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, text)| text)
 }
 
 /// One `kv-client bench` run against the server.
@@ -173,6 +203,24 @@ impl RedisRun {
     }
 }
 
+/// Which comparison an adjacent floor measurement serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adjacent {
+    /// Taken just before the wal-core runs of its record size.
+    Wal,
+    /// Taken just before the single-connection put run (128 B).
+    Server,
+}
+
+impl Adjacent {
+    fn name(self) -> &'static str {
+        match self {
+            Adjacent::Wal => "just before the wal-core runs of that size",
+            Adjacent::Server => "just before the 1-connection put run",
+        }
+    }
+}
+
 /// Everything one run measured.
 #[derive(Debug, Clone, Default)]
 pub struct Results {
@@ -180,6 +228,12 @@ pub struct Results {
     pub build_secs: f64,
     pub measure_secs: f64,
     pub floors: Vec<Floor>,
+    /// The floor measured again right before the figures compared with it.
+    /// The disk may be shared: when a neighbour syncs on the same
+    /// filesystem, a single writer's fdatasync latency can jump tenfold for
+    /// a while, so a ratio is only meaningful between measurements taken
+    /// close together.
+    pub adjacent_floors: Vec<(Adjacent, Floor)>,
     pub wal: Vec<Object>,
     pub recovery: Option<Object>,
     pub server: Vec<LoadRun>,
@@ -195,6 +249,16 @@ impl Results {
         self.floors
             .iter()
             .find(|f| f.mode == mode && f.record_size == size)
+    }
+
+    /// The appending floor measured just before the `what` comparison,
+    /// else the one of step a.
+    fn adjacent_floor(&self, what: Adjacent, size: usize) -> Option<&Floor> {
+        self.adjacent_floors
+            .iter()
+            .find(|(w, f)| *w == what && f.record_size == size)
+            .map(|(_, f)| f)
+            .or_else(|| self.floor(Mode::Append, size))
     }
 
     fn wal(&self, policy: &str, size: usize, threads: usize) -> Option<&Object> {
@@ -267,10 +331,11 @@ pub struct Target {
 /// The targets of issue 5 beside the figures of this run.
 pub fn targets(r: &Results) -> Vec<Target> {
     let mut out = Vec::new();
-    let floor_128 = r.floor(Mode::Append, 128).map(Floor::syncs_per_sec);
-
     let put_1 = r.server("put", 1, 1);
-    out.push(match (put_1, floor_128) {
+    let floor_server = r
+        .adjacent_floor(Adjacent::Server, 128)
+        .map(Floor::syncs_per_sec);
+    out.push(match (put_1, floor_server) {
         (Some(put), Some(floor)) => Target {
             name: "single connection, durable put".into(),
             goal: "≥ 90% of the disk floor's sync rate (128 B appending)".into(),
@@ -324,7 +389,10 @@ pub fn targets(r: &Results) -> Vec<Target> {
     let wal_64 = r
         .wal("always", 128, 64)
         .and_then(|o| o.num("appends_per_sec").ok());
-    out.push(match (wal_64, floor_128) {
+    let floor_wal = r
+        .adjacent_floor(Adjacent::Wal, 128)
+        .map(Floor::syncs_per_sec);
+    out.push(match (wal_64, floor_wal) {
         (Some(rate), Some(floor)) => Target {
             name: "wal-core group commit, 64 writers, 128 B".into(),
             goal: "≥ 30× the single-writer floor".into(),
@@ -444,6 +512,7 @@ pub fn render(r: &Results, p: &Params) -> String {
         "| filesystem of the data dir (`stat -f -c %T`) | {} |",
         m.filesystem
     );
+    let _ = writeln!(s, "| its mount (/proc/self/mounts) | `{}` |", m.mount);
     let _ = writeln!(
         s,
         "| load average before / after (1, 5, 15 min) | {} / {} |\n",
@@ -536,10 +605,35 @@ pub fn render(r: &Results, p: &Params) -> String {
         );
     }
 
+    if !r.adjacent_floors.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nThe same appending floor, measured again just before the figures that are \
+             compared with it (the disk may be shared with other work, and a neighbour's syncs \
+             can slow a lone writer's for a while):\n"
+        );
+        let _ = writeln!(
+            s,
+            "| record | when | syncs/s | p50 | p99 |\n|---|---|---|---|---|"
+        );
+        for (what, f) in &r.adjacent_floors {
+            let _ = writeln!(
+                s,
+                "| {} B | {} | {} | {} | {} |",
+                f.record_size,
+                what.name(),
+                int(f.syncs_per_sec()),
+                us(f.p50_us),
+                us(f.p99_us)
+            );
+        }
+    }
+
     let _ = writeln!(s, "\n## b. wal-core appends\n");
     let _ = writeln!(
         s,
-        "Ratio: appends/s over the single-writer appending floor of the same record size.\n"
+        "Ratio: appends/s over the single-writer appending floor of the same record size, \
+         measured just before that size's runs.\n"
     );
     let _ = writeln!(
         s,
@@ -549,7 +643,7 @@ pub fn render(r: &Results, p: &Params) -> String {
         let size = num(o, "record_size");
         let rate = num(o, "appends_per_sec");
         let ratio = r
-            .floor(Mode::Append, size as usize)
+            .adjacent_floor(Adjacent::Wal, size as usize)
             .map(|f| format!("{:.1}×", rate / f.syncs_per_sec()))
             .unwrap_or_else(|| "n/a".into());
         let _ = writeln!(
