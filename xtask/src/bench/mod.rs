@@ -121,6 +121,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         .map_err(|e| format!("cannot create {}: {e}", paths.bench.display()))?;
 
     let started = Instant::now();
+    let cpu_before = report::CpuSample::read();
     let mut results = Results {
         machine: report::Machine::read(&paths.bench, &paths.root),
         build_secs,
@@ -144,6 +145,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
     results.measure_secs = started.elapsed().as_secs_f64();
     results.machine.load_after = report::loadavg();
+    results.machine.others_cpu = cpu_before
+        .zip(report::CpuSample::read())
+        .map(|(before, after)| before.others_share(&after));
 
     let text = report::render(&results, &params);
     let path = paths.bench.join("report.md");

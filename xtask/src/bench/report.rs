@@ -21,6 +21,65 @@ pub struct Machine {
     pub commit: String,
     pub load_before: String,
     pub load_after: String,
+    /// Share of the machine's CPU time used by processes other than this
+    /// suite while it measured (see [`CpuSample`]).
+    pub others_cpu: Option<f64>,
+}
+
+/// CPU time counters, to tell how busy other work kept the machine.
+///
+/// A lone writer's fdatasync latency is only the disk's if a CPU is free
+/// when the I/O completes: with both cores busy elsewhere, the woken thread
+/// waits for the next scheduler tick (seen here: every sync taking exactly
+/// 4.00 ms while neighbours compiled), and the "disk floor" then measures
+/// the scheduler. So the report says how much CPU others took.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSample {
+    /// Busy ticks of all CPUs (/proc/stat: all but idle and iowait).
+    busy: u64,
+    /// All ticks of all CPUs.
+    total: u64,
+    /// CPU ticks of this process and its waited-for children.
+    own: u64,
+}
+
+impl CpuSample {
+    pub fn read() -> Option<CpuSample> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal ...
+        let total: u64 = v.iter().take(8).sum();
+        let idle = v.get(3)? + v.get(4)?;
+        let me = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the parenthesised command name; utime is field 14,
+        // so index 11 here, then stime, cutime, cstime.
+        let after = &me[me.rfind(')')? + 2..];
+        let f: Vec<u64> = after
+            .split_whitespace()
+            .skip(11)
+            .take(4)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        Some(CpuSample {
+            busy: total - idle,
+            total,
+            own: f.iter().sum(),
+        })
+    }
+
+    /// The share of all CPU time between `self` and `later` that went to
+    /// other processes.
+    pub fn others_share(&self, later: &CpuSample) -> f64 {
+        let total = later.total.saturating_sub(self.total).max(1) as f64;
+        let busy = later.busy.saturating_sub(self.busy) as f64;
+        let own = later.own.saturating_sub(self.own) as f64;
+        ((busy - own) / total).clamp(0.0, 1.0)
+    }
 }
 
 /// What `program args` printed, trimmed; `None` if it could not run or
@@ -78,6 +137,7 @@ impl Machine {
             commit,
             load_before: loadavg(),
             load_after: String::new(),
+            others_cpu: None,
         }
     }
 }
@@ -515,9 +575,26 @@ pub fn render(r: &Results, p: &Params) -> String {
     let _ = writeln!(s, "| its mount (/proc/self/mounts) | `{}` |", m.mount);
     let _ = writeln!(
         s,
-        "| load average before / after (1, 5, 15 min) | {} / {} |\n",
+        "| load average before / after (1, 5, 15 min) | {} / {} |",
         m.load_before, m.load_after
     );
+    let others = m
+        .others_cpu
+        .map_or("unknown".into(), |x| format!("{:.0}%", x * 100.0));
+    let _ = writeln!(
+        s,
+        "| CPU time used by other processes while measuring | {others} |\n"
+    );
+    if m.others_cpu.is_some_and(|x| x > 0.1) {
+        let _ = writeln!(
+            s,
+            "**Warning: other work used {others} of this machine's CPU time during the run.** \
+             Sync latencies then include waiting for a CPU (a lone writer's fdatasync was seen \
+             to take exactly one 4 ms scheduler tick while both cores were busy elsewhere), and \
+             throughput figures are lower than on an idle machine. Re-run on an idle machine \
+             before drawing conclusions.\n"
+        );
+    }
     if !r.errors.is_empty() {
         let _ = writeln!(s, "## Failed steps\n");
         for e in &r.errors {
@@ -819,6 +896,32 @@ pub fn render(r: &Results, p: &Params) -> String {
 mod tests {
     use super::*;
     use crate::bench::json::parse_object;
+
+    #[test]
+    fn cpu_samples_count_our_own_work_as_ours() {
+        let before = CpuSample::read().expect("/proc/stat and /proc/self/stat");
+        // Burn CPU in this process until its own counter shows 0.2 s (ticks
+        // are 10 ms). If the fields were misread, `own` would not follow
+        // our work and this would run into the deadline.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut x = 0u64;
+        let after = loop {
+            for _ in 0..1_000_000 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            }
+            let now = CpuSample::read().unwrap();
+            if now.own >= before.own + 20 {
+                break now;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "own CPU ticks did not advance"
+            );
+        };
+        std::hint::black_box(x);
+        assert!(after.busy >= before.busy + 20);
+        assert!((0.0..=1.0).contains(&before.others_share(&after)));
+    }
 
     #[test]
     fn thousands_separators() {
