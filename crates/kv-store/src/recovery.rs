@@ -14,17 +14,16 @@
 //! - Temp files of unfinished checkpoints are deleted.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::Bytes;
-use wal_core::{Lsn, Vfs, Wal};
+use wal_core::{Lsn, Vfs, Wal, WalIter};
 
 use crate::RecoveryInfo;
 use crate::error::{Error, Result};
-use crate::record::{self, Op};
+use crate::record::{self, OpRef};
 use crate::snapshot::{self, FileKind};
-use crate::state::{Entry, State};
+use crate::state::{Change, Entry, State};
 
 /// Why the log cannot be replayed forward from `seq`, or `None` if it can:
 /// it must hold every record after `seq` that was ever written.
@@ -147,26 +146,115 @@ fn unusable(damaged: &[(Lsn, String)], seq: Lsn, gap: &str) -> String {
 }
 
 /// Applies every log record after `seq` to `state`; returns how many.
+///
+/// Records are read without copying ([`wal_core::WalIter::next_ref`]; each
+/// checksum is still verified), each one's key and value go straight into
+/// the one allocation of its [`Entry`], and the state takes them all at once
+/// ([`State::apply_batch`]), in LSN order. Segments are read and decoded in
+/// parallel, one thread per core at most; the log checks that each
+/// segment's records are exactly its LSN range. Nothing is applied if any
+/// record is bad: open fails then anyway, with the first error in LSN order.
 fn replay(wal: &Wal, seq: Lsn, state: &mut State) -> Result<u64> {
+    let parts = wal.iter_from(seq + 1)?.split_by_segment();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(parts.len());
+    let decoded: Vec<Result<Decoded>> = if threads <= 1 {
+        parts.into_iter().map(decode_part).collect()
+    } else {
+        decode_parallel(parts, threads)
+    };
     let mut expected = seq + 1;
-    for rec in wal.iter_from(seq + 1)? {
-        let rec = rec?;
-        if rec.lsn != expected {
+    let mut changes = Vec::with_capacity(
+        decoded
+            .iter()
+            .map(|d| d.as_ref().map_or(0, |d| d.changes.len()))
+            .sum(),
+    );
+    for part in decoded {
+        let part = part?;
+        if part.changes.is_empty() {
+            continue;
+        }
+        if part.first != expected {
             return Err(Error::CorruptLogEntry {
-                lsn: rec.lsn,
+                lsn: part.first,
                 reason: format!("expected LSN {expected} next"),
             });
         }
-        // `Bytes` owns the record's buffer, so decoding slices key and value
-        // out of it instead of allocating copies.
-        match record::decode(rec.lsn, Bytes::from(rec.data))? {
-            Op::Put { key, value } => state.put(Entry::new(&key, &value)),
-            Op::Delete { key } => {
-                state.delete(&key);
-            }
-        }
-        expected += 1;
+        expected += part.changes.len() as u64;
+        changes.extend(part.changes);
     }
+    state.apply_batch(changes);
     state.set_applied(expected - 1);
     Ok(expected - 1 - seq)
+}
+
+/// One segment's records, decoded.
+struct Decoded {
+    /// LSN of the first change (meaningless if there is none).
+    first: Lsn,
+    /// Changes with dense LSNs from `first`, in order.
+    changes: Vec<Change>,
+}
+
+fn decode_part(mut iter: WalIter) -> Result<Decoded> {
+    let mut changes = Vec::new();
+    let mut first = 0;
+    let mut expected = None;
+    while let Some(rec) = iter.next_ref() {
+        let rec = rec?;
+        let want = *expected.get_or_insert(rec.lsn);
+        if changes.is_empty() {
+            first = rec.lsn;
+        }
+        if rec.lsn != want {
+            return Err(Error::CorruptLogEntry {
+                lsn: rec.lsn,
+                reason: format!("expected LSN {want} next"),
+            });
+        }
+        changes.push(record::decode_with(rec.lsn, rec.data, |op| match op {
+            OpRef::Put { key, value } => Change::Put(Entry::new(key, value)),
+            OpRef::Delete { key } => Change::Delete(Entry::new(key, &[])),
+        })?);
+        expected = Some(want + 1);
+    }
+    Ok(Decoded { first, changes })
+}
+
+/// [`decode_part`] on every part with `threads` threads; results in the
+/// order of `parts`.
+fn decode_parallel(parts: Vec<WalIter>, threads: usize) -> Vec<Result<Decoded>> {
+    let count = parts.len();
+    let queue = Mutex::new(parts.into_iter().enumerate());
+    let results: Mutex<Vec<Option<Result<Decoded>>>> =
+        Mutex::new((0..count).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    // Take the next part; a poisoned lock only means another
+                    // worker panicked, and the scope re-raises that panic.
+                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                    let Some((i, part)) = next else { break };
+                    let decoded = decode_part(part);
+                    results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(decoded);
+                }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(Error::CorruptLogEntry {
+                    lsn: 0,
+                    reason: "a log segment was not decoded".into(),
+                })
+            })
+        })
+        .collect()
 }

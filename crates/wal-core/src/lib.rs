@@ -54,7 +54,7 @@ use std::time::Duration;
 
 pub use error::{Error, Result};
 pub use options::{RecoveryMode, SyncPolicy, WalOptions};
-pub use reader::WalIter;
+pub use reader::{RecordRef, WalIter};
 pub use vfs::{DirLock, StdFs, Vfs, VfsFile};
 
 use writer::{Shared, lock};
