@@ -53,7 +53,7 @@ impl Entry {
     }
 
     /// Key plus value bytes, as counted in [`Stats::bytes`](crate::Stats).
-    fn payload_len(&self) -> u64 {
+    pub(crate) fn payload_len(&self) -> u64 {
         (self.0.len() - LEN) as u64
     }
 }
@@ -122,6 +122,14 @@ impl State {
     /// both faster than inserting one by one and leaves its nodes full.
     pub(crate) fn from_sorted(entries: Vec<Entry>) -> State {
         let bytes = entries.iter().map(Entry::payload_len).sum();
+        State::from_sorted_with_bytes(entries, bytes)
+    }
+
+    /// [`State::from_sorted`] when the caller has already summed
+    /// [`Entry::payload_len`] of the entries into `bytes` (saving a pass over
+    /// a million heap allocations).
+    pub(crate) fn from_sorted_with_bytes(entries: Vec<Entry>, bytes: u64) -> State {
+        debug_assert_eq!(bytes, entries.iter().map(Entry::payload_len).sum::<u64>());
         State {
             entries: entries.into_iter().collect(),
             bytes,
