@@ -86,6 +86,12 @@ pub struct Args {
     #[arg(long, env = "KV_CHECKPOINT_AFTER", default_value = "256MiB", value_parser = parse_size)]
     pub checkpoint_after: u64,
 
+    /// Most bytes per second a checkpoint writes its snapshot at, so that it
+    /// does not take the disk and a core away from writers; 0 writes
+    /// unpaced.
+    #[arg(long, env = "KV_CHECKPOINT_RATE", default_value = "32MiB", value_parser = parse_size)]
+    pub checkpoint_rate: u64,
+
     /// Most connections served at once. Further clients wait in the kernel's
     /// accept queue until one closes.
     #[arg(long, env = "KV_MAX_CONNECTIONS", default_value_t = 1024,
@@ -198,6 +204,7 @@ impl Args {
             max_key_size: usize_saturating(self.max_key_size),
             max_value_size: usize_saturating(self.max_value_size),
             checkpoint_after: (self.checkpoint_after > 0).then_some(self.checkpoint_after),
+            checkpoint_write_rate: (self.checkpoint_rate > 0).then_some(self.checkpoint_rate),
         }
     }
 
@@ -311,6 +318,8 @@ mod tests {
             "1MiB",
             "--checkpoint-after",
             "0",
+            "--checkpoint-rate",
+            "0",
             "--max-connections",
             "3",
             "--idle-timeout",
@@ -326,6 +335,7 @@ mod tests {
             }
         );
         assert_eq!(store.checkpoint_after, None);
+        assert_eq!(store.checkpoint_write_rate, None);
         let server = args.server_config();
         assert_eq!(server.max_connections, 3);
         assert_eq!(server.idle_timeout, Duration::from_secs(2));
@@ -339,6 +349,7 @@ mod tests {
         assert_eq!(args.data_dir, PathBuf::from("./data"));
         assert_eq!(args.store_options().wal.sync_policy, SyncPolicy::Always);
         assert_eq!(args.store_options().checkpoint_after, Some(256 << 20));
+        assert_eq!(args.store_options().checkpoint_write_rate, Some(32 << 20));
     }
 
     #[test]

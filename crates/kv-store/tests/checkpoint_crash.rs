@@ -22,6 +22,7 @@ fn options() -> StoreOptions {
         max_key_size: 32,
         max_value_size: 64 << 10,
         checkpoint_after: None,
+        checkpoint_write_rate: StoreOptions::default().checkpoint_write_rate,
     }
 }
 

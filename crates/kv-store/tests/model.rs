@@ -42,6 +42,7 @@ fn options() -> StoreOptions {
         max_key_size: 16,
         max_value_size: 512,
         checkpoint_after: None,
+        checkpoint_write_rate: StoreOptions::default().checkpoint_write_rate,
     }
 }
 

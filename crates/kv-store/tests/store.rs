@@ -19,6 +19,7 @@ fn options() -> StoreOptions {
         max_key_size: 64,
         max_value_size: 1024,
         checkpoint_after: None,
+        checkpoint_write_rate: StoreOptions::default().checkpoint_write_rate,
     }
 }
 
