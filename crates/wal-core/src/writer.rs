@@ -12,11 +12,20 @@
 //! Every operation that must reach the file (append, sync, rotate) is a
 //! "ticket" in this queue, so they are ordered with the appends around them
 //! and only the leader ever touches the active segment.
+//!
+//! Waking: an appender that must wait registers its thread and ticket in the
+//! state and parks. A finishing leader publishes the done ticket in an
+//! atomic, first wakes one still-pending waiter to lead the next group, and
+//! only then unparks the waiters it completed, outside the state mutex. The
+//! completed waiters see their ticket done in the atomic and return without
+//! touching the state mutex, so neither the wake-up herd nor the next group
+//! waits on one lock.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, Thread};
 use std::time::Instant;
 
 use crate::error::{Error, Result};
@@ -46,6 +55,13 @@ struct PendingCut {
     first_lsn: Lsn,
 }
 
+/// An appender parked until its ticket is done (or it is asked to lead).
+#[derive(Debug)]
+struct Waiter {
+    ticket: u64,
+    thread: Thread,
+}
+
 /// The shared, mutex-protected part of the log.
 #[derive(Debug)]
 struct State {
@@ -64,10 +80,15 @@ struct State {
     sync_requested: bool,
     /// Last ticket handed out.
     last_ticket: u64,
-    /// Every ticket up to this one is done.
+    /// Every ticket up to this one is done (mirrored in
+    /// [`Shared::done_ticket`] for waiters that do not take the mutex).
     done_ticket: u64,
     /// A leader is writing.
     leading: bool,
+    /// Parked appenders. Invariant: every thread parked in `wait_for` for a
+    /// ticket that is not done is in here exactly once; only a finishing
+    /// leader removes entries, those it completed.
+    waiters: Vec<Waiter>,
     /// Set forever (until reopen) by the first failed write or sync.
     poisoned: Option<String>,
     /// The last LSN fully written to the segment files.
@@ -100,8 +121,12 @@ pub(crate) struct Shared {
     vfs: Arc<dyn Vfs>,
     options: WalOptions,
     state: Mutex<State>,
-    /// Signalled when a group is done (or failed): waiters re-check.
-    group_done: Condvar,
+    /// `State::done_ticket`, published (Release) under the state mutex so a
+    /// woken waiter can see its ticket done without taking that mutex.
+    done_ticket: AtomicU64,
+    /// A leader's spare list for the waiters it wakes, so a group costs no
+    /// allocation; only the leader of the moment touches it.
+    wake_spare: Mutex<Vec<Waiter>>,
     /// Signalled when a GroupCommit leader's queue is full.
     group_full: Condvar,
     writer: Mutex<Writer>,
@@ -168,6 +193,7 @@ impl Shared {
             last_ticket: 0,
             done_ticket: 0,
             leading: false,
+            waiters: Vec::new(),
             poisoned: None,
             written_lsn: rec.next_lsn - 1,
             unsynced: false,
@@ -177,7 +203,8 @@ impl Shared {
             vfs,
             options,
             state: Mutex::new(state),
-            group_done: Condvar::new(),
+            done_ticket: AtomicU64::new(0),
+            wake_spare: Mutex::new(Vec::new()),
             group_full: Condvar::new(),
             writer: Mutex::new(Writer {
                 file: rec.active,
@@ -267,24 +294,43 @@ impl Shared {
 
     /// Waits until `ticket` is done, leading a group when nobody else is.
     fn wait_for<'a>(&'a self, mut st: MutexGuard<'a, State>, ticket: u64) -> Result<()> {
+        let mut registered = false;
         loop {
             if st.done_ticket >= ticket {
                 return Ok(());
             }
             check_poisoned(&st)?;
-            if st.leading {
-                st = self
-                    .group_done
-                    .wait(st)
-                    .unwrap_or_else(PoisonError::into_inner);
-            } else {
-                st = self.lead(st)?;
+            if !st.leading {
+                // A registered entry stays: the leader skips its own ticket
+                // when it wakes its group, and removes the entry then.
+                self.lead(st, ticket)?;
+                return Ok(());
             }
+            if !registered {
+                st.waiters.push(Waiter {
+                    ticket,
+                    thread: thread::current(),
+                });
+                registered = true;
+            }
+            drop(st);
+            // No lost wake-up: the leader changes `leading`/`done_ticket`
+            // and reads `waiters` under the mutex we held while registering,
+            // and an unpark that comes before the park makes it return.
+            thread::park();
+            if self.done_ticket.load(Ordering::Acquire) >= ticket {
+                return Ok(());
+            }
+            // Failed group, asked to lead, or a spurious wake-up: the state
+            // says which.
+            st = lock(&self.state);
         }
     }
 
-    /// Takes everything queued, writes and syncs it, publishes the result.
-    fn lead<'a>(&'a self, mut st: MutexGuard<'a, State>) -> Result<MutexGuard<'a, State>> {
+    /// Takes everything queued, writes and syncs it, publishes the result
+    /// and wakes the waiters. `own_ticket` is the leader's own ticket, done
+    /// by this group.
+    fn lead<'a>(&'a self, mut st: MutexGuard<'a, State>, own_ticket: u64) -> Result<()> {
         st.leading = true;
         if let SyncPolicy::GroupCommit { max_delay } = self.options.sync_policy {
             let deadline = Instant::now() + max_delay;
@@ -310,11 +356,14 @@ impl Shared {
         };
         drop(st);
         let result = self.write_group(&group);
+        let mut wake = std::mem::take(&mut *lock(&self.wake_spare));
         let mut st = lock(&self.state);
         st.leading = false;
-        match result {
+        let mut next_leader = None;
+        match &result {
             Ok(()) => {
                 st.done_ticket = group.last_ticket;
+                self.done_ticket.store(group.last_ticket, Ordering::Release);
                 st.written_lsn = group.last_lsn;
                 if group.sync {
                     st.unsynced = false;
@@ -327,18 +376,42 @@ impl Shared {
                     bytes.clear();
                     st.queued = bytes;
                 }
-                self.group_done.notify_all();
-                Ok(st)
+                // Completed waiters leave the list; pending ones stay, and
+                // one of them is woken to lead the next group (a newcomer
+                // may beat it to that; then it parks again).
+                let done = group.last_ticket;
+                let mut i = 0;
+                while i < st.waiters.len() {
+                    if st.waiters[i].ticket <= done {
+                        let w = st.waiters.swap_remove(i);
+                        if w.ticket != own_ticket {
+                            wake.push(w);
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+                next_leader = st.waiters.first().map(|w| w.thread.clone());
             }
             Err(e) => {
                 // Fail-stop: after a failed write or fdatasync we cannot know
                 // what reached the disk, and a retried fsync may report
-                // success for pages the kernel already dropped.
+                // success for pages the kernel already dropped. Everyone
+                // waiting is woken to see it.
                 st.poisoned = Some(e.to_string());
-                self.group_done.notify_all();
-                Err(e)
+                wake.extend(st.waiters.drain(..).filter(|w| w.ticket != own_ticket));
             }
         }
+        drop(st);
+        // Leadership first, so the next group's write overlaps the wake-ups.
+        if let Some(t) = next_leader {
+            t.unpark();
+        }
+        for w in wake.drain(..) {
+            w.thread.unpark();
+        }
+        *lock(&self.wake_spare) = wake;
+        result
     }
 
     /// The leader's I/O: write the group, rotating where it was decided, and
