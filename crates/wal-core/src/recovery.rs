@@ -11,7 +11,9 @@
 //! other segment every problem is corruption, because a segment is synced
 //! before the next one is created.
 
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::{Error, Result};
 use crate::format::{
@@ -112,6 +114,12 @@ pub(crate) fn recover(vfs: &dyn Vfs, dir: &Path, options: &WalOptions) -> Result
         Ok(())
     };
 
+    // The sealed segments are read and checked in parallel up front; the
+    // loop below consumes those scans in log order, so what it decides (the
+    // first error, the cut, the warnings) is what a sequential scan decides.
+    let threads = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    let mut prescans = prescan_sealed(vfs, &names, options.max_record_size, threads);
+
     for (index, (name_lsn, path)) in names.iter().enumerate() {
         let is_last = index + 1 == names.len();
         let start_ok = match expected {
@@ -126,7 +134,13 @@ pub(crate) fn recover(vfs: &dyn Vfs, dir: &Path, options: &WalOptions) -> Result
             cut = Some(Cut { index, keep: None });
             break;
         }
-        let scan = scan_segment(vfs, path, *name_lsn, is_last, options.max_record_size)?;
+        let scan = match prescans.get_mut(index).and_then(Option::take) {
+            Some(scan) => scan?,
+            // The last segment, or every segment when there was nothing to
+            // parallelise. (A sealed segment the prescan skipped is never
+            // reached: the loop stops at the one that made it skip.)
+            None => scan_segment(vfs, path, *name_lsn, is_last, options.max_record_size)?,
+        };
         let mut keep_len = scan.end;
         let mut file_len = scan.file_len;
         match scan.problem {
@@ -283,6 +297,84 @@ pub(crate) fn recover(vfs: &dyn Vfs, dir: &Path, options: &WalOptions) -> Result
     })
 }
 
+/// Scans the sealed segments (all but the last) of `names` on up to
+/// `threads` threads; entry `i` is the result of [`scan_segment`] for
+/// segment `i`, or `None` if it was not scanned. Empty when fewer than two
+/// threads or two sealed segments make parallelism pointless: [`recover`]
+/// then scans each segment itself, as it does the last one.
+///
+/// Scanning only reads, and a segment's scan depends on nothing but the
+/// segment and the first LSN in its name (the checks between segments stay
+/// in [`recover`]), so the order in which segments are scanned changes no
+/// result. Workers take segments in log order from a shared counter, and
+/// stop taking them after the lowest segment whose scan ends the loop in
+/// [`recover`] (an error, a problem, a batch left open): nothing after it is
+/// used, as in a sequential scan, so a corrupt early segment does not make
+/// open read the whole log. Scans of later segments that were already
+/// running are dropped unused, errors included, exactly as a sequential
+/// scan would never have met them.
+fn prescan_sealed(
+    vfs: &dyn Vfs,
+    names: &[(Lsn, PathBuf)],
+    max_record_size: u32,
+    threads: usize,
+) -> Vec<Option<Result<SegmentScan>>> {
+    let sealed = names.len().saturating_sub(1);
+    let threads = threads.min(sealed);
+    if threads < 2 {
+        return Vec::new();
+    }
+    let next = AtomicUsize::new(0);
+    // Lowest index whose scan ends the loop in `recover`, if any yet.
+    let stop = AtomicUsize::new(usize::MAX);
+    let mut results: Vec<Option<Result<SegmentScan>>> = (0..sealed).map(|_| None).collect();
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        // Relaxed suffices: the counter only hands out
+                        // distinct indices, `stop` is only a hint to skip
+                        // work, and the results travel through `join`.
+                        let index = next.fetch_add(1, Ordering::Relaxed);
+                        if index >= sealed || index > stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let Some((first_lsn, path)) = names.get(index) else {
+                            break;
+                        };
+                        let scan = scan_segment(vfs, path, *first_lsn, false, max_record_size);
+                        let ends_loop = match &scan {
+                            Err(_) => true,
+                            Ok(scan) => scan.problem.is_some() || scan.open_batch.is_some(),
+                        };
+                        if ends_loop {
+                            stop.fetch_min(index, Ordering::Relaxed);
+                        }
+                        done.push((index, scan));
+                    }
+                    done
+                })
+            })
+            .collect();
+        for worker in workers {
+            match worker.join() {
+                Ok(done) => {
+                    for (index, scan) in done {
+                        if let Some(slot) = results.get_mut(index) {
+                            *slot = Some(scan);
+                        }
+                    }
+                }
+                // A bug in the scan, not a disk problem: keep the panic.
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+    });
+    results
+}
+
 /// Reads one segment and classifies what is wrong with it, if anything.
 fn scan_segment(
     vfs: &dyn Vfs,
@@ -434,4 +526,218 @@ fn remove_segment(vfs: &dyn Vfs, path: &Path, report: &mut RecoveryReport) -> Re
         .warnings
         .push(format!("removed segment {} after the cut", path.display()));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The parallel prescan must decide exactly what a sequential scan
+    //! decides, on logs of many segments with more than one thing wrong.
+
+    use super::*;
+    use crate::vfs::StdFs;
+    use crate::{Record, SyncPolicy, Wal};
+
+    const PAYLOAD: usize = 8;
+    const RECORD: usize = RECORD_HEADER_LEN + PAYLOAD;
+    const PER_SEGMENT: usize = 4;
+    const SEGMENTS: usize = 12;
+
+    fn options(mode: RecoveryMode) -> WalOptions {
+        WalOptions {
+            segment_size: (SEGMENT_HEADER_LEN + PER_SEGMENT * RECORD) as u64,
+            sync_policy: SyncPolicy::Never,
+            recovery_mode: mode,
+            ..WalOptions::default()
+        }
+    }
+
+    /// Segment `i` (0-based) holds LSNs `4i+1 ..= 4i+4`.
+    fn name(segment: usize) -> String {
+        format!("{:020}.wal", segment * PER_SEGMENT + 1)
+    }
+
+    /// A log of `SEGMENTS` full (sealed) segments and an active one that
+    /// holds one record: a segment is only created by the append that does
+    /// not fit in the one before.
+    fn build() -> (tempfile::TempDir, Vec<Record>) {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path(), options(RecoveryMode::Strict)).unwrap();
+        let records: Vec<Record> = (1..=(SEGMENTS * PER_SEGMENT + 1) as u64)
+            .map(|lsn| Record {
+                lsn,
+                data: vec![lsn as u8; PAYLOAD],
+            })
+            .collect();
+        for r in &records {
+            assert_eq!(wal.append(&r.data).unwrap(), r.lsn);
+        }
+        drop(wal);
+        assert_eq!(segment_files(dir.path()).len(), SEGMENTS + 1);
+        (dir, records)
+    }
+
+    fn edit(dir: &Path, segment: usize, change: impl FnOnce(&mut Vec<u8>)) {
+        let path = dir.join(name(segment));
+        let mut bytes = std::fs::read(&path).unwrap();
+        change(&mut bytes);
+        std::fs::write(&path, bytes).unwrap();
+    }
+
+    /// Flips a payload bit of record `index` of `segment`; returns the
+    /// record's offset.
+    fn flip(dir: &Path, segment: usize, index: usize) -> u64 {
+        let offset = SEGMENT_HEADER_LEN + index * RECORD;
+        edit(dir, segment, |b| b[offset + RECORD_HEADER_LEN] ^= 1);
+        offset as u64
+    }
+
+    /// Gives `segment` a well-formed header of an unknown format version.
+    fn unknown_version(dir: &Path, segment: usize) {
+        edit(dir, segment, |b| {
+            b[8..12].copy_from_slice(&(format::FORMAT_VERSION + 1).to_le_bytes());
+            let crc = crc32fast::hash(&b[0..28]);
+            b[28..32].copy_from_slice(&crc.to_le_bytes());
+        });
+    }
+
+    fn segment_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".wal"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_first_corruption_in_log_order_wins_in_a_many_segment_log() {
+        let (dir, records) = build();
+        // Three things wrong, the first in segment 2; the later ones would
+        // each fail the open on their own (the unknown version even in the
+        // tolerant mode) and must not be what is reported.
+        let offset = flip(dir.path(), 2, 1);
+        flip(dir.path(), 5, 0);
+        unknown_version(dir.path(), 8);
+        flip(dir.path(), 10, 3);
+
+        match Wal::open(dir.path(), options(RecoveryMode::Strict)) {
+            Err(Error::Corrupt {
+                segment,
+                offset: at,
+                ..
+            }) => {
+                assert_eq!(segment, dir.path().join(name(2)));
+                assert_eq!(at, offset);
+            }
+            other => panic!("expected Corrupt in {} at {offset}, got {other:?}", name(2)),
+        }
+        // A strict open changes nothing.
+        assert_eq!(segment_files(dir.path()).len(), SEGMENTS + 1);
+
+        let wal = Wal::open(dir.path(), options(RecoveryMode::TruncateAtCorruption)).unwrap();
+        // LSN 10 is record 1 of segment 2: the log keeps LSNs 1..=9.
+        let kept: Vec<Record> = wal.iter_from(0).unwrap().collect::<Result<_>>().unwrap();
+        assert_eq!(kept, records[..9]);
+        assert_eq!(wal.recovery_report().records, 9);
+        assert_eq!(wal.next_lsn(), 10);
+        let warnings = &wal.recovery_report().warnings;
+        assert!(
+            warnings[0].contains(&name(2)) && warnings[0].contains(&format!("offset {offset}")),
+            "{warnings:?}"
+        );
+        // Every later segment was removed, newest first.
+        let removed: Vec<&String> = warnings
+            .iter()
+            .filter(|w| w.starts_with("removed segment"))
+            .collect();
+        // Segments 3 ..= SEGMENTS (the active one included).
+        assert_eq!(removed.len(), SEGMENTS - 2, "{warnings:?}");
+        assert!(removed[0].contains(&name(SEGMENTS)), "{warnings:?}");
+        assert_eq!(segment_files(dir.path()), vec![name(0), name(1), name(2)]);
+        assert_eq!(wal.append(b"resumed").unwrap(), 10);
+        drop(wal);
+        let wal = Wal::open(dir.path(), options(RecoveryMode::Strict)).unwrap();
+        assert!(wal.recovery_report().warnings.is_empty());
+        assert_eq!(wal.next_lsn(), 11);
+    }
+
+    #[test]
+    fn an_error_in_an_early_segment_wins_over_later_corruption() {
+        let (dir, _) = build();
+        unknown_version(dir.path(), 1);
+        flip(dir.path(), 4, 2);
+        for mode in [RecoveryMode::Strict, RecoveryMode::TruncateAtCorruption] {
+            match Wal::open(dir.path(), options(mode)) {
+                Err(Error::UnsupportedVersion { segment, .. }) => {
+                    assert_eq!(segment, dir.path().join(name(1)));
+                }
+                other => panic!("{mode:?}: expected UnsupportedVersion, got {other:?}"),
+            }
+            assert_eq!(segment_files(dir.path()).len(), SEGMENTS + 1);
+        }
+    }
+
+    /// What a scan decided, comparable.
+    fn summary(scan: &Result<SegmentScan>) -> String {
+        match scan {
+            Err(e) => format!("error {e}"),
+            Ok(s) => {
+                let problem = match &s.problem {
+                    None => "none".to_string(),
+                    Some(Problem::TornHeader(e)) => format!("torn header {}", e.describe()),
+                    Some(Problem::BadHeader(r)) => format!("bad header {r}"),
+                    Some(Problem::TornTail { offset, reason }) => {
+                        format!("torn tail {offset} {reason}")
+                    }
+                    Some(Problem::Corrupt { offset, reason }) => {
+                        format!("corrupt {offset} {reason}")
+                    }
+                };
+                format!(
+                    "len {} end {} next {} records {} batch {:?} problem {problem}",
+                    s.file_len, s.end, s.next_lsn, s.records, s.open_batch
+                )
+            }
+        }
+    }
+
+    #[test]
+    fn the_prescan_matches_sequential_scans_at_any_thread_count() {
+        let (dir, _) = build();
+        flip(dir.path(), 3, 2);
+        flip(dir.path(), 7, 0);
+        let vfs = StdFs;
+        let mut names: Vec<(Lsn, PathBuf)> = segment_files(dir.path())
+            .into_iter()
+            .map(|n| {
+                (
+                    format::parse_segment_file_name(&n).unwrap(),
+                    dir.path().join(n),
+                )
+            })
+            .collect();
+        names.sort();
+        let max = WalOptions::default().max_record_size;
+        let sequential: Vec<String> = names
+            .iter()
+            .map(|(lsn, path)| summary(&scan_segment(&vfs, path, *lsn, false, max)))
+            .collect();
+        assert!(sequential[3].contains("corrupt"), "{sequential:?}");
+        assert!(sequential[7].contains("corrupt"), "{sequential:?}");
+        assert!(prescan_sealed(&vfs, &names, max, 1).is_empty());
+        assert!(prescan_sealed(&vfs, &names[..2], max, 4).is_empty());
+        for threads in 2..=5 {
+            let parallel = prescan_sealed(&vfs, &names, max, threads);
+            assert_eq!(parallel.len(), SEGMENTS, "{threads} threads");
+            // Everything up to the first corrupt segment was scanned, and
+            // scanned the same; nothing used after it may differ either.
+            for (index, scan) in parallel.iter().enumerate() {
+                match scan {
+                    Some(scan) => assert_eq!(summary(scan), sequential[index], "{threads}"),
+                    None => assert!(index > 3, "{threads} threads: {index} not scanned"),
+                }
+            }
+        }
+    }
 }
