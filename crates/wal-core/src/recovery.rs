@@ -600,12 +600,11 @@ mod tests {
         });
     }
 
+    /// The segment files in `dir`, oldest first, through the log's own
+    /// file layer.
     fn segment_files(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.ends_with(".wal"))
-            .collect();
+        let mut names = StdFs.list_dir(dir).unwrap();
+        names.retain(|n| format::parse_segment_file_name(n).is_some());
         names.sort();
         names
     }

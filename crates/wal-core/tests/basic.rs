@@ -1,8 +1,11 @@
 //! The API on the real file system: append, iterate, rotate, truncate,
 //! reopen, sync policies.
 
+mod common;
+
 use std::time::Duration;
 
+use common::segment_files;
 use wal_core::{Error, Record, SyncPolicy, Wal, WalOptions};
 
 fn options(policy: SyncPolicy) -> WalOptions {
@@ -18,16 +21,6 @@ fn read_all(wal: &Wal, from: u64) -> Vec<Record> {
         .unwrap()
         .collect::<Result<Vec<_>, _>>()
         .unwrap()
-}
-
-fn segment_files(dir: &std::path::Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.ends_with(".wal"))
-        .collect();
-    names.sort();
-    names
 }
 
 #[test]

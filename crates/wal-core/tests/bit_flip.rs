@@ -6,8 +6,11 @@
 //! Offsets follow docs/format.md: 32-byte segment header, 20-byte record
 //! header (checksum 0..4, length 4..8, LSN 8..16, flags 16..20).
 
+mod common;
+
 use std::path::Path;
 
+use common::segment_files;
 use wal_core::{Error, Record, RecoveryMode, SyncPolicy, Wal, WalOptions};
 
 const SEGMENT_HEADER: usize = 32;
@@ -40,13 +43,7 @@ fn build(dir: &Path) -> Vec<Record> {
         assert_eq!(wal.append(&r.data).unwrap(), r.lsn);
     }
     drop(wal);
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.ends_with(".wal"))
-        .collect();
-    names.sort();
-    assert_eq!(names, vec![name(1), name(5), name(9)]);
+    assert_eq!(segment_files(dir), vec![name(1), name(5), name(9)]);
     records
 }
 

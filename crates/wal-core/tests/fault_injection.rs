@@ -20,31 +20,13 @@
 //! Each case runs twice: once reopening the written image (same boot: what
 //! the page cache holds), once crashing first (only what was synced).
 
-use std::collections::BTreeMap;
+mod sweep;
+
 use std::io;
-use std::path::Path;
 
+use sweep::{DIR, Outcome, check_reopened, fresh_fs, options, payload};
 use wal_core::sim::{Op, SimFs};
-use wal_core::{Error, Lsn, RecoveryMode, SyncPolicy, Vfs, Wal, WalOptions};
-
-const DIR: &str = "/db/wal";
-
-fn options() -> WalOptions {
-    WalOptions {
-        // Header 32 bytes, records 20 + 7..=60 bytes: a few records per
-        // segment, so the workload rotates on its own as well.
-        segment_size: 200,
-        sync_policy: SyncPolicy::Always,
-        max_record_size: 1024,
-        recovery_mode: RecoveryMode::Strict,
-    }
-}
-
-fn payload(i: usize) -> Vec<u8> {
-    let mut p = format!("record-{i}:").into_bytes();
-    p.resize(7 + (i * 17) % 54, b'a' + (i % 26) as u8);
-    p
-}
+use wal_core::{Error, Wal};
 
 /// One step of the scripted workload.
 #[derive(Debug, Clone)]
@@ -109,17 +91,6 @@ enum Mode {
     Crash,
 }
 
-/// What the workload was told, and what it tried.
-#[derive(Debug, Default)]
-struct Outcome {
-    /// Appends that returned `Ok`: they must survive.
-    acked: BTreeMap<Lsn, Vec<u8>>,
-    /// What was last tried under each LSN; surviving records must match.
-    attempted: BTreeMap<Lsn, Vec<u8>>,
-    /// Largest bound passed to `truncate_before`.
-    truncated_below: Lsn,
-}
-
 /// Whether the log must, may or must not refuse writes now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Poison {
@@ -132,13 +103,6 @@ enum Poison {
     Yes,
 }
 
-fn fresh_fs() -> SimFs {
-    let fs = SimFs::new();
-    fs.create_dir_all(Path::new("/db")).unwrap();
-    fs.sync_dir(Path::new("/")).unwrap();
-    fs
-}
-
 fn open(fs: &SimFs) -> wal_core::Result<Wal> {
     Wal::open_with_vfs(DIR, options(), fs.shared())
 }
@@ -147,44 +111,7 @@ fn open(fs: &SimFs) -> wal_core::Result<Wal> {
 fn reopen_and_check(fs: &SimFs, out: &Outcome, what: &str) -> Wal {
     fs.clear_faults();
     let wal = open(fs).unwrap_or_else(|e| panic!("{what}: reopen failed: {e}"));
-    let records: Vec<(Lsn, Vec<u8>)> = wal
-        .iter_from(0)
-        .unwrap_or_else(|e| panic!("{what}: iter_from: {e}"))
-        .map(|r| {
-            let r = r.unwrap_or_else(|e| panic!("{what}: reading back: {e}"));
-            (r.lsn, r.data)
-        })
-        .collect();
-    for pair in records.windows(2) {
-        assert_eq!(pair[1].0, pair[0].0 + 1, "{what}: LSN gap");
-    }
-    for (lsn, data) in &records {
-        assert_eq!(
-            out.attempted.get(lsn),
-            Some(data),
-            "{what}: record {lsn} holds bytes never appended under that LSN"
-        );
-    }
-    let first = records.first().map(|r| r.0);
-    let held: BTreeMap<Lsn, &Vec<u8>> = records.iter().map(|(l, d)| (*l, d)).collect();
-    for (lsn, data) in &out.acked {
-        match held.get(lsn) {
-            Some(d) => assert_eq!(*d, data, "{what}: acknowledged record {lsn} changed"),
-            None => assert!(
-                *lsn < out.truncated_below && first.is_none_or(|f| *lsn < f),
-                "{what}: acknowledged record {lsn} lost"
-            ),
-        }
-    }
-    let max_acked = out.acked.keys().next_back().copied().unwrap_or(0);
-    let next = wal.next_lsn();
-    assert!(
-        next > max_acked,
-        "{what}: next LSN {next} reuses {max_acked}"
-    );
-    if let Some((last, _)) = records.last() {
-        assert_eq!(next, last + 1, "{what}: next LSN after the last record");
-    }
+    check_reopened(&wal, out, what);
     wal
 }
 

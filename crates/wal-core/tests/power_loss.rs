@@ -18,54 +18,13 @@
 //! The same sweep runs with torn crashes (some unsynced data and directory
 //! changes reach the disk), sixteen seeds per crash point.
 
+mod sweep;
+
 use std::collections::BTreeMap;
-use std::path::Path;
 
+use sweep::{DIR, Outcome, check_reopened, fresh_fs, options, payload};
 use wal_core::sim::SimFs;
-use wal_core::{Lsn, RecoveryMode, SyncPolicy, Vfs, Wal, WalOptions};
-
-const DIR: &str = "/db/wal";
-
-fn options() -> WalOptions {
-    WalOptions {
-        // Header 32 bytes, records 20 + 7..=60 bytes: two to five records per
-        // segment, so the workload rotates many times on its own.
-        segment_size: 200,
-        sync_policy: SyncPolicy::Always,
-        max_record_size: 1024,
-        recovery_mode: RecoveryMode::Strict,
-    }
-}
-
-/// A payload that names its position in the workload, of a varied size.
-fn payload(i: usize) -> Vec<u8> {
-    let mut p = format!("record-{i}:").into_bytes();
-    p.resize(7 + (i * 13) % 54, b'a' + (i % 26) as u8);
-    p
-}
-
-/// What the workload was told, and what it tried.
-#[derive(Debug, Default)]
-struct Outcome {
-    /// Appends that returned `Ok`: they must survive any crash.
-    acked: BTreeMap<Lsn, Vec<u8>>,
-    /// Every record the workload tried to append under each LSN (the last
-    /// attempt wins: an LSN of a record that never became durable may be
-    /// given again after a reopen). Records that survive must match.
-    attempted: BTreeMap<Lsn, Vec<u8>>,
-    /// Largest bound passed to `truncate_before` (even if it failed):
-    /// records below it may be gone, as a prefix of the log.
-    truncated_below: Lsn,
-}
-
-/// A fresh file system holding a durable, empty `/db`, as if the log's
-/// parent directory had been made long ago.
-fn fresh_fs() -> SimFs {
-    let fs = SimFs::new();
-    fs.create_dir_all(Path::new("/db")).unwrap();
-    fs.sync_dir(Path::new("/")).unwrap();
-    fs
-}
+use wal_core::{Lsn, SyncPolicy, Wal, WalOptions};
 
 /// Runs the workload until its first error (the power cut). Returns what it
 /// learned and the log, still open, so that the crash happens with it open.
@@ -142,66 +101,8 @@ fn workload(fs: &SimFs, out: &mut Outcome) -> Option<Wal> {
 fn check_recovered(fs: &SimFs, out: &Outcome, what: &str) {
     let wal = Wal::open_with_vfs(DIR, options(), fs.shared())
         .unwrap_or_else(|e| panic!("{what}: strict open after the crash failed: {e}"));
-    let records: Vec<(Lsn, Vec<u8>)> = wal
-        .iter_from(0)
-        .unwrap_or_else(|e| panic!("{what}: iter_from: {e}"))
-        .map(|r| {
-            let r = r.unwrap_or_else(|e| panic!("{what}: reading back: {e}"));
-            (r.lsn, r.data)
-        })
-        .collect();
-
-    // Dense, and each record is what was appended under its LSN.
-    for pair in records.windows(2) {
-        assert_eq!(
-            pair[1].0,
-            pair[0].0 + 1,
-            "{what}: LSN gap after {}",
-            pair[0].0
-        );
-    }
-    for (lsn, data) in &records {
-        assert_eq!(
-            out.attempted.get(lsn),
-            Some(data),
-            "{what}: record {lsn} holds bytes never appended under that LSN"
-        );
-    }
-    let first = records.first().map(|r| r.0);
-    let last = records.last().map(|r| r.0);
-    assert_eq!(wal.first_lsn(), first, "{what}: first_lsn");
-    assert_eq!(wal.last_lsn(), last, "{what}: last_lsn");
-
-    // Every acknowledged record survived, unless truncate_before was allowed
-    // to drop it; what was dropped is a prefix.
-    let held: BTreeMap<Lsn, &Vec<u8>> = records.iter().map(|(l, d)| (*l, d)).collect();
-    for (lsn, data) in &out.acked {
-        match held.get(lsn) {
-            Some(d) => assert_eq!(*d, data, "{what}: acknowledged record {lsn} changed"),
-            None => {
-                assert!(
-                    *lsn < out.truncated_below,
-                    "{what}: acknowledged record {lsn} was lost (truncation bound {})",
-                    out.truncated_below
-                );
-                assert!(
-                    first.is_none_or(|f| *lsn < f),
-                    "{what}: record {lsn} missing inside the log (a hole, not a prefix)"
-                );
-            }
-        }
-    }
-
-    // No acknowledged LSN is ever given again; appends continue the log.
-    let max_acked = out.acked.keys().next_back().copied().unwrap_or(0);
+    check_reopened(&wal, out, what);
     let next = wal.next_lsn();
-    assert!(
-        next > max_acked,
-        "{what}: next LSN {next} reuses acknowledged {max_acked}"
-    );
-    if let Some(last) = last {
-        assert_eq!(next, last + 1, "{what}: next LSN after the last record");
-    }
     let lsn = wal
         .append(b"after-recovery")
         .unwrap_or_else(|e| panic!("{what}: append after recovery: {e}"));
