@@ -92,6 +92,16 @@ async fn serve_correctly(mut conn: Conn) {
     }
 }
 
+/// Starts `n` concurrent puts of keys `k0`, `k1`, … on `client`.
+fn spawn_puts(client: &Client, n: usize) -> Vec<tokio::task::JoinHandle<Result<u64, ClientError>>> {
+    (0..n)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { client.put(format!("k{i}"), "v").await })
+        })
+        .collect()
+}
+
 async fn within<T>(future: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(DEADLINE, future)
         .await
@@ -190,12 +200,7 @@ async fn dropped_connection_fails_every_call_in_flight_and_later() {
     };
     let client = Client::connect_with(addr.as_str(), options).await.unwrap();
     within(async {
-        let calls: Vec<_> = (0..CALLS)
-            .map(|i| {
-                let client = client.clone();
-                tokio::spawn(async move { client.put(format!("k{i}"), "v").await })
-            })
-            .collect();
+        let calls = spawn_puts(&client, CALLS);
         for call in calls {
             let err = call.await.unwrap().unwrap_err();
             assert!(err.is_connection_lost(), "unexpected {err:?}");
@@ -378,12 +383,7 @@ async fn in_flight_requests_are_bounded() {
     };
     let client = Client::connect_with(addr.as_str(), options).await.unwrap();
     within(async {
-        let calls: Vec<_> = (0..CALLS)
-            .map(|i| {
-                let client = client.clone();
-                tokio::spawn(async move { client.put(format!("k{i}"), "v").await })
-            })
-            .collect();
+        let calls = spawn_puts(&client, CALLS);
         for call in calls {
             call.await.unwrap().unwrap();
         }
