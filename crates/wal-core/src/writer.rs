@@ -19,7 +19,9 @@
 //! only then unparks the waiters it completed, outside the state mutex. The
 //! completed waiters see their ticket done in the atomic and return without
 //! touching the state mutex, so neither the wake-up herd nor the next group
-//! waits on one lock.
+//! waits on one lock. Each completed waiter, once awake, unparks one more of
+//! those still asleep, so a large group is woken from every core rather
+//! than by the leader's syscalls one after the other.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -127,6 +129,10 @@ pub(crate) struct Shared {
     /// A leader's spare list for the waiters it wakes, so a group costs no
     /// allocation; only the leader of the moment touches it.
     wake_spare: Mutex<Vec<Waiter>>,
+    /// Completed waiters still to unpark. The leader fills it and drains it;
+    /// each waiter it wakes helps by unparking one more before it returns,
+    /// so a large group wakes on all cores instead of one syscall at a time.
+    to_wake: Mutex<Vec<Thread>>,
     /// Signalled when a GroupCommit leader's queue is full.
     group_full: Condvar,
     writer: Mutex<Writer>,
@@ -205,6 +211,7 @@ impl Shared {
             state: Mutex::new(state),
             done_ticket: AtomicU64::new(0),
             wake_spare: Mutex::new(Vec::new()),
+            to_wake: Mutex::new(Vec::new()),
             group_full: Condvar::new(),
             writer: Mutex::new(Writer {
                 file: rec.active,
@@ -319,11 +326,24 @@ impl Shared {
             // and an unpark that comes before the park makes it return.
             thread::park();
             if self.done_ticket.load(Ordering::Acquire) >= ticket {
+                self.help_wake();
                 return Ok(());
             }
             // Failed group, asked to lead, or a spurious wake-up: the state
             // says which.
             st = lock(&self.state);
+        }
+    }
+
+    /// Unparks one completed waiter still asleep, if any; whether it did.
+    fn help_wake(&self) -> bool {
+        let next = lock(&self.to_wake).pop();
+        match next {
+            Some(t) => {
+                t.unpark();
+                true
+            }
+            None => false,
         }
     }
 
@@ -407,8 +427,9 @@ impl Shared {
         if let Some(t) = next_leader {
             t.unpark();
         }
-        for w in wake.drain(..) {
-            w.thread.unpark();
+        if !wake.is_empty() {
+            lock(&self.to_wake).extend(wake.drain(..).map(|w| w.thread));
+            while self.help_wake() {}
         }
         *lock(&self.wake_spare) = wake;
         result
