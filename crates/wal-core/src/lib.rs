@@ -209,7 +209,10 @@ impl Wal {
         self.shared.truncate_before(lsn)
     }
 
-    /// Total bytes of all segment files.
+    /// Bytes the log holds: segment headers and records, in all segments.
+    /// The files take up to one segment size more, because the active
+    /// segment is preallocated (see `docs/format.md`); sealed segments are
+    /// exactly as long as their records.
     pub fn disk_size(&self) -> u64 {
         self.shared.disk_size()
     }

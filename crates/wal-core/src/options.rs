@@ -65,7 +65,10 @@ pub enum RecoveryMode {
 pub struct WalOptions {
     /// Rotate to a new segment when the next write would take the active one
     /// past this many bytes. A record (or batch) larger than this still fits:
-    /// it goes alone into a fresh segment. Default 64 MiB.
+    /// it goes alone into a fresh segment. The active segment's file is
+    /// preallocated to this size (so an fdatasync need not write the file's
+    /// size each time); sealed segments are cut back to their records.
+    /// Default 64 MiB.
     pub segment_size: u64,
     /// Durability of `append`. Default [`SyncPolicy::Always`].
     pub sync_policy: SyncPolicy,

@@ -49,6 +49,13 @@ struct SegmentScan {
     records: u64,
     /// Start (offset, LSN) of a batch whose last record is missing.
     open_batch: Option<(u64, Lsn)>,
+    /// The last segment holds only zeroes from `end` to its end: space
+    /// preallocated for records, not a torn tail.
+    zero_tail: bool,
+    /// Where the file's bytes end if its trailing zeroes (preallocated
+    /// space) are not counted; measured for a last segment with a problem,
+    /// otherwise `file_len`.
+    data_len: u64,
     problem: Option<Problem>,
 }
 
@@ -114,11 +121,11 @@ pub(crate) fn recover(vfs: &dyn Vfs, dir: &Path, options: &WalOptions) -> Result
         Ok(())
     };
 
-    // The sealed segments are read and checked in parallel up front; the
-    // loop below consumes those scans in log order, so what it decides (the
+    // The segments are read and checked in parallel up front; the loop
+    // below consumes those scans in log order, so what it decides (the
     // first error, the cut, the warnings) is what a sequential scan decides.
     let threads = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
-    let mut prescans = prescan_sealed(vfs, &names, options.max_record_size, threads);
+    let mut prescans = prescan(vfs, &names, options.max_record_size, threads);
 
     for (index, (name_lsn, path)) in names.iter().enumerate() {
         let is_last = index + 1 == names.len();
@@ -136,13 +143,19 @@ pub(crate) fn recover(vfs: &dyn Vfs, dir: &Path, options: &WalOptions) -> Result
         }
         let scan = match prescans.get_mut(index).and_then(Option::take) {
             Some(scan) => scan?,
-            // The last segment, or every segment when there was nothing to
-            // parallelise. (A sealed segment the prescan skipped is never
-            // reached: the loop stops at the one that made it skip.)
+            // Every segment when there was nothing to parallelise. (A
+            // segment the prescan skipped is never reached: the loop stops
+            // at the one that made it skip.)
             None => scan_segment(vfs, path, *name_lsn, is_last, options.max_record_size)?,
         };
         let mut keep_len = scan.end;
-        let mut file_len = scan.file_len;
+        // Preallocated zeroes are kept as they are: not part of the log,
+        // nothing to cut.
+        let mut file_len = if scan.zero_tail {
+            scan.end
+        } else {
+            scan.file_len
+        };
         match scan.problem {
             None => {}
             Some(Problem::TornHeader(e)) => {
@@ -164,7 +177,7 @@ pub(crate) fn recover(vfs: &dyn Vfs, dir: &Path, options: &WalOptions) -> Result
                 report.warnings.push(format!(
                     "torn tail in {}: cut {} bytes at offset {offset} ({reason})",
                     path.display(),
-                    scan.file_len - offset
+                    scan.data_len - offset
                 ));
                 keep_len = offset;
             }
@@ -174,7 +187,7 @@ pub(crate) fn recover(vfs: &dyn Vfs, dir: &Path, options: &WalOptions) -> Result
                 kept.push(SegmentMeta {
                     first_lsn: *name_lsn,
                     path: path.clone(),
-                    len: scan.file_len,
+                    len: scan.data_len,
                 });
                 expected = Some(scan.next_lsn);
                 open_batch = scan.open_batch;
@@ -270,7 +283,7 @@ pub(crate) fn recover(vfs: &dyn Vfs, dir: &Path, options: &WalOptions) -> Result
         // A new log, or a tolerant cut removed everything: start a segment
         // where the log would continue, so no LSN is ever reused.
         let first_lsn = names.first().map_or(1, |(lsn, _)| (*lsn).max(1));
-        let (file, path) = segment::create_segment(vfs, dir, first_lsn)?;
+        let (file, path) = segment::create_segment(vfs, dir, first_lsn, options.segment_size)?;
         return Ok(Recovered {
             segments: vec![SegmentMeta {
                 first_lsn,
@@ -286,6 +299,21 @@ pub(crate) fn recover(vfs: &dyn Vfs, dir: &Path, options: &WalOptions) -> Result
     let active = vfs
         .open_write(&last.path)
         .map_err(Error::io("open active segment", &last.path))?;
+    // The active segment is preallocated (see `segment::create_segment`)
+    // again if it is shorter than a segment: cut back above, or ended
+    // exactly after a record by a crash or by an older version of this
+    // crate. Its records are durable already; this only adds zeroes.
+    let file_len = active
+        .len()
+        .map_err(Error::io("read segment length", &last.path))?;
+    if file_len < options.segment_size {
+        active
+            .set_len(options.segment_size)
+            .map_err(Error::io("preallocate segment", &last.path))?;
+        active
+            .sync_data()
+            .map_err(Error::io("sync segment", &last.path))?;
+    }
     let active_len = last.len;
     let next_lsn = expected.unwrap_or(last.first_lsn);
     Ok(Recovered {
@@ -297,11 +325,12 @@ pub(crate) fn recover(vfs: &dyn Vfs, dir: &Path, options: &WalOptions) -> Result
     })
 }
 
-/// Scans the sealed segments (all but the last) of `names` on up to
-/// `threads` threads; entry `i` is the result of [`scan_segment`] for
-/// segment `i`, or `None` if it was not scanned. Empty when fewer than two
-/// threads or two sealed segments make parallelism pointless: [`recover`]
-/// then scans each segment itself, as it does the last one.
+/// Scans the segments of `names` on up to `threads` threads; entry `i` is
+/// the result of [`scan_segment`] for segment `i` (the last one scanned as
+/// the last), or `None` if it was not scanned. Empty when fewer than two
+/// threads or two segments make parallelism pointless: [`recover`] then
+/// scans each segment itself. (The last segment is scanned with the others
+/// because it is often the slowest: its preallocated zeroes are read too.)
 ///
 /// Scanning only reads, and a segment's scan depends on nothing but the
 /// segment and the first LSN in its name (the checks between segments stay
@@ -313,21 +342,21 @@ pub(crate) fn recover(vfs: &dyn Vfs, dir: &Path, options: &WalOptions) -> Result
 /// open read the whole log. Scans of later segments that were already
 /// running are dropped unused, errors included, exactly as a sequential
 /// scan would never have met them.
-fn prescan_sealed(
+fn prescan(
     vfs: &dyn Vfs,
     names: &[(Lsn, PathBuf)],
     max_record_size: u32,
     threads: usize,
 ) -> Vec<Option<Result<SegmentScan>>> {
-    let sealed = names.len().saturating_sub(1);
-    let threads = threads.min(sealed);
+    let count = names.len();
+    let threads = threads.min(count);
     if threads < 2 {
         return Vec::new();
     }
     let next = AtomicUsize::new(0);
     // Lowest index whose scan ends the loop in `recover`, if any yet.
     let stop = AtomicUsize::new(usize::MAX);
-    let mut results: Vec<Option<Result<SegmentScan>>> = (0..sealed).map(|_| None).collect();
+    let mut results: Vec<Option<Result<SegmentScan>>> = (0..count).map(|_| None).collect();
     std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
@@ -338,13 +367,14 @@ fn prescan_sealed(
                         // distinct indices, `stop` is only a hint to skip
                         // work, and the results travel through `join`.
                         let index = next.fetch_add(1, Ordering::Relaxed);
-                        if index >= sealed || index > stop.load(Ordering::Relaxed) {
+                        if index >= count || index > stop.load(Ordering::Relaxed) {
                             break;
                         }
                         let Some((first_lsn, path)) = names.get(index) else {
                             break;
                         };
-                        let scan = scan_segment(vfs, path, *first_lsn, false, max_record_size);
+                        let is_last = index + 1 == count;
+                        let scan = scan_segment(vfs, path, *first_lsn, is_last, max_record_size);
                         let ends_loop = match &scan {
                             Err(_) => true,
                             Ok(scan) => scan.problem.is_some() || scan.open_batch.is_some(),
@@ -395,6 +425,8 @@ fn scan_segment(
         next_lsn: first_lsn,
         records: 0,
         open_batch: None,
+        zero_tail: false,
+        data_len: file_len,
         problem: None,
     };
     match reader.read_header().map_err(io_err())? {
@@ -411,7 +443,14 @@ fn scan_segment(
         // magic and leave garbage in the version field (found by the
         // torn-crash sweep in tests/power_loss.rs), and rewriting a file
         // that holds no record loses nothing, its first LSN being in its name.
-        Err(e) if is_last && file_len <= SEGMENT_HEADER_LEN as u64 => {
+        // (Or nothing but the zeroes of its preallocation.)
+        Err(e)
+            if is_last
+                && (file_len <= SEGMENT_HEADER_LEN as u64
+                    || reader
+                        .zeroes_from(SEGMENT_HEADER_LEN as u64)
+                        .map_err(io_err())?) =>
+        {
             scan.problem = Some(Problem::TornHeader(e));
             return Ok(scan);
         }
@@ -454,12 +493,22 @@ fn scan_segment(
                 scan.end = offset + format::framed_len(payload.len());
             }
             Step::Bad { offset, error } => {
+                // The active segment's preallocated space: the log ends here.
+                // (An all-zero record header never passes its checksum.)
+                if is_last && reader.zeroes_from(offset).map_err(io_err())? {
+                    scan.zero_tail = true;
+                    return Ok(scan);
+                }
                 let reason = error.describe();
-                let torn = is_last
-                    && !valid_record_after(&mut reader, offset, scan.next_lsn, max_record_size)
-                        .map_err(io_err())?;
-                scan.problem = Some(if torn {
-                    Problem::TornTail { offset, reason }
+                scan.problem = Some(if is_last {
+                    let rest = reader.read_rest(offset).map_err(io_err())?;
+                    let used = rest.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+                    scan.data_len = offset + used as u64;
+                    if valid_record_after(&rest, used, scan.next_lsn, max_record_size) {
+                        Problem::Corrupt { offset, reason }
+                    } else {
+                        Problem::TornTail { offset, reason }
+                    }
                 } else {
                     Problem::Corrupt { offset, reason }
                 });
@@ -469,19 +518,13 @@ fn scan_segment(
     }
 }
 
-/// Whether a valid record with LSN `>= expected` starts anywhere after the
-/// bad record at `bad_offset`. The LSN bound (a record takes at least a
-/// header, so LSNs after the bad one cannot run further than that) rejects
-/// almost every position before the checksum is computed.
-fn valid_record_after(
-    reader: &mut SegmentReader,
-    bad_offset: u64,
-    expected: Lsn,
-    max_record_size: u32,
-) -> std::io::Result<bool> {
-    let rest = reader.read_rest(bad_offset)?;
+/// Whether a whole, valid record with an LSN at or after `expected` starts
+/// anywhere in `rest` (the file from a bad record on) after its first byte
+/// and before `used` (where its non-zero bytes end: a record starts with a
+/// non-zero checksum, so none starts in the zeroes after).
+fn valid_record_after(rest: &[u8], used: usize, expected: Lsn, max_record_size: u32) -> bool {
     let most_records = (rest.len() / RECORD_HEADER_LEN) as u64;
-    for start in 1..rest.len() {
+    for start in 1..used {
         let Some(raw) = rest.get(start..start + RECORD_HEADER_LEN) else {
             break;
         };
@@ -492,10 +535,10 @@ fn valid_record_after(
             continue;
         }
         if format::decode_record(&rest[start..], max_record_size).is_ok() {
-            return Ok(true);
+            return true;
         }
     }
-    Ok(false)
+    false
 }
 
 fn rewrite_header(vfs: &dyn Vfs, path: &Path, first_lsn: Lsn) -> Result<()> {
@@ -720,15 +763,16 @@ mod tests {
         let max = WalOptions::default().max_record_size;
         let sequential: Vec<String> = names
             .iter()
-            .map(|(lsn, path)| summary(&scan_segment(&vfs, path, *lsn, false, max)))
+            .enumerate()
+            .map(|(i, (lsn, path))| summary(&scan_segment(&vfs, path, *lsn, i == SEGMENTS, max)))
             .collect();
         assert!(sequential[3].contains("corrupt"), "{sequential:?}");
         assert!(sequential[7].contains("corrupt"), "{sequential:?}");
-        assert!(prescan_sealed(&vfs, &names, max, 1).is_empty());
-        assert!(prescan_sealed(&vfs, &names[..2], max, 4).is_empty());
+        assert!(prescan(&vfs, &names, max, 1).is_empty());
+        assert!(prescan(&vfs, &names[..1], max, 4).is_empty());
         for threads in 2..=5 {
-            let parallel = prescan_sealed(&vfs, &names, max, threads);
-            assert_eq!(parallel.len(), SEGMENTS, "{threads} threads");
+            let parallel = prescan(&vfs, &names, max, threads);
+            assert_eq!(parallel.len(), SEGMENTS + 1, "{threads} threads");
             // Everything up to the first corrupt segment was scanned, and
             // scanned the same; nothing used after it may differ either.
             for (index, scan) in parallel.iter().enumerate() {

@@ -25,14 +25,26 @@ pub(crate) fn segment_path(dir: &Path, first_lsn: Lsn) -> PathBuf {
 }
 
 /// Creates the segment starting at `first_lsn`: the file, its header, an
-/// fdatasync of the file and an fsync of the directory, in that order. Only
-/// when this returns may a record be written into it and acknowledged, so
-/// recovery never finds an acknowledged record in a segment whose header or
+/// fdatasync, its length set to `preallocate` bytes (zeroes after the
+/// header), another fdatasync, and an fsync of the directory, in that
+/// order. Only when this
+/// returns may a record be written into it and acknowledged, so recovery
+/// never finds an acknowledged record in a segment whose header or
 /// directory entry could vanish.
+///
+/// Why preallocate: an fdatasync after a write that grows the file must also
+/// write the inode (its size), one more device write per sync; a write
+/// inside the file's length needs only the data. On this project's test
+/// machine (ext4) a 128-byte write+fdatasync loop did 5,100 to 5,500 syncs/s
+/// appending and 7,400 to 7,800 inside a file extended beforehand. The
+/// zeroes after the last record of the active segment are not a torn tail
+/// (see `docs/format.md`); a segment is cut back to its records when it is
+/// sealed.
 pub(crate) fn create_segment(
     vfs: &dyn Vfs,
     dir: &Path,
     first_lsn: Lsn,
+    preallocate: u64,
 ) -> Result<(Box<dyn VfsFile>, PathBuf)> {
     let path = segment_path(dir, first_lsn);
     let file = vfs
@@ -42,6 +54,16 @@ pub(crate) fn create_segment(
         .map_err(Error::io("write segment header", &path))?;
     file.sync_data()
         .map_err(Error::io("sync new segment", &path))?;
+    // Only once the header is durable: a crash while the file is extended
+    // can then leave junk after a good header (a torn tail, cut by
+    // recovery), never a bad header with bytes after it, which recovery
+    // must treat as corruption.
+    if preallocate > format::SEGMENT_HEADER_LEN as u64 {
+        file.set_len(preallocate)
+            .map_err(Error::io("preallocate segment", &path))?;
+        file.sync_data()
+            .map_err(Error::io("sync new segment", &path))?;
+    }
     vfs.sync_dir(dir)
         .map_err(Error::io("sync log directory", dir))?;
     Ok((file, path))

@@ -466,14 +466,24 @@ impl Shared {
         Ok(())
     }
 
-    /// Rotation in the safe order: sync the old segment, create the new one
-    /// (header, fdatasync, directory fsync), and only then let records be
-    /// written into it.
+    /// Rotation in the safe order: cut the old segment back to its records
+    /// (dropping its preallocated zeroes) and sync it, create the new one
+    /// (header, preallocation, fdatasync, directory fsync), and only then let
+    /// records be written into it. So a sealed segment ends exactly after
+    /// its last record, as recovery expects.
     fn rotate_active(&self, w: &mut Writer, first_lsn: Lsn) -> Result<()> {
+        w.file
+            .set_len(w.len)
+            .map_err(Error::io("seal segment", &w.path))?;
         w.file
             .sync_data()
             .map_err(Error::io("sync segment", &w.path))?;
-        let (file, path) = segment::create_segment(self.vfs.as_ref(), &self.dir, first_lsn)?;
+        let (file, path) = segment::create_segment(
+            self.vfs.as_ref(),
+            &self.dir,
+            first_lsn,
+            self.options.segment_size,
+        )?;
         let sealed_len = w.len;
         *w = Writer {
             file,

@@ -49,12 +49,23 @@ fn appends_read_back_across_segments_and_reopen() {
     assert_eq!(read_all(&wal, 0), expected);
     assert_eq!(read_all(&wal, 17), expected[16..].to_vec());
     assert_eq!(read_all(&wal, 41), vec![]);
+    // Sealed segments end at their last record; the active one is
+    // preallocated to the segment size and holds its header and records.
     let size = wal.disk_size();
-    let on_disk: u64 = segment_files(tmp.path())
+    let files = segment_files(tmp.path());
+    let lens: Vec<u64> = files
         .iter()
         .map(|n| std::fs::metadata(tmp.path().join(n)).unwrap().len())
-        .sum();
-    assert_eq!(size, on_disk);
+        .collect();
+    let (active, sealed) = lens.split_last().unwrap();
+    assert_eq!(*active, 256, "the active segment is preallocated");
+    let active_first: u64 = files.last().unwrap()[..20].parse().unwrap();
+    let active_used: u64 = 32
+        + expected[active_first as usize - 1..]
+            .iter()
+            .map(|r| 20 + r.data.len() as u64)
+            .sum::<u64>();
+    assert_eq!(size, sealed.iter().sum::<u64>() + active_used);
     drop(wal);
 
     let wal = Wal::open(tmp.path(), options(SyncPolicy::Always)).unwrap();

@@ -3,7 +3,9 @@
 //! before the cut, and appends continue with the right LSNs.
 //!
 //! Offsets below use the format in docs/format.md: a 32-byte segment header,
-//! then records framed by a 20-byte header.
+//! then records framed by a 20-byte header. The active segment is
+//! preallocated to the segment size: zeroes after its last record are free
+//! space, not a torn tail, so the cuts here are made where the records end.
 
 use std::path::{Path, PathBuf};
 
@@ -48,6 +50,38 @@ fn first_lsn_of(path: &Path) -> u64 {
     path.file_stem().unwrap().to_str().unwrap().parse().unwrap()
 }
 
+/// Where the records of the segment starting at `first` end.
+fn data_end(records: &[Record], first: u64) -> u64 {
+    SEGMENT_HEADER
+        + records
+            .iter()
+            .filter(|r| r.lsn >= first)
+            .map(|r| RECORD_HEADER + r.data.len() as u64)
+            .sum::<u64>()
+}
+
+/// The warning recovery must give for a last segment whose records end at
+/// `kept` followed by `torn` (what a crash left of the next write): none if
+/// those bytes are all zero (indistinguishable from preallocated space, and
+/// no whole record is lost), else one that names the bytes up to the last
+/// non-zero one.
+fn expected_torn_warning(torn: &[u8], kept: u64) -> Option<String> {
+    let n = torn.iter().rposition(|&b| b != 0)? + 1;
+    Some(format!("cut {n} bytes at offset {kept}"))
+}
+
+/// After recovery, the active segment holds its records up to `kept`, then
+/// zeroes to the segment size: the torn bytes are gone from the file before
+/// any append, and the segment is preallocated again.
+fn assert_cut_physically(path: &Path, kept: u64, what: &str) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(bytes.len() as u64, options().segment_size, "{what}");
+    assert!(
+        bytes[kept as usize..].iter().all(|&b| b == 0),
+        "{what}: bytes after offset {kept} survived"
+    );
+}
+
 /// A log of several segments of small records; returns them.
 fn build(dir: &Path) -> Vec<Record> {
     let wal = Wal::open(dir, options()).unwrap();
@@ -74,7 +108,12 @@ fn cut_at_every_offset_of_the_last_segment() {
     let last = segs.last().unwrap().clone();
     let last_name = last.file_name().unwrap().to_str().unwrap().to_string();
     let last_first = first_lsn_of(&last);
-    let full_len = std::fs::metadata(&last).unwrap().len();
+    assert_eq!(
+        std::fs::metadata(&last).unwrap().len(),
+        options().segment_size,
+        "the active segment is preallocated"
+    );
+    let original_bytes = std::fs::read(&last).unwrap();
     // Record boundaries in the last segment: (end offset, lsn).
     let mut ends = Vec::new();
     let mut offset = SEGMENT_HEADER;
@@ -82,6 +121,7 @@ fn cut_at_every_offset_of_the_last_segment() {
         offset += RECORD_HEADER + r.data.len() as u64;
         ends.push((offset, r.lsn));
     }
+    let full_len = data_end(&records, last_first);
     assert_eq!(offset, full_len);
     assert!(ends.len() >= 4, "want several records in the last segment");
 
@@ -112,32 +152,32 @@ fn cut_at_every_offset_of_the_last_segment() {
             .unwrap_or_else(|e| panic!("open after cut at {cut}: {e}"));
         assert_eq!(read_all(&wal), expected, "cut at {cut}");
         assert_eq!(wal.next_lsn(), whole_before_cut + 1, "cut at {cut}");
-        let on_boundary = cut == SEGMENT_HEADER || ends.iter().any(|(end, _)| *end == cut);
+        let kept = ends
+            .iter()
+            .filter(|(end, _)| *end <= cut)
+            .map(|(end, _)| *end)
+            .max()
+            .unwrap_or(SEGMENT_HEADER);
         let warnings = &wal.recovery_report().warnings;
-        if on_boundary {
-            assert!(warnings.is_empty(), "cut at {cut}: {warnings:?}");
-        } else {
+        if cut < SEGMENT_HEADER {
+            // An incomplete header: an interrupted creation, rewritten.
             assert_eq!(warnings.len(), 1, "cut at {cut}: {warnings:?}");
             assert!(warnings[0].contains(&last_name), "{warnings:?}");
-            if cut > SEGMENT_HEADER {
-                let kept = ends
-                    .iter()
-                    .filter(|(end, _)| *end <= cut)
-                    .map(|(end, _)| *end)
-                    .max()
-                    .unwrap_or(SEGMENT_HEADER);
-                assert!(
-                    warnings[0].contains(&format!("cut {} bytes at offset {kept}", cut - kept)),
-                    "cut at {cut}: {warnings:?}"
-                );
+        } else {
+            let torn = &original_bytes[kept as usize..cut as usize];
+            match expected_torn_warning(torn, kept) {
+                None => assert!(warnings.is_empty(), "cut at {cut}: {warnings:?}"),
+                Some(want) => {
+                    assert_eq!(warnings.len(), 1, "cut at {cut}: {warnings:?}");
+                    assert!(warnings[0].contains(&last_name), "{warnings:?}");
+                    assert!(
+                        warnings[0].contains("torn tail") && warnings[0].contains(&want),
+                        "cut at {cut}: want `{want}` in {warnings:?}"
+                    );
+                }
             }
         }
-        // The cut is physical, before any append.
-        let kept_len = std::fs::metadata(&path).unwrap().len();
-        assert!(
-            kept_len <= cut.max(SEGMENT_HEADER),
-            "cut at {cut}: file is {kept_len}"
-        );
+        assert_cut_physically(&path, kept, &format!("cut at {cut}"));
 
         let a = wal.append(b"after the cut").unwrap();
         let b = wal.append(b"and one more").unwrap();
@@ -155,28 +195,42 @@ fn cut_at_every_offset_of_the_last_segment() {
 }
 
 #[test]
-fn zeroes_and_garbage_after_the_last_record_are_cut() {
-    for tail in [
-        vec![0u8; 4096],
-        (0..777u32).map(|i| (i * 31 % 251) as u8).collect(),
+fn zeroes_after_the_last_record_are_free_space_and_garbage_is_cut() {
+    for (tail, warned) in [
+        (vec![0u8; 4096], false),
+        ((0..777u32).map(|i| (i * 31 % 251) as u8).collect(), true),
     ] {
         let tmp = tempfile::tempdir().unwrap();
         let records = build(tmp.path());
         let last = segments(tmp.path()).last().unwrap().clone();
-        let len = std::fs::metadata(&last).unwrap().len();
+        let end = data_end(&records, first_lsn_of(&last));
+        // The records, then the tail where the preallocated space was.
         let mut bytes = std::fs::read(&last).unwrap();
+        bytes.truncate(end as usize);
         bytes.extend_from_slice(&tail);
         std::fs::write(&last, &bytes).unwrap();
 
         let wal = Wal::open(tmp.path(), options()).unwrap();
         assert_eq!(read_all(&wal), records);
         let warnings = &wal.recovery_report().warnings;
-        assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert!(
-            warnings[0].contains(&format!("cut {} bytes at offset {len}", tail.len())),
-            "{warnings:?}"
-        );
-        assert_eq!(std::fs::metadata(&last).unwrap().len(), len);
+        if warned {
+            assert_eq!(warnings.len(), 1, "{warnings:?}");
+            assert!(
+                warnings[0].contains(&format!("cut {} bytes at offset {end}", tail.len())),
+                "{warnings:?}"
+            );
+            assert_cut_physically(&last, end, "garbage tail");
+        } else {
+            assert!(warnings.is_empty(), "{warnings:?}");
+            // Free space is left as it is.
+            assert_eq!(std::fs::metadata(&last).unwrap().len(), bytes.len() as u64);
+        }
+        let lsn = wal.append(b"next").unwrap();
+        assert_eq!(lsn, records.len() as u64 + 1);
+        drop(wal);
+        let wal = Wal::open(tmp.path(), options()).unwrap();
+        assert!(wal.recovery_report().warnings.is_empty());
+        assert_eq!(read_all(&wal).last().unwrap().data, b"next");
     }
 }
 
@@ -193,7 +247,8 @@ fn a_batch_cut_anywhere_is_dropped_whole() {
     drop(wal);
     let last = segments(original.path()).last().unwrap().clone();
     let name = last.file_name().unwrap().to_owned();
-    let full_len = std::fs::metadata(&last).unwrap().len();
+    let full_len = SEGMENT_HEADER + 4 * (RECORD_HEADER + 7);
+    let original_bytes = std::fs::read(&last).unwrap();
 
     for cut in SEGMENT_HEADER..=full_len {
         let tmp = tempfile::tempdir().unwrap();
@@ -208,9 +263,16 @@ fn a_batch_cut_anywhere_is_dropped_whole() {
         } else {
             assert_eq!(got, records, "cut at {cut}");
             assert_eq!(wal.next_lsn(), next, "cut at {cut}");
-            if cut > SEGMENT_HEADER {
-                assert!(!wal.recovery_report().warnings.is_empty(), "cut at {cut}");
-            }
+            // A cut that leaves only zeroes after the header is free space;
+            // anything else is a torn or incomplete batch, and warned about.
+            let torn = &original_bytes[SEGMENT_HEADER as usize..cut as usize];
+            assert_eq!(
+                !wal.recovery_report().warnings.is_empty(),
+                torn.iter().any(|&b| b != 0),
+                "cut at {cut}: {:?}",
+                wal.recovery_report().warnings
+            );
+            assert_cut_physically(&path, SEGMENT_HEADER, &format!("cut at {cut}"));
         }
     }
 }
