@@ -92,6 +92,35 @@ pub struct RecoveryReport {
     pub warnings: Vec<String>,
     /// Records in the log after recovery.
     pub records: u64,
+    /// Where the log ends after recovery: the active segment and the offset
+    /// after its last record. The zeroes after it are the segment's
+    /// preallocated free space (see `docs/format.md`), not a torn tail, so
+    /// they give no warning; this says where they start.
+    pub end: Option<LogEnd>,
+}
+
+/// Where a recovered log ends, in [`RecoveryReport::end`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEnd {
+    /// The active segment, into which the next record goes.
+    pub segment: std::path::PathBuf,
+    /// Offset after its last record (its header's length if it holds none).
+    pub offset: u64,
+    /// Bytes of preallocated free space after `offset` (the file is this
+    /// much longer than its records).
+    pub free_bytes: u64,
+}
+
+impl std::fmt::Display for LogEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} at offset {}, {} bytes of preallocated space after it",
+            self.segment.display(),
+            self.offset,
+            self.free_bytes
+        )
+    }
 }
 
 /// One record read back.
@@ -204,7 +233,9 @@ impl Wal {
 
     /// Deletes whole segments whose records all have LSN < `lsn`, oldest
     /// first, never the active segment, with a directory fsync after each
-    /// deletion. Returns how many segments were deleted.
+    /// deletion. Returns how many segments were deleted. Fails with
+    /// [`Error::Poisoned`] after a failed write or sync, like every other
+    /// change to the log.
     pub fn truncate_before(&self, lsn: Lsn) -> Result<usize> {
         self.shared.truncate_before(lsn)
     }

@@ -26,7 +26,8 @@ pub enum SyncPolicy {
     },
     /// A background thread syncs every `period`; a crash may lose up to about
     /// one period of acknowledged appends (never a record in the middle: what
-    /// survives is always a prefix of the log).
+    /// survives is always a prefix of the log, given what `docs/format.md`
+    /// assumes of the disk).
     Interval {
         /// Time between background syncs.
         period: Duration,

@@ -23,7 +23,7 @@ use crate::options::{RecoveryMode, WalOptions};
 use crate::reader::{SegmentReader, Step};
 use crate::segment::{self, SegmentMeta};
 use crate::vfs::{Vfs, VfsFile};
-use crate::{Lsn, RecoveryReport};
+use crate::{LogEnd, Lsn, RecoveryReport};
 
 /// The log as recovery left it, ready for appends.
 pub(crate) struct Recovered {
@@ -231,11 +231,11 @@ pub(crate) fn recover(vfs: &dyn Vfs, dir: &Path, options: &WalOptions) -> Result
         // Newest first, so that a crash in the middle leaves a prefix of the
         // log, which the next tolerant open cuts the same way.
         for (_, path) in names[cut.index + 1..].iter().rev() {
-            remove_segment(vfs, path, &mut report)?;
+            remove_segment(vfs, dir, path, &mut report)?;
         }
         match cut.keep {
             None => {
-                remove_segment(vfs, &names[cut.index].1, &mut report)?;
+                remove_segment(vfs, dir, &names[cut.index].1, &mut report)?;
             }
             Some(keep) => {
                 if let Some(last) = kept.last_mut()
@@ -284,6 +284,13 @@ pub(crate) fn recover(vfs: &dyn Vfs, dir: &Path, options: &WalOptions) -> Result
         // where the log would continue, so no LSN is ever reused.
         let first_lsn = names.first().map_or(1, |(lsn, _)| (*lsn).max(1));
         let (file, path) = segment::create_segment(vfs, dir, first_lsn, options.segment_size)?;
+        report.end = Some(LogEnd {
+            segment: path.clone(),
+            offset: SEGMENT_HEADER_LEN as u64,
+            free_bytes: options
+                .segment_size
+                .saturating_sub(SEGMENT_HEADER_LEN as u64),
+        });
         return Ok(Recovered {
             segments: vec![SegmentMeta {
                 first_lsn,
@@ -303,7 +310,7 @@ pub(crate) fn recover(vfs: &dyn Vfs, dir: &Path, options: &WalOptions) -> Result
     // again if it is shorter than a segment: cut back above, or ended
     // exactly after a record by a crash or by an older version of this
     // crate. Its records are durable already; this only adds zeroes.
-    let file_len = active
+    let mut file_len = active
         .len()
         .map_err(Error::io("read segment length", &last.path))?;
     if file_len < options.segment_size {
@@ -313,8 +320,14 @@ pub(crate) fn recover(vfs: &dyn Vfs, dir: &Path, options: &WalOptions) -> Result
         active
             .sync_data()
             .map_err(Error::io("sync segment", &last.path))?;
+        file_len = options.segment_size;
     }
     let active_len = last.len;
+    report.end = Some(LogEnd {
+        segment: last.path.clone(),
+        offset: active_len,
+        free_bytes: file_len.saturating_sub(active_len),
+    });
     let next_lsn = expected.unwrap_or(last.first_lsn);
     Ok(Recovered {
         segments: kept,
@@ -562,9 +575,19 @@ fn truncate_file(vfs: &dyn Vfs, path: &Path, len: u64) -> Result<()> {
     file.sync_data().map_err(Error::io("sync segment", path))
 }
 
-fn remove_segment(vfs: &dyn Vfs, path: &Path, report: &mut RecoveryReport) -> Result<()> {
+/// Removes a segment after a tolerant cut and makes the removal durable
+/// before anything else changes, so that a crash leaves a prefix of the log
+/// that the next open cuts the same way.
+fn remove_segment(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    path: &Path,
+    report: &mut RecoveryReport,
+) -> Result<()> {
     vfs.remove_file(path)
         .map_err(Error::io("remove segment", path))?;
+    vfs.sync_dir(dir)
+        .map_err(Error::io("sync log directory", dir))?;
     report
         .warnings
         .push(format!("removed segment {} after the cut", path.display()));

@@ -558,6 +558,9 @@ impl Shared {
     /// only leave a suffix of the log, never a hole.
     pub(crate) fn truncate_before(&self, lsn: Lsn) -> Result<usize> {
         let _serial = lock(&self.truncating);
+        // Fail-stop covers the directory too: a log that lost data to a
+        // failed sync changes nothing on disk until it is reopened.
+        check_poisoned(&lock(&self.state))?;
         let mut removed = 0;
         loop {
             let victim = {

@@ -223,6 +223,10 @@ fn a_failed_sync_fails_every_waiter_and_stops_the_log() {
     assert!(matches!(wal.append(b"x"), Err(Error::Poisoned { .. })));
     assert!(matches!(wal.sync(), Err(Error::Poisoned { .. })));
     assert!(matches!(wal.rotate(), Err(Error::Poisoned { .. })));
+    assert!(matches!(
+        wal.truncate_before(u64::MAX),
+        Err(Error::Poisoned { .. })
+    ));
     drop(wal);
 
     // Every acknowledged append is there after reopen (the injected failure
