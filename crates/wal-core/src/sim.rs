@@ -47,12 +47,16 @@
 //! * for each directory, a prefix of its pending (unsynced) entry changes,
 //!   in the order they were made, is kept — metadata journals commit in
 //!   order; a rename is never split within one directory;
-//! * for each file whose unsynced content only extends its durable content
-//!   (appends, the common case of a log), a random prefix of the extension is
-//!   kept, possibly followed by a run of junk (zeroes or random bytes) that
-//!   stands for blocks whose size was recorded but whose data never arrived.
-//!   The junk never extends past the written length. Unsynced overwrites of
-//!   already durable bytes are never kept.
+//! * for each file, a random prefix, in file-offset order, of what was
+//!   written since its last sync is kept: from the first byte the sync would
+//!   change, up to a random point, the file holds the written bytes, and
+//!   after it the durable ones (an append grows the file by the kept part; a
+//!   write into space the file already had, such as preallocated zeroes,
+//!   replaces the durable bytes it reached). The kept part may be followed by
+//!   a run of junk (zeroes or random bytes) that stands for blocks whose size
+//!   was recorded but whose data never arrived, or a sector torn mid-write.
+//!   The junk never extends past the written length. A length cut since the
+//!   last sync is never kept.
 //!
 //! # Faults
 //!
@@ -576,29 +580,58 @@ impl State {
     }
 }
 
-/// The content a torn crash leaves in `inode`: its durable content plus,
-/// when the unsynced content merely extends it, a random prefix of the
-/// extension and then possibly junk, never past the written length.
+/// The content a torn crash leaves in `inode`: its durable content with a
+/// random prefix, in file-offset order, of what was written since the last
+/// sync, possibly followed by a run of junk (zeroes or random bytes), never
+/// past the written length.
+///
+/// "In offset order" is the writeback the log's recovery assumes (see
+/// `docs/format.md`): Linux writes a file's dirty pages back by ascending
+/// index. It covers appends (the kept prefix extends the file) and writes
+/// into space the file already had, such as a preallocated segment's zeroes
+/// (the kept prefix replaces durable bytes, and the durable bytes after it
+/// stay). A length cut since the last sync is never kept.
 fn torn_content(inode: &Inode, rng: &mut Rng) -> Vec<u8> {
-    let img = inode.synced_image();
-    let base = inode.disk.len();
-    if img.len() <= base || img[..base] != inode.disk[..] {
-        return inode.disk.clone();
+    let disk = &inode.disk;
+    if to_usize(inode.min_len) < disk.len() {
+        return disk.clone();
     }
-    let ext = len_u64(&img[base..]);
-    let kept = to_usize(rng.upto(ext));
-    let mut out = img[..base + kept].to_vec();
-    let room = ext - len_u64(&img[base..base + kept]);
-    // Half of the time the kept prefix is all that arrived; otherwise some
-    // junk follows it.
+    let img = inode.synced_image();
+    // Which bytes a sync would write: the file's growth and the dirty ranges.
+    let mut written = vec![false; img.len()];
+    for flag in written.iter_mut().skip(disk.len()) {
+        *flag = true;
+    }
+    for &(start, end) in &inode.dirty {
+        let end = to_usize(end).min(img.len());
+        for flag in written.iter_mut().take(end).skip(to_usize(start)) {
+            *flag = true;
+        }
+    }
+    let (Some(first), Some(last)) = (
+        written.iter().position(|&w| w),
+        written.iter().rposition(|&w| w),
+    ) else {
+        return disk.clone();
+    };
+    let cut = first + to_usize(rng.upto(len_u64(&img[first..=last])));
+    let mut out = img[..cut].to_vec();
+    if let Some(rest) = disk.get(cut..) {
+        out.extend_from_slice(rest);
+    }
+    // Half of the time the kept prefix is all that arrived; otherwise junk
+    // follows it, within the bytes being written from the cut on: blocks
+    // whose length was recorded but whose data never arrived, or a sector
+    // torn mid-write.
+    let room = written.iter().skip(cut).take_while(|&&w| w).count();
     if room > 0 && rng.next().is_multiple_of(2) {
-        let junk = to_usize(rng.upto(room - 1) + 1);
-        if rng.next().is_multiple_of(2) {
-            out.resize(out.len() + junk, 0);
-        } else {
-            for _ in 0..junk {
-                out.push(rng.next() as u8);
-            }
+        let junk = to_usize(rng.upto(room as u64 - 1) + 1);
+        let zeroes = rng.next().is_multiple_of(2);
+        if out.len() < cut + junk {
+            out.resize(cut + junk, 0);
+        }
+        for byte in &mut out[cut..cut + junk] {
+            *byte = if zeroes { 0 } else { rng.next() as u8 };
         }
     }
     out
@@ -1479,20 +1512,58 @@ mod tests {
     }
 
     #[test]
-    fn torn_crash_never_keeps_unsynced_overwrites_or_splits_a_rename() {
-        for seed in 0..100 {
+    fn torn_crash_keeps_a_prefix_of_overwrites_in_offset_order_and_never_splits_a_rename() {
+        let (mut saw_none, mut saw_partial, mut saw_all, mut saw_junk) =
+            (false, false, false, false);
+        for seed in 0..200 {
             let fs = fs_with_dir();
-            durable_file(&fs, "a", b"old-bytes");
+            // A preallocated file: durable zeroes, then a record written into
+            // them and not synced.
+            durable_file(&fs, "a", &[0; 16]);
             durable_file(&fs, "b", b"b");
             let f = fs.open_write(p("/d/a")).unwrap();
-            f.write_all_at(b"NEW", 0).unwrap();
+            f.write_all_at(b"record", 3).unwrap();
             fs.rename(p("/d/b"), p("/d/c")).unwrap();
             let after = fs.crash_torn(seed);
-            assert_eq!(after.read_file(p("/d/a")).unwrap(), b"old-bytes");
+            let got = after.read_file(p("/d/a")).unwrap();
+            assert_eq!(got.len(), 16, "seed {seed}: the length is durable");
+            assert_eq!(&got[..3], &[0; 3], "seed {seed}: bytes before stay");
+            assert_eq!(&got[9..], &[0; 7], "seed {seed}: bytes never written stay");
+            let kept = got[3..9]
+                .iter()
+                .zip(b"record")
+                .take_while(|(a, b)| a == b)
+                .count();
+            match kept {
+                0 => saw_none = true,
+                6 => saw_all = true,
+                _ => saw_partial = true,
+            }
+            if got[3 + kept..9].iter().any(|&b| b != 0) {
+                saw_junk = true;
+            }
             let n = names(&after, "/d");
             assert!(
                 n == vec!["a", "b"] || n == vec!["a", "c"],
                 "seed {seed}: {n:?}"
+            );
+        }
+        assert!(saw_none && saw_partial && saw_all && saw_junk);
+    }
+
+    #[test]
+    fn torn_crash_never_keeps_an_unsynced_length_cut() {
+        for seed in 0..50 {
+            let fs = fs_with_dir();
+            durable_file(&fs, "a", b"old-bytes");
+            let f = fs.open_write(p("/d/a")).unwrap();
+            f.set_len(3).unwrap();
+            f.write_all_at(b"NEW", 0).unwrap();
+            let after = fs.crash_torn(seed);
+            assert_eq!(
+                after.read_file(p("/d/a")).unwrap(),
+                b"old-bytes",
+                "seed {seed}"
             );
         }
     }

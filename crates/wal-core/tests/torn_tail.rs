@@ -1,11 +1,12 @@
-//! Truncating the last segment at every byte offset (a crash in the middle
-//! of its last writes): open succeeds, yields exactly the whole records
-//! before the cut, and appends continue with the right LSNs.
+//! Cutting the last segment at every byte offset (a crash in the middle of
+//! its last writes), either by truncating the file there or by zeroing it
+//! from there to its preallocated end: open succeeds, yields exactly the
+//! whole records before the cut, and appends continue with the right LSNs.
 //!
 //! Offsets below use the format in docs/format.md: a 32-byte segment header,
 //! then records framed by a 20-byte header. The active segment is
 //! preallocated to the segment size: zeroes after its last record are free
-//! space, not a torn tail, so the cuts here are made where the records end.
+//! space, not a torn tail.
 
 use std::path::{Path, PathBuf};
 
@@ -125,16 +126,23 @@ fn cut_at_every_offset_of_the_last_segment() {
     assert_eq!(offset, full_len);
     assert!(ends.len() >= 4, "want several records in the last segment");
 
-    for cut in 0..full_len {
+    // Two images of a crash at each offset: the file ends at the cut (an
+    // append whose end never arrived), or it keeps its preallocated length
+    // and the bytes from the cut on are zeroes (a write into the
+    // preallocated space whose end never arrived).
+    for (cut, zero_fill) in (0..full_len).flat_map(|c| [(c, false), (c, true)]) {
         let tmp = tempfile::tempdir().unwrap();
         copy_log(original.path(), tmp.path());
         let path = tmp.path().join(&last_name);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(cut)
-            .unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        if zero_fill {
+            let zeroes = vec![0u8; (options().segment_size - cut) as usize];
+            std::os::unix::fs::FileExt::write_all_at(&file, &zeroes, cut).unwrap();
+        } else {
+            file.set_len(cut).unwrap();
+        }
+        drop(file);
+        let cut_name = if zero_fill { "zeroes from" } else { "cut at" };
 
         let whole_before_cut = ends
             .iter()
@@ -149,9 +157,9 @@ fn cut_at_every_offset_of_the_last_segment() {
             .collect();
 
         let wal = Wal::open(tmp.path(), options())
-            .unwrap_or_else(|e| panic!("open after cut at {cut}: {e}"));
-        assert_eq!(read_all(&wal), expected, "cut at {cut}");
-        assert_eq!(wal.next_lsn(), whole_before_cut + 1, "cut at {cut}");
+            .unwrap_or_else(|e| panic!("open after {cut_name} {cut}: {e}"));
+        assert_eq!(read_all(&wal), expected, "{cut_name} {cut}");
+        assert_eq!(wal.next_lsn(), whole_before_cut + 1, "{cut_name} {cut}");
         let kept = ends
             .iter()
             .filter(|(end, _)| *end <= cut)
@@ -161,23 +169,23 @@ fn cut_at_every_offset_of_the_last_segment() {
         let warnings = &wal.recovery_report().warnings;
         if cut < SEGMENT_HEADER {
             // An incomplete header: an interrupted creation, rewritten.
-            assert_eq!(warnings.len(), 1, "cut at {cut}: {warnings:?}");
+            assert_eq!(warnings.len(), 1, "{cut_name} {cut}: {warnings:?}");
             assert!(warnings[0].contains(&last_name), "{warnings:?}");
         } else {
             let torn = &original_bytes[kept as usize..cut as usize];
             match expected_torn_warning(torn, kept) {
-                None => assert!(warnings.is_empty(), "cut at {cut}: {warnings:?}"),
+                None => assert!(warnings.is_empty(), "{cut_name} {cut}: {warnings:?}"),
                 Some(want) => {
-                    assert_eq!(warnings.len(), 1, "cut at {cut}: {warnings:?}");
+                    assert_eq!(warnings.len(), 1, "{cut_name} {cut}: {warnings:?}");
                     assert!(warnings[0].contains(&last_name), "{warnings:?}");
                     assert!(
                         warnings[0].contains("torn tail") && warnings[0].contains(&want),
-                        "cut at {cut}: want `{want}` in {warnings:?}"
+                        "{cut_name} {cut}: want `{want}` in {warnings:?}"
                     );
                 }
             }
         }
-        assert_cut_physically(&path, kept, &format!("cut at {cut}"));
+        assert_cut_physically(&path, kept, &format!("{cut_name} {cut}"));
 
         let a = wal.append(b"after the cut").unwrap();
         let b = wal.append(b"and one more").unwrap();
@@ -185,9 +193,12 @@ fn cut_at_every_offset_of_the_last_segment() {
         drop(wal);
 
         let wal = Wal::open(tmp.path(), options()).unwrap();
-        assert!(wal.recovery_report().warnings.is_empty(), "cut at {cut}");
+        assert!(
+            wal.recovery_report().warnings.is_empty(),
+            "{cut_name} {cut}"
+        );
         let all = read_all(&wal);
-        assert_eq!(all.len(), expected.len() + 2, "cut at {cut}");
+        assert_eq!(all.len(), expected.len() + 2, "{cut_name} {cut}");
         assert_eq!(all[..expected.len()], expected[..]);
         assert_eq!(all[expected.len()].data, b"after the cut");
         assert_eq!(wal.next_lsn(), whole_before_cut + 3);
@@ -225,6 +236,18 @@ fn zeroes_after_the_last_record_are_free_space_and_garbage_is_cut() {
             // Free space is left as it is.
             assert_eq!(std::fs::metadata(&last).unwrap().len(), bytes.len() as u64);
         }
+        // The report says where the log ends either way, and how much free
+        // space follows.
+        let file_len = std::fs::metadata(&last).unwrap().len();
+        let log_end = wal.recovery_report().end.clone().unwrap();
+        assert_eq!(
+            (
+                log_end.segment.as_path(),
+                log_end.offset,
+                log_end.free_bytes
+            ),
+            (last.as_path(), end, file_len - end)
+        );
         let lsn = wal.append(b"next").unwrap();
         assert_eq!(lsn, records.len() as u64 + 1);
         drop(wal);
