@@ -100,6 +100,19 @@ pub fn run(args: &[String]) -> Result<(), String> {
         match arg.as_str() {
             "--quick" => quick = true,
             "--vs-redis" => vs_redis = true,
+            "--help" | "-h" => {
+                println!(
+                    "usage: cargo xtask bench [--quick] [--vs-redis]\n\n\
+                     Builds release binaries and measures, on this machine: the disk's\n\
+                     write+fdatasync floor, wal-core appends, recovery of 1M entries, the\n\
+                     server end to end, memory per key and write latency during a\n\
+                     checkpoint. Writes target/bench/report.md.\n\n  \
+                     --quick     shorter runs (about 3 minutes, build included)\n  \
+                     --vs-redis  also measure redis-server (appendonly yes, appendfsync\n              \
+                     always) with redis-benchmark, if both are installed"
+                );
+                return Ok(());
+            }
             other => {
                 return Err(format!(
                     "unknown bench flag `{other}` (try --quick, --vs-redis)"
