@@ -62,9 +62,9 @@ pub struct BenchArgs {
     #[arg(long, default_value = "put", value_parser = parse_mix)]
     pub mix: f64,
 
-    /// Run for this many seconds (the default is 10 unless --requests is
-    /// given).
-    #[arg(long, conflicts_with = "requests")]
+    /// Run for this many seconds, more than 0 and at most 86400 (one day);
+    /// the default is 10 unless --requests is given.
+    #[arg(long, conflicts_with = "requests", value_parser = parse_run_seconds)]
     pub duration: Option<f64>,
 
     /// Send exactly this many requests in all, then stop.
@@ -95,6 +95,20 @@ pub struct BenchArgs {
     /// shared with the server, fewer leave it more CPU.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
+}
+
+/// Longest `--duration`, in seconds: one day. Longer would be a typo, and
+/// past some point `Instant + duration` overflows.
+const MAX_RUN_SECS: f64 = 86_400.0;
+
+/// Parses `--duration`: seconds, more than 0 and at most [`MAX_RUN_SECS`].
+fn parse_run_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs <= MAX_RUN_SECS => Ok(secs),
+        _ => Err(format!(
+            "`{text}` is not a number of seconds more than 0 and at most 86400 (one day)"
+        )),
+    }
 }
 
 /// Parses `--mix`: `put`, `get`, or a write fraction in [0, 1].
@@ -410,10 +424,12 @@ pub async fn run(addr: &str, args: &BenchArgs) -> anyhow::Result<()> {
 pub async fn measure(addr: &str, args: &BenchArgs, show_progress: bool) -> anyhow::Result<Summary> {
     let stop = match (args.requests, args.duration) {
         (Some(n), _) => Stop::Requests(n),
-        (None, Some(secs)) if secs.is_finite() && secs > 0.0 => {
+        (None, Some(secs)) if secs > 0.0 && secs <= MAX_RUN_SECS => {
             Stop::After(Duration::from_secs_f64(secs))
         }
-        (None, Some(secs)) => bail!("--duration must be a positive number of seconds, not {secs}"),
+        (None, Some(secs)) => {
+            bail!("--duration must be more than 0 and at most 86400 seconds, not {secs}")
+        }
         (None, None) => Stop::After(Duration::from_secs(10)),
     };
     let workload = Arc::new(Workload::new(args));
@@ -814,6 +830,15 @@ mod tests {
         let json = summary.to_json();
         assert_eq!(json["ops"].as_u64(), Some(summary.ops));
         assert!(json["p99_us"].as_f64().unwrap() >= json["p50_us"].as_f64().unwrap());
+    }
+
+    #[test]
+    fn duration_is_positive_and_at_most_a_day() {
+        assert_eq!(parse_run_seconds("0.3"), Ok(0.3));
+        assert_eq!(parse_run_seconds("86400"), Ok(86_400.0));
+        for bad in ["0", "-1", "86400.5", "1e30", "inf", "NaN", "soon"] {
+            assert!(parse_run_seconds(bad).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
-use kv_client::kv_proto::DEFAULT_MAX_FRAME_SIZE;
+use kv_client::kv_proto;
 use kv_client::{Client, ClientOptions};
 
 mod bench;
@@ -58,20 +58,39 @@ struct ConnectionArgs {
         global = true
     )]
     addr: String,
-    /// Give up on a request after this many seconds (0: wait as long as the
-    /// connection lives).
+    /// Give up on a request after this many seconds, at most 86400 (one
+    /// day); 0: wait as long as the connection lives.
     #[arg(
         long,
         env = "KV_TIMEOUT",
         default_value_t = 30,
         value_name = "SECONDS",
+        value_parser = clap::value_parser!(u64).range(0..=MAX_TIMEOUT_SECS),
         global = true
     )]
     timeout: u64,
-    /// Largest frame sent or accepted, in bytes; should match the server's
-    /// --max-frame.
-    #[arg(long, env = "KV_MAX_FRAME", default_value_t = DEFAULT_MAX_FRAME_SIZE, value_name = "BYTES", global = true)]
+    /// Largest frame sent or accepted: bytes, or with a suffix as the
+    /// server takes it (64KiB, 8MiB, 1GiB; K, M, G, KB, MB, GB too, all
+    /// powers of 1024). Should match the server's --max-frame.
+    #[arg(
+        long,
+        env = "KV_MAX_FRAME",
+        default_value = "8MiB",
+        value_name = "SIZE",
+        value_parser = parse_frame_size,
+        global = true
+    )]
     max_frame: usize,
+}
+
+/// Longest `--timeout`, in seconds: one day, as the server's longest
+/// timeout.
+const MAX_TIMEOUT_SECS: u64 = 24 * 60 * 60;
+
+/// Parses `--max-frame` with the server's size syntax ([`kv_proto::parse_size`]).
+fn parse_frame_size(s: &str) -> Result<usize, String> {
+    let size = kv_proto::parse_size(s)?;
+    usize::try_from(size).map_err(|_| format!("size `{s}` is too large for this machine"))
 }
 
 impl ConnectionArgs {
@@ -325,6 +344,44 @@ mod tests {
             cli.connection.options().request_timeout,
             Some(Duration::from_secs(7))
         );
+    }
+
+    #[test]
+    fn max_frame_takes_the_servers_size_syntax() {
+        // The default is the protocol's, whatever KV_MAX_FRAME says in the
+        // environment of the test (it is read only when set).
+        if std::env::var_os("KV_MAX_FRAME").is_none() {
+            let cli = parse(&["checkpoint"]).unwrap();
+            assert_eq!(
+                cli.connection.options().max_frame_size,
+                kv_proto::DEFAULT_MAX_FRAME_SIZE
+            );
+        }
+        for (flag, bytes) in [
+            ("8MiB", 8 << 20),
+            ("16mb", 16 << 20),
+            ("64KiB", 64 << 10),
+            ("1G", 1 << 30),
+            ("4096", 4096),
+        ] {
+            let cli = parse(&["--max-frame", flag, "checkpoint"]).unwrap();
+            assert_eq!(cli.connection.options().max_frame_size, bytes, "{flag}");
+        }
+        for bad in ["8 parsecs", "MiB", "-1", "1.5MiB", "99999999999999G"] {
+            assert!(
+                parse(&["--max-frame", bad, "checkpoint"]).is_err(),
+                "{bad} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn durations_are_at_most_a_day() {
+        assert!(parse(&["--timeout", "86400", "checkpoint"]).is_ok());
+        assert!(parse(&["--timeout", "86401", "checkpoint"]).is_err());
+        assert!(parse(&["--timeout", "18446744073709551615", "checkpoint"]).is_err());
+        assert!(parse(&["bench", "--duration", "86400"]).is_ok());
+        assert!(parse(&["bench", "--duration", "1e30"]).is_err());
     }
 
     #[test]

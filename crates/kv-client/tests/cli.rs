@@ -4,9 +4,9 @@
 //! tests/ directory.)
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -14,10 +14,16 @@ use kv_client::kv_proto::{
     CheckpointResponse, DeleteResponse, ErrorCode, GetResponse, KeysResponse, PutResponse,
     Response, ServerCodec, request, response,
 };
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
+use tokio::process::Command;
 use tokio_util::codec::Framed;
 
 type Map = Arc<Mutex<BTreeMap<Bytes, Bytes>>>;
+
+/// How long one run of the binary may take before it is killed and the test
+/// fails.
+const CLI_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Serves a map on 127.0.0.1; returns the address.
 async fn map_server() -> String {
@@ -98,29 +104,44 @@ fn apply(
     })
 }
 
-/// Runs the binary with `args` against `addr`, feeding `stdin`.
+/// Runs the binary with `args` against `addr`, feeding `stdin`, with no
+/// `KV_*` variable but `KV_ADDR` from the environment.
+///
+/// # Panics
+/// If it does not finish within [`CLI_DEADLINE`] (it is killed first).
 async fn kv(addr: &str, args: &[&str], stdin: &[u8]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_kv-client"));
+    for (name, _) in std::env::vars_os() {
+        if name.as_encoded_bytes().starts_with(b"KV_") {
+            command.env_remove(name);
+        }
+    }
     command
         .env("KV_ADDR", addr)
-        .env_remove("KV_TIMEOUT")
-        .env_remove("KV_MAX_FRAME")
-        .args(args);
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // A run that misses its deadline is dropped, and so killed.
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("spawn kv-client");
+    let mut input = child.stdin.take().expect("piped stdin");
     let stdin = stdin.to_vec();
-    tokio::task::spawn_blocking(move || {
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut input = child.stdin.take().unwrap();
-        input.write_all(&stdin).unwrap();
-        drop(input);
-        child.wait_with_output().unwrap()
-    })
-    .await
-    .unwrap()
+    let run = async move {
+        // Fed while the output is read, so that neither side can fill a
+        // pipe and wait on the other. The program may exit without reading
+        // its input (a usage error); that is its call.
+        let feed = async move {
+            let _ = input.write_all(&stdin).await;
+            drop(input);
+        };
+        let ((), output) = tokio::join!(feed, child.wait_with_output());
+        output.expect("wait for kv-client")
+    };
+    match tokio::time::timeout(CLI_DEADLINE, run).await {
+        Ok(output) => output,
+        Err(_) => panic!("kv-client {args:?} did not finish within {CLI_DEADLINE:?}; killed it"),
+    }
 }
 
 fn stderr(output: &Output) -> String {

@@ -12,6 +12,9 @@
 //! bytes of one message. [`FrameCodec`] reads and writes frames for
 //! `tokio_util::codec::Framed`; [`ServerCodec`] and [`ClientCodec`] are its
 //! two directions.
+//! [`parse_size`] reads a byte size such as the maximum frame size from a
+//! command line (`8MiB`), so that the server's and the client's
+//! `--max-frame` accept the same syntax.
 //!
 //! ```
 //! use bytes::BytesMut;
@@ -40,8 +43,10 @@
 #![warn(missing_docs)]
 
 mod codec;
+mod size;
 
 pub use codec::{ClientCodec, CodecError, DEFAULT_MAX_FRAME_SIZE, FrameCodec, ServerCodec};
+pub use size::parse_size;
 
 /// The generated types of package `kv.v1` (`proto/kv.proto`).
 ///

@@ -2,11 +2,11 @@
 //! they turn into: [`StoreOptions`] for opening the store and
 //! [`ServerConfig`] for [`crate::run`].
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use kv_proto::parse_size;
 use kv_store::{StoreOptions, SyncPolicy, WalOptions};
 
 /// Exit status of a clean shutdown.
@@ -17,10 +17,19 @@ pub const EXIT_FAILURE: u8 = 1;
 /// Exit status for a command-line usage error (clap's own convention).
 pub const EXIT_USAGE: u8 = 2;
 
+/// The longest duration any flag accepts: one day. Far beyond any sensible
+/// timeout or delay, and far below where `Instant + duration` overflows (a
+/// panic in every connection task); a larger value is a usage error.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Most runtime worker threads `--worker-threads` accepts.
+pub const MAX_WORKER_THREADS: u32 = 1024;
+
 const AFTER_HELP: &str = "\
 Exit status: 0 after a clean shutdown (SIGINT/SIGTERM), 1 when start-up or \
-serving fails (one line on stderr says why: address in use, data directory \
-locked by another server, unreadable or corrupt data), 2 for a usage error.
+serving fails (one line on stderr says why: address that does not resolve \
+or is in use, data directory locked by another server, unreadable or corrupt \
+data), 2 for a usage error.
 
 Shutdown: on SIGINT or SIGTERM the server stops accepting, answers every \
 request it has already read, makes every acknowledged write durable, and \
@@ -35,7 +44,8 @@ it to recover: recovery re-reads what is really on disk.
 
 Sizes accept a suffix: 4096, 64KiB, 64MiB, 1GiB (also K, M, G, KB, MB, GB, \
 all powers of 1024). Durations accept ms, s, m: 500ms, 10s, 5m (a bare \
-number is seconds).";
+number is seconds); every duration flag, --group-commit-delay-us and \
+--sync-interval-ms included, is at most one day (1440m).";
 
 /// Flags of the `kv-server` binary.
 #[derive(Debug, Clone, Parser)]
@@ -46,10 +56,13 @@ number is seconds).";
     after_help = AFTER_HELP
 )]
 pub struct Args {
-    /// Address to listen on; port 0 picks a free port (the log line
-    /// `listening on ...` gives the real one).
-    #[arg(long, env = "KV_ADDR", default_value = "127.0.0.1:7878")]
-    pub addr: SocketAddr,
+    /// Address to listen on, HOST:PORT: an IP address (`[::1]:7878` for
+    /// IPv6) or a host name, resolved at start-up (the server listens on the
+    /// first address it resolves to that it can bind). Port 0 picks a free
+    /// port (the log line `listening on ...` gives the real one).
+    #[arg(long, env = "KV_ADDR", default_value = "127.0.0.1:7878",
+          value_name = "HOST:PORT", value_parser = parse_host_port)]
+    pub addr: String,
 
     /// Directory of the write-ahead log and snapshots; created if missing.
     /// Only one server may use it at a time.
@@ -66,13 +79,15 @@ pub struct Args {
     pub sync_policy: SyncPolicyArg,
 
     /// With --sync-policy group: longest a sync leader waits for company, in
-    /// microseconds.
-    #[arg(long, env = "KV_GROUP_COMMIT_DELAY_US", default_value_t = 200)]
+    /// microseconds (at most one day).
+    #[arg(long, env = "KV_GROUP_COMMIT_DELAY_US", default_value_t = 200,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_DURATION.as_micros() as u64))]
     pub group_commit_delay_us: u64,
 
     /// With --sync-policy interval: time between background syncs, in
-    /// milliseconds.
-    #[arg(long, env = "KV_SYNC_INTERVAL_MS", default_value_t = 10)]
+    /// milliseconds (0 is taken as 1; at most one day).
+    #[arg(long, env = "KV_SYNC_INTERVAL_MS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_DURATION.as_millis() as u64))]
     pub sync_interval_ms: u64,
 
     /// Size at which a write-ahead log segment is closed and a new one
@@ -111,14 +126,16 @@ pub struct Args {
     #[arg(long, env = "KV_MAX_VALUE_SIZE", default_value = "4MiB", value_parser = parse_size)]
     pub max_value_size: u64,
 
-    /// Close a connection that has sent nothing for this long.
-    #[arg(long, env = "KV_IDLE_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
+    /// Close a connection that has sent nothing for this long. More than 0,
+    /// at most one day.
+    #[arg(long, env = "KV_IDLE_TIMEOUT", default_value = "300s", value_parser = parse_timeout)]
     pub idle_timeout: Duration,
 
     /// Close a connection whose started frame has not fully arrived within
     /// this long, or that does not take a batch of responses within this
-    /// long (defends against slow, half-open and non-reading clients).
-    #[arg(long, env = "KV_FRAME_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    /// long (defends against slow, half-open and non-reading clients). More
+    /// than 0, at most one day.
+    #[arg(long, env = "KV_FRAME_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
     pub frame_timeout: Duration,
 
     /// Most requests per connection read but not yet answered; past this the
@@ -128,9 +145,19 @@ pub struct Args {
     pub max_in_flight: u32,
 
     /// On SIGINT/SIGTERM, how long to wait for connections to finish their
-    /// in-flight requests before closing the store regardless.
+    /// in-flight requests before closing the store regardless (0: do not
+    /// wait; at most one day).
     #[arg(long, env = "KV_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// Worker threads of the async runtime that serves the connections, 1
+    /// to 1024. The default is the number of CPUs minus one, at least 1:
+    /// the store's commit thread is busy too under write load and needs a
+    /// core of its own (on 2 cores, 1 worker gave about twice the durable
+    /// puts/s of 2 at 16 connections).
+    #[arg(long, env = "KV_WORKER_THREADS", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=MAX_WORKER_THREADS as i64))]
+    pub worker_threads: Option<u32>,
 }
 
 /// `--sync-policy` values.
@@ -147,6 +174,10 @@ pub enum SyncPolicyArg {
 }
 
 /// Settings of the network layer, independent of the store.
+///
+/// The timeouts should be more than zero (zero closes connections at once);
+/// a timeout too long for the clock to represent means no timeout. The
+/// `kv-server` flags accept more than zero and at most [`MAX_DURATION`].
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Most connections served at once.
@@ -220,6 +251,15 @@ impl Args {
         }
     }
 
+    /// Worker threads for the async runtime: `--worker-threads`, or else
+    /// [`default_worker_threads`].
+    pub fn worker_threads(&self) -> usize {
+        match self.worker_threads {
+            Some(n) => n as usize,
+            None => default_worker_threads(),
+        }
+    }
+
     /// Whether a request carrying a key and a value at their maximum sizes
     /// still fits in a frame. If not, such requests are refused as whole
     /// frames (and the connection closed) rather than with a per-request
@@ -235,32 +275,36 @@ fn usize_saturating(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }
 
-/// Parses a byte size: a number with an optional binary suffix
-/// (`K`, `KB`, `KiB`, `M`, ..., `G`..., case-insensitive).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, suffix) = t.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size (examples: 4096, 64KiB, 64MiB)"))?;
-    let shift = match suffix.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        other => {
-            return Err(format!(
-                "unknown size suffix `{other}` (use KiB, MiB or GiB)"
-            ));
-        }
-    };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("size `{s}` is too large"))
+/// The default number of runtime workers: one less than the CPUs, at least
+/// one, leaving a core to the store's commit thread.
+pub fn default_worker_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .saturating_sub(1)
+        .max(1)
+}
+
+/// Checks that `s` has the shape HOST:PORT (a name or an IP address, IPv6
+/// in brackets, and a port number) without resolving it: resolving happens
+/// at start-up, where a name that does not resolve is a start-up failure.
+pub fn parse_host_port(s: &str) -> Result<String, String> {
+    let usage =
+        || format!("`{s}` is not HOST:PORT (examples: 127.0.0.1:7878, localhost:7878, [::1]:7878)");
+    let (host, port) = s.rsplit_once(':').ok_or_else(usage)?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(usage());
+    }
+    let bracketed = host.starts_with('[') && host.ends_with(']');
+    if host.contains(':') && !bracketed {
+        return Err(format!(
+            "`{s}`: an IPv6 address needs brackets, as in [::1]:7878"
+        ));
+    }
+    Ok(s.to_owned())
 }
 
 /// Parses a duration: a number with an optional unit `ms`, `s` or `m`
-/// (seconds when there is none).
+/// (seconds when there is none), at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -268,32 +312,43 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = digits
         .parse()
         .map_err(|_| format!("`{s}` is not a duration (examples: 500ms, 10s, 5m)"))?;
-    match unit.trim() {
-        "ms" => Ok(Duration::from_millis(n)),
-        "" | "s" => Ok(Duration::from_secs(n)),
+    let duration = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
         "m" | "min" => n
             .checked_mul(60)
             .map(Duration::from_secs)
-            .ok_or_else(|| format!("duration `{s}` is too large")),
-        other => Err(format!("unknown duration unit `{other}` (use ms, s or m)")),
+            .ok_or_else(|| too_long(s))?,
+        other => return Err(format!("unknown duration unit `{other}` (use ms, s or m)")),
+    };
+    if duration > MAX_DURATION {
+        return Err(too_long(s));
     }
+    Ok(duration)
+}
+
+/// Parses a timeout: a duration as [`parse_duration`] reads it, more than
+/// zero.
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let duration = parse_duration(s)?;
+    if duration.is_zero() {
+        return Err(format!(
+            "`{s}`: a timeout must be more than 0 (0 would close every connection at once)"
+        ));
+    }
+    Ok(duration)
+}
+
+fn too_long(s: &str) -> String {
+    format!("duration `{s}` is too long: at most one day (86400s, 1440m)")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn sizes_parse_with_binary_suffixes() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
-        assert_eq!(parse_size("64mib"), Ok(64 << 20));
-        assert_eq!(parse_size("2 GB"), Ok(2 << 30));
-        assert_eq!(parse_size("1M"), Ok(1 << 20));
-        assert!(parse_size("").is_err());
-        assert!(parse_size("12XB").is_err());
-        assert!(parse_size("-1").is_err());
-        assert!(parse_size("99999999999999G").is_err());
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("kv-server").chain(args.iter().copied()))
     }
 
     #[test]
@@ -302,8 +357,110 @@ mod tests {
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
         assert!(parse_duration("1h").is_err());
         assert!(parse_duration("ms").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn durations_are_at_most_a_day() {
+        assert_eq!(parse_duration("86400s"), Ok(MAX_DURATION));
+        assert_eq!(parse_duration("1440m"), Ok(MAX_DURATION));
+        assert_eq!(parse_duration("86400000ms"), Ok(MAX_DURATION));
+        for long in [
+            "86401",
+            "1441m",
+            "86400001ms",
+            "18446744073709551615",
+            "18446744073709551615s",
+            "18446744073709551615m",
+            "99999999999999999999",
+        ] {
+            let err = parse_duration(long).expect_err(long);
+            assert!(
+                err.contains("at most one day") || err.contains("not a duration"),
+                "{long}: {err}"
+            );
+        }
+        for flag in ["--idle-timeout", "--frame-timeout", "--shutdown-grace"] {
+            let err = parse(&[flag, "18446744073709551615"]).expect_err(flag);
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+            assert!(err.to_string().contains("at most one day"), "{err}");
+            assert!(parse(&[flag, "1440m"]).is_ok(), "{flag} 1440m");
+        }
+        assert!(parse(&["--group-commit-delay-us", "86400000000"]).is_ok());
+        assert!(parse(&["--group-commit-delay-us", "86400000001"]).is_err());
+        assert!(parse(&["--group-commit-delay-us", "18446744073709551615"]).is_err());
+        assert!(parse(&["--sync-interval-ms", "86400000"]).is_ok());
+        assert!(parse(&["--sync-interval-ms", "86400001"]).is_err());
+    }
+
+    #[test]
+    fn zero_timeouts_are_usage_errors_but_zero_grace_is_not() {
+        assert!(parse_timeout("0").is_err());
+        assert!(parse_timeout("0ms").is_err());
+        assert_eq!(parse_timeout("1ms"), Ok(Duration::from_millis(1)));
+        for flag in ["--idle-timeout", "--frame-timeout"] {
+            let err = parse(&[flag, "0s"]).expect_err(flag);
+            assert!(err.to_string().contains("more than 0"), "{err}");
+        }
+        let args = parse(&["--shutdown-grace", "0"]).unwrap();
+        assert_eq!(args.server_config().shutdown_grace, Duration::ZERO);
+    }
+
+    #[test]
+    fn addr_takes_host_names_and_ip_addresses() {
+        for ok in [
+            "127.0.0.1:7878",
+            "localhost:7878",
+            "db.example.com:0",
+            "[::1]:7878",
+            "0.0.0.0:65535",
+        ] {
+            assert_eq!(parse_host_port(ok).as_deref(), Ok(ok));
+            assert_eq!(parse(&["--addr", ok]).unwrap().addr, ok);
+        }
+        for bad in [
+            "localhost",
+            ":7878",
+            "localhost:",
+            "localhost:http",
+            "localhost:65536",
+            "::1:7878",
+            "",
+        ] {
+            assert!(parse_host_port(bad).is_err(), "{bad:?} accepted");
+            assert!(parse(&["--addr", bad]).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn worker_threads_default_leaves_a_core_to_the_commit_thread() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let default = parse(&[]).unwrap().worker_threads();
+        assert_eq!(default, default_worker_threads());
+        assert_eq!(default, cpus.saturating_sub(1).max(1));
+        assert_eq!(
+            parse(&["--worker-threads", "3"]).unwrap().worker_threads(),
+            3
+        );
+        assert_eq!(
+            parse(&["--worker-threads", "1024"])
+                .unwrap()
+                .worker_threads(),
+            1024
+        );
+        for bad in ["0", "1025", "-1", "many"] {
+            assert!(parse(&["--worker-threads", bad]).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn max_frame_takes_sizes() {
+        let args = parse(&["--max-frame", "16MiB"]).unwrap();
+        assert_eq!(args.server_config().max_frame, 16 << 20);
+        assert!(parse(&["--max-frame", "16 furlongs"]).is_err());
     }
 
     #[test]
@@ -345,7 +502,13 @@ mod tests {
     #[test]
     fn defaults_are_documented_values() {
         let args = Args::try_parse_from(["kv-server"]).unwrap();
-        assert_eq!(args.addr.to_string(), "127.0.0.1:7878");
+        assert_eq!(args.addr, "127.0.0.1:7878");
+        assert_eq!(
+            args.server_config().max_frame,
+            kv_proto::DEFAULT_MAX_FRAME_SIZE
+        );
+        assert_eq!(args.server_config().idle_timeout, Duration::from_secs(300));
+        assert_eq!(args.server_config().frame_timeout, Duration::from_secs(10));
         assert_eq!(args.data_dir, PathBuf::from("./data"));
         assert_eq!(args.store_options().wal.sync_policy, SyncPolicy::Always);
         assert_eq!(args.store_options().checkpoint_after, Some(256 << 20));

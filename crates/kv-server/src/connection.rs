@@ -76,25 +76,20 @@ impl FrameReader {
     /// caller may drop this future (on shutdown) without losing bytes.
     pub(crate) async fn next(&mut self) -> Result<Option<Inbound>, ReadError> {
         loop {
-            match self.codec.decode(&mut self.buffer) {
-                Ok(Some(item)) => {
-                    // Bytes already buffered belong to the next frame, which
-                    // therefore started now.
-                    self.frame_started = (!self.buffer.is_empty()).then(Instant::now);
-                    return Ok(Some(item));
-                }
-                Ok(None) => {}
-                Err(CodecError::FrameTooLarge { len, max }) => {
-                    return Err(ReadError::TooLarge { len, max });
-                }
-                Err(CodecError::Io(err)) => return Err(ReadError::Io(err)),
-                Err(other) => return Err(ReadError::Io(io::Error::other(other.to_string()))),
+            if let Some(item) = self.next_buffered()? {
+                return Ok(Some(item));
             }
-            let deadline = match self.frame_started {
-                Some(started) => started + self.frame_timeout,
-                None => Instant::now() + self.idle_timeout,
+            // `timeout` rather than `timeout_at(start + limit)`: a limit too
+            // large for the clock means no limit, not an overflow panic.
+            let read = match self.frame_started {
+                Some(started) => {
+                    let left = self.frame_timeout.saturating_sub(started.elapsed());
+                    tokio::time::timeout(left, self.socket.read_buf(&mut self.buffer))
+                }
+                None => {
+                    tokio::time::timeout(self.idle_timeout, self.socket.read_buf(&mut self.buffer))
+                }
             };
-            let read = tokio::time::timeout_at(deadline, self.socket.read_buf(&mut self.buffer));
             match read.await {
                 Err(_elapsed) if self.frame_started.is_some() => return Err(ReadError::SlowFrame),
                 Err(_elapsed) => return Err(ReadError::Idle),
@@ -107,6 +102,25 @@ impl FrameReader {
                 }
                 Ok(Err(err)) => return Err(ReadError::Io(err)),
             }
+        }
+    }
+
+    /// The next whole frame already in the buffer, without reading the
+    /// socket; `Ok(None)` when the buffer holds no whole frame. On shutdown
+    /// this drains requests that were read but not yet decoded, so that they
+    /// are answered too.
+    pub(crate) fn next_buffered(&mut self) -> Result<Option<Inbound>, ReadError> {
+        match self.codec.decode(&mut self.buffer) {
+            Ok(Some(item)) => {
+                // Bytes already buffered belong to the next frame, which
+                // therefore started now.
+                self.frame_started = (!self.buffer.is_empty()).then(Instant::now);
+                Ok(Some(item))
+            }
+            Ok(None) => Ok(None),
+            Err(CodecError::FrameTooLarge { len, max }) => Err(ReadError::TooLarge { len, max }),
+            Err(CodecError::Io(err)) => Err(ReadError::Io(err)),
+            Err(other) => Err(ReadError::Io(io::Error::other(other.to_string()))),
         }
     }
 }

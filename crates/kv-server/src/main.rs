@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         .init();
 
     let result = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.worker_threads())
         .enable_all()
         .build()
         .context("cannot start the async runtime")
@@ -49,8 +50,17 @@ async fn serve(args: Args) -> anyhow::Result<()> {
              will close their connection instead of getting TOO_LARGE"
         );
     }
-    // Bind before the (possibly long) recovery, so a taken port fails fast.
-    let listener = tokio::net::TcpListener::bind(args.addr)
+    // Resolve and bind before the (possibly long) recovery, so a name that
+    // does not resolve or a taken port fails fast.
+    let candidates: Vec<std::net::SocketAddr> = tokio::net::lookup_host(args.addr.as_str())
+        .await
+        .with_context(|| format!("cannot resolve --addr {}", args.addr))?
+        .collect();
+    if candidates.is_empty() {
+        anyhow::bail!("cannot resolve --addr {}: no addresses", args.addr);
+    }
+    // The first candidate that can be bound, as `TcpListener::bind` does.
+    let listener = tokio::net::TcpListener::bind(candidates.as_slice())
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
     let addr = listener
@@ -58,7 +68,11 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .context("cannot read the bound address")?;
 
     let data_dir = args.data_dir.clone();
-    tracing::info!(data_dir = %data_dir.display(), "opening the store");
+    tracing::info!(
+        data_dir = %data_dir.display(),
+        worker_threads = args.worker_threads(),
+        "opening the store"
+    );
     let options = args.store_options();
     let dir = data_dir.clone();
     let store = tokio::task::spawn_blocking(move || KeyValueStore::open(&dir, options))

@@ -170,6 +170,10 @@ async fn serve_connection(
 /// Reads requests and queues their replies until the connection ends;
 /// returns why it ended. Dropping `replies` on return tells the writer to
 /// finish the queue and close.
+///
+/// Once `token` is cancelled it reads nothing more from the socket, but
+/// still queues the whole requests already in its buffer: they were read,
+/// so they are answered.
 async fn read_requests(
     mut reader: FrameReader,
     replies: mpsc::Sender<Reply>,
@@ -179,7 +183,16 @@ async fn read_requests(
     loop {
         let inbound = tokio::select! {
             biased;
-            () = token.cancelled() => return "shutdown",
+            () = token.cancelled() => {
+                if replies.is_closed() {
+                    // The writer is gone: nobody would get these answers.
+                    return "writer stopped";
+                }
+                match reader.next_buffered() {
+                    Ok(None) => return "shutdown",
+                    buffered => buffered,
+                }
+            }
             inbound = reader.next() => inbound,
         };
         let (reply, last) = match inbound {
