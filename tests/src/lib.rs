@@ -32,25 +32,9 @@ pub const EXIT_DEADLINE: Duration = Duration::from_secs(30);
 /// How long one CLI invocation may take.
 pub const CLI_DEADLINE: Duration = Duration::from_secs(30);
 
-/// Environment variables of the binaries that must not leak in from the
-/// shell running the tests.
-const BINARY_ENV: &[&str] = &[
-    "KV_ADDR",
-    "KV_DATA_DIR",
-    "KV_SYNC_POLICY",
-    "KV_GROUP_COMMIT_DELAY_US",
-    "KV_SYNC_INTERVAL_MS",
-    "KV_SEGMENT_SIZE",
-    "KV_CHECKPOINT_AFTER",
-    "KV_MAX_CONNECTIONS",
-    "KV_MAX_FRAME",
-    "KV_MAX_KEY_SIZE",
-    "KV_MAX_VALUE_SIZE",
-    "KV_IDLE_TIMEOUT",
-    "KV_FRAME_TIMEOUT",
-    "KV_MAX_IN_FLIGHT",
-    "KV_SHUTDOWN_GRACE",
-];
+/// Prefix of the environment variables the binaries read (`KV_ADDR`,
+/// `KV_TIMEOUT`, ...): none may leak in from the shell running the tests.
+const BINARY_ENV_PREFIX: &[u8] = b"KV_";
 
 /// The path of a binary of this workspace, next to the test executable's
 /// directory: `target/<profile>/deps/<test>` -> `target/<profile>/<name>`.
@@ -72,11 +56,14 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A `Command` for a workspace binary with the `KV_*` environment cleared.
+/// A `Command` for a workspace binary with every `KV_*` variable removed
+/// from its environment, whichever the binaries read today.
 pub fn command(name: &str) -> Command {
     let mut command = Command::new(binary(name));
-    for var in BINARY_ENV {
-        command.env_remove(var);
+    for (var, _) in std::env::vars_os() {
+        if var.as_encoded_bytes().starts_with(BINARY_ENV_PREFIX) {
+            command.env_remove(var);
+        }
     }
     command
 }
@@ -87,6 +74,8 @@ pub fn command(name: &str) -> Command {
 pub struct ServerProcess {
     child: Child,
     addr: SocketAddr,
+    /// The `--addr` it was started with.
+    listen: String,
     data_dir: PathBuf,
     args: Vec<String>,
     stderr: Arc<Mutex<String>>,
@@ -101,14 +90,19 @@ impl ServerProcess {
     /// If it exits or does not listen within [`START_DEADLINE`]; the panic
     /// message carries its stderr.
     pub fn start(data_dir: &Path, args: &[&str]) -> ServerProcess {
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        Self::start_owned(data_dir.to_path_buf(), args)
+        Self::start_on("127.0.0.1:0", data_dir, args)
     }
 
-    fn start_owned(data_dir: PathBuf, args: Vec<String>) -> ServerProcess {
+    /// As [`ServerProcess::start`], listening on `listen` (`--addr`).
+    pub fn start_on(listen: &str, data_dir: &Path, args: &[&str]) -> ServerProcess {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        Self::start_owned(listen.to_owned(), data_dir.to_path_buf(), args)
+    }
+
+    fn start_owned(listen: String, data_dir: PathBuf, args: Vec<String>) -> ServerProcess {
         let mut child = command("kv-server")
             .arg("--addr")
-            .arg("127.0.0.1:0")
+            .arg(&listen)
             .arg("--data-dir")
             .arg(&data_dir)
             .args(&args)
@@ -163,6 +157,7 @@ impl ServerProcess {
         ServerProcess {
             child,
             addr,
+            listen,
             data_dir,
             args,
             stderr,
@@ -230,7 +225,11 @@ impl ServerProcess {
     /// (on a new port). The old one must have exited.
     pub fn restart(&self) -> ServerProcess {
         assert!(self.exit.is_some(), "restart needs the old server stopped");
-        Self::start_owned(self.data_dir.clone(), self.args.clone())
+        Self::start_owned(
+            self.listen.clone(),
+            self.data_dir.clone(),
+            self.args.clone(),
+        )
     }
 }
 
@@ -524,6 +523,98 @@ pub async fn wait_until(what: &str, deadline: Duration, mut condition: impl FnMu
     }
 }
 
+/// The send and receive queues of one TCP socket as the kernel reports them
+/// (Linux, `/proc/net/tcp` and `/proc/net/tcp6`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketQueues {
+    /// Bytes written by the program that the peer has not acknowledged.
+    pub unacked: u64,
+    /// Bytes received that the program has not read yet.
+    pub unread: u64,
+}
+
+/// The queues of the socket from `local` to `remote` on this machine; `None`
+/// when there is no such connection.
+///
+/// # Errors
+/// If the kernel's table cannot be read (not Linux).
+pub fn socket_queues(
+    local: SocketAddr,
+    remote: SocketAddr,
+) -> std::io::Result<Option<SocketQueues>> {
+    let table = if local.is_ipv4() {
+        "/proc/net/tcp"
+    } else {
+        "/proc/net/tcp6"
+    };
+    let text = std::fs::read_to_string(table)?;
+    Ok(find_socket(&text, local, remote))
+}
+
+/// The queues of the `local` → `remote` line in a `/proc/net/tcp` table.
+fn find_socket(table: &str, local: SocketAddr, remote: SocketAddr) -> Option<SocketQueues> {
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (from, to, queues) = (fields.get(1)?, fields.get(2)?, fields.get(4)?);
+        if parse_proc_addr(from)? != local || parse_proc_addr(to)? != remote {
+            return None;
+        }
+        let (tx, rx) = queues.split_once(':')?;
+        Some(SocketQueues {
+            unacked: u64::from_str_radix(tx, 16).ok()?,
+            unread: u64::from_str_radix(rx, 16).ok()?,
+        })
+    })
+}
+
+/// An address as `/proc/net/tcp{,6}` prints it: the IP as 32-bit words in
+/// the kernel's byte order, in hex, then `:` and the port in hex.
+fn parse_proc_addr(text: &str) -> Option<SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let mut bytes = Vec::with_capacity(16);
+    for word in 0..ip.len() / 8 {
+        let word = u32::from_str_radix(ip.get(word * 8..word * 8 + 8)?, 16).ok()?;
+        bytes.extend_from_slice(&word.to_ne_bytes());
+    }
+    let ip: std::net::IpAddr = match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).ok()?.into(),
+        16 => <[u8; 16]>::try_from(bytes).ok()?.into(),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Waits until the server at `server` has read every byte this process
+/// sent it on the connection from `client`: the client's socket has nothing
+/// unacknowledged, and then the server's socket has nothing unread.
+///
+/// # Panics
+/// If that does not happen within `deadline`, or the kernel's socket table
+/// cannot be read.
+pub async fn wait_until_server_read_all(
+    client: SocketAddr,
+    server: SocketAddr,
+    deadline: Duration,
+) {
+    let queues = |local, remote| {
+        socket_queues(local, remote)
+            .expect("read the kernel's TCP table (/proc/net/tcp; Linux only)")
+    };
+    // In this order: bytes acknowledged by the server's kernel before the
+    // first condition held are all in its socket when the second is checked.
+    wait_until(
+        "the server to acknowledge every byte sent",
+        deadline,
+        || queues(client, server).is_some_and(|q| q.unacked == 0),
+    )
+    .await;
+    wait_until("the server to read every byte sent", deadline, || {
+        queues(server, client).is_some_and(|q| q.unread == 0)
+    })
+    .await;
+}
+
 /// A connection that speaks frames directly, for pipelining and bad input.
 #[derive(Debug)]
 pub struct RawConnection {
@@ -660,6 +751,66 @@ mod tests {
             Some("127.0.0.1:40123".parse().unwrap())
         );
         assert_eq!(parse_listening("opening the store"), None);
+    }
+
+    #[test]
+    fn proc_net_tcp_lines_parse() {
+        // A listener and both ends of one connection with 5000 bytes unread
+        // (little-endian x86 prints 127.0.0.1 as 0100007F).
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:C25B 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 33274 1
+   2: 0100007F:C25B 0100007F:CFE2 01 00000000:00001388 00:00000000 00000000     0        0 33276 1
+   3: 0100007F:CFE2 0100007F:C25B 01 00000010:00000000 00:00000000 00000000     0        0 33275 2
+";
+        if cfg!(target_endian = "little") {
+            let server: SocketAddr = "127.0.0.1:49755".parse().unwrap();
+            let client: SocketAddr = "127.0.0.1:53218".parse().unwrap();
+            assert_eq!(
+                find_socket(table, server, client),
+                Some(SocketQueues {
+                    unacked: 0,
+                    unread: 5000
+                })
+            );
+            assert_eq!(
+                find_socket(table, client, server),
+                Some(SocketQueues {
+                    unacked: 16,
+                    unread: 0
+                })
+            );
+            assert_eq!(find_socket(table, client, client), None);
+        }
+        let v6 = parse_proc_addr("00000000000000000000000001000000:1F90");
+        if cfg!(target_endian = "little") {
+            assert_eq!(v6, Some("[::1]:8080".parse().unwrap()));
+        }
+        assert_eq!(parse_proc_addr("zz:1F90"), None);
+    }
+
+    #[test]
+    fn socket_queues_see_unread_bytes() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let (local, remote) = (server.local_addr().unwrap(), server.peer_addr().unwrap());
+        assert_eq!(
+            socket_queues(local, remote).unwrap().map(|q| q.unread),
+            Some(0)
+        );
+        client.write_all(&[7; 100]).unwrap();
+        // Loopback delivers at once, but poll rather than assume it.
+        let until = Instant::now() + Duration::from_secs(10);
+        while socket_queues(local, remote).unwrap().map(|q| q.unread) != Some(100) {
+            assert!(Instant::now() < until, "100 unread bytes never showed");
+            thread::sleep(Duration::from_millis(5));
+        }
+        let mut got = [0; 100];
+        server.read_exact(&mut got).unwrap();
+        assert_eq!(
+            socket_queues(local, remote).unwrap().map(|q| q.unread),
+            Some(0)
+        );
     }
 
     #[test]
