@@ -3,8 +3,8 @@
 //!
 //! Callers ([`KeyValueStore::submit_put`](crate::KeyValueStore::submit_put)
 //! and `submit_delete`) validate and encode their write in their own thread
-//! and queue it on a channel. The commit thread takes everything queued (up
-//! to a cap), and for that whole batch:
+//! and queue it on a channel. The commit thread gathers a batch (below), and
+//! for that whole batch:
 //!
 //! 1. decides which deletes write anything (a delete of a key that is absent,
 //!    after the earlier writes of the same batch, writes nothing);
@@ -12,13 +12,35 @@
 //!    appender, and appends the batch with one `Wal::append_batch`: under
 //!    `SyncPolicy::Always` one write and one fdatasync for all writers queued
 //!    meanwhile, which is group commit across connections;
-//! 3. applies the batch to the map in LSN order, under the write lock;
+//! 3. applies each record of the batch to the map in LSN order, under the
+//!    write lock, with [`State::apply`](crate::state::State::apply): the
+//!    application of a durable log operation that replay shares (it applies
+//!    in bulk, with the same result; see the `state` module);
 //! 4. completes the callers' [`Pending`]s.
 //!
 //! So the log comes first, then memory, then the acknowledgement, and a
 //! reader never sees a write that a crash could take back. Steps 2 and 3 run
 //! under the commit lock, which a checkpoint takes to find a point where the
 //! log and the map agree.
+//!
+//! # Gathering a batch, and `SyncPolicy::GroupCommit`
+//!
+//! The thread blocks until a write arrives, then takes what else is queued,
+//! up to [`MAX_BATCH_OPS`] writes or [`MAX_BATCH_BYTES`] of records. Under
+//! every policy but one it takes only what is already queued: no timer, so
+//! a lone writer is committed at once, and writers that arrive during a
+//! sync form the next batch.
+//!
+//! `SyncPolicy::GroupCommit { max_delay }` is carried out here, where the
+//! writers queue, and not by the log: since this thread is the log's only
+//! appender, a log-level group leader waiting `max_delay` for company would
+//! always wait alone, adding latency without ever growing the group. So the
+//! store opens the log with `SyncPolicy::Always` ([`log_options`]), and
+//! after receiving the first write of a batch this thread keeps receiving
+//! until `max_delay` after that first arrival, or until the batch is full,
+//! and commits everything gathered with one append and one fdatasync. Each
+//! write may wait up to `max_delay` longer; under load, syncs are fewer and
+//! larger.
 //!
 //! A failed append is fail-stop: the store records the reason, every write of
 //! that batch and every later one fails with [`Error::Unavailable`], and reads
@@ -28,22 +50,41 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
-use wal_core::Lsn;
+use wal_core::{Lsn, SyncPolicy, WalOptions};
 
 use crate::checkpoint;
 use crate::error::{Error, Result};
 use crate::record;
-use crate::state::Entry;
+use crate::state::{Entry, Op};
 use crate::store::{Shared, lock, read, write};
 
 /// Most writes in one batch.
 const MAX_BATCH_OPS: usize = 4096;
 /// Most record bytes in one batch (a batch may exceed it by one record).
 const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// The options to open the log with, for the store's `wal` options, and how
+/// long the commit thread gathers a batch after its first write (`None`:
+/// it takes only what is queued). `SyncPolicy::GroupCommit { max_delay }`
+/// becomes `SyncPolicy::Always` plus a gathering window of `max_delay`; see
+/// the module docs for why.
+pub(crate) fn log_options(wal: &WalOptions) -> (WalOptions, Option<Duration>) {
+    match wal.sync_policy {
+        SyncPolicy::GroupCommit { max_delay } => (
+            WalOptions {
+                sync_policy: SyncPolicy::Always,
+                ..wal.clone()
+            },
+            Some(max_delay).filter(|d| !d.is_zero()),
+        ),
+        SyncPolicy::Always | SyncPolicy::Interval { .. } | SyncPolicy::Never => (wal.clone(), None),
+    }
+}
 
 /// A message to the commit thread.
 pub(crate) enum Command {
@@ -148,11 +189,15 @@ impl<T> Future for Pending<T> {
 }
 
 /// The commit thread's body: runs until a `Close` arrives or every sender is
-/// gone (the last store handle dropped), then syncs the log.
-pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Command>) {
+/// gone (the last store handle dropped), then syncs the log. `gather` is the
+/// window of `SyncPolicy::GroupCommit` ([`log_options`]).
+pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Command>, gather: Option<Duration>) {
     let mut batch: Vec<Command> = Vec::with_capacity(MAX_BATCH_OPS);
     let mut close = None;
     while let Ok(first) = rx.recv() {
+        // `Some(None)`: a window too long to represent ends only when the
+        // batch is full.
+        let deadline = gather.map(|window| Instant::now().checked_add(window));
         let mut bytes = 0;
         let mut next = Some(first);
         while let Some(cmd) = next.take() {
@@ -165,8 +210,16 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Command>) {
             if batch.len() >= MAX_BATCH_OPS || bytes >= MAX_BATCH_BYTES {
                 break;
             }
-            // Empty or disconnected: commit what we have.
-            next = rx.try_recv().ok();
+            next = match (rx.try_recv(), deadline) {
+                (Ok(cmd), _) => Some(cmd),
+                // Disconnected, or empty with no window: commit what we have.
+                (Err(TryRecvError::Disconnected), _) | (Err(TryRecvError::Empty), None) => None,
+                // Empty within a window: wait for more until it closes.
+                (Err(TryRecvError::Empty), Some(Some(deadline))) => rx
+                    .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                    .ok(),
+                (Err(TryRecvError::Empty), Some(None)) => rx.recv().ok(),
+            };
         }
         if !batch.is_empty() {
             commit(&shared, &mut batch);
@@ -297,12 +350,16 @@ fn commit(shared: &Shared, batch: &mut Vec<Command>) {
                 Command::Put {
                     entry, done: tx, ..
                 } => {
-                    state.put(entry);
-                    done.push(Done::Put(tx, lsn.unwrap_or(0)));
+                    // Every put has an LSN (it always writes); without one,
+                    // dropping `tx` would fail it as unavailable.
+                    if let Some(lsn) = lsn {
+                        state.apply(Op::Put(entry), lsn);
+                        done.push(Done::Put(tx, lsn));
+                    }
                 }
                 Command::Delete { key, done: tx, .. } => {
-                    if lsn.is_some() {
-                        state.delete(&key);
+                    if let Some(lsn) = lsn {
+                        state.apply(Op::Delete(&key), lsn);
                     }
                     done.push(Done::Delete(tx, lsn));
                 }
@@ -310,9 +367,6 @@ fn commit(shared: &Shared, batch: &mut Vec<Command>) {
                     let _ = tx.send(Ok(()));
                 }
             }
-        }
-        if next > first {
-            state.set_applied(next - 1);
         }
     }
     drop(commit_guard);

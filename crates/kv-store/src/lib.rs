@@ -46,6 +46,20 @@
 //! writes submitted from one thread commit in submission order, which lets a
 //! connection pipeline.
 //!
+//! [`SyncPolicy::GroupCommit`] is carried out by the commit thread, where
+//! writers queue, not by the log (whose only appender is that thread): the
+//! log is opened with `Always`, and after the first write of a batch arrives
+//! the thread keeps gathering writes for up to `max_delay` (or until the
+//! batch is full) before committing them with one write and one fdatasync.
+//! See [`StoreOptions::wal`].
+//!
+//! Applying durable log operations to the map has one home, kept apart from
+//! producing log records so that the records can later come from a
+//! consensus log instead: the commit thread applies each record it has made
+//! durable with one function, `State::apply`, and recovery applies the
+//! records it replays in bulk, in a way that ends in the same state as that
+//! function on each record in turn (tested) and calls it for short runs.
+//!
 //! Why a commit thread and a future rather than a blocking `put`: an async
 //! server must not block a runtime worker on fsync. A [`Pending`] is a
 //! future completed by the commit thread (a `tokio::sync::oneshot`, which
@@ -72,7 +86,7 @@
 //!
 //! [`KeyValueStore::checkpoint`] is fuzzy and does not stop writers: under
 //! the commit lock it rotates the log and notes `n`, the last applied LSN;
-//! then it copies the map in chunks of 4096 entries, one read-lock
+//! then it copies the map in chunks of 1024 entries, one read-lock
 //! acquisition per chunk, so writes keep committing between chunks. The copy
 //! may thus hold writes later than `n`. That is harmless because recovery
 //! replays every record after `n`, and replay is idempotent per key (a put
@@ -85,7 +99,10 @@
 //! The file is then synced, renamed into place and the directory synced;
 //! only then does the log drop its segments below `n + 1`, and older
 //! snapshots are deleted. They are not kept as a fallback: once the log is
-//! cut at the new snapshot an older one could not be replayed forward.
+//! cut at the new snapshot an older one could not be replayed forward. The
+//! checkpoint has succeeded once the log is cut: an older snapshot that
+//! cannot be deleted then is logged as a warning and left for the next
+//! checkpoint to delete (recovery reads the newest valid snapshot anyway).
 //! One checkpoint runs at a time. An automatic one starts in a background
 //! thread when the log outgrows [`StoreOptions::checkpoint_after`].
 //!
@@ -129,7 +146,9 @@ pub struct RecoveryInfo {
     pub snapshot_entries: u64,
     /// WAL entries replayed after it.
     pub replayed: u64,
-    /// Wall time of the whole recovery.
+    /// Wall time of the whole recovery: opening the log (which scans every
+    /// segment and cuts a torn tail), loading the snapshot, replaying the
+    /// log after it.
     pub duration: Duration,
     /// Warnings from the WAL and snapshot recovery.
     pub warnings: Vec<String>,

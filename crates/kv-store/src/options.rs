@@ -9,6 +9,21 @@ use crate::record;
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     /// Options of the write-ahead log (sync policy, segment size, ...).
+    ///
+    /// [`SyncPolicy::GroupCommit`](wal_core::SyncPolicy::GroupCommit)
+    /// (`max_delay`) is carried out by the store rather than handed to the
+    /// log. The store's commit thread is the log's only appender (one
+    /// `Wal::append_batch` per batch), so a log whose group leader waits
+    /// `max_delay` for company would wait alone. The log is therefore opened
+    /// with [`SyncPolicy::Always`](wal_core::SyncPolicy::Always), and the
+    /// commit thread, after receiving the first write of a batch, keeps gathering
+    /// writes until `max_delay` after that first arrival (or until the batch
+    /// holds 4096 writes or 4 MiB of records), then makes them all durable
+    /// with one write and one fdatasync. Every write may wait up to
+    /// `max_delay` longer; under load, syncs are fewer and larger. A
+    /// `max_delay` of zero is `Always`. Under `Always` itself the commit
+    /// thread takes only what is already queued, with no timer: writers that
+    /// arrive during a sync share the next one.
     pub wal: WalOptions,
     /// Largest key accepted, in bytes.
     pub max_key_size: usize,

@@ -15,15 +15,14 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use wal_core::{Lsn, Vfs, Wal, WalIter};
 
 use crate::RecoveryInfo;
 use crate::error::{Error, Result};
-use crate::record::{self, OpRef};
+use crate::record;
 use crate::snapshot::{self, FileKind};
-use crate::state::{Change, Entry, State};
+use crate::state::{Change, Entry, Op, State};
 
 /// Why the log cannot be replayed forward from `seq`, or `None` if it can:
 /// it must hold every record after `seq` that was ever written.
@@ -51,13 +50,13 @@ fn log_gap(wal: &Wal, seq: Lsn) -> Option<String> {
 }
 
 /// Recovers the state from the snapshot directory and the (already opened)
-/// log.
+/// log. The caller, which also opened the log, fills in
+/// [`RecoveryInfo::duration`].
 pub(crate) fn recover(
     vfs: &Arc<dyn Vfs>,
     snapshot_dir: &Path,
     wal: &Wal,
 ) -> Result<(State, RecoveryInfo)> {
-    let started = Instant::now();
     let mut info = RecoveryInfo {
         warnings: wal.recovery_report().warnings.clone(),
         ..RecoveryInfo::default()
@@ -125,7 +124,6 @@ pub(crate) fn recover(
     info.snapshot_seq = seq;
 
     info.replayed = replay(wal, seq, &mut state)?;
-    info.duration = started.elapsed();
     Ok((state, info))
 }
 
@@ -148,12 +146,15 @@ fn unusable(damaged: &[(Lsn, String)], seq: Lsn, gap: &str) -> String {
 /// Applies every log record after `seq` to `state`; returns how many.
 ///
 /// Records are read without copying ([`wal_core::WalIter::next_ref`]; each
-/// checksum is still verified), each one's key and value go straight into
-/// the one allocation of its [`Entry`], and the state takes them all at once
-/// ([`State::apply_batch`]), in LSN order. Segments are read and decoded in
-/// parallel, one thread per core at most; the log checks that each
-/// segment's records are exactly its LSN range. Nothing is applied if any
-/// record is bad: open fails then anyway, with the first error in LSN order.
+/// checksum is still verified) and decoded into an [`Op`]; each one's key
+/// and value go straight into the one allocation of its [`Entry`], and the
+/// state applies them all at once, in LSN order, with
+/// [`State::apply_batch`] (or [`State::apply_ascending_puts`]), which give
+/// the state that [`State::apply`] on each gives. Segments are read and
+/// decoded in parallel, one thread per core at most; the log checks that
+/// each segment's records are exactly its LSN range. Nothing is applied if
+/// any record is bad: open fails then anyway, with the first error in LSN
+/// order.
 fn replay(wal: &Wal, seq: Lsn, state: &mut State) -> Result<u64> {
     let parts = wal.iter_from(seq + 1)?.split_by_segment();
     let threads = std::thread::available_parallelism()
@@ -180,6 +181,7 @@ fn replay(wal: &Wal, seq: Lsn, state: &mut State) -> Result<u64> {
         expected += part.entries.len() as u64;
         parts.push(part);
     }
+    let count = expected - 1 - seq;
     // The common case of replay from an empty state: puts of ascending
     // keys (each worker checked its segment while the entries were hot in
     // its cache; here only the boundaries). The entries are then the state
@@ -194,13 +196,13 @@ fn replay(wal: &Wal, seq: Lsn, state: &mut State) -> Result<u64> {
             });
     if ascending {
         let bytes = parts.iter().map(|p| p.bytes).sum();
-        let mut entries = Vec::with_capacity((expected - 1 - seq) as usize);
+        let mut entries = Vec::with_capacity(count as usize);
         for part in parts {
             entries.extend(part.entries);
         }
-        *state = State::from_sorted_with_bytes(entries, bytes);
+        state.apply_ascending_puts(seq + 1, entries, bytes);
     } else {
-        let mut changes = Vec::with_capacity((expected - 1 - seq) as usize);
+        let mut changes = Vec::with_capacity(count as usize);
         for part in parts {
             let mut deletes = part.deletes.into_iter().peekable();
             for (i, entry) in part.entries.into_iter().enumerate() {
@@ -211,10 +213,9 @@ fn replay(wal: &Wal, seq: Lsn, state: &mut State) -> Result<u64> {
                 });
             }
         }
-        state.apply_batch(changes);
+        state.apply_batch(seq + 1, changes);
     }
-    state.set_applied(expected - 1);
-    Ok(expected - 1 - seq)
+    Ok(count)
 }
 
 /// One segment's records, decoded.
@@ -253,9 +254,12 @@ fn decode_part(mut iter: WalIter) -> Result<Decoded> {
                 reason: format!("expected LSN {want} next"),
             });
         }
-        let (entry, delete) = record::decode_with(rec.lsn, rec.data, |op| match op {
-            OpRef::Put { key, value } => (Entry::new(key, value), false),
-            OpRef::Delete { key } => (Entry::new(key, &[]), true),
+        // The entry is kept past this record's buffer, so a delete's key is
+        // copied too (as an entry with an empty value): one allocation per
+        // record either way.
+        let (entry, delete) = record::decode_with(rec.lsn, rec.data, |op| match Op::from(op) {
+            Op::Put(entry) => (entry, false),
+            Op::Delete(key) => (Entry::new(key, &[]), true),
         })?;
         if delete {
             part.deletes.push(part.entries.len());
@@ -343,24 +347,27 @@ mod tests {
                     ..WalOptions::default()
                 };
                 let wal = Wal::open(dir.path(), options).unwrap();
-                let mut expected = State::default();
-                let mut replayed = State::default();
-                for i in 0..initial {
-                    let key = format!("k{:03}", i * 2);
-                    expected.put(Entry::new(key.as_bytes(), b"old"));
-                    replayed.put(Entry::new(key.as_bytes(), b"old"));
-                }
-                for (n, (put, key)) in ops.iter().enumerate() {
+                // The state of a snapshot of LSN 0 (a fresh log begins at 1).
+                let snapshot = || {
+                    State::from_sorted(
+                        (0..initial)
+                            .map(|i| Entry::new(format!("k{:03}", i * 2).as_bytes(), b"old"))
+                            .collect(),
+                    )
+                };
+                let mut expected = snapshot();
+                let mut replayed = snapshot();
+                for (n, (put, key)) in (1..).zip(&ops) {
                     let value = format!("v{n}");
                     let mut buf = if *put {
-                        expected.put(Entry::new(key.as_bytes(), value.as_bytes()));
+                        expected.apply(Op::Put(Entry::new(key.as_bytes(), value.as_bytes())), n);
                         record::encode_put(key.as_bytes(), value.as_bytes())
                     } else {
-                        expected.delete(key.as_bytes());
+                        expected.apply(Op::Delete(key.as_bytes()), n);
                         record::encode_delete(key.as_bytes())
                     };
-                    let start = record::fill_seq(&mut buf, n as u64 + 1);
-                    assert_eq!(wal.append(&buf[start..]).unwrap(), n as u64 + 1);
+                    let start = record::fill_seq(&mut buf, n);
+                    assert_eq!(wal.append(&buf[start..]).unwrap(), n);
                 }
                 assert!(wal.iter_from(1).unwrap().split_by_segment().len() > 3);
                 assert_eq!(replay(&wal, 0, &mut replayed).unwrap(), ops.len() as u64);

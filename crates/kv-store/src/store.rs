@@ -131,14 +131,19 @@ impl KeyValueStore {
         options: StoreOptions,
         vfs: Arc<dyn Vfs>,
     ) -> Result<Self> {
+        // RecoveryInfo::duration covers all of recovery, including the log's
+        // own (Wal::open scans every segment).
+        let started = Instant::now();
         options.validate()?;
         let dir = dir.as_ref();
         let snapshot_dir = dir.join("snapshots");
         vfs.create_dir_all(&snapshot_dir)
             .map_err(|e| Error::io("create snapshot directory", &snapshot_dir, e))?;
         // Opening the log first takes its directory lock, which then guards
-        // the snapshot directory too.
-        let wal = Wal::open_with_vfs(dir.join("wal"), options.wal.clone(), Arc::clone(&vfs))?;
+        // the snapshot directory too. GroupCommit is the commit thread's job
+        // (see `commit::log_options`): the log gets Always.
+        let (wal_options, gather) = commit::log_options(&options.wal);
+        let wal = Wal::open_with_vfs(dir.join("wal"), wal_options, Arc::clone(&vfs))?;
         // Make the entries "wal" and "snapshots" durable, and the store's own
         // directory in its parent (it may just have been created). Ancestors
         // further up are the operator's: they are expected to exist durably.
@@ -153,7 +158,8 @@ impl KeyValueStore {
                 .map_err(|e| Error::io("sync parent directory", parent, e))?;
         }
 
-        let (state, recovery) = recovery::recover(&vfs, &snapshot_dir, &wal)?;
+        let (state, mut recovery) = recovery::recover(&vfs, &snapshot_dir, &wal)?;
+        recovery.duration = started.elapsed();
         tracing::info!(
             dir = %dir.display(),
             snapshot_seq = recovery.snapshot_seq,
@@ -183,7 +189,7 @@ impl KeyValueStore {
         let for_thread = Arc::clone(&shared);
         let commit_thread = std::thread::Builder::new()
             .name("kv-commit".into())
-            .spawn(move || commit::run(for_thread, rx))
+            .spawn(move || commit::run(for_thread, rx, gather))
             .map_err(|e| Error::io("start commit thread", dir, e))?;
         Ok(KeyValueStore {
             inner: Arc::new(Inner {

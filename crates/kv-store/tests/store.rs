@@ -1,14 +1,15 @@
 //! Behaviour of the store through its public API: reads and writes, limits,
 //! reopen, snapshots and their fallback rules, automatic checkpoints,
-//! checkpoints that do not stop writers, fail-stop.
+//! checkpoints that do not stop writers, group commit, fail-stop.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use kv_store::{Error, KeyValueStore, StoreOptions, SyncPolicy, WalOptions};
+use kv_store::{Error, KeyValueStore, StoreOptions, SyncPolicy, Vfs, WalOptions};
 use wal_core::sim::{Op, SimFs};
+use wal_core::{DirLock, VfsFile};
 
 fn options() -> StoreOptions {
     StoreOptions {
@@ -415,37 +416,54 @@ fn puts_complete_while_a_checkpoint_of_a_large_store_runs() {
         p.wait().unwrap();
     }
 
-    let done = Arc::new(AtomicBool::new(false));
-    let checkpointer = {
-        let store = store.clone();
-        let done = Arc::clone(&done);
-        std::thread::spawn(move || {
-            let seq = store.checkpoint();
-            done.store(true, Ordering::SeqCst);
-            seq
+    // The checkpoint's temporary snapshot file appears once the checkpoint
+    // has fixed its LSN (and rotated the log) and is about to copy the map:
+    // the start signal.
+    let snapshots = dir.path().join("snapshots");
+    let checkpoint_in_progress = || {
+        std::fs::read_dir(&snapshots).unwrap().any(|e| {
+            e.unwrap()
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.ends_with(".tmp"))
         })
     };
-    // Wait until the checkpoint has begun: it rotated the log, so the WAL
-    // shrinks to nothing only after it finishes; we watch its flag instead.
+    assert!(!checkpoint_in_progress());
+    let checkpointer = {
+        let store = store.clone();
+        std::thread::spawn(move || store.checkpoint())
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut completed_during = 0u32;
+    while !checkpoint_in_progress() {
+        assert!(
+            !checkpointer.is_finished(),
+            "the checkpoint ended before its temporary file was seen"
+        );
+        assert!(Instant::now() < deadline, "the checkpoint did not start");
+        std::thread::yield_now();
+    }
+    // Puts submitted after the start signal, counted if the checkpoint had
+    // still not returned once they were acknowledged.
+    let mut during = Vec::new();
     let mut i = 0u32;
-    while !done.load(Ordering::SeqCst) {
-        assert!(Instant::now() < deadline);
-        store.put(format!("new{i}").as_bytes(), b"x").unwrap();
+    loop {
+        assert!(Instant::now() < deadline, "the checkpoint did not finish");
+        let lsn = store.put(format!("new{i}").as_bytes(), b"x").unwrap();
         i += 1;
-        // Counted only if the checkpoint was still running after the put
-        // was acknowledged.
-        if !done.load(Ordering::SeqCst) {
-            completed_during += 1;
+        if checkpointer.is_finished() {
+            break;
         }
+        during.push(lsn);
     }
     let seq = checkpointer.join().unwrap().unwrap();
     assert!(
-        completed_during >= 10,
-        "only {completed_during} puts completed during the checkpoint"
+        during.len() >= 10,
+        "only {} puts completed during the checkpoint",
+        during.len()
     );
-    assert!(seq >= 200_000);
+    assert_eq!(seq, 200_000);
+    // They are writes after the snapshot's LSN: not waiting for it.
+    assert!(during.iter().all(|&lsn| lsn > seq), "{during:?}");
     // Every write, during the checkpoint or not, survives a reopen from the
     // snapshot plus the log after it.
     let expected = store.stats();
@@ -463,6 +481,179 @@ fn puts_complete_while_a_checkpoint_of_a_large_store_runs() {
             Some(&b"x"[..])
         );
     }
+}
+
+/// A file system that refuses to delete finished snapshots while `refuse`
+/// is set, and passes everything else to `inner`.
+#[derive(Debug)]
+struct SnapshotsStick {
+    inner: Arc<dyn Vfs>,
+    refuse: AtomicBool,
+}
+
+impl Vfs for SnapshotsStick {
+    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        self.inner.create_dir_all(path)
+    }
+    fn list_dir(&self, path: &Path) -> std::io::Result<Vec<String>> {
+        self.inner.list_dir(path)
+    }
+    fn create_new(&self, path: &Path) -> std::io::Result<Box<dyn VfsFile>> {
+        self.inner.create_new(path)
+    }
+    fn open_read(&self, path: &Path) -> std::io::Result<Box<dyn VfsFile>> {
+        self.inner.open_read(path)
+    }
+    fn open_write(&self, path: &Path) -> std::io::Result<Box<dyn VfsFile>> {
+        self.inner.open_write(path)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        if self.refuse.load(Ordering::SeqCst) && path.extension().is_some_and(|e| e == "snap") {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "snapshot deletion refused by the test",
+            ));
+        }
+        self.inner.remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+        self.inner.sync_dir(path)
+    }
+    fn lock_dir(&self, path: &Path) -> std::io::Result<Box<dyn DirLock>> {
+        self.inner.lock_dir(path)
+    }
+}
+
+#[test]
+fn a_checkpoint_that_cannot_delete_an_old_snapshot_still_succeeds() {
+    let fs = SimFs::new();
+    let vfs = Arc::new(SnapshotsStick {
+        inner: fs.shared(),
+        refuse: AtomicBool::new(false),
+    });
+    let snapshots = |vfs: &SnapshotsStick| {
+        let mut names = vfs.list_dir(Path::new("/db/snapshots")).unwrap();
+        names.sort();
+        names
+    };
+    let name = |seq: u64| format!("snapshot-{seq:020}.snap");
+    let store = KeyValueStore::open_with_vfs("/db", options(), vfs.clone()).unwrap();
+    store.put(b"a", b"1").unwrap();
+    assert_eq!(store.checkpoint().unwrap(), 1);
+
+    // The new snapshot is durable and the log cut; only the old snapshot's
+    // deletion fails. The checkpoint succeeded, and is counted.
+    vfs.refuse.store(true, Ordering::SeqCst);
+    store.put(b"b", b"2").unwrap();
+    assert_eq!(store.checkpoint().unwrap(), 2);
+    assert_eq!(store.stats().snapshots_taken, 2);
+    assert_eq!(snapshots(&vfs), vec![name(1), name(2)]);
+    drop(store);
+
+    // Recovery takes the newest snapshot; the leftover is harmless.
+    let store = KeyValueStore::open_with_vfs("/db", options(), vfs.clone()).unwrap();
+    let info = store.recovery();
+    assert_eq!((info.snapshot_seq, info.replayed), (2, 0));
+    assert_eq!(store.get(b"a").as_deref(), Some(&b"1"[..]));
+    assert_eq!(store.get(b"b").as_deref(), Some(&b"2"[..]));
+
+    // The next checkpoint that can delete removes the leftover too.
+    vfs.refuse.store(false, Ordering::SeqCst);
+    store.put(b"c", b"3").unwrap();
+    assert_eq!(store.checkpoint().unwrap(), 3);
+    assert_eq!(snapshots(&vfs), vec![name(3)]);
+}
+
+fn group_commit(max_delay: Duration) -> StoreOptions {
+    StoreOptions {
+        wal: WalOptions {
+            sync_policy: SyncPolicy::GroupCommit { max_delay },
+            // One segment for the whole test: no rotation adds writes.
+            segment_size: 1 << 20,
+            ..WalOptions::default()
+        },
+        ..options()
+    }
+}
+
+/// Under GroupCommit the commit thread, not the log, gathers the group: the
+/// writes of many threads, queued one after another while the window is
+/// open, go to the log in one write with one fdatasync. And the log itself
+/// does not wait again (it is opened with Always): once the window closes
+/// (here by `close`, long before `max_delay`) the group is durable at once.
+#[test]
+fn group_commit_gathers_the_writes_of_many_threads_into_one_write_and_sync() {
+    const THREADS: usize = 8;
+    const EACH: u32 = 5;
+    let fs = SimFs::new();
+    let window = Duration::from_secs(20);
+    let store = KeyValueStore::open_with_vfs("/db", group_commit(window), fs.shared()).unwrap();
+    let (writes, syncs) = (fs.op_count(Op::Write), fs.op_count(Op::SyncData));
+    let submitted = Barrier::new(THREADS + 1);
+    let pending = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (store, submitted) = (&store, &submitted);
+                scope.spawn(move || {
+                    let pending: Vec<_> = (0..EACH)
+                        .map(|i| {
+                            store
+                                .submit_put(format!("t{t}-{i}").as_bytes(), b"v")
+                                .unwrap()
+                        })
+                        .collect();
+                    submitted.wait();
+                    pending
+                })
+            })
+            .collect();
+        submitted.wait();
+        // Everything is queued, the window is open: nothing is written yet.
+        assert_eq!(fs.op_count(Op::Write), writes);
+        let closing = Instant::now();
+        store.close().unwrap();
+        assert!(
+            closing.elapsed() < window / 2,
+            "the group waited again in the log: {:?}",
+            closing.elapsed()
+        );
+        threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let mut lsns: Vec<u64> = pending.into_iter().map(|p| p.wait().unwrap()).collect();
+    lsns.sort_unstable();
+    assert_eq!(lsns, (1..=THREADS as u64 * EACH as u64).collect::<Vec<_>>());
+    assert_eq!(fs.op_count(Op::Write) - writes, 1, "log writes");
+    assert_eq!(fs.op_count(Op::SyncData) - syncs, 1, "fdatasyncs");
+    assert_eq!(store.stats().keys, THREADS as u64 * EACH as u64);
+}
+
+/// The window closes by itself `max_delay` after the first write of a
+/// batch arrived (not before), and takes along what came meanwhile.
+#[test]
+fn group_commit_commits_max_delay_after_the_first_write() {
+    let fs = SimFs::new();
+    let window = Duration::from_millis(300);
+    let store = KeyValueStore::open_with_vfs("/db", group_commit(window), fs.shared()).unwrap();
+    let (writes, syncs) = (fs.op_count(Op::Write), fs.op_count(Op::SyncData));
+    let submitted = Instant::now();
+    let first = store.submit_put(b"a", b"1").unwrap();
+    let second = store.submit_put(b"b", b"2").unwrap();
+    assert_eq!(first.wait().unwrap(), 1);
+    assert!(submitted.elapsed() >= window, "{:?}", submitted.elapsed());
+    assert_eq!(second.wait().unwrap(), 2);
+    assert_eq!(fs.op_count(Op::Write) - writes, 1, "log writes");
+    assert_eq!(fs.op_count(Op::SyncData) - syncs, 1, "fdatasyncs");
+    // The next write opens a window of its own.
+    let submitted = Instant::now();
+    assert_eq!(store.put(b"c", b"3").unwrap(), 3);
+    assert!(submitted.elapsed() >= window, "{:?}", submitted.elapsed());
+    assert_eq!(fs.op_count(Op::Write) - writes, 2, "log writes");
 }
 
 #[test]
