@@ -71,15 +71,16 @@ pub struct Args {
 
     /// When a write is acknowledged relative to durability: `always`
     /// (fdatasync before the reply; concurrent writes share syncs), `group`
-    /// (as always, but a sync leader waits up to --group-commit-delay-us to
-    /// gather more writes), `interval` (synced every --sync-interval-ms; a
+    /// (as always, but the store gathers writes for --group-commit-delay-us
+    /// after the first of a batch, then syncs them together), `interval` (synced every --sync-interval-ms; a
     /// crash may lose that much), `never` (left to the OS; a crash may lose
     /// anything not yet written back).
     #[arg(long, env = "KV_SYNC_POLICY", value_enum, default_value_t = SyncPolicyArg::Always)]
     pub sync_policy: SyncPolicyArg,
 
-    /// With --sync-policy group: longest a sync leader waits for company, in
-    /// microseconds (at most one day).
+    /// With --sync-policy group: how long the store gathers writes after the
+    /// first of a batch before syncing them together, in microseconds (at
+    /// most one day).
     #[arg(long, env = "KV_GROUP_COMMIT_DELAY_US", default_value_t = 200,
           value_parser = clap::value_parser!(u64).range(0..=MAX_DURATION.as_micros() as u64))]
     pub group_commit_delay_us: u64,
