@@ -398,7 +398,11 @@ fn failed_removes_and_renames() {
     // kv-store's snapshots are where renames happen, and its checkpoint
     // crash test fails each of them). If the log starts to rename, this
     // says so, and the sweep above covers it.
-    assert_eq!(sweep(Op::Rename), 0, "the log renames now: assert its sweep");
+    assert_eq!(
+        sweep(Op::Rename),
+        0,
+        "the log renames now: assert its sweep"
+    );
 }
 
 #[test]
