@@ -217,7 +217,10 @@ async fn run_command(connection: &ConnectionArgs, command: Command) -> Result<()
             let page = client.keys(os_bytes(prefix), limit).await.map_err(fail)?;
             output::keys(&page.keys, terminal)?;
             if page.truncated {
-                eprintln!("kv-client: more keys match; raise --limit to see them");
+                eprintln!(
+                    "kv-client: more keys match (the listing stops at --limit, or where one \
+                     answer would exceed the server's --max-frame); narrow --prefix to see them"
+                );
             }
             Ok(())
         }

@@ -29,13 +29,22 @@ pub(crate) struct Shared {
     /// Set once the first write failed because the log is unusable, so that
     /// the failure is logged once at ERROR instead of once per request.
     write_failure_logged: AtomicBool,
+    /// Most key bytes one `keys` answer lists: what fits in a frame, so a
+    /// listing of a large store is cut short (`truncated`) instead of being
+    /// copied whole under the map's lock and then refused as TOO_LARGE.
+    keys_budget: usize,
 }
 
+/// Room in a frame for the `Response` around a key listing (id, field tags
+/// and lengths, `truncated`), with margin.
+const KEYS_RESPONSE_OVERHEAD: usize = 64;
+
 impl Shared {
-    pub(crate) fn new(store: KeyValueStore) -> Arc<Self> {
+    pub(crate) fn new(store: KeyValueStore, max_frame: usize) -> Arc<Self> {
         Arc::new(Shared {
             store,
             write_failure_logged: AtomicBool::new(false),
+            keys_budget: max_frame.saturating_sub(KEYS_RESPONSE_OVERHEAD),
         })
     }
 
@@ -133,9 +142,11 @@ impl Reply {
                 )
             }
             Reply::Keys { id, prefix, limit } => {
-                let page = shared
-                    .store
-                    .keys(&prefix, usize::try_from(limit).unwrap_or(usize::MAX));
+                let page = shared.store.keys_within(
+                    &prefix,
+                    usize::try_from(limit).unwrap_or(usize::MAX),
+                    shared.keys_budget,
+                );
                 (
                     id,
                     response::Result::Keys(KeysResponse {

@@ -49,7 +49,7 @@ pub async fn run(
     config: ServerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let shared = Shared::new(store);
+    let shared = Shared::new(store, config.max_frame);
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let connections = TaskTracker::new();

@@ -29,15 +29,14 @@ struct Running {
 }
 
 async fn serve(store: KeyValueStore) -> Running {
+    serve_with(store, ServerConfig::default()).await
+}
+
+async fn serve_with(store: KeyValueStore, config: ServerConfig) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(run(
-        listener,
-        store,
-        ServerConfig::default(),
-        shutdown.clone(),
-    ));
+    let task = tokio::spawn(run(listener, store, config, shutdown.clone()));
     Running {
         addr,
         shutdown,
@@ -227,4 +226,86 @@ async fn failed_sync_means_no_false_ok_and_reads_go_on() {
     server.shutdown.cancel();
     // Closing a failed store may report the failure; it must not hang.
     let _ = tokio::time::timeout(DEADLINE, server.task).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_listing_larger_than_a_frame_is_cut_short_not_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = KeyValueStore::open(dir.path(), StoreOptions::default()).unwrap();
+    let keys: Vec<Vec<u8>> = (0..500)
+        .map(|i| format!("user:{i:015}").into_bytes())
+        .collect();
+    let loading = store.clone();
+    let to_load = keys.clone();
+    tokio::task::spawn_blocking(move || {
+        for key in to_load.iter().map(Vec::as_slice).chain([&b"other"[..]]) {
+            loading.put(key, b"v").unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    let max_frame = 2048;
+    let server = serve_with(
+        store,
+        ServerConfig {
+            max_frame,
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let mut conn = connect(server.addr).await;
+    let list = |prefix: &'static str, limit: u32| {
+        Command::Keys(KeysRequest {
+            prefix: Bytes::from_static(prefix.as_bytes()),
+            limit,
+        })
+    };
+    let mut id = 0;
+    let mut call_keys = async |prefix, limit| {
+        id += 1;
+        match call(&mut conn, id, list(prefix, limit)).await {
+            response::Result::Keys(page) => page,
+            other => panic!("keys {prefix:?} {limit}: {other:?}"),
+        }
+    };
+    // 500 keys of 20 bytes do not fit in 2 KiB: as many as fit, in order,
+    // and `truncated`, instead of TOO_LARGE.
+    let page = call_keys("user:", 0).await;
+    assert!(page.truncated);
+    assert!(
+        page.keys.len() > 10 && page.keys.len() < 100,
+        "{}",
+        page.keys.len()
+    );
+    let listed: u64 = page.keys.iter().map(|k| k.len() as u64 + 8).sum();
+    assert!(listed <= max_frame as u64);
+    for (got, want) in page.keys.iter().zip(&keys) {
+        assert_eq!(&got[..], &want[..]);
+    }
+    // A limit below what fits is the limit; a listing that fits is whole.
+    let page = call_keys("user:", 7).await;
+    assert_eq!((page.keys.len(), page.truncated), (7, true));
+    let page = call_keys("user:00000000000004", 0).await;
+    assert_eq!((page.keys.len(), page.truncated), (10, false));
+    assert!(
+        page.keys
+            .iter()
+            .zip(&keys[40..50])
+            .all(|(a, b)| a[..] == b[..])
+    );
+    let page = call_keys("user:0000000000004", 0).await;
+    assert!(page.truncated, "100 keys of 20 bytes do not fit either");
+    assert!(
+        page.keys
+            .iter()
+            .zip(&keys[400..])
+            .all(|(a, b)| a[..] == b[..])
+    );
+    let page = call_keys("other", 0).await;
+    assert_eq!(
+        (page.keys, page.truncated),
+        (vec![Bytes::from_static(b"other")], false)
+    );
+    server.shutdown.cancel();
+    server.task.await.unwrap().unwrap();
 }

@@ -134,7 +134,7 @@ use std::time::Duration;
 pub use commit::Pending;
 pub use error::{Error, Result};
 pub use options::StoreOptions;
-pub use store::KeyValueStore;
+pub use store::{KEY_LISTING_OVERHEAD, KeyValueStore};
 pub use wal_core::{Lsn, SyncPolicy, Vfs, WalOptions};
 
 /// What recovery did at open.

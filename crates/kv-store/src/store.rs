@@ -31,6 +31,11 @@ pub(crate) fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Bytes [`KeyValueStore::keys_within`] counts for each key on top of its
+/// length: what a protobuf `repeated bytes` field spends at most per entry
+/// (a tag byte and a length of up to five bytes), rounded up.
+pub const KEY_LISTING_OVERHEAD: usize = 8;
+
 /// The automatic checkpoint thread and its back-off.
 #[derive(Debug, Default)]
 pub(crate) struct AutoCheckpoint {
@@ -292,17 +297,29 @@ impl KeyValueStore {
     /// Keys starting with `prefix`, ascending, at most `limit` (0 = no
     /// limit). Never blocks on I/O.
     pub fn keys(&self, prefix: &[u8], limit: usize) -> KeysPage {
+        self.keys_within(prefix, limit, usize::MAX)
+    }
+
+    /// As [`KeyValueStore::keys`], and also at most `max_bytes` of keys,
+    /// counting each key as its length plus [`KEY_LISTING_OVERHEAD`]: a
+    /// server passes its maximum frame size, so that a listing always fits
+    /// in one response (`truncated` then says that more keys match), and
+    /// the map's read lock is never held to copy more than that.
+    pub fn keys_within(&self, prefix: &[u8], limit: usize, max_bytes: usize) -> KeysPage {
         let limit = if limit == 0 { usize::MAX } else { limit };
         let state = read(&self.inner.shared.state);
         let mut page = KeysPage::default();
+        let mut bytes = 0usize;
         for entry in state
             .range_from(prefix, false)
             .take_while(|e| e.key().starts_with(prefix))
         {
-            if page.keys.len() == limit {
+            let cost = entry.key().len().saturating_add(KEY_LISTING_OVERHEAD);
+            if page.keys.len() == limit || bytes.saturating_add(cost) > max_bytes {
                 page.truncated = true;
                 break;
             }
+            bytes += cost;
             page.keys.push(entry.key().to_vec());
         }
         page

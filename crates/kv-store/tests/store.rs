@@ -56,6 +56,15 @@ fn put_get_delete_keys() {
     assert!(one.truncated);
     let exact = store.keys(b"a", 2);
     assert!(!exact.truncated);
+    // A byte budget: each key costs its length plus KEY_LISTING_OVERHEAD.
+    let per = kv_store::KEY_LISTING_OVERHEAD;
+    let fits_two = store.keys_within(b"", 0, (1 + per) + (2 + per));
+    assert_eq!(fits_two.keys, vec![b"a".to_vec(), b"ab".to_vec()]);
+    assert!(fits_two.truncated);
+    let fits_all = store.keys_within(b"", 0, 3 * per + 4);
+    assert_eq!((fits_all.keys.len(), fits_all.truncated), (3, false));
+    let none = store.keys_within(b"", 0, per);
+    assert_eq!((none.keys.len(), none.truncated), (0, true));
 
     assert_eq!(store.delete(b"a").unwrap(), Some(5));
     assert_eq!(store.get(b"a"), None);
