@@ -919,7 +919,18 @@ mod tests {
             );
         };
         std::hint::black_box(x);
-        assert!(after.busy >= before.busy + 20);
+        // The machine's busy ticks follow our work too, though not tick for
+        // tick: /proc/stat samples each CPU at every tick, while a process's
+        // times are its measured run time cut into ticks (a fresh-clone CI
+        // run saw fewer than 20 machine ticks for 20 of ours).
+        assert!(
+            after.busy >= before.busy + 10,
+            "busy {} -> {} while own {} -> {}",
+            before.busy,
+            after.busy,
+            before.own,
+            after.own
+        );
         assert!((0.0..=1.0).contains(&before.others_share(&after)));
     }
 
