@@ -309,6 +309,18 @@ fn concurrent_workload(fs: &SimFs, threads: usize, per_thread: usize) -> BTreeMa
     acked.into_inner().unwrap()
 }
 
+/// Cuts the power with `wal` open, reopens what the disk kept, and returns
+/// every record in it.
+fn crash_and_read_back(fs: &SimFs, wal: Wal, opts: WalOptions) -> BTreeMap<Lsn, Vec<u8>> {
+    let crashed = fs.crash();
+    drop(wal);
+    let wal = Wal::open_with_vfs(DIR, opts, crashed.shared()).unwrap();
+    wal.iter_from(0)
+        .unwrap()
+        .map(|r| r.map(|r| (r.lsn, r.data)).unwrap())
+        .collect()
+}
+
 #[test]
 fn group_commit_acknowledges_only_what_is_durable() {
     // Like `Always`, whatever `GroupCommit` acknowledged survives a power
@@ -340,14 +352,7 @@ fn group_commit_acknowledges_only_what_is_durable() {
             .flat_map(|w| w.join().unwrap())
             .collect()
     });
-    let crashed = fs.crash();
-    drop(wal);
-    let wal = Wal::open_with_vfs(DIR, opts, crashed.shared()).unwrap();
-    let held: BTreeMap<Lsn, Vec<u8>> = wal
-        .iter_from(0)
-        .unwrap()
-        .map(|r| r.map(|r| (r.lsn, r.data)).unwrap())
-        .collect();
+    let held = crash_and_read_back(&fs, wal, opts);
     assert_eq!(held, acked);
 }
 
@@ -381,14 +386,7 @@ fn interval_makes_appends_durable_by_its_next_background_sync() {
     wait_for_sync_calls(before + 1);
     wal.append(b"second round").unwrap();
     wait_for_sync_calls(before + 2);
-    let crashed = fs.crash();
-    drop(wal);
-    let wal = Wal::open_with_vfs(DIR, opts, crashed.shared()).unwrap();
-    let held: BTreeMap<Lsn, Vec<u8>> = wal
-        .iter_from(0)
-        .unwrap()
-        .map(|r| r.map(|r| (r.lsn, r.data)).unwrap())
-        .collect();
+    let held = crash_and_read_back(&fs, wal, opts);
     for (lsn, data) in &appended {
         assert_eq!(held.get(lsn), Some(data), "record {lsn} lost");
     }
