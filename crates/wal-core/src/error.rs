@@ -5,6 +5,7 @@ use std::io;
 use std::path::PathBuf;
 
 use crate::Lsn;
+use crate::options::RecoveryMode;
 
 /// Result alias for wal-core.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -47,13 +48,64 @@ pub enum Error {
         /// The log directory.
         dir: PathBuf,
     },
-    /// Corruption that recovery may not cut away.
+    /// Damage that the chosen [`RecoveryMode`] may not cut away (at open),
+    /// or that a reader met.
     Corrupt {
         /// The segment file.
         segment: PathBuf,
         /// Byte offset in the segment file.
         offset: u64,
         /// What is wrong.
+        reason: String,
+        /// The least tolerant recovery mode whose open would cut the log
+        /// here, if any does (`None` for damage met by a reader, or a
+        /// problem no mode cuts).
+        cut_by: Option<RecoveryMode>,
+    },
+    /// A record whose checksum verifies is longer than the configured
+    /// `max_record_size`: the log was written with a larger limit. This is
+    /// a configuration error; nothing is cut, in every recovery mode.
+    RecordExceedsLimit {
+        /// The segment file.
+        segment: PathBuf,
+        /// Byte offset of the record in the segment file.
+        offset: u64,
+        /// The record's LSN.
+        lsn: Lsn,
+        /// Its payload size in bytes.
+        size: u32,
+        /// The configured maximum.
+        max: u32,
+    },
+    /// A record whose checksum verifies carries flags (or reserved bytes)
+    /// this build does not know: it was written by a newer release. Nothing
+    /// is cut, in every recovery mode.
+    UnknownRecordFlags {
+        /// The segment file.
+        segment: PathBuf,
+        /// Byte offset of the record in the segment file.
+        offset: u64,
+        /// The record's LSN.
+        lsn: Lsn,
+        /// The flags byte found.
+        flags: u8,
+    },
+    /// A write or the creation of a segment failed for lack of space. Not
+    /// fail-stop: nothing of the failed appends was acknowledged, nothing
+    /// acknowledged is lost, and appends work again once space is freed
+    /// (for example by [`crate::Wal::truncate_before`]).
+    DiskFull {
+        /// What the log was doing.
+        op: &'static str,
+        /// The file involved.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// An argument is outside what the log can do (for example
+    /// `truncate_after` below records already dropped).
+    InvalidArgument {
+        /// Which argument and why.
         reason: String,
     },
     /// A segment was written by a format version this build cannot read.
@@ -70,8 +122,8 @@ pub enum Error {
         /// Which option and why.
         reason: String,
     },
-    /// An iterator reached records that `truncate_before` deleted while it
-    /// was running.
+    /// A reader reached records that `truncate_before` deleted, or that
+    /// `truncate_after` removed, while it was running.
     Truncated {
         /// The first LSN the iterator could not read.
         lsn: Lsn,
@@ -84,8 +136,27 @@ impl Error {
         path: impl Into<PathBuf>,
     ) -> impl FnOnce(io::Error) -> Error {
         let path = path.into();
-        move |source| Error::Io { op, path, source }
+        move |source| {
+            if is_out_of_space(&source) {
+                Error::DiskFull { op, path, source }
+            } else {
+                Error::Io { op, path, source }
+            }
+        }
     }
+
+    /// Whether this is [`Error::DiskFull`].
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Error::DiskFull { .. })
+    }
+}
+
+/// Whether an I/O error says the disk (or the quota) is full.
+pub(crate) fn is_out_of_space(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
 }
 
 impl fmt::Display for Error {
@@ -111,11 +182,52 @@ impl fmt::Display for Error {
                 segment,
                 offset,
                 reason,
+                cut_by,
+            } => {
+                write!(
+                    f,
+                    "corrupt log segment {} at offset {offset}: {reason}",
+                    segment.display()
+                )?;
+                match cut_by {
+                    Some(mode) => write!(
+                        f,
+                        "; recovery mode `{mode}` would cut the log there, losing what follows"
+                    ),
+                    None => Ok(()),
+                }
+            }
+            Error::RecordExceedsLimit {
+                segment,
+                offset,
+                lsn,
+                size,
+                max,
             } => write!(
                 f,
-                "corrupt log segment {} at offset {offset}: {reason}",
+                "record {lsn} in {} at offset {offset} is intact but holds {size} bytes, more \
+                 than max_record_size {max}: the log was written with a larger limit; reopen \
+                 with max_record_size >= {size} (nothing was cut)",
                 segment.display()
             ),
+            Error::UnknownRecordFlags {
+                segment,
+                offset,
+                lsn,
+                flags,
+            } => write!(
+                f,
+                "record {lsn} in {} at offset {offset} is intact but has flags {flags:#04x} this \
+                 build does not know (written by a newer release?); nothing was cut",
+                segment.display()
+            ),
+            Error::DiskFull { op, path, source } => write!(
+                f,
+                "{op} failed for {}: the disk is full ({source}); nothing of the failed \
+                 appends was written, nothing acknowledged is lost; free space and retry",
+                path.display()
+            ),
+            Error::InvalidArgument { reason } => write!(f, "invalid argument: {reason}"),
             Error::UnsupportedVersion {
                 segment,
                 version,
@@ -129,7 +241,7 @@ impl fmt::Display for Error {
             Error::InvalidOptions { reason } => write!(f, "invalid WAL options: {reason}"),
             Error::Truncated { lsn } => write!(
                 f,
-                "record {lsn} was deleted by truncate_before while the iterator was reading"
+                "record {lsn} was removed (truncate_before or truncate_after) while it was being read"
             ),
         }
     }
@@ -138,7 +250,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Io { source, .. } => Some(source),
+            Error::Io { source, .. } | Error::DiskFull { source, .. } => Some(source),
             _ => None,
         }
     }

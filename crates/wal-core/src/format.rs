@@ -205,13 +205,29 @@ impl RecordHeader {
         Ok(())
     }
 
+    /// A checksum over this header's covered bytes, to be fed the payload
+    /// piece by piece (for records too large to read into memory at once).
+    pub(crate) fn checksum_start(&self) -> crc32fast::Hasher {
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&self.raw[4..]);
+        hasher
+    }
+
+    /// Whether the flags and reserved bytes are ones this version knows.
+    pub(crate) fn flags_known(&self) -> bool {
+        self.flags & !KNOWN_FLAGS == 0 && self.raw[17..20] == [0; 3]
+    }
+
     /// Verifies checksum and flags against the payload read for this header.
     pub(crate) fn verify(&self, payload: &[u8]) -> Result<(), RecordError> {
         if payload.len() != self.len as usize || record_checksum(&self.raw, payload) != self.crc {
             return Err(RecordError::BadChecksum);
         }
-        if self.flags & !KNOWN_FLAGS != 0 || self.raw[17..20] != [0; 3] {
-            return Err(RecordError::UnknownFlags);
+        if !self.flags_known() {
+            return Err(RecordError::UnknownFlags {
+                lsn: self.lsn,
+                flags: self.flags,
+            });
         }
         Ok(())
     }
@@ -232,7 +248,23 @@ pub(crate) enum RecordError {
     /// The checksum does not match.
     BadChecksum,
     /// The checksum matches but flags or reserved bytes are unknown.
-    UnknownFlags,
+    UnknownFlags {
+        /// The record's LSN (trusted: the checksum verified).
+        lsn: Lsn,
+        /// Its flags byte.
+        flags: u8,
+    },
+    /// The length exceeds the maximum record size, but the record is
+    /// intact: its checksum verifies (checked without reading it into
+    /// memory at once). Written under a larger limit.
+    Oversized {
+        /// The record's LSN (trusted: the checksum verified).
+        lsn: Lsn,
+        /// The record's length.
+        len: u32,
+        /// The maximum.
+        max: u32,
+    },
 }
 
 impl RecordError {
@@ -244,8 +276,23 @@ impl RecordError {
                 format!("record length {len} exceeds the maximum record size {max}")
             }
             RecordError::BadChecksum => "record checksum mismatch".to_string(),
-            RecordError::UnknownFlags => "record has unknown flags".to_string(),
+            RecordError::UnknownFlags { lsn, flags } => {
+                format!("intact record {lsn} has unknown flags {flags:#04x}")
+            }
+            RecordError::Oversized { lsn, len, max } => format!(
+                "intact record {lsn} of {len} bytes exceeds the maximum record size {max}"
+            ),
         }
+    }
+
+    /// Whether the record is intact (its checksum verifies) and refused
+    /// only because this configuration or build cannot take it: never a
+    /// torn write, never to be cut.
+    pub(crate) fn is_intact(self) -> bool {
+        matches!(
+            self,
+            RecordError::UnknownFlags { .. } | RecordError::Oversized { .. }
+        )
     }
 }
 
@@ -419,6 +466,9 @@ mod tests {
     fn unknown_flags_are_refused() {
         let mut buf = Vec::new();
         encode_record(&mut buf, 1, 0x80, b"x");
-        assert_eq!(decode_record(&buf, 1024), Err(RecordError::UnknownFlags));
+        assert_eq!(
+            decode_record(&buf, 1024),
+            Err(RecordError::UnknownFlags { lsn: 1, flags: 0x80 })
+        );
     }
 }

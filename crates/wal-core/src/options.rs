@@ -45,21 +45,85 @@ impl SyncPolicy {
     }
 }
 
-/// What open does with corruption that is not a torn tail.
+/// What open may cut to make a damaged log usable again.
 ///
-/// A torn tail (an incomplete last write of the last segment) is always cut
-/// back, in both modes, with a warning: it holds only records whose append
-/// never returned as durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Three modes, from the one that cuts nothing to the one that cuts most.
+/// Whatever the mode, nothing is ever skipped silently: every cut is a
+/// warning in [`crate::RecoveryReport`], and a refusal names the segment, the
+/// offset and the mode that would cut there ([`crate::Error::Corrupt`]). The
+/// rules are in `docs/format.md` ("Recovery").
+///
+/// The modes are ordered from the one that cuts least to the one that cuts
+/// most: `Absolute < Strict < Tolerant`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum RecoveryMode {
-    /// Fail with [`Error::Corrupt`] naming segment and offset.
+    /// Cut nothing: refuse to open if anything would have to be cut, even
+    /// an incomplete last write. For logs whose last synced record must
+    /// never be dropped on a guess (a Raft vote, a ledger): bit rot in the
+    /// last record looks exactly like a torn write, and only an operator
+    /// can tell them apart. Free space (the zeroes after the last record)
+    /// is not a cut.
+    Absolute,
+    /// Cut only what an interrupted write leaves behind: a torn tail, a
+    /// torn write that a lost page of zeroes betrays, an incomplete batch
+    /// at the end. None of that was ever acknowledged as durable under
+    /// [`SyncPolicy::Always`] or [`SyncPolicy::GroupCommit`]. Any other
+    /// damage is refused.
     #[default]
     Strict,
-    /// Cut the log at the first bad record (or bad segment header, or LSN
-    /// gap), delete everything after it, and report what was dropped in the
-    /// warnings. Records after the cut are lost even if they were intact.
-    TruncateAtCorruption,
+    /// Also cut real corruption: the log ends at the first bad record (or
+    /// bad segment header, or LSN gap), everything after it is deleted, and
+    /// each step is a warning. Records after the cut are lost even if they
+    /// were intact. LSNs are still never reused (see `docs/format.md`).
+    Tolerant,
 }
+
+impl RecoveryMode {
+    /// The name used on command lines and in messages: `absolute`,
+    /// `strict` or `tolerant`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RecoveryMode::Absolute => "absolute",
+            RecoveryMode::Strict => "strict",
+            RecoveryMode::Tolerant => "tolerant",
+        }
+    }
+}
+
+impl std::fmt::Display for RecoveryMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for RecoveryMode {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "absolute" => Ok(RecoveryMode::Absolute),
+            "strict" => Ok(RecoveryMode::Strict),
+            "tolerant" => Ok(RecoveryMode::Tolerant),
+            other => Err(Error::InvalidOptions {
+                reason: format!(
+                    "unknown recovery mode `{other}` (expected absolute, strict or tolerant)"
+                ),
+            }),
+        }
+    }
+}
+
+/// The longest [`SyncPolicy::GroupCommit`] delay accepted: every durable
+/// append may wait this long, so more is a mistake, not a tuning.
+pub const MAX_GROUP_COMMIT_DELAY: Duration = Duration::from_secs(1);
+
+/// The longest [`SyncPolicy::Interval`] period accepted: a crash may lose
+/// about one period of acknowledged appends.
+pub const MAX_SYNC_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// The largest `segment_size` accepted: 4 GiB, so that a record's offset in
+/// its segment fits the 32 bits the in-memory index keeps per record.
+pub const MAX_SEGMENT_SIZE: u64 = u32::MAX as u64;
 
 /// Options for [`crate::Wal::open`].
 #[derive(Debug, Clone)]
@@ -74,10 +138,11 @@ pub struct WalOptions {
     /// Durability of `append`. Default [`SyncPolicy::Always`].
     pub sync_policy: SyncPolicy,
     /// Largest record payload accepted on write and on read. Default 16 MiB.
-    /// Reopening a log with a smaller limit than it was written with makes
-    /// the larger records unreadable (reported as corruption).
+    /// Reopening a log with a smaller limit than it was written with fails
+    /// with [`Error::RecordExceedsLimit`] naming the first larger record:
+    /// an intact record is never cut because an option changed.
     pub max_record_size: u32,
-    /// Treatment of mid-log corruption. Default [`RecoveryMode::Strict`].
+    /// What open may cut. Default [`RecoveryMode::Strict`].
     pub recovery_mode: RecoveryMode,
 }
 
@@ -110,10 +175,30 @@ impl WalOptions {
                 format::MAX_RECORD_SIZE_LIMIT
             ));
         }
-        if let SyncPolicy::Interval { period } = self.sync_policy
-            && period.is_zero()
-        {
-            return invalid("SyncPolicy::Interval needs a non-zero period".to_string());
+        if self.segment_size > MAX_SEGMENT_SIZE {
+            return invalid(format!(
+                "segment_size {} exceeds the limit of {MAX_SEGMENT_SIZE} bytes (record \
+                 offsets in the in-memory index are 32-bit)",
+                self.segment_size
+            ));
+        }
+        match self.sync_policy {
+            SyncPolicy::Interval { period } if period.is_zero() => {
+                return invalid("SyncPolicy::Interval needs a non-zero period".to_string());
+            }
+            SyncPolicy::Interval { period } if period > MAX_SYNC_INTERVAL => {
+                return invalid(format!(
+                    "SyncPolicy::Interval period {period:?} exceeds the limit of \
+                     {MAX_SYNC_INTERVAL:?}"
+                ));
+            }
+            SyncPolicy::GroupCommit { max_delay } if max_delay > MAX_GROUP_COMMIT_DELAY => {
+                return invalid(format!(
+                    "SyncPolicy::GroupCommit max_delay {max_delay:?} exceeds the limit of \
+                     {MAX_GROUP_COMMIT_DELAY:?} (every durable append may wait that long)"
+                ));
+            }
+            _ => {}
         }
         Ok(())
     }

@@ -1,16 +1,217 @@
 //! Reading segments: a buffered positional reader shared by recovery and
 //! iteration, and [`WalIter`].
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::ops::Range;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::format::{self, HeaderError, RecordError, RecordHeader};
+use crate::segment::SegmentMeta;
 use crate::vfs::{Vfs, VfsFile};
+use crate::writer::lock;
 use crate::{Lsn, Record};
+
+/// How many `truncate_after` calls [`Truncations`] remembers; a reader
+/// older than all of them is told its records may be gone.
+const TRUNCATIONS_KEPT: usize = 256;
+
+/// What readers check to notice `truncate_after` under them: an epoch,
+/// bumped before a truncation changes any file, and the recent
+/// truncations, so that a reader can tell whether a record it read may
+/// have been removed (or replaced by a later append).
+#[derive(Debug, Default)]
+pub(crate) struct Truncations {
+    epoch: AtomicU64,
+    /// (epoch it started, LSN kept through), oldest first.
+    recent: Mutex<VecDeque<(u64, Lsn)>>,
+}
+
+impl Truncations {
+    /// The current epoch, taken by a reader before it looks at anything.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// A `truncate_after(lsn)` is about to change the files.
+    pub(crate) fn record(&self, lsn: Lsn) {
+        let mut recent = lock(&self.recent);
+        let epoch = self.epoch.load(Ordering::Relaxed) + 1;
+        recent.push_back((epoch, lsn));
+        if recent.len() > TRUNCATIONS_KEPT {
+            recent.pop_front();
+        }
+        self.epoch.store(epoch, Ordering::Release);
+    }
+
+    /// Whether a truncation since `epoch` removed `lsn`. Called after the
+    /// read, so that a read that saw changed bytes also sees the epoch that
+    /// announced them. Conservative when the history is shorter than what
+    /// happened since `epoch`.
+    pub(crate) fn removed_since(&self, epoch: u64, lsn: Lsn) -> bool {
+        if self.epoch.load(Ordering::Acquire) == epoch {
+            return false;
+        }
+        let recent = lock(&self.recent);
+        match recent.front() {
+            Some(&(oldest, _)) if oldest <= epoch + 1 => recent
+                .iter()
+                .any(|&(at, kept)| at > epoch && lsn > kept),
+            _ => true,
+        }
+    }
+}
+
+/// Turns a record error met by a reader into the log's error: intact
+/// records that this configuration or build cannot take get their own
+/// errors, anything else is corruption.
+pub(crate) fn record_error(path: &Path, offset: u64, error: RecordError) -> Error {
+    match error {
+        RecordError::UnknownFlags { lsn, flags } => Error::UnknownRecordFlags {
+            segment: path.to_path_buf(),
+            offset,
+            lsn,
+            flags,
+        },
+        RecordError::Oversized { lsn, len, max } => Error::RecordExceedsLimit {
+            segment: path.to_path_buf(),
+            offset,
+            lsn,
+            size: len,
+            max,
+        },
+        other => Error::Corrupt {
+            segment: path.to_path_buf(),
+            offset,
+            reason: other.describe(),
+            cut_by: None,
+        },
+    }
+}
+
+/// A contiguous run of records in one segment, found through the index.
+#[derive(Debug)]
+pub(crate) struct Span {
+    path: PathBuf,
+    /// LSN of the first record.
+    first_lsn: Lsn,
+    /// Records in the span.
+    count: usize,
+    /// File offsets of the first byte and one past the last.
+    bytes: Range<u64>,
+}
+
+/// Plans the reads of `[from, to)` through the segments' index: one span
+/// per segment, stopping before the framed records would exceed
+/// `max_bytes` (but with at least one record). Costs nothing but the
+/// binary search and the walk over the offsets taken.
+pub(crate) fn plan_spans(
+    segments: &[SegmentMeta],
+    from: Lsn,
+    to: Lsn,
+    max_bytes: usize,
+) -> Vec<Span> {
+    let mut spans = Vec::new();
+    if from >= to {
+        return spans;
+    }
+    let start = segments.partition_point(|s| s.end_lsn() <= from);
+    let mut budget = max_bytes as u64;
+    let mut lsn = from;
+    for seg in &segments[start..] {
+        if lsn >= to || lsn < seg.first_lsn {
+            break;
+        }
+        let first = (lsn - seg.first_lsn) as usize;
+        let last = ((to - seg.first_lsn) as usize).min(seg.offsets.len());
+        if first >= last {
+            break;
+        }
+        let begin = u64::from(seg.offsets[first]);
+        let mut count = 0;
+        let mut end = begin;
+        for i in first..last {
+            let next = seg
+                .offsets
+                .get(i + 1)
+                .map_or(seg.len, |&o| u64::from(o));
+            let size = next.saturating_sub(u64::from(seg.offsets[i]));
+            if size > budget && !(spans.is_empty() && count == 0) {
+                break;
+            }
+            budget = budget.saturating_sub(size);
+            end = next;
+            count += 1;
+        }
+        if count == 0 {
+            break;
+        }
+        spans.push(Span {
+            path: seg.path.clone(),
+            first_lsn: lsn,
+            count,
+            bytes: begin..end,
+        });
+        lsn += count as u64;
+        if first + count < last || budget == 0 {
+            break;
+        }
+    }
+    spans
+}
+
+/// Reads planned spans, one positional read each, and verifies every
+/// record (checksum, length limit, LSN). A segment that vanished (removed
+/// by `truncate_before`) is [`Error::Truncated`].
+pub(crate) fn read_spans(vfs: &dyn Vfs, spans: &[Span], max_record_size: u32) -> Result<Vec<Record>> {
+    let mut out = Vec::new();
+    for span in spans {
+        let file = match vfs.open_read(&span.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::Truncated {
+                    lsn: span.first_lsn,
+                });
+            }
+            Err(e) => return Err(Error::io("open segment", &span.path)(e)),
+        };
+        let len = (span.bytes.end - span.bytes.start) as usize;
+        let mut buf = vec![0u8; len];
+        let got = read_full_at(file.as_ref(), &mut buf, span.bytes.start)
+            .map_err(Error::io("read segment", &span.path))?;
+        if got < len {
+            // Cut under us since the index was read.
+            return Err(Error::Truncated {
+                lsn: span.first_lsn,
+            });
+        }
+        let mut at = 0;
+        for i in 0..span.count {
+            let lsn = span.first_lsn + i as u64;
+            let offset = span.bytes.start + at as u64;
+            let record = format::decode_record(&buf[at..], max_record_size)
+                .map_err(|e| record_error(&span.path, offset, e))?;
+            if record.lsn != lsn {
+                return Err(Error::Corrupt {
+                    segment: span.path.clone(),
+                    offset,
+                    reason: format!("expected LSN {lsn}, found {}", record.lsn),
+                    cut_by: None,
+                });
+            }
+            out.push(Record {
+                lsn,
+                data: record.payload.to_vec(),
+            });
+            at += record.framed_len;
+        }
+    }
+    Ok(out)
+}
 
 /// Bytes read from the file at a time when records are small.
 const READ_CHUNK: usize = 64 << 10;
@@ -192,6 +393,7 @@ impl SegmentReader {
             }
         };
         if let Err(error) = header.check_len(self.max_record_size) {
+            let error = self.intact_oversized(offset, &header)?.unwrap_or(error);
             return Ok(StepAt::Bad { offset, error });
         }
         let len = header.len as usize;
@@ -213,6 +415,45 @@ impl SegmentReader {
             flags: header.flags,
             payload,
         })
+    }
+
+    /// Whether the record at `offset`, whose length exceeds the maximum
+    /// record size, is nevertheless intact: its checksum is computed over
+    /// the file in chunks, so nothing of the claimed size is allocated.
+    /// Returns [`RecordError::Oversized`] if so (the log was written under
+    /// a larger limit, and the record must not be cut), `None` if it is
+    /// damage. A length beyond the format's limit or the file's end is
+    /// damage without reading anything.
+    fn intact_oversized(
+        &mut self,
+        offset: u64,
+        header: &RecordHeader,
+    ) -> io::Result<Option<RecordError>> {
+        const CHUNK: usize = 1 << 20;
+        let payload_at = offset + format::RECORD_HEADER_LEN as u64;
+        if header.len > format::MAX_RECORD_SIZE_LIMIT
+            || payload_at + u64::from(header.len) > self.file_len
+        {
+            return Ok(None);
+        }
+        let mut hasher = header.checksum_start();
+        let mut chunk = vec![0u8; CHUNK.min(header.len as usize)];
+        let mut at = payload_at;
+        let end = payload_at + u64::from(header.len);
+        while at < end {
+            let want = CHUNK.min((end - at) as usize);
+            let got = read_full_at(self.file.as_ref(), &mut chunk[..want], at)?;
+            if got < want {
+                return Ok(None);
+            }
+            hasher.update(&chunk[..got]);
+            at += got as u64;
+        }
+        Ok((hasher.finalize() == header.crc).then_some(RecordError::Oversized {
+            lsn: header.lsn,
+            len: header.len,
+            max: self.max_record_size,
+        }))
     }
 
     /// The buffered bytes in `range`, as returned by the last
@@ -293,6 +534,9 @@ pub struct WalIter {
     /// Made by [`WalIter::split_by_segment`]: `end` is where the next
     /// segment begins, so running out of segments before it is corruption.
     bounded: bool,
+    /// Truncations to check each record against, from the epoch the
+    /// iterator was made in.
+    truncations: Option<(Arc<Truncations>, u64)>,
 }
 
 impl fmt::Debug for WalIter {
@@ -323,7 +567,15 @@ impl WalIter {
             max_record_size,
             done: start >= end,
             bounded: false,
+            truncations: None,
         }
+    }
+
+    /// Makes the iterator check, after each record, that no
+    /// `truncate_after` since `epoch` removed it.
+    pub(crate) fn watching(mut self, truncations: Arc<Truncations>, epoch: u64) -> WalIter {
+        self.truncations = Some((truncations, epoch));
+        self
     }
 
     fn corrupt(&mut self, segment: PathBuf, offset: u64, reason: String) -> Error {
@@ -332,6 +584,7 @@ impl WalIter {
             segment,
             offset,
             reason,
+            cut_by: None,
         }
     }
 
@@ -402,6 +655,7 @@ impl WalIter {
                 self.max_record_size,
             );
             part.bounded = i + 1 < segments.len();
+            part.truncations = self.truncations.clone();
             parts.push(part);
         }
         parts
@@ -443,7 +697,8 @@ impl WalIter {
                 }
                 Ok(StepAt::Bad { offset, error }) => {
                     let path = path.clone();
-                    return Err(self.corrupt(path, offset, error.describe()));
+                    self.done = true;
+                    return Err(record_error(&path, offset, error));
                 }
                 Ok(StepAt::Record {
                     offset,
@@ -464,6 +719,12 @@ impl WalIter {
                     offset,
                     format!("expected LSN {expected}, found {lsn}"),
                 ));
+            }
+            if let Some((truncations, epoch)) = &self.truncations
+                && truncations.removed_since(*epoch, lsn)
+            {
+                self.done = true;
+                return Err(Error::Truncated { lsn });
             }
             self.next += 1;
             return Ok((lsn, payload));

@@ -1,15 +1,24 @@
-//! Open = recover: scan the segments in LSN order, cut a torn tail, refuse
-//! (or, in [`RecoveryMode::TruncateAtCorruption`], cut) anything else that
-//! is wrong. Nothing is skipped silently: every cut is in the report.
+//! Open = recover, in the steps `docs/format.md` names, one decision at a
+//! time:
 //!
-//! Torn tail or corruption? A record that fails its checks in the *last*
-//! segment is a torn tail iff no valid record (checksum intact, LSN at or
-//! after the expected one) starts anywhere after it in that segment. An
-//! interrupted write only ever loses a suffix of what it wrote; intact
-//! records after a bad one mean the bad one was once written whole, was
-//! followed by more writes, and then decayed: that is corruption. In any
-//! other segment every problem is corruption, because a segment is synced
-//! before the next one is created.
+//! 1. [`list_segments`]: the segment files, in LSN order;
+//! 2. [`scan_segment`] (several at once, [`prescan`]): read and classify
+//!    each segment: how far its records are good, and what is wrong after;
+//! 3. [`plan`]: decide, from the scans alone and the recovery mode, what
+//!    the log keeps and what must be cut, or refuse; nothing is changed yet;
+//! 4. [`apply`]: carry the decision out, each step made durable before the
+//!    next (skipped by a read-only open, which only reports the plan).
+//!
+//! Torn write or corruption? A record that fails its checks in the *last*
+//! segment is a torn tail iff no valid record starts anywhere after it in
+//! that segment: an interrupted write loses a suffix of what it wrote. If
+//! valid records do follow, the damage is still a torn write when it holds
+//! a zeroed sector: a drive that persisted a later page of the last write
+//! but not an earlier one leaves the earlier page as the zeroes that
+//! preallocated space holds, and with an honest fsync nothing after an
+//! unsynced page was acknowledged. Damage without zeroes (bit rot) followed
+//! by valid records is corruption. In any other segment every problem is
+//! corruption, because a segment is synced before the next one is created.
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -17,25 +26,29 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::{Error, Result};
 use crate::format::{
-    self, FLAG_BATCH_CONTINUES, HeaderError, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+    self, FLAG_BATCH_CONTINUES, HeaderError, RECORD_HEADER_LEN, RecordError, SEGMENT_HEADER_LEN,
 };
 use crate::options::{RecoveryMode, WalOptions};
-use crate::reader::{SegmentReader, Step};
+use crate::reader::{self, SegmentReader, Step};
 use crate::segment::{self, SegmentMeta};
 use crate::vfs::{Vfs, VfsFile};
 use crate::{LogEnd, Lsn, RecoveryReport};
 
-/// The log as recovery left it, ready for appends.
+/// Size of the sectors in which the torn-write rule looks for zeroes: the
+/// smallest unit a drive writes, so a lost page is at least one of them.
+const SECTOR: u64 = 512;
+
+/// The log as recovery left it (or, read-only, as it would leave it).
 pub(crate) struct Recovered {
     /// Segments, oldest first; the last is the active one.
     pub segments: Vec<SegmentMeta>,
-    /// The active segment, open for writing.
-    pub active: Box<dyn VfsFile>,
+    /// The active segment, open for writing; `None` for a read-only open.
+    pub active: Option<Box<dyn VfsFile>>,
     /// Bytes of the active segment; the next record goes here.
     pub active_len: u64,
     /// The LSN of the next append.
     pub next_lsn: Lsn,
-    /// What recovery found and did.
+    /// What recovery found and did (or would do).
     pub report: RecoveryReport,
 }
 
@@ -44,9 +57,8 @@ struct SegmentScan {
     file_len: u64,
     /// End of the valid prefix of records.
     end: u64,
-    /// LSN after the last valid record.
-    next_lsn: Lsn,
-    records: u64,
+    /// Offset of each record of the valid prefix, in LSN order.
+    offsets: Vec<u32>,
     /// Start (offset, LSN) of a batch whose last record is missing.
     open_batch: Option<(u64, Lsn)>,
     /// The last segment holds only zeroes from `end` to its end: space
@@ -59,6 +71,13 @@ struct SegmentScan {
     problem: Option<Problem>,
 }
 
+impl SegmentScan {
+    /// Whether [`plan`] stops at this segment.
+    fn ends_the_log(&self) -> bool {
+        self.problem.is_some() || self.open_batch.is_some()
+    }
+}
+
 enum Problem {
     /// The last segment holds nothing but an incomplete header: its
     /// creation was interrupted, no record was ever acknowledged in it.
@@ -67,30 +86,108 @@ enum Problem {
     BadHeader(String),
     /// The last segment ends in an incomplete write.
     TornTail { offset: u64, reason: String },
-    /// A bad record that is not a torn tail.
+    /// Valid records follow a bad one in the last segment, but the damage
+    /// holds a zeroed sector (at `zeroes`): a torn write whose earlier page
+    /// was lost.
+    TornWrite {
+        offset: u64,
+        reason: String,
+        zeroes: u64,
+        later_records: u64,
+    },
+    /// A bad record that is not a torn write.
     Corrupt { offset: u64, reason: String },
+    /// An intact record this configuration or build cannot take.
+    Intact { offset: u64, error: RecordError },
 }
 
-/// Where tolerant recovery cuts the log.
-struct Cut {
-    /// Index into the segment list.
-    index: usize,
-    /// Keep this many bytes of the segment; `None`: remove it whole.
-    keep: Option<u64>,
+/// One change [`apply`] makes, in order.
+#[derive(Debug)]
+enum Action {
+    /// Rewrite an interrupted segment creation's header from its name.
+    RewriteHeader { path: PathBuf, first_lsn: Lsn },
+    /// Cut a segment to `len` bytes.
+    Truncate { path: PathBuf, len: u64 },
+    /// Delete a segment (newest first, the directory synced after each).
+    Remove { path: PathBuf },
+    /// Start an empty segment: nothing was left.
+    Create { first_lsn: Lsn },
 }
 
-impl Cut {
-    /// Keeps segment `index` as it is; only later segments go.
-    fn keeping_whole(self) -> Cut {
-        Cut {
-            keep: Some(u64::MAX),
-            ..self
+/// What [`plan`] decided.
+struct Plan {
+    kept: Vec<SegmentMeta>,
+    actions: Vec<Action>,
+    warnings: Vec<String>,
+    next_lsn: Lsn,
+}
+
+/// Recovers the log in `dir` (already locked by the caller), or with
+/// `read_only` only works out what recovery would do: nothing on disk is
+/// changed, and the report's warnings say what open would cut.
+pub(crate) fn recover(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    options: &WalOptions,
+    read_only: bool,
+) -> Result<Recovered> {
+    let names = list_segments(vfs, dir)?;
+    let threads = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    let plan = plan(vfs, &names, options, threads)?;
+    let mut report = RecoveryReport {
+        warnings: plan.warnings,
+        applied: !read_only,
+        ..RecoveryReport::default()
+    };
+    let mut segments = plan.kept;
+    let next_lsn = plan.next_lsn;
+    if read_only {
+        if let Some(Action::Create { first_lsn }) = plan.actions.last() {
+            segments.push(SegmentMeta::new(
+                *first_lsn,
+                segment::segment_path(dir, *first_lsn),
+                SEGMENT_HEADER_LEN as u64,
+            ));
         }
+        report.records = segments.iter().map(|s| s.offsets.len() as u64).sum();
+        let active_len = segments
+            .last()
+            .map_or(SEGMENT_HEADER_LEN as u64, |s| s.len);
+        if let Some(last) = segments.last() {
+            report.end = Some(LogEnd {
+                segment: last.path.clone(),
+                offset: last.len,
+                free_bytes: 0,
+            });
+        }
+        return Ok(Recovered {
+            segments,
+            active: None,
+            active_len,
+            next_lsn,
+            report,
+        });
     }
+    if let Some(created) = apply(vfs, dir, options, plan.actions)? {
+        segments.push(created);
+    }
+    report.records = segments.iter().map(|s| s.offsets.len() as u64).sum();
+    let (active, end) = open_active(vfs, options, &segments)?;
+    report.end = Some(end);
+    let active_len = segments
+        .last()
+        .map_or(SEGMENT_HEADER_LEN as u64, |s| s.len);
+    Ok(Recovered {
+        segments,
+        active: Some(active),
+        active_len,
+        next_lsn,
+        report,
+    })
 }
 
-/// Recovers the log in `dir` (already locked by the caller).
-pub(crate) fn recover(vfs: &dyn Vfs, dir: &Path, options: &WalOptions) -> Result<Recovered> {
+/// Step 1: the segment files of `dir`, in LSN order.
+fn list_segments(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<(Lsn, PathBuf)>> {
     let mut names: Vec<(Lsn, PathBuf)> = vfs
         .list_dir(dir)
         .map_err(Error::io("list log directory", dir))?
@@ -98,34 +195,59 @@ pub(crate) fn recover(vfs: &dyn Vfs, dir: &Path, options: &WalOptions) -> Result
         .filter_map(|name| format::parse_segment_file_name(&name).map(|lsn| (lsn, dir.join(name))))
         .collect();
     names.sort();
+    Ok(names)
+}
 
-    let mut report = RecoveryReport::default();
-    let mut kept: Vec<SegmentMeta> = Vec::new();
-    let mut cut: Option<Cut> = None;
-    // Expected first LSN of the next segment.
-    let mut expected: Option<Lsn> = None;
-    let mut open_batch = None;
-    let strict = options.recovery_mode == RecoveryMode::Strict;
-    let fail_or_cut = |path: &Path, offset: u64, reason: String, report: &mut RecoveryReport| {
-        if strict {
-            return Err(Error::Corrupt {
-                segment: path.to_path_buf(),
-                offset,
-                reason,
-            });
-        }
-        report.warnings.push(format!(
+/// Refuses with [`Error::Corrupt`] if `mode` may not make a cut that needs
+/// at least `needs`; otherwise says in a warning that the log is cut there.
+fn refuse_or_warn(
+    mode: RecoveryMode,
+    needs: RecoveryMode,
+    path: &Path,
+    offset: u64,
+    reason: String,
+    warnings: &mut Vec<String>,
+) -> Result<()> {
+    if mode < needs {
+        return Err(Error::Corrupt {
+            segment: path.to_path_buf(),
+            offset,
+            reason,
+            cut_by: Some(needs),
+        });
+    }
+    if needs == RecoveryMode::Tolerant {
+        warnings.push(format!(
             "corruption in {} at offset {offset}: {reason}; the log is cut there",
             path.display()
         ));
-        Ok(())
-    };
+    }
+    Ok(())
+}
+
+/// Step 3: walks the segments oldest first and decides what the log keeps,
+/// what is cut (as actions, each with its warning), and where LSNs go on;
+/// or refuses. Changes nothing.
+fn plan(
+    vfs: &dyn Vfs,
+    names: &[(Lsn, PathBuf)],
+    options: &WalOptions,
+    threads: usize,
+) -> Result<Plan> {
+    let mode = options.recovery_mode;
+    let mut warnings = Vec::new();
+    let mut kept: Vec<SegmentMeta> = Vec::new();
+    let mut actions = Vec::new();
+    // Index of the first segment removed whole by a cut, if any.
+    let mut remove_from: Option<usize> = None;
+    // Expected first LSN of the next segment.
+    let mut expected: Option<Lsn> = None;
+    let mut open_batch = None;
 
     // The segments are read and checked in parallel up front; the loop
     // below consumes those scans in log order, so what it decides (the
     // first error, the cut, the warnings) is what a sequential scan decides.
-    let threads = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
-    let mut prescans = prescan(vfs, &names, options.max_record_size, threads);
+    let mut prescans = prescan(vfs, names, options.max_record_size, threads);
 
     for (index, (name_lsn, path)) in names.iter().enumerate() {
         let is_last = index + 1 == names.len();
@@ -137,8 +259,8 @@ pub(crate) fn recover(vfs: &dyn Vfs, dir: &Path, options: &WalOptions) -> Result
             _ => Ok(()),
         };
         if let Err(reason) = start_ok {
-            fail_or_cut(path, 0, reason, &mut report)?;
-            cut = Some(Cut { index, keep: None });
+            refuse_or_warn(mode, RecoveryMode::Tolerant, path, 0, reason, &mut warnings)?;
+            remove_from = Some(index);
             break;
         }
         let scan = match prescans.get_mut(index).and_then(Option::take) {
@@ -148,110 +270,147 @@ pub(crate) fn recover(vfs: &dyn Vfs, dir: &Path, options: &WalOptions) -> Result
             // at the one that made it skip.)
             None => scan_segment(vfs, path, *name_lsn, is_last, options.max_record_size)?,
         };
-        let mut keep_len = scan.end;
         // Preallocated zeroes are kept as they are: not part of the log,
         // nothing to cut.
-        let mut file_len = if scan.zero_tail {
+        let live_len = if scan.zero_tail {
             scan.end
         } else {
             scan.file_len
         };
+        let mut segment = SegmentMeta::new(*name_lsn, path.clone(), live_len);
+        segment.offsets = scan.offsets;
+        let records = segment.offsets.len() as u64;
+        let mut stop = false;
         match scan.problem {
             None => {}
+            Some(Problem::Intact { offset, error }) => {
+                return Err(reader::record_error(path, offset, error));
+            }
             Some(Problem::TornHeader(e)) => {
-                rewrite_header(vfs, path, *name_lsn)?;
-                file_len = SEGMENT_HEADER_LEN as u64;
-                report.warnings.push(format!(
+                // Nothing was ever acknowledged in it: rewriting its header
+                // cuts no record, so even the absolute mode does it.
+                actions.push(Action::RewriteHeader {
+                    path: path.clone(),
+                    first_lsn: *name_lsn,
+                });
+                warnings.push(format!(
                     "incomplete segment creation in {} ({}, {} bytes): header rewritten",
                     path.display(),
                     e.describe(),
                     scan.file_len
                 ));
+                segment.len = SEGMENT_HEADER_LEN as u64;
             }
             Some(Problem::BadHeader(reason)) => {
-                fail_or_cut(path, 0, reason, &mut report)?;
-                cut = Some(Cut { index, keep: None });
+                refuse_or_warn(mode, RecoveryMode::Tolerant, path, 0, reason, &mut warnings)?;
+                remove_from = Some(index);
                 break;
             }
             Some(Problem::TornTail { offset, reason }) => {
-                report.warnings.push(format!(
-                    "torn tail in {}: cut {} bytes at offset {offset} ({reason})",
-                    path.display(),
-                    scan.data_len - offset
+                let cut = scan.data_len - offset;
+                let why = format!("torn tail: {cut} bytes at offset {offset} ({reason})");
+                refuse_or_warn(mode, RecoveryMode::Strict, path, offset, why, &mut warnings)?;
+                warnings.push(format!(
+                    "torn tail in {}: cut {cut} bytes at offset {offset} ({reason})",
+                    path.display()
                 ));
-                keep_len = offset;
+                actions.push(Action::Truncate {
+                    path: path.clone(),
+                    len: offset,
+                });
+                segment.len = offset;
+            }
+            Some(Problem::TornWrite {
+                offset,
+                reason,
+                zeroes,
+                later_records,
+            }) => {
+                let cut = scan.data_len - offset;
+                let why = format!(
+                    "torn write: {cut} bytes at offset {offset} ({reason}), with a zeroed \
+                     sector at offset {zeroes} and {later_records} intact records after it"
+                );
+                refuse_or_warn(mode, RecoveryMode::Strict, path, offset, why, &mut warnings)?;
+                warnings.push(format!(
+                    "torn write in {}: cut {cut} bytes at offset {offset} ({reason}); the \
+                     damage holds a zeroed sector at offset {zeroes} (a page of the last write \
+                     that never reached the disk), so none of the {later_records} intact \
+                     records after it was acknowledged",
+                    path.display()
+                ));
+                actions.push(Action::Truncate {
+                    path: path.clone(),
+                    len: offset,
+                });
+                segment.len = offset;
             }
             Some(Problem::Corrupt { offset, reason }) => {
-                fail_or_cut(path, offset, reason, &mut report)?;
-                report.records += scan.records;
-                kept.push(SegmentMeta {
-                    first_lsn: *name_lsn,
+                refuse_or_warn(
+                    mode,
+                    RecoveryMode::Tolerant,
+                    path,
+                    offset,
+                    reason,
+                    &mut warnings,
+                )?;
+                let was = if scan.zero_tail {
+                    scan.end
+                } else {
+                    scan.data_len
+                };
+                if offset < was {
+                    warnings.push(format!(
+                        "cut {} bytes of {} at offset {offset}",
+                        was - offset,
+                        path.display()
+                    ));
+                }
+                actions.push(Action::Truncate {
                     path: path.clone(),
-                    len: scan.data_len,
+                    len: offset,
                 });
-                expected = Some(scan.next_lsn);
-                open_batch = scan.open_batch;
-                cut = Some(Cut {
-                    index,
-                    keep: Some(offset),
-                });
-                break;
+                segment.len = offset;
+                remove_from = Some(index + 1);
+                stop = true;
             }
         }
-        report.records += scan.records;
-        kept.push(SegmentMeta {
-            first_lsn: *name_lsn,
-            path: path.clone(),
-            len: file_len,
-        });
-        if keep_len < file_len {
-            truncate_file(vfs, path, keep_len)?;
-            if let Some(last) = kept.last_mut() {
-                last.len = keep_len;
-            }
-        }
-        expected = Some(scan.next_lsn);
+        expected = Some(*name_lsn + records);
         open_batch = scan.open_batch;
+        kept.push(segment);
+        if stop {
+            break;
+        }
         if let (false, Some((offset, _))) = (is_last, open_batch) {
             // Batches never span segments, and a segment is complete before
             // the next one exists.
-            fail_or_cut(
+            refuse_or_warn(
+                mode,
+                RecoveryMode::Tolerant,
                 path,
                 offset,
                 "segment ends inside a batch".to_string(),
-                &mut report,
+                &mut warnings,
             )?;
             // The batch rule below cuts this segment back to the batch.
-            cut = Some(Cut { index, keep: None }.keeping_whole());
+            remove_from = Some(index + 1);
             break;
         }
     }
 
-    if let Some(cut) = cut {
-        // Newest first, so that a crash in the middle leaves a prefix of the
-        // log, which the next tolerant open cuts the same way.
-        for (_, path) in names[cut.index + 1..].iter().rev() {
-            remove_segment(vfs, dir, path, &mut report)?;
-        }
-        match cut.keep {
-            None => {
-                remove_segment(vfs, dir, &names[cut.index].1, &mut report)?;
-            }
-            Some(keep) => {
-                if let Some(last) = kept.last_mut()
-                    && keep < last.len
-                {
-                    report.warnings.push(format!(
-                        "cut {} bytes of {} at offset {keep}",
-                        last.len - keep,
-                        last.path.display()
-                    ));
-                    truncate_file(vfs, &last.path, keep)?;
-                    last.len = keep;
-                }
-            }
+    // Newest first, so that a crash in the middle leaves a prefix of the
+    // log, which the next tolerant open cuts the same way. The removals go
+    // before the truncation of the segment that stays.
+    let mut removals = Vec::new();
+    if let Some(from) = remove_from {
+        for (_, path) in names[from..].iter().rev() {
+            warnings.push(format!("removed segment {} after the cut", path.display()));
+            removals.push(Action::Remove { path: path.clone() });
         }
     }
+    let truncations = std::mem::take(&mut actions);
+    actions.extend(removals);
+    actions.extend(truncations);
 
     // An `append_batch` is all or nothing: a batch whose last record did not
     // make it is cut back to its first record.
@@ -259,18 +418,111 @@ pub(crate) fn recover(vfs: &dyn Vfs, dir: &Path, options: &WalOptions) -> Result
         && offset < last.len
     {
         let next = expected.unwrap_or(first_lsn);
-        report.warnings.push(format!(
+        let why = format!(
+            "incomplete batch: {} records from LSN {first_lsn} at offset {offset}",
+            next - first_lsn
+        );
+        refuse_or_warn(mode, RecoveryMode::Strict, &last.path, offset, why, &mut warnings)?;
+        warnings.push(format!(
             "incomplete batch in {}: cut {} bytes ({} records from LSN {first_lsn}) at offset {offset}",
             last.path.display(),
             last.len - offset,
             next - first_lsn
         ));
-        truncate_file(vfs, &last.path, offset)?;
+        actions.push(Action::Truncate {
+            path: last.path.clone(),
+            len: offset,
+        });
         last.len = offset;
-        report.records -= next - first_lsn;
+        last.offsets.truncate((first_lsn - last.first_lsn) as usize);
         expected = Some(first_lsn);
     }
 
+    let next_lsn = match kept.last() {
+        Some(last) => expected.unwrap_or(last.first_lsn),
+        None => {
+            // A new log, or a tolerant cut removed everything: start where
+            // the log would go on, after every LSN it has seen, so that no
+            // LSN is ever reused. The newest segment's name is a lower
+            // bound; its intact records may reach further.
+            let first_lsn = match names.last() {
+                None => 1,
+                Some((lsn, path)) => {
+                    highest_intact_lsn(vfs, path, *lsn, options.max_record_size)?
+                        .map_or(*lsn, |last| last + 1)
+                        .max(1)
+                }
+            };
+            actions.push(Action::Create { first_lsn });
+            first_lsn
+        }
+    };
+    Ok(Plan {
+        kept,
+        actions,
+        warnings,
+        next_lsn,
+    })
+}
+
+/// The highest LSN of the consecutive intact records at the start of a
+/// segment that is about to be removed, read without trusting its header:
+/// how far its LSNs reached, so that a log restarted after it does not
+/// reuse them. Read errors count as "nothing more".
+fn highest_intact_lsn(
+    vfs: &dyn Vfs,
+    path: &Path,
+    first_lsn: Lsn,
+    max_record_size: u32,
+) -> Result<Option<Lsn>> {
+    let Ok(file) = vfs.open_read(path) else {
+        return Ok(None);
+    };
+    let Ok(mut reader) = SegmentReader::new(file, max_record_size) else {
+        return Ok(None);
+    };
+    let mut last = None;
+    let mut expected = first_lsn;
+    while let Ok(Step::Record { lsn, .. }) = reader.next_step() {
+        if lsn != expected {
+            break;
+        }
+        last = Some(lsn);
+        expected += 1;
+    }
+    Ok(last)
+}
+
+/// Step 4: carries out the plan, each step durable before the next; then
+/// fsyncs the directory. Returns the segment it had to create, if any.
+fn apply(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    options: &WalOptions,
+    actions: Vec<Action>,
+) -> Result<Option<SegmentMeta>> {
+    let mut created = None;
+    for action in actions {
+        match action {
+            Action::RewriteHeader { path, first_lsn } => rewrite_header(vfs, &path, first_lsn)?,
+            Action::Truncate { path, len } => truncate_file(vfs, &path, len)?,
+            Action::Remove { path } => {
+                vfs.remove_file(&path)
+                    .map_err(Error::io("remove segment", &path))?;
+                vfs.sync_dir(dir)
+                    .map_err(Error::io("sync log directory", dir))?;
+            }
+            Action::Create { first_lsn } => {
+                let (_, path) =
+                    segment::create_segment(vfs, dir, first_lsn, options.segment_size)?;
+                created = Some(SegmentMeta::new(
+                    first_lsn,
+                    path,
+                    SEGMENT_HEADER_LEN as u64,
+                ));
+            }
+        }
+    }
     // Always, not only after a cut: a segment found here may have been
     // created by a process that died (or met a failed directory fsync)
     // before syncing the directory, so its entry may still be only in
@@ -278,79 +530,55 @@ pub(crate) fn recover(vfs: &dyn Vfs, dir: &Path, options: &WalOptions) -> Result
     // is durable (found by tests/fault_injection.rs).
     vfs.sync_dir(dir)
         .map_err(Error::io("sync log directory", dir))?;
+    Ok(created)
+}
 
-    let Some(last) = kept.last() else {
-        // A new log, or a tolerant cut removed everything: start a segment
-        // where the log would continue, so no LSN is ever reused.
-        let first_lsn = names.first().map_or(1, |(lsn, _)| (*lsn).max(1));
-        let (file, path) = segment::create_segment(vfs, dir, first_lsn, options.segment_size)?;
-        report.end = Some(LogEnd {
-            segment: path.clone(),
-            offset: SEGMENT_HEADER_LEN as u64,
-            free_bytes: options
-                .segment_size
-                .saturating_sub(SEGMENT_HEADER_LEN as u64),
-        });
-        return Ok(Recovered {
-            segments: vec![SegmentMeta {
-                first_lsn,
-                path,
-                len: SEGMENT_HEADER_LEN as u64,
-            }],
-            active: file,
-            active_len: SEGMENT_HEADER_LEN as u64,
-            next_lsn: first_lsn,
-            report,
+/// Opens the active (last) segment for writing and preallocates it again
+/// (see `segment::create_segment`) if it is shorter than a segment: cut
+/// back by recovery, or ended exactly after a record by a crash or by an
+/// older version of this crate. Its records are durable already; this only
+/// reserves space after them.
+fn open_active(
+    vfs: &dyn Vfs,
+    options: &WalOptions,
+    segments: &[SegmentMeta],
+) -> Result<(Box<dyn VfsFile>, LogEnd)> {
+    let Some(last) = segments.last() else {
+        return Err(Error::InvalidArgument {
+            reason: "recovery left no segment".to_string(),
         });
     };
     let active = vfs
         .open_write(&last.path)
         .map_err(Error::io("open active segment", &last.path))?;
-    // The active segment is preallocated (see `segment::create_segment`)
-    // again if it is shorter than a segment: cut back above, or ended
-    // exactly after a record by a crash or by an older version of this
-    // crate. Its records are durable already; this only adds zeroes.
     let mut file_len = active
         .len()
         .map_err(Error::io("read segment length", &last.path))?;
     if file_len < options.segment_size {
-        active
-            .set_len(options.segment_size)
-            .map_err(Error::io("preallocate segment", &last.path))?;
-        active
-            .sync_data()
-            .map_err(Error::io("sync segment", &last.path))?;
+        segment::reserve(active.as_ref(), &last.path, options.segment_size)?;
         file_len = options.segment_size;
     }
-    let active_len = last.len;
-    report.end = Some(LogEnd {
+    let end = LogEnd {
         segment: last.path.clone(),
-        offset: active_len,
-        free_bytes: file_len.saturating_sub(active_len),
-    });
-    let next_lsn = expected.unwrap_or(last.first_lsn);
-    Ok(Recovered {
-        segments: kept,
-        active,
-        active_len,
-        next_lsn,
-        report,
-    })
+        offset: last.len,
+        free_bytes: file_len.saturating_sub(last.len),
+    };
+    Ok((active, end))
 }
 
 /// Scans the segments of `names` on up to `threads` threads; entry `i` is
 /// the result of [`scan_segment`] for segment `i` (the last one scanned as
 /// the last), or `None` if it was not scanned. Empty when fewer than two
-/// threads or two segments make parallelism pointless: [`recover`] then
-/// scans each segment itself. (The last segment is scanned with the others
+/// threads or two segments make parallelism pointless: [`plan`] then scans
+/// each segment itself. (The last segment is scanned with the others
 /// because it is often the slowest: its preallocated zeroes are read too.)
 ///
 /// Scanning only reads, and a segment's scan depends on nothing but the
 /// segment and the first LSN in its name (the checks between segments stay
-/// in [`recover`]), so the order in which segments are scanned changes no
+/// in [`plan`]), so the order in which segments are scanned changes no
 /// result. Workers take segments in log order from a shared counter, and
 /// stop taking them after the lowest segment whose scan ends the loop in
-/// [`recover`] (an error, a problem, a batch left open): nothing after it is
+/// [`plan`] (an error, a problem, a batch left open): nothing after it is
 /// used, as in a sequential scan, so a corrupt early segment does not make
 /// open read the whole log. Scans of later segments that were already
 /// running are dropped unused, errors included, exactly as a sequential
@@ -367,7 +595,7 @@ fn prescan(
         return Vec::new();
     }
     let next = AtomicUsize::new(0);
-    // Lowest index whose scan ends the loop in `recover`, if any yet.
+    // Lowest index whose scan ends the loop in `plan`, if any yet.
     let stop = AtomicUsize::new(usize::MAX);
     let mut results: Vec<Option<Result<SegmentScan>>> = (0..count).map(|_| None).collect();
     std::thread::scope(|s| {
@@ -390,7 +618,7 @@ fn prescan(
                         let scan = scan_segment(vfs, path, *first_lsn, is_last, max_record_size);
                         let ends_loop = match &scan {
                             Err(_) => true,
-                            Ok(scan) => scan.problem.is_some() || scan.open_batch.is_some(),
+                            Ok(scan) => scan.ends_the_log(),
                         };
                         if ends_loop {
                             stop.fetch_min(index, Ordering::Relaxed);
@@ -418,7 +646,8 @@ fn prescan(
     results
 }
 
-/// Reads one segment and classifies what is wrong with it, if anything.
+/// Step 2: reads one segment and classifies what is wrong with it, if
+/// anything.
 fn scan_segment(
     vfs: &dyn Vfs,
     path: &Path,
@@ -435,8 +664,7 @@ fn scan_segment(
     let mut scan = SegmentScan {
         file_len,
         end: SEGMENT_HEADER_LEN as u64,
-        next_lsn: first_lsn,
-        records: 0,
+        offsets: Vec::new(),
         open_batch: None,
         zero_tail: false,
         data_len: file_len,
@@ -451,12 +679,12 @@ fn scan_segment(
             return Ok(scan);
         }
         // Records are written only after the header was synced, so a bad
-        // header with nothing after it is an interrupted creation. This
-        // comes before the version check: a torn header write may keep the
-        // magic and leave garbage in the version field (found by the
-        // torn-crash sweep in tests/power_loss.rs), and rewriting a file
-        // that holds no record loses nothing, its first LSN being in its name.
-        // (Or nothing but the zeroes of its preallocation.)
+        // header with nothing after it (or nothing but the zeroes of its
+        // preallocation) is an interrupted creation. This comes before the
+        // version check: a torn header write may keep the magic and leave
+        // garbage in the version field (found by the torn-crash sweep in
+        // tests/power_loss.rs), and rewriting a file that holds no record
+        // loses nothing, its first LSN being in its name.
         Err(e)
             if is_last
                 && (file_len <= SEGMENT_HEADER_LEN as u64
@@ -479,6 +707,7 @@ fn scan_segment(
             return Ok(scan);
         }
     }
+    let mut next_lsn = first_lsn;
     loop {
         match reader.next_step().map_err(io_err())? {
             Step::End => return Ok(scan),
@@ -488,10 +717,10 @@ fn scan_segment(
                 flags,
                 payload,
             } => {
-                if lsn != scan.next_lsn {
+                if lsn != next_lsn {
                     scan.problem = Some(Problem::Corrupt {
                         offset,
-                        reason: format!("expected LSN {}, found {lsn}", scan.next_lsn),
+                        reason: format!("expected LSN {next_lsn}, found {lsn}"),
                     });
                     return Ok(scan);
                 }
@@ -501,9 +730,15 @@ fn scan_segment(
                     (Some(_), false) => scan.open_batch = None,
                     _ => {}
                 }
-                scan.next_lsn += 1;
-                scan.records += 1;
+                next_lsn += 1;
+                // Offsets fit: `segment_size` is at most 4 GiB and every
+                // record starts inside it.
+                scan.offsets.push(u32::try_from(offset).unwrap_or(u32::MAX));
                 scan.end = offset + format::framed_len(payload.len());
+            }
+            Step::Bad { offset, error } if error.is_intact() => {
+                scan.problem = Some(Problem::Intact { offset, error });
+                return Ok(scan);
             }
             Step::Bad { offset, error } => {
                 // The active segment's preallocated space: the log ends here.
@@ -513,34 +748,73 @@ fn scan_segment(
                     return Ok(scan);
                 }
                 let reason = error.describe();
-                scan.problem = Some(if is_last {
-                    let rest = reader.read_rest(offset).map_err(io_err())?;
-                    let used = rest.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-                    scan.data_len = offset + used as u64;
-                    if valid_record_after(&rest, used, scan.next_lsn, max_record_size) {
-                        Problem::Corrupt { offset, reason }
-                    } else {
-                        Problem::TornTail { offset, reason }
-                    }
-                } else {
-                    Problem::Corrupt { offset, reason }
-                });
+                if !is_last {
+                    scan.problem = Some(Problem::Corrupt { offset, reason });
+                    return Ok(scan);
+                }
+                let rest = reader.read_rest(offset).map_err(io_err())?;
+                let used = rest.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+                scan.data_len = offset + used as u64;
+                scan.problem = Some(
+                    match valid_record_after(&rest, used, next_lsn, max_record_size) {
+                        None => Problem::TornTail { offset, reason },
+                        Some(at) => match zeroed_sector(offset, &rest[..at]) {
+                            Some(zeroes) => Problem::TornWrite {
+                                offset,
+                                reason,
+                                zeroes,
+                                later_records: count_records(&rest[at..], max_record_size),
+                            },
+                            None => Problem::Corrupt { offset, reason },
+                        },
+                    },
+                );
                 return Ok(scan);
             }
         }
     }
 }
 
-/// Whether a whole, valid record with an LSN at or after `expected` starts
-/// anywhere in `rest` (the file from a bad record on) after its first byte
+/// Where, in `damage` (the file's bytes from offset `start` up to the next
+/// valid record), a whole sector-aligned sector of zeroes lies, if one
+/// does: the sign of a page of the last write that never reached the disk.
+fn zeroed_sector(start: u64, damage: &[u8]) -> Option<u64> {
+    let end = start + damage.len() as u64;
+    let mut sector = start.div_ceil(SECTOR) * SECTOR;
+    while sector + SECTOR <= end {
+        let from = (sector - start) as usize;
+        if damage[from..from + SECTOR as usize].iter().all(|&b| b == 0) {
+            return Some(sector);
+        }
+        sector += SECTOR;
+    }
+    None
+}
+
+/// How many valid records follow one another from the start of `bytes`.
+fn count_records(bytes: &[u8], max_record_size: u32) -> u64 {
+    let mut at = 0;
+    let mut n = 0;
+    while let Ok(record) = format::decode_record(&bytes[at..], max_record_size) {
+        at += record.framed_len;
+        n += 1;
+    }
+    n
+}
+
+/// Where the first whole, valid record with an LSN at or after `expected`
+/// starts in `rest` (the file from a bad record on), after its first byte
 /// and before `used` (where its non-zero bytes end: a record starts with a
-/// non-zero checksum, so none starts in the zeroes after).
-fn valid_record_after(rest: &[u8], used: usize, expected: Lsn, max_record_size: u32) -> bool {
+/// non-zero checksum, so none starts in the zeroes after), if one does.
+fn valid_record_after(
+    rest: &[u8],
+    used: usize,
+    expected: Lsn,
+    max_record_size: u32,
+) -> Option<usize> {
     let most_records = (rest.len() / RECORD_HEADER_LEN) as u64;
     for start in 1..used {
-        let Some(raw) = rest.get(start..start + RECORD_HEADER_LEN) else {
-            break;
-        };
+        let raw = rest.get(start..start + RECORD_HEADER_LEN)?;
         let mut h = [0u8; RECORD_HEADER_LEN];
         h.copy_from_slice(raw);
         let header = format::RecordHeader::parse(&h);
@@ -548,10 +822,10 @@ fn valid_record_after(rest: &[u8], used: usize, expected: Lsn, max_record_size: 
             continue;
         }
         if format::decode_record(&rest[start..], max_record_size).is_ok() {
-            return true;
+            return Some(start);
         }
     }
-    false
+    None
 }
 
 fn rewrite_header(vfs: &dyn Vfs, path: &Path, first_lsn: Lsn) -> Result<()> {
@@ -573,25 +847,6 @@ fn truncate_file(vfs: &dyn Vfs, path: &Path, len: u64) -> Result<()> {
     file.set_len(len)
         .map_err(Error::io("truncate segment", path))?;
     file.sync_data().map_err(Error::io("sync segment", path))
-}
-
-/// Removes a segment after a tolerant cut and makes the removal durable
-/// before anything else changes, so that a crash leaves a prefix of the log
-/// that the next open cuts the same way.
-fn remove_segment(
-    vfs: &dyn Vfs,
-    dir: &Path,
-    path: &Path,
-    report: &mut RecoveryReport,
-) -> Result<()> {
-    vfs.remove_file(path)
-        .map_err(Error::io("remove segment", path))?;
-    vfs.sync_dir(dir)
-        .map_err(Error::io("sync log directory", dir))?;
-    report
-        .warnings
-        .push(format!("removed segment {} after the cut", path.display()));
-    Ok(())
 }
 
 #[cfg(test)]
@@ -700,7 +955,7 @@ mod tests {
         // A strict open changes nothing.
         assert_eq!(segment_files(dir.path()).len(), SEGMENTS + 1);
 
-        let wal = Wal::open(dir.path(), options(RecoveryMode::TruncateAtCorruption)).unwrap();
+        let wal = Wal::open(dir.path(), options(RecoveryMode::Tolerant)).unwrap();
         // LSN 10 is record 1 of segment 2: the log keeps LSNs 1..=9.
         let kept: Vec<Record> = wal.iter_from(0).unwrap().collect::<Result<_>>().unwrap();
         assert_eq!(kept, records[..9]);
@@ -732,7 +987,7 @@ mod tests {
         let (dir, _) = build();
         unknown_version(dir.path(), 1);
         flip(dir.path(), 4, 2);
-        for mode in [RecoveryMode::Strict, RecoveryMode::TruncateAtCorruption] {
+        for mode in [RecoveryMode::Strict, RecoveryMode::Tolerant] {
             match Wal::open(dir.path(), options(mode)) {
                 Err(Error::UnsupportedVersion { segment, .. }) => {
                     assert_eq!(segment, dir.path().join(name(1)));
@@ -755,13 +1010,22 @@ mod tests {
                     Some(Problem::TornTail { offset, reason }) => {
                         format!("torn tail {offset} {reason}")
                     }
+                    Some(Problem::TornWrite { offset, zeroes, .. }) => {
+                        format!("torn write {offset} {zeroes}")
+                    }
                     Some(Problem::Corrupt { offset, reason }) => {
                         format!("corrupt {offset} {reason}")
                     }
+                    Some(Problem::Intact { offset, error }) => {
+                        format!("intact {offset} {}", error.describe())
+                    }
                 };
                 format!(
-                    "len {} end {} next {} records {} batch {:?} problem {problem}",
-                    s.file_len, s.end, s.next_lsn, s.records, s.open_batch
+                    "len {} end {} records {} batch {:?} problem {problem}",
+                    s.file_len,
+                    s.end,
+                    s.offsets.len(),
+                    s.open_batch
                 )
             }
         }

@@ -17,6 +17,36 @@ pub(crate) struct SegmentMeta {
     /// Its length in bytes. For the active segment this is the length when
     /// it was sealed or opened; the writer tracks the live length.
     pub len: u64,
+    /// The in-memory index: the offset of each record written to it, in LSN
+    /// order (record `first_lsn + i` starts at `offsets[i]`). Four bytes a
+    /// record; what lets `Wal::read` go straight to a record.
+    pub offsets: Vec<u32>,
+}
+
+impl SegmentMeta {
+    /// A segment with no record indexed yet.
+    pub(crate) fn new(first_lsn: Lsn, path: PathBuf, len: u64) -> SegmentMeta {
+        SegmentMeta {
+            first_lsn,
+            path,
+            len,
+            offsets: Vec::new(),
+        }
+    }
+
+    /// One past the LSN of its last indexed record.
+    pub(crate) fn end_lsn(&self) -> Lsn {
+        self.first_lsn + self.offsets.len() as u64
+    }
+}
+
+/// Reserves the space of a segment of `size` bytes for `file` (the zeroes
+/// after its records) and makes the new length durable.
+pub(crate) fn reserve(file: &dyn VfsFile, path: &Path, size: u64) -> Result<()> {
+    file.set_len(size)
+        .map_err(Error::io("preallocate segment", path))?;
+    file.sync_data()
+        .map_err(Error::io("sync segment", path))
 }
 
 /// The path of the segment starting at `first_lsn`.
