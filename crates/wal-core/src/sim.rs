@@ -44,9 +44,13 @@
 //! Real disks may write back some unsynced data before the power goes.
 //! [`SimFs::crash_torn`] models that, deterministically from a seed:
 //!
-//! * for each directory, a prefix of its pending (unsynced) entry changes,
-//!   in the order they were made, is kept — metadata journals commit in
-//!   order; a rename is never split within one directory;
+//! * for each directory, each of its pending (unsynced) entry changes is
+//!   independently kept or lost, and the kept ones apply in the order they
+//!   were made. Real file systems may persist any subset of unsynced
+//!   directory operations (a later removal without an earlier one), so a
+//!   log that needs them in order must `sync_dir` between them. One change
+//!   is atomic: a rename within one directory is never split (across
+//!   directories it is two changes, one in each);
 //! * for each file, a random prefix, in file-offset order, of what was
 //!   written since its last sync is kept: from the first byte the sync would
 //!   change, up to a random point, the file holds the written bytes, and
@@ -531,8 +535,14 @@ impl State {
             };
             let mut entries = dir.durable.clone();
             if let Some(rng) = rng.as_mut() {
-                let keep = to_usize(rng.upto(dir.pending.len() as u64));
-                for change in &dir.pending[..keep] {
+                // Each pending change reaches the disk or not, independently
+                // of the others; the ones that do apply in the order they
+                // were made. One change is atomic (a rename within the
+                // directory is never split).
+                for change in &dir.pending {
+                    if rng.next().is_multiple_of(2) {
+                        continue;
+                    }
                     for (name, entry) in change {
                         match entry {
                             Some(e) => entries.insert(name.clone(), *e),
@@ -548,12 +558,15 @@ impl State {
                         if out.inodes.contains_key(&ino) {
                             continue; // hard-linked twice by a torn rename
                         }
-                        let Some(inode) = self.inodes.get(&ino) else {
-                            continue;
-                        };
-                        let disk = match rng.as_mut() {
-                            Some(rng) => torn_content(inode, rng),
-                            None => inode.disk.clone(),
+                        // Inodes are never dropped from `inodes` (open
+                        // handles and unsynced removals keep them), so a kept
+                        // entry, however late its change, finds its inode;
+                        // should one be missing, the entry still gets one,
+                        // empty, rather than dangle.
+                        let disk = match (self.inodes.get(&ino), rng.as_mut()) {
+                            (None, _) => Vec::new(),
+                            (Some(inode), Some(rng)) => torn_content(inode, rng),
+                            (Some(inode), None) => inode.disk.clone(),
                         };
                         out.inodes.insert(
                             ino,
@@ -1549,6 +1562,57 @@ mod tests {
             );
         }
         assert!(saw_none && saw_partial && saw_all && saw_junk);
+    }
+
+    #[test]
+    fn torn_crash_keeps_any_subset_of_directory_changes_in_order() {
+        // Two removals with no sync_dir between them: the second may reach
+        // the disk while the first does not.
+        let mut seen = BTreeSet::new();
+        for seed in 0..64 {
+            let run = || {
+                let fs = fs_with_dir();
+                durable_file(&fs, "a", b"1");
+                durable_file(&fs, "b", b"2");
+                fs.remove_file(p("/d/a")).unwrap();
+                fs.remove_file(p("/d/b")).unwrap();
+                names(&fs.crash_torn(seed), "/d")
+            };
+            let n = run();
+            assert_eq!(n, run(), "seed {seed}: deterministic");
+            seen.insert(n);
+        }
+        let all: BTreeSet<Vec<String>> = [vec![], vec!["a"], vec!["b"], vec!["a", "b"]]
+            .into_iter()
+            .map(|v| v.into_iter().map(String::from).collect())
+            .collect();
+        // Every subset occurs, and nothing else: in particular `a` still
+        // there with `b` gone (the later removal kept, the earlier lost).
+        assert_eq!(seen, all);
+    }
+
+    #[test]
+    fn torn_crash_never_splits_a_rename_among_other_changes() {
+        let (mut saw_old, mut saw_new) = (false, false);
+        for seed in 0..64 {
+            let fs = fs_with_dir();
+            durable_file(&fs, "old", b"payload");
+            durable_file(&fs, "gone", b"g");
+            // Pending changes before and after the rename, so that it sits
+            // among kept and lost ones.
+            fs.create_new(p("/d/before")).unwrap();
+            fs.rename(p("/d/old"), p("/d/new")).unwrap();
+            fs.remove_file(p("/d/gone")).unwrap();
+            let after = fs.crash_torn(seed);
+            let n = names(&after, "/d");
+            let (has_old, has_new) = (n.contains(&"old".into()), n.contains(&"new".into()));
+            assert!(has_old != has_new, "seed {seed}: rename split: {n:?}");
+            let name = if has_old { "/d/old" } else { "/d/new" };
+            assert_eq!(after.read_file(p(name)).unwrap(), b"payload");
+            saw_old |= has_old;
+            saw_new |= has_new;
+        }
+        assert!(saw_old && saw_new);
     }
 
     #[test]
