@@ -38,6 +38,12 @@
 //!   failed sync rather than retry it.
 //! * **A failed `sync_dir`** makes nothing durable; the directory changes stay
 //!   pending and a later successful `sync_dir` makes them durable.
+//! * **Unsynced changes in a crash**: [`SimFs::crash`] keeps none of them.
+//!   The torn crashes below keep some: any subset of a directory's pending
+//!   changes, and of a file's unsynced data either a prefix in file-offset
+//!   order ([`SimFs::crash_torn`]) or any subset of its 4096-byte pages
+//!   ([`SimFs::crash_reordered`]: a drive may persist a later page of a
+//!   write and not an earlier one).
 //!
 //! # Torn crashes
 //!
@@ -61,6 +67,19 @@
 //!   was recorded but whose data never arrived, or a sector torn mid-write.
 //!   The junk never extends past the written length. A length cut since the
 //!   last sync is never kept.
+//!
+//! [`SimFs::crash_reordered`] treats directories the same way but keeps
+//! file data out of order, as a drive with a volatile cache may write it
+//! back: of the bytes written since a file's last sync, each 4096-byte page
+//! (aligned to file offsets that are multiples of 4096) is independently
+//! kept, holding the written bytes, or lost, holding what was durable there
+//! before (the zeroes of preallocated space, the older bytes of an
+//! overwrite, or nothing past the durable length). So a later page of one
+//! write can survive while an earlier one is lost. The file is as long as
+//! its durable length or as the last byte of its last kept page, whichever
+//! is longer; lost bytes in between past the durable length read as
+//! zeroes. No junk is added, and, as above, a length cut since the last
+//! sync is never kept; a file with nothing unsynced is never changed.
 //!
 //! # Faults
 //!
@@ -519,9 +538,9 @@ impl State {
         }
     }
 
-    /// The durable image as a fresh, live state. With `rng`, a torn crash:
-    /// see the module documentation.
-    fn survivor(&self, mut rng: Option<Rng>) -> State {
+    /// The durable image as a fresh, live state. With `tear`, a torn or
+    /// reordered crash: see the module documentation.
+    fn survivor(&self, mut tear: Option<Tear>) -> State {
         let mut out = State {
             next_ino: self.next_ino,
             ..State::default()
@@ -534,7 +553,7 @@ impl State {
                 continue;
             };
             let mut entries = dir.durable.clone();
-            if let Some(rng) = rng.as_mut() {
+            if let Some(Tear { rng, .. }) = tear.as_mut() {
                 // Each pending change reaches the disk or not, independently
                 // of the others; the ones that do apply in the order they
                 // were made. One change is atomic (a rename within the
@@ -563,10 +582,15 @@ impl State {
                         // entry, however late its change, finds its inode;
                         // should one be missing, the entry still gets one,
                         // empty, rather than dangle.
-                        let disk = match (self.inodes.get(&ino), rng.as_mut()) {
+                        let disk = match (self.inodes.get(&ino), tear.as_mut()) {
                             (None, _) => Vec::new(),
-                            (Some(inode), Some(rng)) => torn_content(inode, rng),
                             (Some(inode), None) => inode.disk.clone(),
+                            (Some(inode), Some(Tear { rng, pages: false })) => {
+                                torn_content(inode, rng)
+                            }
+                            (Some(inode), Some(Tear { rng, pages: true })) => {
+                                reordered_content(inode, rng)
+                            }
                         };
                         out.inodes.insert(
                             ino,
@@ -593,6 +617,34 @@ impl State {
     }
 }
 
+/// How a crash keeps unsynced changes: directory changes as a random subset
+/// (both kinds), file data as a random prefix (`pages: false`,
+/// [`SimFs::crash_torn`]) or as a random set of pages
+/// ([`SimFs::crash_reordered`]).
+struct Tear {
+    rng: Rng,
+    pages: bool,
+}
+
+/// The unit [`SimFs::crash_reordered`] keeps or loses file data in.
+const PAGE_SIZE: usize = 4096;
+
+/// Which bytes of `img` (the inode's [`Inode::synced_image`]) a sync would
+/// write: the file's growth past its durable length and the dirty ranges.
+fn written_mask(inode: &Inode, img: &[u8]) -> Vec<bool> {
+    let mut written = vec![false; img.len()];
+    for flag in written.iter_mut().skip(inode.disk.len()) {
+        *flag = true;
+    }
+    for &(start, end) in &inode.dirty {
+        let end = to_usize(end).min(img.len());
+        for flag in written.iter_mut().take(end).skip(to_usize(start)) {
+            *flag = true;
+        }
+    }
+    written
+}
+
 /// The content a torn crash leaves in `inode`: its durable content with a
 /// random prefix, in file-offset order, of what was written since the last
 /// sync, possibly followed by a run of junk (zeroes or random bytes), never
@@ -610,17 +662,7 @@ fn torn_content(inode: &Inode, rng: &mut Rng) -> Vec<u8> {
         return disk.clone();
     }
     let img = inode.synced_image();
-    // Which bytes a sync would write: the file's growth and the dirty ranges.
-    let mut written = vec![false; img.len()];
-    for flag in written.iter_mut().skip(disk.len()) {
-        *flag = true;
-    }
-    for &(start, end) in &inode.dirty {
-        let end = to_usize(end).min(img.len());
-        for flag in written.iter_mut().take(end).skip(to_usize(start)) {
-            *flag = true;
-        }
-    }
+    let written = written_mask(inode, &img);
     let (Some(first), Some(last)) = (
         written.iter().position(|&w| w),
         written.iter().rposition(|&w| w),
@@ -645,6 +687,38 @@ fn torn_content(inode: &Inode, rng: &mut Rng) -> Vec<u8> {
         }
         for byte in &mut out[cut..cut + junk] {
             *byte = if zeroes { 0 } else { rng.next() as u8 };
+        }
+    }
+    out
+}
+
+/// The content a reordered crash leaves in `inode`: of the bytes written
+/// since the last sync, each [`PAGE_SIZE`]-byte page (aligned to file
+/// offsets) independently holds the written bytes or the durable ones. The
+/// file is as long as its durable content or as the last byte of a kept
+/// page, whichever is longer; lost bytes past the durable length before a
+/// kept page read as zeroes. A length cut since the last sync is never kept.
+fn reordered_content(inode: &Inode, rng: &mut Rng) -> Vec<u8> {
+    let disk = &inode.disk;
+    if to_usize(inode.min_len) < disk.len() {
+        return disk.clone();
+    }
+    let img = inode.synced_image();
+    let written = written_mask(inode, &img);
+    let mut out = disk.clone();
+    for start in (0..img.len()).step_by(PAGE_SIZE) {
+        let page = start..(start + PAGE_SIZE).min(img.len());
+        let Some(last) = page.clone().rev().find(|&i| written[i]) else {
+            continue; // nothing to write back in this page
+        };
+        if rng.next().is_multiple_of(2) {
+            continue; // this page never reached the disk
+        }
+        if out.len() <= last {
+            out.resize(last + 1, 0);
+        }
+        for i in page.filter(|&i| written[i]) {
+            out[i] = img[i];
         }
     }
     out
@@ -678,13 +752,28 @@ impl SimFs {
     /// reach the disk, chosen deterministically from `seed`; see the
     /// [module documentation](self#torn-crashes).
     pub fn crash_torn(&self, seed: u64) -> SimFs {
-        self.crash_with(Some(Rng(seed)))
+        self.crash_with(Some(Tear {
+            rng: Rng(seed),
+            pages: false,
+        }))
     }
 
-    fn crash_with(&self, rng: Option<Rng>) -> SimFs {
+    /// As [`SimFs::crash_torn`] for directory changes, but the unsynced
+    /// data of each file reaches the disk as a random set of 4096-byte
+    /// pages, in no particular order: a later page of a write may survive
+    /// while an earlier one is lost. Chosen deterministically from `seed`;
+    /// see the [module documentation](self#torn-crashes).
+    pub fn crash_reordered(&self, seed: u64) -> SimFs {
+        self.crash_with(Some(Tear {
+            rng: Rng(seed),
+            pages: true,
+        }))
+    }
+
+    fn crash_with(&self, tear: Option<Tear>) -> SimFs {
         let mut st = lock(&self.shared);
         st.dead = true;
-        let next = st.survivor(rng);
+        let next = st.survivor(tear);
         SimFs {
             shared: Arc::new(Mutex::new(next)),
         }
@@ -1629,6 +1718,128 @@ mod tests {
                 b"old-bytes",
                 "seed {seed}"
             );
+        }
+    }
+
+    /// Non-zero bytes, different from page to page, so that a kept page
+    /// tells from a lost one (zeroes) and from a neighbour.
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8 + 1).collect()
+    }
+
+    /// For each page of `got` holding bytes of the write of `data` at
+    /// `offset`: whether it holds them all (`true`) or zeroes only
+    /// (`false`); panics on a page that holds anything else.
+    fn pages_kept(got: &[u8], data: &[u8], offset: usize, what: &str) -> Vec<bool> {
+        let end = offset + data.len();
+        let mut kept = Vec::new();
+        for start in (offset / PAGE_SIZE * PAGE_SIZE..end).step_by(PAGE_SIZE) {
+            let range = start.max(offset)..(start + PAGE_SIZE).min(end);
+            let want = &data[range.start - offset..range.end - offset];
+            let have = got.get(range.clone()).unwrap_or(&[]);
+            if have == want {
+                kept.push(true);
+            } else {
+                assert!(
+                    have.iter().all(|&b| b == 0),
+                    "{what}: page at {start} is neither kept nor lost"
+                );
+                kept.push(false);
+            }
+        }
+        kept
+    }
+
+    #[test]
+    fn reordered_crash_keeps_any_set_of_pages_of_an_overwrite() {
+        // A preallocated file of four durable pages of zeroes; one write
+        // into it, not synced, touching all four (partly the first and the
+        // last). Beside it, files that are fully synced.
+        let data = pattern(3 * PAGE_SIZE);
+        let offset = PAGE_SIZE / 2;
+        let (mut saw_later_only, mut saw_none, mut saw_all) = (false, false, false);
+        let (mut saw_create, mut saw_no_create) = (false, false);
+        for seed in 0..64 {
+            let run = || {
+                let fs = fs_with_dir();
+                durable_file(&fs, "a", &[0; 4 * PAGE_SIZE]);
+                durable_file(&fs, "s", b"synced");
+                let t = fs.create_new(p("/d/t")).unwrap();
+                t.write_all_at(&data, 0).unwrap();
+                t.sync_data().unwrap();
+                fs.sync_dir(p("/d")).unwrap();
+                let f = fs.open_write(p("/d/a")).unwrap();
+                f.write_all_at(&data, offset as u64).unwrap();
+                fs.create_new(p("/d/new")).unwrap();
+                fs.crash_reordered(seed)
+            };
+            let after = run();
+            let what = format!("seed {seed}");
+            let got = after.read_file(p("/d/a")).unwrap();
+            assert_eq!(got, run().read_file(p("/d/a")).unwrap(), "{what}");
+            assert_eq!(got.len(), 4 * PAGE_SIZE, "{what}: the length is durable");
+            assert!(got[..offset].iter().all(|&b| b == 0), "{what}");
+            assert!(got[offset + data.len()..].iter().all(|&b| b == 0), "{what}");
+            let kept = pages_kept(&got, &data, offset, &what);
+            assert_eq!(kept.len(), 4);
+            if let Some(first_kept) = kept.iter().position(|&k| k) {
+                saw_later_only |= first_kept > 0;
+            }
+            saw_none |= kept.iter().all(|&k| !k);
+            saw_all |= kept.iter().all(|&k| k);
+            // Synced files are never changed.
+            assert_eq!(after.read_file(p("/d/s")).unwrap(), b"synced", "{what}");
+            assert_eq!(after.read_file(p("/d/t")).unwrap(), data, "{what}");
+            // Directory changes as in a torn crash.
+            match after.read_file(p("/d/new")) {
+                Ok(_) => saw_create = true,
+                Err(_) => saw_no_create = true,
+            }
+        }
+        assert!(
+            saw_later_only,
+            "a later page never survived without an earlier one"
+        );
+        assert!(saw_none && saw_all && saw_create && saw_no_create);
+    }
+
+    #[test]
+    fn reordered_crash_of_an_append_covers_the_last_kept_page_with_zeroes_between() {
+        let data = pattern(3 * PAGE_SIZE);
+        let mut saw_gap = false;
+        for seed in 0..64 {
+            let fs = fs_with_dir();
+            durable_file(&fs, "a", b"head");
+            let f = fs.open_write(p("/d/a")).unwrap();
+            f.write_all_at(&data, 4).unwrap();
+            let got = fs.crash_reordered(seed).read_file(p("/d/a")).unwrap();
+            let what = format!("seed {seed}");
+            assert_eq!(&got[..4], b"head", "{what}");
+            let kept = pages_kept(&got, &data, 4, &what);
+            // The file ends with the last kept page (or where the write
+            // ends inside it), or at its durable length.
+            let want_len = match kept.iter().rposition(|&k| k) {
+                Some(last) => ((last + 1) * PAGE_SIZE).min(4 + data.len()),
+                None => 4,
+            };
+            assert_eq!(got.len(), want_len, "{what}: {kept:?}");
+            saw_gap |= kept.first() == Some(&false) && kept.iter().any(|&k| k);
+        }
+        assert!(saw_gap, "a later page never survived past a lost first one");
+    }
+
+    #[test]
+    fn reordered_crash_never_keeps_an_unsynced_length_cut() {
+        for seed in 0..32 {
+            let fs = fs_with_dir();
+            let old = pattern(2 * PAGE_SIZE);
+            durable_file(&fs, "a", &old);
+            let f = fs.open_write(p("/d/a")).unwrap();
+            f.set_len(10).unwrap();
+            f.write_all_at(&[0xEE; PAGE_SIZE], 2 * PAGE_SIZE as u64)
+                .unwrap();
+            let got = fs.crash_reordered(seed).read_file(p("/d/a")).unwrap();
+            assert_eq!(got, old, "seed {seed}");
         }
     }
 
