@@ -45,6 +45,11 @@ pub trait Vfs: Send + Sync + fmt::Debug + 'static {
 }
 
 /// An open file. Positional reads and writes; no shared cursor.
+#[expect(
+    clippy::len_without_is_empty,
+    reason = "`len` is a file length read through I/O, not a collection size, \
+              and nothing asks whether a file is empty"
+)]
 pub trait VfsFile: Send + Sync + fmt::Debug {
     /// Reads up to `buf.len()` bytes at `offset`; returns how many were read
     /// (0 at end of file).
@@ -58,10 +63,6 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// The file's current length in bytes.
     fn len(&self) -> io::Result<u64>;
-    /// Whether the file is empty.
-    fn is_empty(&self) -> io::Result<bool> {
-        Ok(self.len()? == 0)
-    }
 }
 
 /// A held directory lock; dropping it releases the lock.
