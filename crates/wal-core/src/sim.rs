@@ -89,12 +89,36 @@
 //! * [`SimFs::fail_nth`] makes the `n`-th future call of one kind fail once
 //!   with a chosen error, without effect; [`SimFs::fail_nth_write_partial`]
 //!   lets a prefix of the failing write land first (a short write).
-//! * [`SimFs::set_space_budget`] models a full disk: from now, files may grow
-//!   by at most that many bytes in total; a write beyond it lands the prefix
-//!   that fits and then fails with [`io::ErrorKind::StorageFull`].
+//! * [`SimFs::set_space_budget`] models a full disk: from now, at most that
+//!   many bytes of disk blocks may be allocated in total; a write that needs
+//!   more lands the prefix that fits and then fails with
+//!   [`io::ErrorKind::StorageFull`]. See [the space model](#the-space-model).
 //! * [`SimFs::power_cut_after`] lets `n` more mutating operations through
 //!   and then fails every operation, as if the machine stopped at that
 //!   instant; follow it with [`SimFs::crash`] to see what the disk kept.
+//!
+//! # The space model
+//!
+//! Like a real file system, the budget counts allocated blocks, not file
+//! lengths. Each file has an allocated prefix (a high-water mark: the log
+//! writes sequentially, so holes inside it are not tracked):
+//!
+//! * [`VfsFile::allocate`] charges what it adds to the allocated prefix, all
+//!   or nothing (if it does not fit it fails with `StorageFull` and has no
+//!   effect), and zero-extends the file to at least that length. Writes
+//!   inside allocated bytes then never fail for lack of space.
+//! * A write charges only the bytes it puts past the allocated prefix
+//!   (including any gap before it), and the prefix then reaches its end.
+//! * [`VfsFile::set_len`] that grows a file is sparse: it charges and
+//!   allocates nothing, so a later write into the new bytes can still run
+//!   out of space. One that shrinks a file frees the allocated bytes past
+//!   the new length.
+//! * [`Vfs::remove_file`] (or a rename over a file) frees the file's blocks
+//!   once no name in the written namespace links it any more. Handles still
+//!   open on it do not keep the blocks (a simplification); a write through
+//!   one is charged afresh.
+//! * After a crash, the allocation is durable metadata like the length: a
+//!   survivor's allocated prefix is simply its durable length.
 //!
 //! # Example
 //!
@@ -150,13 +174,15 @@ pub enum Op {
     SyncData,
     /// [`VfsFile::set_len`].
     SetLen,
+    /// [`VfsFile::allocate`].
+    Allocate,
     /// [`VfsFile::len`].
     Len,
 }
 
 impl Op {
     /// Every kind, in declaration order.
-    pub const ALL: [Op; 13] = [
+    pub const ALL: [Op; 14] = [
         Op::CreateDir,
         Op::ListDir,
         Op::Create,
@@ -169,6 +195,7 @@ impl Op {
         Op::Write,
         Op::SyncData,
         Op::SetLen,
+        Op::Allocate,
         Op::Len,
     ];
 
@@ -185,6 +212,7 @@ impl Op {
                 | Op::Write
                 | Op::SyncData
                 | Op::SetLen
+                | Op::Allocate
         )
     }
 
@@ -244,6 +272,11 @@ struct Inode {
     /// cuts `disk` there before extending it, so that bytes cut away and
     /// later re-extended read back as zeroes, not as stale disk content.
     min_len: u64,
+    /// How many leading bytes have disk blocks, charged to the space
+    /// budget: a high-water mark of a contiguous prefix (the log writes
+    /// sequentially, so holes inside it are not tracked). Never more than
+    /// `data.len()`.
+    allocated: u64,
 }
 
 impl Inode {
@@ -319,8 +352,11 @@ struct State {
     counts: [u64; Op::ALL.len()],
     mutations: u64,
     faults: Vec<Fault>,
-    /// Bytes files may still grow by in total; `None` is unlimited.
+    /// Bytes of disk blocks that may still be allocated; `None` is
+    /// unlimited.
     space: Option<u64>,
+    /// The least `space` was since the budget was set.
+    space_low: Option<u64>,
     /// Mutating operations still allowed before the power cut.
     power_cut_in: Option<u64>,
     power_is_cut: bool,
@@ -530,11 +566,39 @@ impl State {
             Some(left) => {
                 let granted = extra.min(*left);
                 *left -= granted;
+                let left = *left;
+                self.space_low = Some(self.space_low.map_or(left, |low| low.min(left)));
                 if granted < extra {
                     self.injected += 1;
                 }
                 granted
             }
+        }
+    }
+
+    /// Returns `bytes` to the space budget (if there is one).
+    fn give_space(&mut self, bytes: u64) {
+        if let Some(left) = self.space.as_mut() {
+            *left = left.saturating_add(bytes);
+        }
+    }
+
+    /// Whether some directory entry of the written namespace names `ino`.
+    fn is_linked(&self, ino: Ino) -> bool {
+        self.dirs
+            .values()
+            .any(|d| d.written.values().any(|e| *e == Entry::File(ino)))
+    }
+
+    /// After `ino` lost a name: if no name is left, frees its blocks (the
+    /// model does not wait for open handles to close).
+    fn release_if_unlinked(&mut self, ino: Ino) {
+        if self.is_linked(ino) {
+            return;
+        }
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            let freed = std::mem::take(&mut inode.allocated);
+            self.give_space(freed);
         }
     }
 
@@ -597,6 +661,9 @@ impl State {
                             Inode {
                                 data: disk.clone(),
                                 min_len: len_u64(&disk),
+                                // Allocation is durable metadata once synced;
+                                // simplified to the durable length.
+                                allocated: len_u64(&disk),
                                 disk,
                                 dirty: Vec::new(),
                             },
@@ -802,12 +869,18 @@ impl SimFs {
         });
     }
 
-    /// Limits how many bytes files may grow by in total from now (`None`:
-    /// unlimited). A write past the budget lands the prefix that fits and
-    /// fails with [`io::ErrorKind::StorageFull`]; a `set_len` past it fails
-    /// without effect. Shrinking or removing files gives nothing back.
+    /// Limits how many bytes of disk blocks may be allocated in total from
+    /// now (`None`: unlimited); see [the space model](self#the-space-model).
+    /// A write that needs more blocks than are left lands the prefix that
+    /// fits and fails with [`io::ErrorKind::StorageFull`]; an
+    /// [`VfsFile::allocate`] that does not fit fails without effect; a
+    /// growing [`VfsFile::set_len`] is sparse and never fails for space.
+    /// Shrinking a file, and removing its last name, give its freed blocks
+    /// back.
     pub fn set_space_budget(&self, bytes: Option<u64>) {
-        lock(&self.shared).space = bytes;
+        let mut st = lock(&self.shared);
+        st.space = bytes;
+        st.space_low = bytes;
     }
 
     /// Lets `n` more mutating operations (see [`Op::is_mutation`]) through;
@@ -820,9 +893,19 @@ impl SimFs {
     }
 
     /// What is left of the budget set by [`SimFs::set_space_budget`]; run a
-    /// workload with a large budget to learn how many bytes it adds.
+    /// workload with a large budget to learn how many bytes of blocks it
+    /// holds at the end (bytes freed on the way are given back).
     pub fn space_budget_left(&self) -> Option<u64> {
         lock(&self.shared).space
+    }
+
+    /// The least that was left of the budget at any moment since
+    /// [`SimFs::set_space_budget`] set it: the budget minus the most blocks
+    /// the workload held at once. Run a workload with a large budget to
+    /// learn how small a budget makes it run out of space (any smaller than
+    /// that peak does, at the point where it is reached).
+    pub fn space_budget_low_water(&self) -> Option<u64> {
+        lock(&self.shared).space_low
     }
 
     /// How many operations failed so far because of the fault plan
@@ -844,6 +927,7 @@ impl SimFs {
         let mut st = lock(&self.shared);
         st.faults.clear();
         st.space = None;
+        st.space_low = None;
         st.power_cut_in = None;
         st.power_is_cut = false;
     }
@@ -988,11 +1072,13 @@ impl Vfs for SimFs {
         let mut st = lock(&self.shared);
         st.begin(Op::Remove)?;
         let path = normalize(path);
-        st.lookup_file(&path)?;
+        let ino = st.lookup_file(&path)?;
         let (parent, name) = split(&path)?;
         // The inode stays in `inodes`: open handles keep using it, and a
         // crash before `sync_dir` brings the entry back.
-        st.change(&parent, vec![(name, None)])
+        st.change(&parent, vec![(name, None)])?;
+        st.release_if_unlinked(ino);
+        Ok(())
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -1009,15 +1095,24 @@ impl Vfs for SimFs {
         if from == to {
             return Ok(());
         }
+        let replaced = match st.lookup(&to) {
+            Ok(Entry::File(old)) => Some(old),
+            _ => None,
+        };
         if from_dir == to_dir {
             st.change(
                 &from_dir,
                 vec![(from_name, None), (to_name, Some(Entry::File(ino)))],
-            )
+            )?;
         } else {
             st.change(&to_dir, vec![(to_name, Some(Entry::File(ino)))])?;
-            st.change(&from_dir, vec![(from_name, None)])
+            st.change(&from_dir, vec![(from_name, None)])?;
         }
+        // Renaming over a file unlinks it, as `remove_file` does.
+        if let Some(old) = replaced.filter(|&old| old != ino) {
+            st.release_if_unlinked(old);
+        }
+        Ok(())
     }
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
@@ -1097,7 +1192,7 @@ impl VfsFile for SimFile {
         let mut st = lock(&self.shared);
         let partial = st.begin(Op::Write)?;
         self.check_writable()?;
-        let cur_len = len_u64(&inode_mut(&mut st, self.ino)?.data);
+        let allocated = inode_mut(&mut st, self.ino)?.allocated;
         let end = offset
             .checked_add(len_u64(buf))
             .ok_or_else(|| err(io::ErrorKind::InvalidInput, "offset overflow"))?;
@@ -1109,19 +1204,30 @@ impl VfsFile for SimFile {
             land = land.min(n);
             failure = Some(err(kind, "injected short write"));
         }
+        // Only bytes past the allocated prefix need new blocks; the prefix
+        // grows contiguously, so a gap before `offset` is charged too.
         let want_end = offset + len_u64(&buf[..land]);
-        let growth = want_end.saturating_sub(cur_len);
-        let granted = st.take_space(growth);
-        if granted < growth {
-            // Bytes up to cur_len + granted fit; the gap before `offset`
-            // (if any) is consumed first, as a file extension would.
-            let fit_end = cur_len + granted;
+        let needed = if land == 0 {
+            0
+        } else {
+            want_end.saturating_sub(allocated)
+        };
+        let granted = st.take_space(needed);
+        if granted < needed {
+            // Bytes up to allocated + granted fit.
+            let fit_end = allocated + granted;
             land = to_usize(fit_end.saturating_sub(offset)).min(land);
+            if land == 0 {
+                // Nothing lands, so nothing is allocated.
+                st.give_space(granted);
+            }
             failure = Some(err(io::ErrorKind::StorageFull, "no space left on device"));
         }
         debug_assert!(offset + len_u64(&buf[..land]) <= end);
         if land > 0 {
-            inode_mut(&mut st, self.ino)?.write(&buf[..land], offset);
+            let inode = inode_mut(&mut st, self.ino)?;
+            inode.write(&buf[..land], offset);
+            inode.allocated = inode.allocated.max(offset + len_u64(&buf[..land]));
         }
         match failure {
             Some(e) => Err(e),
@@ -1153,19 +1259,33 @@ impl VfsFile for SimFile {
         let mut st = lock(&self.shared);
         st.begin(Op::SetLen)?;
         self.check_writable()?;
-        let cur = len_u64(&inode_mut(&mut st, self.ino)?.data);
-        let growth = len.saturating_sub(cur);
-        if growth > 0 {
-            let granted = st.take_space(growth);
-            if granted < growth {
-                // Give back what was taken: this set_len has no effect.
-                if let Some(left) = st.space.as_mut() {
-                    *left += granted;
-                }
-                return Err(err(io::ErrorKind::StorageFull, "no space left on device"));
-            }
+        // Growing is sparse: no blocks, no charge. Shrinking frees the
+        // blocks past the new length.
+        let inode = inode_mut(&mut st, self.ino)?;
+        inode.set_len(len);
+        let freed = inode.allocated.saturating_sub(len);
+        inode.allocated -= freed;
+        st.give_space(freed);
+        Ok(())
+    }
+
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        let mut st = lock(&self.shared);
+        st.begin(Op::Allocate)?;
+        self.check_writable()?;
+        let allocated = inode_mut(&mut st, self.ino)?.allocated;
+        let needed = len.saturating_sub(allocated);
+        let granted = st.take_space(needed);
+        if granted < needed {
+            // All or nothing: give back what was taken.
+            st.give_space(granted);
+            return Err(err(io::ErrorKind::StorageFull, "no space left on device"));
         }
-        inode_mut(&mut st, self.ino)?.set_len(len);
+        let inode = inode_mut(&mut st, self.ino)?;
+        if len > len_u64(&inode.data) {
+            inode.set_len(len);
+        }
+        inode.allocated = inode.allocated.max(len);
         Ok(())
     }
 
@@ -1525,14 +1645,144 @@ mod tests {
         assert_eq!(fs.read_file(p("/d/a")).unwrap(), b"ab23xyzPQ");
         assert_eq!(fs.space_budget_left(), Some(0));
         assert_eq!(fs.injected_failures(), 1);
-        assert_eq!(
-            f.set_len(10).unwrap_err().kind(),
-            io::ErrorKind::StorageFull
-        );
-        assert_eq!(fs.injected_failures(), 2);
+        // A write that lands nothing allocates nothing.
+        fs.set_space_budget(Some(3));
+        let e = f.write_all_at(b"far", 20).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+        assert_eq!(fs.space_budget_left(), Some(3));
         assert_eq!(f.len().unwrap(), 9);
-        fs.set_space_budget(None);
-        f.set_len(10).unwrap();
+        assert_eq!(fs.injected_failures(), 2);
+    }
+
+    #[test]
+    fn a_write_into_allocated_space_needs_no_budget() {
+        let fs = fs_with_dir();
+        let f = fs.create_new(p("/d/a")).unwrap();
+        fs.set_space_budget(Some(100));
+        f.allocate(100).unwrap();
+        assert_eq!(fs.space_budget_left(), Some(0));
+        assert_eq!(fs.read_file(p("/d/a")).unwrap(), vec![0; 100]);
+        f.write_all_at(&[7; 60], 0).unwrap();
+        f.write_all_at(&[8; 40], 60).unwrap();
+        // Allocating what is allocated already costs nothing either.
+        f.allocate(100).unwrap();
+        f.allocate(10).unwrap();
+        assert_eq!(f.len().unwrap(), 100);
+        let e = f.write_all_at(b"x", 100).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+        assert_eq!(fs.injected_failures(), 1);
+        assert_eq!(f.len().unwrap(), 100);
+    }
+
+    #[test]
+    fn a_write_into_a_sparse_extension_can_run_out_of_space() {
+        let fs = fs_with_dir();
+        let f = fs.create_new(p("/d/a")).unwrap();
+        f.write_all_at(b"abc", 0).unwrap();
+        fs.set_space_budget(Some(0));
+        // Growing by set_len reserves nothing, and so never fails for space.
+        f.set_len(100).unwrap();
+        assert_eq!(fs.space_budget_left(), Some(0));
+        let e = f.write_all_at(b"record", 10).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+        let mut want = b"abc".to_vec();
+        want.resize(100, 0);
+        assert_eq!(fs.read_file(p("/d/a")).unwrap(), want);
+        // The bytes written before are allocated: overwriting them works.
+        f.write_all_at(b"ABC", 0).unwrap();
+    }
+
+    #[test]
+    fn shrinking_and_removing_give_blocks_back() {
+        let fs = fs_with_dir();
+        fs.set_space_budget(Some(1000));
+        let a = fs.create_new(p("/d/a")).unwrap();
+        a.write_all_at(&[1; 300], 0).unwrap();
+        assert_eq!(fs.space_budget_left(), Some(700));
+        a.set_len(100).unwrap();
+        assert_eq!(fs.space_budget_left(), Some(900));
+        assert_eq!(fs.space_budget_low_water(), Some(700));
+        // Regrowing is sparse; shrinking within the hole frees nothing.
+        a.set_len(500).unwrap();
+        a.set_len(200).unwrap();
+        assert_eq!(fs.space_budget_left(), Some(900));
+        fs.remove_file(p("/d/a")).unwrap();
+        assert_eq!(fs.space_budget_left(), Some(1000));
+
+        // Renaming over a file unlinks it too; the renamed one keeps its
+        // blocks.
+        let b = fs.create_new(p("/d/b")).unwrap();
+        b.allocate(400).unwrap();
+        let c = fs.create_new(p("/d/c")).unwrap();
+        c.write_all_at(&[2; 50], 0).unwrap();
+        assert_eq!(fs.space_budget_left(), Some(550));
+        fs.rename(p("/d/c"), p("/d/b")).unwrap();
+        assert_eq!(fs.space_budget_left(), Some(950));
+        fs.remove_file(p("/d/b")).unwrap();
+        assert_eq!(fs.space_budget_left(), Some(1000));
+        assert_eq!(fs.space_budget_low_water(), Some(550));
+        fs.set_space_budget(Some(10));
+        assert_eq!(fs.space_budget_low_water(), Some(10));
+    }
+
+    #[test]
+    fn a_failed_allocate_has_no_effect() {
+        let fs = fs_with_dir();
+        let f = fs.create_new(p("/d/a")).unwrap();
+        f.write_all_at(b"data", 0).unwrap();
+        fs.set_space_budget(Some(50));
+        let e = f.allocate(100).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+        assert_eq!(fs.injected_failures(), 1);
+        assert_eq!(fs.space_budget_left(), Some(50));
+        assert_eq!(fs.read_file(p("/d/a")).unwrap(), b"data");
+
+        fs.fail_nth(Op::Allocate, 0, io::ErrorKind::Other);
+        assert_eq!(f.allocate(10).unwrap_err().kind(), io::ErrorKind::Other);
+        assert_eq!(f.len().unwrap(), 4);
+        assert_eq!(fs.space_budget_left(), Some(50));
+        assert_eq!(fs.op_count(Op::Allocate), 2);
+
+        // What fits exactly does: 4 bytes were allocated by the write.
+        f.allocate(54).unwrap();
+        assert_eq!(fs.space_budget_left(), Some(0));
+        assert_eq!(f.len().unwrap(), 54);
+        let r = fs.open_read(p("/d/a")).unwrap();
+        assert!(r.allocate(60).is_err());
+        assert_eq!(f.len().unwrap(), 54);
+    }
+
+    #[test]
+    fn allocated_length_is_durable_after_sync_and_counts_as_a_mutation() {
+        let fs = fs_with_dir();
+        let f = fs.create_new(p("/d/a")).unwrap();
+        fs.sync_dir(p("/d")).unwrap();
+        f.write_all_at(b"hd", 0).unwrap();
+        f.allocate(64).unwrap();
+        assert_eq!(fs.clone().crash().read_file(p("/d/a")).unwrap(), b"");
+
+        let fs = fs_with_dir();
+        let f = fs.create_new(p("/d/a")).unwrap();
+        fs.sync_dir(p("/d")).unwrap();
+        f.write_all_at(b"hd", 0).unwrap();
+        let before = fs.mutation_count();
+        f.allocate(64).unwrap();
+        assert_eq!(fs.mutation_count(), before + 1);
+        f.sync_data().unwrap();
+        let after = fs.crash();
+        let mut want = b"hd".to_vec();
+        want.resize(64, 0);
+        assert_eq!(after.read_file(p("/d/a")).unwrap(), want);
+        // The survivor's blocks are its durable length: writes inside need
+        // no budget.
+        after.set_space_budget(Some(0));
+        let f = after.open_write(p("/d/a")).unwrap();
+        f.write_all_at(&[9; 64], 0).unwrap();
+        assert!(f.write_all_at(b"!", 64).is_err());
+
+        // A power cut stops an allocate like any mutation.
+        after.power_cut_after(0);
+        assert!(is_power_cut(&f.allocate(128).unwrap_err()));
     }
 
     #[test]
