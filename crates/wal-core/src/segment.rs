@@ -89,7 +89,7 @@ pub(crate) fn create_segment(
     // recovery), never a bad header with bytes after it, which recovery
     // must treat as corruption.
     if preallocate > format::SEGMENT_HEADER_LEN as u64 {
-        file.set_len(preallocate)
+        file.allocate(preallocate)
             .map_err(Error::io("preallocate segment", &path))?;
         file.sync_data()
             .map_err(Error::io("sync new segment", &path))?;

@@ -38,15 +38,25 @@
 //!   failed sync rather than retry it.
 //! * **A failed `sync_dir`** makes nothing durable; the directory changes stay
 //!   pending and a later successful `sync_dir` makes them durable.
+//! * **Unsynced changes in a crash**: [`SimFs::crash`] keeps none of them.
+//!   The torn crashes below keep some: any subset of a directory's pending
+//!   changes, and of a file's unsynced data either a prefix in file-offset
+//!   order ([`SimFs::crash_torn`]) or any subset of its 4096-byte pages
+//!   ([`SimFs::crash_reordered`]: a drive may persist a later page of a
+//!   write and not an earlier one).
 //!
 //! # Torn crashes
 //!
 //! Real disks may write back some unsynced data before the power goes.
 //! [`SimFs::crash_torn`] models that, deterministically from a seed:
 //!
-//! * for each directory, a prefix of its pending (unsynced) entry changes,
-//!   in the order they were made, is kept — metadata journals commit in
-//!   order; a rename is never split within one directory;
+//! * for each directory, each of its pending (unsynced) entry changes is
+//!   independently kept or lost, and the kept ones apply in the order they
+//!   were made. Real file systems may persist any subset of unsynced
+//!   directory operations (a later removal without an earlier one), so a
+//!   log that needs them in order must `sync_dir` between them. One change
+//!   is atomic: a rename within one directory is never split (across
+//!   directories it is two changes, one in each);
 //! * for each file, a random prefix, in file-offset order, of what was
 //!   written since its last sync is kept: from the first byte the sync would
 //!   change, up to a random point, the file holds the written bytes, and
@@ -58,6 +68,19 @@
 //!   The junk never extends past the written length. A length cut since the
 //!   last sync is never kept.
 //!
+//! [`SimFs::crash_reordered`] treats directories the same way but keeps
+//! file data out of order, as a drive with a volatile cache may write it
+//! back: of the bytes written since a file's last sync, each 4096-byte page
+//! (aligned to file offsets that are multiples of 4096) is independently
+//! kept, holding the written bytes, or lost, holding what was durable there
+//! before (the zeroes of preallocated space, the older bytes of an
+//! overwrite, or nothing past the durable length). So a later page of one
+//! write can survive while an earlier one is lost. The file is as long as
+//! its durable length or as the last byte of its last kept page, whichever
+//! is longer; lost bytes in between past the durable length read as
+//! zeroes. No junk is added, and, as above, a length cut since the last
+//! sync is never kept; a file with nothing unsynced is never changed.
+//!
 //! # Faults
 //!
 //! Every operation is counted per [`Op`] ([`SimFs::op_count`]), so a test can
@@ -66,12 +89,36 @@
 //! * [`SimFs::fail_nth`] makes the `n`-th future call of one kind fail once
 //!   with a chosen error, without effect; [`SimFs::fail_nth_write_partial`]
 //!   lets a prefix of the failing write land first (a short write).
-//! * [`SimFs::set_space_budget`] models a full disk: from now, files may grow
-//!   by at most that many bytes in total; a write beyond it lands the prefix
-//!   that fits and then fails with [`io::ErrorKind::StorageFull`].
+//! * [`SimFs::set_space_budget`] models a full disk: from now, at most that
+//!   many bytes of disk blocks may be allocated in total; a write that needs
+//!   more lands the prefix that fits and then fails with
+//!   [`io::ErrorKind::StorageFull`]. See [the space model](#the-space-model).
 //! * [`SimFs::power_cut_after`] lets `n` more mutating operations through
 //!   and then fails every operation, as if the machine stopped at that
 //!   instant; follow it with [`SimFs::crash`] to see what the disk kept.
+//!
+//! # The space model
+//!
+//! Like a real file system, the budget counts allocated blocks, not file
+//! lengths. Each file has an allocated prefix (a high-water mark: the log
+//! writes sequentially, so holes inside it are not tracked):
+//!
+//! * [`VfsFile::allocate`] charges what it adds to the allocated prefix, all
+//!   or nothing (if it does not fit it fails with `StorageFull` and has no
+//!   effect), and zero-extends the file to at least that length. Writes
+//!   inside allocated bytes then never fail for lack of space.
+//! * A write charges only the bytes it puts past the allocated prefix
+//!   (including any gap before it), and the prefix then reaches its end.
+//! * [`VfsFile::set_len`] that grows a file is sparse: it charges and
+//!   allocates nothing, so a later write into the new bytes can still run
+//!   out of space. One that shrinks a file frees the allocated bytes past
+//!   the new length.
+//! * [`Vfs::remove_file`] (or a rename over a file) frees the file's blocks
+//!   once no name in the written namespace links it any more. Handles still
+//!   open on it do not keep the blocks (a simplification); a write through
+//!   one is charged afresh.
+//! * After a crash, the allocation is durable metadata like the length: a
+//!   survivor's allocated prefix is simply its durable length.
 //!
 //! # Example
 //!
@@ -127,13 +174,15 @@ pub enum Op {
     SyncData,
     /// [`VfsFile::set_len`].
     SetLen,
+    /// [`VfsFile::allocate`].
+    Allocate,
     /// [`VfsFile::len`].
     Len,
 }
 
 impl Op {
     /// Every kind, in declaration order.
-    pub const ALL: [Op; 13] = [
+    pub const ALL: [Op; 14] = [
         Op::CreateDir,
         Op::ListDir,
         Op::Create,
@@ -146,6 +195,7 @@ impl Op {
         Op::Write,
         Op::SyncData,
         Op::SetLen,
+        Op::Allocate,
         Op::Len,
     ];
 
@@ -162,6 +212,7 @@ impl Op {
                 | Op::Write
                 | Op::SyncData
                 | Op::SetLen
+                | Op::Allocate
         )
     }
 
@@ -221,6 +272,11 @@ struct Inode {
     /// cuts `disk` there before extending it, so that bytes cut away and
     /// later re-extended read back as zeroes, not as stale disk content.
     min_len: u64,
+    /// How many leading bytes have disk blocks, charged to the space
+    /// budget: a high-water mark of a contiguous prefix (the log writes
+    /// sequentially, so holes inside it are not tracked). Never more than
+    /// `data.len()`.
+    allocated: u64,
 }
 
 impl Inode {
@@ -296,8 +352,11 @@ struct State {
     counts: [u64; Op::ALL.len()],
     mutations: u64,
     faults: Vec<Fault>,
-    /// Bytes files may still grow by in total; `None` is unlimited.
+    /// Bytes of disk blocks that may still be allocated; `None` is
+    /// unlimited.
     space: Option<u64>,
+    /// The least `space` was since the budget was set.
+    space_low: Option<u64>,
     /// Mutating operations still allowed before the power cut.
     power_cut_in: Option<u64>,
     power_is_cut: bool,
@@ -507,6 +566,8 @@ impl State {
             Some(left) => {
                 let granted = extra.min(*left);
                 *left -= granted;
+                let left = *left;
+                self.space_low = Some(self.space_low.map_or(left, |low| low.min(left)));
                 if granted < extra {
                     self.injected += 1;
                 }
@@ -515,9 +576,35 @@ impl State {
         }
     }
 
-    /// The durable image as a fresh, live state. With `rng`, a torn crash:
-    /// see the module documentation.
-    fn survivor(&self, mut rng: Option<Rng>) -> State {
+    /// Returns `bytes` to the space budget (if there is one).
+    fn give_space(&mut self, bytes: u64) {
+        if let Some(left) = self.space.as_mut() {
+            *left = left.saturating_add(bytes);
+        }
+    }
+
+    /// Whether some directory entry of the written namespace names `ino`.
+    fn is_linked(&self, ino: Ino) -> bool {
+        self.dirs
+            .values()
+            .any(|d| d.written.values().any(|e| *e == Entry::File(ino)))
+    }
+
+    /// After `ino` lost a name: if no name is left, frees its blocks (the
+    /// model does not wait for open handles to close).
+    fn release_if_unlinked(&mut self, ino: Ino) {
+        if self.is_linked(ino) {
+            return;
+        }
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            let freed = std::mem::take(&mut inode.allocated);
+            self.give_space(freed);
+        }
+    }
+
+    /// The durable image as a fresh, live state. With `tear`, a torn or
+    /// reordered crash: see the module documentation.
+    fn survivor(&self, mut tear: Option<Tear>) -> State {
         let mut out = State {
             next_ino: self.next_ino,
             ..State::default()
@@ -530,9 +617,15 @@ impl State {
                 continue;
             };
             let mut entries = dir.durable.clone();
-            if let Some(rng) = rng.as_mut() {
-                let keep = to_usize(rng.upto(dir.pending.len() as u64));
-                for change in &dir.pending[..keep] {
+            if let Some(Tear { rng, .. }) = tear.as_mut() {
+                // Each pending change reaches the disk or not, independently
+                // of the others; the ones that do apply in the order they
+                // were made. One change is atomic (a rename within the
+                // directory is never split).
+                for change in &dir.pending {
+                    if rng.next().is_multiple_of(2) {
+                        continue;
+                    }
                     for (name, entry) in change {
                         match entry {
                             Some(e) => entries.insert(name.clone(), *e),
@@ -548,18 +641,29 @@ impl State {
                         if out.inodes.contains_key(&ino) {
                             continue; // hard-linked twice by a torn rename
                         }
-                        let Some(inode) = self.inodes.get(&ino) else {
-                            continue;
-                        };
-                        let disk = match rng.as_mut() {
-                            Some(rng) => torn_content(inode, rng),
-                            None => inode.disk.clone(),
+                        // Inodes are never dropped from `inodes` (open
+                        // handles and unsynced removals keep them), so a kept
+                        // entry, however late its change, finds its inode;
+                        // should one be missing, the entry still gets one,
+                        // empty, rather than dangle.
+                        let disk = match (self.inodes.get(&ino), tear.as_mut()) {
+                            (None, _) => Vec::new(),
+                            (Some(inode), None) => inode.disk.clone(),
+                            (Some(inode), Some(Tear { rng, pages: false })) => {
+                                torn_content(inode, rng)
+                            }
+                            (Some(inode), Some(Tear { rng, pages: true })) => {
+                                reordered_content(inode, rng)
+                            }
                         };
                         out.inodes.insert(
                             ino,
                             Inode {
                                 data: disk.clone(),
                                 min_len: len_u64(&disk),
+                                // Allocation is durable metadata once synced;
+                                // simplified to the durable length.
+                                allocated: len_u64(&disk),
                                 disk,
                                 dirty: Vec::new(),
                             },
@@ -580,6 +684,34 @@ impl State {
     }
 }
 
+/// How a crash keeps unsynced changes: directory changes as a random subset
+/// (both kinds), file data as a random prefix (`pages: false`,
+/// [`SimFs::crash_torn`]) or as a random set of pages
+/// ([`SimFs::crash_reordered`]).
+struct Tear {
+    rng: Rng,
+    pages: bool,
+}
+
+/// The unit [`SimFs::crash_reordered`] keeps or loses file data in.
+const PAGE_SIZE: usize = 4096;
+
+/// Which bytes of `img` (the inode's [`Inode::synced_image`]) a sync would
+/// write: the file's growth past its durable length and the dirty ranges.
+fn written_mask(inode: &Inode, img: &[u8]) -> Vec<bool> {
+    let mut written = vec![false; img.len()];
+    for flag in written.iter_mut().skip(inode.disk.len()) {
+        *flag = true;
+    }
+    for &(start, end) in &inode.dirty {
+        let end = to_usize(end).min(img.len());
+        for flag in written.iter_mut().take(end).skip(to_usize(start)) {
+            *flag = true;
+        }
+    }
+    written
+}
+
 /// The content a torn crash leaves in `inode`: its durable content with a
 /// random prefix, in file-offset order, of what was written since the last
 /// sync, possibly followed by a run of junk (zeroes or random bytes), never
@@ -597,17 +729,7 @@ fn torn_content(inode: &Inode, rng: &mut Rng) -> Vec<u8> {
         return disk.clone();
     }
     let img = inode.synced_image();
-    // Which bytes a sync would write: the file's growth and the dirty ranges.
-    let mut written = vec![false; img.len()];
-    for flag in written.iter_mut().skip(disk.len()) {
-        *flag = true;
-    }
-    for &(start, end) in &inode.dirty {
-        let end = to_usize(end).min(img.len());
-        for flag in written.iter_mut().take(end).skip(to_usize(start)) {
-            *flag = true;
-        }
-    }
+    let written = written_mask(inode, &img);
     let (Some(first), Some(last)) = (
         written.iter().position(|&w| w),
         written.iter().rposition(|&w| w),
@@ -632,6 +754,38 @@ fn torn_content(inode: &Inode, rng: &mut Rng) -> Vec<u8> {
         }
         for byte in &mut out[cut..cut + junk] {
             *byte = if zeroes { 0 } else { rng.next() as u8 };
+        }
+    }
+    out
+}
+
+/// The content a reordered crash leaves in `inode`: of the bytes written
+/// since the last sync, each [`PAGE_SIZE`]-byte page (aligned to file
+/// offsets) independently holds the written bytes or the durable ones. The
+/// file is as long as its durable content or as the last byte of a kept
+/// page, whichever is longer; lost bytes past the durable length before a
+/// kept page read as zeroes. A length cut since the last sync is never kept.
+fn reordered_content(inode: &Inode, rng: &mut Rng) -> Vec<u8> {
+    let disk = &inode.disk;
+    if to_usize(inode.min_len) < disk.len() {
+        return disk.clone();
+    }
+    let img = inode.synced_image();
+    let written = written_mask(inode, &img);
+    let mut out = disk.clone();
+    for start in (0..img.len()).step_by(PAGE_SIZE) {
+        let page = start..(start + PAGE_SIZE).min(img.len());
+        let Some(last) = page.clone().rev().find(|&i| written[i]) else {
+            continue; // nothing to write back in this page
+        };
+        if rng.next().is_multiple_of(2) {
+            continue; // this page never reached the disk
+        }
+        if out.len() <= last {
+            out.resize(last + 1, 0);
+        }
+        for i in page.filter(|&i| written[i]) {
+            out[i] = img[i];
         }
     }
     out
@@ -665,13 +819,28 @@ impl SimFs {
     /// reach the disk, chosen deterministically from `seed`; see the
     /// [module documentation](self#torn-crashes).
     pub fn crash_torn(&self, seed: u64) -> SimFs {
-        self.crash_with(Some(Rng(seed)))
+        self.crash_with(Some(Tear {
+            rng: Rng(seed),
+            pages: false,
+        }))
     }
 
-    fn crash_with(&self, rng: Option<Rng>) -> SimFs {
+    /// As [`SimFs::crash_torn`] for directory changes, but the unsynced
+    /// data of each file reaches the disk as a random set of 4096-byte
+    /// pages, in no particular order: a later page of a write may survive
+    /// while an earlier one is lost. Chosen deterministically from `seed`;
+    /// see the [module documentation](self#torn-crashes).
+    pub fn crash_reordered(&self, seed: u64) -> SimFs {
+        self.crash_with(Some(Tear {
+            rng: Rng(seed),
+            pages: true,
+        }))
+    }
+
+    fn crash_with(&self, tear: Option<Tear>) -> SimFs {
         let mut st = lock(&self.shared);
         st.dead = true;
-        let next = st.survivor(rng);
+        let next = st.survivor(tear);
         SimFs {
             shared: Arc::new(Mutex::new(next)),
         }
@@ -700,12 +869,18 @@ impl SimFs {
         });
     }
 
-    /// Limits how many bytes files may grow by in total from now (`None`:
-    /// unlimited). A write past the budget lands the prefix that fits and
-    /// fails with [`io::ErrorKind::StorageFull`]; a `set_len` past it fails
-    /// without effect. Shrinking or removing files gives nothing back.
+    /// Limits how many bytes of disk blocks may be allocated in total from
+    /// now (`None`: unlimited); see [the space model](self#the-space-model).
+    /// A write that needs more blocks than are left lands the prefix that
+    /// fits and fails with [`io::ErrorKind::StorageFull`]; an
+    /// [`VfsFile::allocate`] that does not fit fails without effect; a
+    /// growing [`VfsFile::set_len`] is sparse and never fails for space.
+    /// Shrinking a file, and removing its last name, give its freed blocks
+    /// back.
     pub fn set_space_budget(&self, bytes: Option<u64>) {
-        lock(&self.shared).space = bytes;
+        let mut st = lock(&self.shared);
+        st.space = bytes;
+        st.space_low = bytes;
     }
 
     /// Lets `n` more mutating operations (see [`Op::is_mutation`]) through;
@@ -718,9 +893,19 @@ impl SimFs {
     }
 
     /// What is left of the budget set by [`SimFs::set_space_budget`]; run a
-    /// workload with a large budget to learn how many bytes it adds.
+    /// workload with a large budget to learn how many bytes of blocks it
+    /// holds at the end (bytes freed on the way are given back).
     pub fn space_budget_left(&self) -> Option<u64> {
         lock(&self.shared).space
+    }
+
+    /// The least that was left of the budget at any moment since
+    /// [`SimFs::set_space_budget`] set it: the budget minus the most blocks
+    /// the workload held at once. Run a workload with a large budget to
+    /// learn how small a budget makes it run out of space (any smaller than
+    /// that peak does, at the point where it is reached).
+    pub fn space_budget_low_water(&self) -> Option<u64> {
+        lock(&self.shared).space_low
     }
 
     /// How many operations failed so far because of the fault plan
@@ -742,6 +927,7 @@ impl SimFs {
         let mut st = lock(&self.shared);
         st.faults.clear();
         st.space = None;
+        st.space_low = None;
         st.power_cut_in = None;
         st.power_is_cut = false;
     }
@@ -886,11 +1072,13 @@ impl Vfs for SimFs {
         let mut st = lock(&self.shared);
         st.begin(Op::Remove)?;
         let path = normalize(path);
-        st.lookup_file(&path)?;
+        let ino = st.lookup_file(&path)?;
         let (parent, name) = split(&path)?;
         // The inode stays in `inodes`: open handles keep using it, and a
         // crash before `sync_dir` brings the entry back.
-        st.change(&parent, vec![(name, None)])
+        st.change(&parent, vec![(name, None)])?;
+        st.release_if_unlinked(ino);
+        Ok(())
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -907,15 +1095,24 @@ impl Vfs for SimFs {
         if from == to {
             return Ok(());
         }
+        let replaced = match st.lookup(&to) {
+            Ok(Entry::File(old)) => Some(old),
+            _ => None,
+        };
         if from_dir == to_dir {
             st.change(
                 &from_dir,
                 vec![(from_name, None), (to_name, Some(Entry::File(ino)))],
-            )
+            )?;
         } else {
             st.change(&to_dir, vec![(to_name, Some(Entry::File(ino)))])?;
-            st.change(&from_dir, vec![(from_name, None)])
+            st.change(&from_dir, vec![(from_name, None)])?;
         }
+        // Renaming over a file unlinks it, as `remove_file` does.
+        if let Some(old) = replaced.filter(|&old| old != ino) {
+            st.release_if_unlinked(old);
+        }
+        Ok(())
     }
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
@@ -995,7 +1192,7 @@ impl VfsFile for SimFile {
         let mut st = lock(&self.shared);
         let partial = st.begin(Op::Write)?;
         self.check_writable()?;
-        let cur_len = len_u64(&inode_mut(&mut st, self.ino)?.data);
+        let allocated = inode_mut(&mut st, self.ino)?.allocated;
         let end = offset
             .checked_add(len_u64(buf))
             .ok_or_else(|| err(io::ErrorKind::InvalidInput, "offset overflow"))?;
@@ -1007,19 +1204,30 @@ impl VfsFile for SimFile {
             land = land.min(n);
             failure = Some(err(kind, "injected short write"));
         }
+        // Only bytes past the allocated prefix need new blocks; the prefix
+        // grows contiguously, so a gap before `offset` is charged too.
         let want_end = offset + len_u64(&buf[..land]);
-        let growth = want_end.saturating_sub(cur_len);
-        let granted = st.take_space(growth);
-        if granted < growth {
-            // Bytes up to cur_len + granted fit; the gap before `offset`
-            // (if any) is consumed first, as a file extension would.
-            let fit_end = cur_len + granted;
+        let needed = if land == 0 {
+            0
+        } else {
+            want_end.saturating_sub(allocated)
+        };
+        let granted = st.take_space(needed);
+        if granted < needed {
+            // Bytes up to allocated + granted fit.
+            let fit_end = allocated + granted;
             land = to_usize(fit_end.saturating_sub(offset)).min(land);
+            if land == 0 {
+                // Nothing lands, so nothing is allocated.
+                st.give_space(granted);
+            }
             failure = Some(err(io::ErrorKind::StorageFull, "no space left on device"));
         }
         debug_assert!(offset + len_u64(&buf[..land]) <= end);
         if land > 0 {
-            inode_mut(&mut st, self.ino)?.write(&buf[..land], offset);
+            let inode = inode_mut(&mut st, self.ino)?;
+            inode.write(&buf[..land], offset);
+            inode.allocated = inode.allocated.max(offset + len_u64(&buf[..land]));
         }
         match failure {
             Some(e) => Err(e),
@@ -1051,19 +1259,33 @@ impl VfsFile for SimFile {
         let mut st = lock(&self.shared);
         st.begin(Op::SetLen)?;
         self.check_writable()?;
-        let cur = len_u64(&inode_mut(&mut st, self.ino)?.data);
-        let growth = len.saturating_sub(cur);
-        if growth > 0 {
-            let granted = st.take_space(growth);
-            if granted < growth {
-                // Give back what was taken: this set_len has no effect.
-                if let Some(left) = st.space.as_mut() {
-                    *left += granted;
-                }
-                return Err(err(io::ErrorKind::StorageFull, "no space left on device"));
-            }
+        // Growing is sparse: no blocks, no charge. Shrinking frees the
+        // blocks past the new length.
+        let inode = inode_mut(&mut st, self.ino)?;
+        inode.set_len(len);
+        let freed = inode.allocated.saturating_sub(len);
+        inode.allocated -= freed;
+        st.give_space(freed);
+        Ok(())
+    }
+
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        let mut st = lock(&self.shared);
+        st.begin(Op::Allocate)?;
+        self.check_writable()?;
+        let allocated = inode_mut(&mut st, self.ino)?.allocated;
+        let needed = len.saturating_sub(allocated);
+        let granted = st.take_space(needed);
+        if granted < needed {
+            // All or nothing: give back what was taken.
+            st.give_space(granted);
+            return Err(err(io::ErrorKind::StorageFull, "no space left on device"));
         }
-        inode_mut(&mut st, self.ino)?.set_len(len);
+        let inode = inode_mut(&mut st, self.ino)?;
+        if len > len_u64(&inode.data) {
+            inode.set_len(len);
+        }
+        inode.allocated = inode.allocated.max(len);
         Ok(())
     }
 
@@ -1423,14 +1645,144 @@ mod tests {
         assert_eq!(fs.read_file(p("/d/a")).unwrap(), b"ab23xyzPQ");
         assert_eq!(fs.space_budget_left(), Some(0));
         assert_eq!(fs.injected_failures(), 1);
-        assert_eq!(
-            f.set_len(10).unwrap_err().kind(),
-            io::ErrorKind::StorageFull
-        );
-        assert_eq!(fs.injected_failures(), 2);
+        // A write that lands nothing allocates nothing.
+        fs.set_space_budget(Some(3));
+        let e = f.write_all_at(b"far", 20).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+        assert_eq!(fs.space_budget_left(), Some(3));
         assert_eq!(f.len().unwrap(), 9);
-        fs.set_space_budget(None);
-        f.set_len(10).unwrap();
+        assert_eq!(fs.injected_failures(), 2);
+    }
+
+    #[test]
+    fn a_write_into_allocated_space_needs_no_budget() {
+        let fs = fs_with_dir();
+        let f = fs.create_new(p("/d/a")).unwrap();
+        fs.set_space_budget(Some(100));
+        f.allocate(100).unwrap();
+        assert_eq!(fs.space_budget_left(), Some(0));
+        assert_eq!(fs.read_file(p("/d/a")).unwrap(), vec![0; 100]);
+        f.write_all_at(&[7; 60], 0).unwrap();
+        f.write_all_at(&[8; 40], 60).unwrap();
+        // Allocating what is allocated already costs nothing either.
+        f.allocate(100).unwrap();
+        f.allocate(10).unwrap();
+        assert_eq!(f.len().unwrap(), 100);
+        let e = f.write_all_at(b"x", 100).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+        assert_eq!(fs.injected_failures(), 1);
+        assert_eq!(f.len().unwrap(), 100);
+    }
+
+    #[test]
+    fn a_write_into_a_sparse_extension_can_run_out_of_space() {
+        let fs = fs_with_dir();
+        let f = fs.create_new(p("/d/a")).unwrap();
+        f.write_all_at(b"abc", 0).unwrap();
+        fs.set_space_budget(Some(0));
+        // Growing by set_len reserves nothing, and so never fails for space.
+        f.set_len(100).unwrap();
+        assert_eq!(fs.space_budget_left(), Some(0));
+        let e = f.write_all_at(b"record", 10).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+        let mut want = b"abc".to_vec();
+        want.resize(100, 0);
+        assert_eq!(fs.read_file(p("/d/a")).unwrap(), want);
+        // The bytes written before are allocated: overwriting them works.
+        f.write_all_at(b"ABC", 0).unwrap();
+    }
+
+    #[test]
+    fn shrinking_and_removing_give_blocks_back() {
+        let fs = fs_with_dir();
+        fs.set_space_budget(Some(1000));
+        let a = fs.create_new(p("/d/a")).unwrap();
+        a.write_all_at(&[1; 300], 0).unwrap();
+        assert_eq!(fs.space_budget_left(), Some(700));
+        a.set_len(100).unwrap();
+        assert_eq!(fs.space_budget_left(), Some(900));
+        assert_eq!(fs.space_budget_low_water(), Some(700));
+        // Regrowing is sparse; shrinking within the hole frees nothing.
+        a.set_len(500).unwrap();
+        a.set_len(200).unwrap();
+        assert_eq!(fs.space_budget_left(), Some(900));
+        fs.remove_file(p("/d/a")).unwrap();
+        assert_eq!(fs.space_budget_left(), Some(1000));
+
+        // Renaming over a file unlinks it too; the renamed one keeps its
+        // blocks.
+        let b = fs.create_new(p("/d/b")).unwrap();
+        b.allocate(400).unwrap();
+        let c = fs.create_new(p("/d/c")).unwrap();
+        c.write_all_at(&[2; 50], 0).unwrap();
+        assert_eq!(fs.space_budget_left(), Some(550));
+        fs.rename(p("/d/c"), p("/d/b")).unwrap();
+        assert_eq!(fs.space_budget_left(), Some(950));
+        fs.remove_file(p("/d/b")).unwrap();
+        assert_eq!(fs.space_budget_left(), Some(1000));
+        assert_eq!(fs.space_budget_low_water(), Some(550));
+        fs.set_space_budget(Some(10));
+        assert_eq!(fs.space_budget_low_water(), Some(10));
+    }
+
+    #[test]
+    fn a_failed_allocate_has_no_effect() {
+        let fs = fs_with_dir();
+        let f = fs.create_new(p("/d/a")).unwrap();
+        f.write_all_at(b"data", 0).unwrap();
+        fs.set_space_budget(Some(50));
+        let e = f.allocate(100).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+        assert_eq!(fs.injected_failures(), 1);
+        assert_eq!(fs.space_budget_left(), Some(50));
+        assert_eq!(fs.read_file(p("/d/a")).unwrap(), b"data");
+
+        fs.fail_nth(Op::Allocate, 0, io::ErrorKind::Other);
+        assert_eq!(f.allocate(10).unwrap_err().kind(), io::ErrorKind::Other);
+        assert_eq!(f.len().unwrap(), 4);
+        assert_eq!(fs.space_budget_left(), Some(50));
+        assert_eq!(fs.op_count(Op::Allocate), 2);
+
+        // What fits exactly does: 4 bytes were allocated by the write.
+        f.allocate(54).unwrap();
+        assert_eq!(fs.space_budget_left(), Some(0));
+        assert_eq!(f.len().unwrap(), 54);
+        let r = fs.open_read(p("/d/a")).unwrap();
+        assert!(r.allocate(60).is_err());
+        assert_eq!(f.len().unwrap(), 54);
+    }
+
+    #[test]
+    fn allocated_length_is_durable_after_sync_and_counts_as_a_mutation() {
+        let fs = fs_with_dir();
+        let f = fs.create_new(p("/d/a")).unwrap();
+        fs.sync_dir(p("/d")).unwrap();
+        f.write_all_at(b"hd", 0).unwrap();
+        f.allocate(64).unwrap();
+        assert_eq!(fs.clone().crash().read_file(p("/d/a")).unwrap(), b"");
+
+        let fs = fs_with_dir();
+        let f = fs.create_new(p("/d/a")).unwrap();
+        fs.sync_dir(p("/d")).unwrap();
+        f.write_all_at(b"hd", 0).unwrap();
+        let before = fs.mutation_count();
+        f.allocate(64).unwrap();
+        assert_eq!(fs.mutation_count(), before + 1);
+        f.sync_data().unwrap();
+        let after = fs.crash();
+        let mut want = b"hd".to_vec();
+        want.resize(64, 0);
+        assert_eq!(after.read_file(p("/d/a")).unwrap(), want);
+        // The survivor's blocks are its durable length: writes inside need
+        // no budget.
+        after.set_space_budget(Some(0));
+        let f = after.open_write(p("/d/a")).unwrap();
+        f.write_all_at(&[9; 64], 0).unwrap();
+        assert!(f.write_all_at(b"!", 64).is_err());
+
+        // A power cut stops an allocate like any mutation.
+        after.power_cut_after(0);
+        assert!(is_power_cut(&f.allocate(128).unwrap_err()));
     }
 
     #[test]
@@ -1552,6 +1904,57 @@ mod tests {
     }
 
     #[test]
+    fn torn_crash_keeps_any_subset_of_directory_changes_in_order() {
+        // Two removals with no sync_dir between them: the second may reach
+        // the disk while the first does not.
+        let mut seen = BTreeSet::new();
+        for seed in 0..64 {
+            let run = || {
+                let fs = fs_with_dir();
+                durable_file(&fs, "a", b"1");
+                durable_file(&fs, "b", b"2");
+                fs.remove_file(p("/d/a")).unwrap();
+                fs.remove_file(p("/d/b")).unwrap();
+                names(&fs.crash_torn(seed), "/d")
+            };
+            let n = run();
+            assert_eq!(n, run(), "seed {seed}: deterministic");
+            seen.insert(n);
+        }
+        let all: BTreeSet<Vec<String>> = [vec![], vec!["a"], vec!["b"], vec!["a", "b"]]
+            .into_iter()
+            .map(|v| v.into_iter().map(String::from).collect())
+            .collect();
+        // Every subset occurs, and nothing else: in particular `a` still
+        // there with `b` gone (the later removal kept, the earlier lost).
+        assert_eq!(seen, all);
+    }
+
+    #[test]
+    fn torn_crash_never_splits_a_rename_among_other_changes() {
+        let (mut saw_old, mut saw_new) = (false, false);
+        for seed in 0..64 {
+            let fs = fs_with_dir();
+            durable_file(&fs, "old", b"payload");
+            durable_file(&fs, "gone", b"g");
+            // Pending changes before and after the rename, so that it sits
+            // among kept and lost ones.
+            fs.create_new(p("/d/before")).unwrap();
+            fs.rename(p("/d/old"), p("/d/new")).unwrap();
+            fs.remove_file(p("/d/gone")).unwrap();
+            let after = fs.crash_torn(seed);
+            let n = names(&after, "/d");
+            let (has_old, has_new) = (n.contains(&"old".into()), n.contains(&"new".into()));
+            assert!(has_old != has_new, "seed {seed}: rename split: {n:?}");
+            let name = if has_old { "/d/old" } else { "/d/new" };
+            assert_eq!(after.read_file(p(name)).unwrap(), b"payload");
+            saw_old |= has_old;
+            saw_new |= has_new;
+        }
+        assert!(saw_old && saw_new);
+    }
+
+    #[test]
     fn torn_crash_never_keeps_an_unsynced_length_cut() {
         for seed in 0..50 {
             let fs = fs_with_dir();
@@ -1565,6 +1968,128 @@ mod tests {
                 b"old-bytes",
                 "seed {seed}"
             );
+        }
+    }
+
+    /// Non-zero bytes, different from page to page, so that a kept page
+    /// tells from a lost one (zeroes) and from a neighbour.
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8 + 1).collect()
+    }
+
+    /// For each page of `got` holding bytes of the write of `data` at
+    /// `offset`: whether it holds them all (`true`) or zeroes only
+    /// (`false`); panics on a page that holds anything else.
+    fn pages_kept(got: &[u8], data: &[u8], offset: usize, what: &str) -> Vec<bool> {
+        let end = offset + data.len();
+        let mut kept = Vec::new();
+        for start in (offset / PAGE_SIZE * PAGE_SIZE..end).step_by(PAGE_SIZE) {
+            let range = start.max(offset)..(start + PAGE_SIZE).min(end);
+            let want = &data[range.start - offset..range.end - offset];
+            let have = got.get(range.clone()).unwrap_or(&[]);
+            if have == want {
+                kept.push(true);
+            } else {
+                assert!(
+                    have.iter().all(|&b| b == 0),
+                    "{what}: page at {start} is neither kept nor lost"
+                );
+                kept.push(false);
+            }
+        }
+        kept
+    }
+
+    #[test]
+    fn reordered_crash_keeps_any_set_of_pages_of_an_overwrite() {
+        // A preallocated file of four durable pages of zeroes; one write
+        // into it, not synced, touching all four (partly the first and the
+        // last). Beside it, files that are fully synced.
+        let data = pattern(3 * PAGE_SIZE);
+        let offset = PAGE_SIZE / 2;
+        let (mut saw_later_only, mut saw_none, mut saw_all) = (false, false, false);
+        let (mut saw_create, mut saw_no_create) = (false, false);
+        for seed in 0..64 {
+            let run = || {
+                let fs = fs_with_dir();
+                durable_file(&fs, "a", &[0; 4 * PAGE_SIZE]);
+                durable_file(&fs, "s", b"synced");
+                let t = fs.create_new(p("/d/t")).unwrap();
+                t.write_all_at(&data, 0).unwrap();
+                t.sync_data().unwrap();
+                fs.sync_dir(p("/d")).unwrap();
+                let f = fs.open_write(p("/d/a")).unwrap();
+                f.write_all_at(&data, offset as u64).unwrap();
+                fs.create_new(p("/d/new")).unwrap();
+                fs.crash_reordered(seed)
+            };
+            let after = run();
+            let what = format!("seed {seed}");
+            let got = after.read_file(p("/d/a")).unwrap();
+            assert_eq!(got, run().read_file(p("/d/a")).unwrap(), "{what}");
+            assert_eq!(got.len(), 4 * PAGE_SIZE, "{what}: the length is durable");
+            assert!(got[..offset].iter().all(|&b| b == 0), "{what}");
+            assert!(got[offset + data.len()..].iter().all(|&b| b == 0), "{what}");
+            let kept = pages_kept(&got, &data, offset, &what);
+            assert_eq!(kept.len(), 4);
+            if let Some(first_kept) = kept.iter().position(|&k| k) {
+                saw_later_only |= first_kept > 0;
+            }
+            saw_none |= kept.iter().all(|&k| !k);
+            saw_all |= kept.iter().all(|&k| k);
+            // Synced files are never changed.
+            assert_eq!(after.read_file(p("/d/s")).unwrap(), b"synced", "{what}");
+            assert_eq!(after.read_file(p("/d/t")).unwrap(), data, "{what}");
+            // Directory changes as in a torn crash.
+            match after.read_file(p("/d/new")) {
+                Ok(_) => saw_create = true,
+                Err(_) => saw_no_create = true,
+            }
+        }
+        assert!(
+            saw_later_only,
+            "a later page never survived without an earlier one"
+        );
+        assert!(saw_none && saw_all && saw_create && saw_no_create);
+    }
+
+    #[test]
+    fn reordered_crash_of_an_append_covers_the_last_kept_page_with_zeroes_between() {
+        let data = pattern(3 * PAGE_SIZE);
+        let mut saw_gap = false;
+        for seed in 0..64 {
+            let fs = fs_with_dir();
+            durable_file(&fs, "a", b"head");
+            let f = fs.open_write(p("/d/a")).unwrap();
+            f.write_all_at(&data, 4).unwrap();
+            let got = fs.crash_reordered(seed).read_file(p("/d/a")).unwrap();
+            let what = format!("seed {seed}");
+            assert_eq!(&got[..4], b"head", "{what}");
+            let kept = pages_kept(&got, &data, 4, &what);
+            // The file ends with the last kept page (or where the write
+            // ends inside it), or at its durable length.
+            let want_len = match kept.iter().rposition(|&k| k) {
+                Some(last) => ((last + 1) * PAGE_SIZE).min(4 + data.len()),
+                None => 4,
+            };
+            assert_eq!(got.len(), want_len, "{what}: {kept:?}");
+            saw_gap |= kept.first() == Some(&false) && kept.iter().any(|&k| k);
+        }
+        assert!(saw_gap, "a later page never survived past a lost first one");
+    }
+
+    #[test]
+    fn reordered_crash_never_keeps_an_unsynced_length_cut() {
+        for seed in 0..32 {
+            let fs = fs_with_dir();
+            let old = pattern(2 * PAGE_SIZE);
+            durable_file(&fs, "a", &old);
+            let f = fs.open_write(p("/d/a")).unwrap();
+            f.set_len(10).unwrap();
+            f.write_all_at(&[0xEE; PAGE_SIZE], 2 * PAGE_SIZE as u64)
+                .unwrap();
+            let got = fs.crash_reordered(seed).read_file(p("/d/a")).unwrap();
+            assert_eq!(got, old, "seed {seed}");
         }
     }
 

@@ -134,8 +134,8 @@ struct RunStats {
     /// Calls of each kind, in [`Op::ALL`] order (meaningful for a run
     /// without failures, which never switches file systems).
     counts: Vec<u64>,
-    /// What was left of the space budget.
-    space_left: Option<u64>,
+    /// The least that was left of the space budget at any moment.
+    space_low: Option<u64>,
 }
 
 /// Runs the script with whatever faults `plan` sets on the fresh file
@@ -236,7 +236,7 @@ fn run(plan: impl FnOnce(&SimFs), class: Class, mode: Mode, what: &str) -> RunSt
     let stats = RunStats {
         failed,
         counts: Op::ALL.iter().map(|op| fs.op_count(*op)).collect(),
-        space_left: fs.space_budget_left(),
+        space_low: fs.space_budget_low_water(),
     };
 
     // The end: reopen (or crash and reopen) and check; then the log works.
@@ -427,7 +427,8 @@ fn failed_opens_reads_and_other_calls() {
 
 #[test]
 fn out_of_space_at_every_few_bytes() {
-    // How many bytes the workload adds, from a run with a huge budget.
+    // The most bytes of blocks the workload holds at once (shrinking and
+    // removing segments gives blocks back), from a run with a huge budget.
     let budget = 1 << 40;
     let stats = run(
         |fs| fs.set_space_budget(Some(budget)),
@@ -436,7 +437,7 @@ fn out_of_space_at_every_few_bytes() {
         "measure",
     );
     assert!(!stats.failed);
-    let used = budget - stats.space_left.unwrap();
+    let used = budget - stats.space_low.unwrap();
     assert!(used > 500, "workload wrote only {used} bytes");
     // Every 5 bytes: each write (records are at least 27 bytes, headers 32)
     // runs out of space several times, at different points inside it.
