@@ -555,7 +555,7 @@ fn open_active(
         .len()
         .map_err(Error::io("read segment length", &last.path))?;
     if file_len < options.segment_size {
-        segment::reserve(active.as_ref(), &last.path, options.segment_size)?;
+        segment::prepare(active.as_ref(), &last.path, file_len, options.segment_size)?;
         file_len = options.segment_size;
     }
     let end = LogEnd {

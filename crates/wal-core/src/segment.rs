@@ -40,11 +40,32 @@ impl SegmentMeta {
     }
 }
 
-/// Reserves the space of a segment of `size` bytes for `file` (the zeroes
-/// after its records) and makes the new length durable.
-pub(crate) fn reserve(file: &dyn VfsFile, path: &Path, size: u64) -> Result<()> {
-    file.set_len(size)
+/// Prepares the space of a segment of `size` bytes after its first `from`
+/// bytes: reserves it (`allocate`, so a full disk shows here and not in
+/// the middle of a group), writes zeroes over it, and makes it durable.
+///
+/// Why zeroes written rather than only reserved: an fdatasync after a
+/// write into blocks that were written before needs no metadata, while a
+/// write into a sparse hole or into fallocated (unwritten) extents makes
+/// the file system allocate or convert extents at the sync, a journal
+/// commit each time. `cargo xtask floor-modes` measures the difference
+/// (see `docs/format.md`); the zeroes are also what recovery reads as free
+/// space, and what its torn-write rule looks for.
+pub(crate) fn prepare(file: &dyn VfsFile, path: &Path, from: u64, size: u64) -> Result<()> {
+    const CHUNK: usize = 1 << 20;
+    if size <= from {
+        return Ok(());
+    }
+    file.allocate(size)
         .map_err(Error::io("preallocate segment", path))?;
+    let zeroes = vec![0u8; CHUNK.min((size - from) as usize)];
+    let mut at = from;
+    while at < size {
+        let n = (CHUNK as u64).min(size - at) as usize;
+        file.write_all_at(&zeroes[..n], at)
+            .map_err(Error::io("preallocate segment", path))?;
+        at += n as u64;
+    }
     file.sync_data()
         .map_err(Error::io("sync segment", path))
 }
@@ -55,21 +76,14 @@ pub(crate) fn segment_path(dir: &Path, first_lsn: Lsn) -> PathBuf {
 }
 
 /// Creates the segment starting at `first_lsn`: the file, its header, an
-/// fdatasync, its length set to `preallocate` bytes (zeroes after the
-/// header), another fdatasync, and an fsync of the directory, in that
-/// order. Only when this
-/// returns may a record be written into it and acknowledged, so recovery
-/// never finds an acknowledged record in a segment whose header or
-/// directory entry could vanish.
+/// fdatasync, its space prepared up to `preallocate` bytes ([`prepare`]:
+/// reserved, zeroed, fdatasynced), and an fsync of the directory, in that
+/// order. Only when this returns may a record be written into it and
+/// acknowledged, so recovery never finds an acknowledged record in a
+/// segment whose header or directory entry could vanish.
 ///
-/// Why preallocate: an fdatasync after a write that grows the file must also
-/// write the inode (its size), one more device write per sync; a write
-/// inside the file's length needs only the data. On this project's test
-/// machine (ext4) a 128-byte write+fdatasync loop did 5,100 to 5,500 syncs/s
-/// appending and 7,400 to 7,800 inside a file extended beforehand. The
-/// zeroes after the last record of the active segment are not a torn tail
-/// (see `docs/format.md`); a segment is cut back to its records when it is
-/// sealed.
+/// If any step fails, the new file is removed again (best effort, with a
+/// directory fsync), so that a retry after a full disk can create it.
 pub(crate) fn create_segment(
     vfs: &dyn Vfs,
     dir: &Path,
@@ -80,21 +94,32 @@ pub(crate) fn create_segment(
     let file = vfs
         .create_new(&path)
         .map_err(Error::io("create segment", &path))?;
-    file.write_all_at(&format::encode_segment_header(first_lsn), 0)
-        .map_err(Error::io("write segment header", &path))?;
-    file.sync_data()
-        .map_err(Error::io("sync new segment", &path))?;
-    // Only once the header is durable: a crash while the file is extended
-    // can then leave junk after a good header (a torn tail, cut by
-    // recovery), never a bad header with bytes after it, which recovery
-    // must treat as corruption.
-    if preallocate > format::SEGMENT_HEADER_LEN as u64 {
-        file.allocate(preallocate)
-            .map_err(Error::io("preallocate segment", &path))?;
+    let made = (|| {
+        file.write_all_at(&format::encode_segment_header(first_lsn), 0)
+            .map_err(Error::io("write segment header", &path))?;
         file.sync_data()
             .map_err(Error::io("sync new segment", &path))?;
+        // Only once the header is durable: a crash while the space is
+        // prepared can then leave zeroes or junk after a good header (free
+        // space or a torn tail, cut by recovery), never a bad header with
+        // bytes after it, which recovery must treat as corruption.
+        prepare(
+            file.as_ref(),
+            &path,
+            format::SEGMENT_HEADER_LEN as u64,
+            preallocate,
+        )?;
+        vfs.sync_dir(dir)
+            .map_err(Error::io("sync log directory", dir))
+    })();
+    match made {
+        Ok(()) => Ok((file, path)),
+        Err(e) => {
+            drop(file);
+            if vfs.remove_file(&path).is_ok() {
+                let _ = vfs.sync_dir(dir);
+            }
+            Err(e)
+        }
     }
-    vfs.sync_dir(dir)
-        .map_err(Error::io("sync log directory", dir))?;
-    Ok((file, path))
 }

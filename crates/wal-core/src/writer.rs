@@ -1137,7 +1137,7 @@ impl LogCore {
         w.file
             .sync_data()
             .map_err(Error::io("sync segment", &w.path))?;
-        segment::reserve(w.file.as_ref(), &w.path, self.options.segment_size)?;
+        segment::prepare(w.file.as_ref(), &w.path, cut_at, self.options.segment_size)?;
         w.len = cut_at;
         target.offsets.truncate(index);
         target.len = cut_at;

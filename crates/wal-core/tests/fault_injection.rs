@@ -211,11 +211,15 @@ fn run(plan: impl FnOnce(&SimFs), class: Class, mode: Mode, what: &str) -> RunSt
                     fs.clear_faults();
                     let write_path = step.as_ref().is_some_and(Step::is_write_path) && !reopen;
                     // A failure in open or truncate_before leaves the log
-                    // (if it opened) fully working.
-                    poison = match (write_path, must_poison) {
-                        (true, true) => Poison::Yes,
-                        (true, false) => Poison::Maybe,
-                        (false, _) => Poison::No,
+                    // (if it opened) fully working, and so does a full disk
+                    // (on a write or a segment creation, never a sync):
+                    // `clear_faults` above freed the space, so every later
+                    // step must work.
+                    poison = match (write_path, must_poison, e.is_disk_full()) {
+                        (true, _, true) => Poison::No,
+                        (true, true, false) => Poison::Yes,
+                        (true, false, false) => Poison::Maybe,
+                        (false, _, _) => Poison::No,
                     };
                     if reopen {
                         // The open failed: the next step opens again.
@@ -419,9 +423,35 @@ fn failed_opens_reads_and_other_calls() {
         Op::Lock,
         Op::Read,
         Op::SetLen,
+        Op::Allocate,
         Op::Len,
     ] {
         sweep(op);
+    }
+}
+
+#[test]
+fn a_full_disk_at_any_write_allocation_or_creation_is_survivable() {
+    // ENOSPC where it can happen without an fsync: writing records,
+    // reserving or zeroing a new segment's space, creating its file. Each
+    // fails the appends in flight with `Error::DiskFull` and leaves the log
+    // working (the runner asserts it: no poisoning, every later step works
+    // once space is back), nothing acknowledged lost.
+    for op in [Op::Write, Op::Allocate, Op::Create] {
+        let n = count_of(op);
+        assert!(n > 0, "{op:?}: the workload makes no such call");
+        for nth in 0..n {
+            for mode in [Mode::Written, Mode::Crash] {
+                let what = format!("{op:?} #{nth} finds the disk full ({mode:?})");
+                let stats = run(
+                    |fs| fs.fail_nth(op, nth, io::ErrorKind::StorageFull),
+                    Class::Other,
+                    mode,
+                    &what,
+                );
+                assert!(stats.failed, "{what}: the failure never fired");
+            }
+        }
     }
 }
 
