@@ -7,6 +7,10 @@
 //! - `bench [--quick] [--vs-redis]`: builds release binaries and measures
 //!   the disk floor, wal-core, recovery, the server, memory and checkpoint
 //!   interference; writes `target/bench/report.md` (see `bench/mod.rs`).
+//! - `floor-modes [--secs S] [--dir DIR]`: durable small writes into a log
+//!   segment prepared each possible way (append, sparse, fallocate,
+//!   zero-filled, recycled) for 1 and 64 writers, and what each preparation
+//!   costs; prints a table (see `bench/floor.rs`).
 
 mod bench;
 
@@ -19,6 +23,7 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("test") => test(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("floor-modes") => bench::floor_modes(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             print_help();
             Ok(())
@@ -40,7 +45,8 @@ fn print_help() {
          commands:\n  \
          ci     fmt --check, clippy -D warnings, tests, docs (what CI runs)\n  \
          test   build the binaries, then run every test in the workspace\n  \
-         bench  [--quick] [--vs-redis]: measure on this machine, write target/bench/report.md\n"
+         bench  [--quick] [--vs-redis]: measure on this machine, write target/bench/report.md\n  \
+         floor-modes  [--secs S] [--dir DIR]: fdatasync rate per way of preparing a segment\n"
     );
 }
 

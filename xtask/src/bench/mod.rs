@@ -8,6 +8,9 @@
 //! printing one JSON line that [`json`] reads; only the disk floor runs in
 //! xtask itself ([`floor`]). A step that fails is reported and the others
 //! still run; the command then exits non-zero.
+//!
+//! `cargo xtask floor-modes` ([`floor_modes`]) runs only a comparison of
+//! the disk floor under each way of preparing a log segment, with no build.
 
 mod floor;
 mod json;
@@ -266,7 +269,7 @@ fn secs(s: f64) -> Duration {
 fn disk_floor(paths: &Paths, params: &Params, results: &mut Results) -> Result<(), String> {
     let dir = TempDir::fresh(paths.bench.join("floor"))?;
     for &size in &params.record_sizes {
-        for mode in [Mode::Append, Mode::Preallocated] {
+        for mode in [Mode::Append, Mode::ZeroFilled] {
             let path = dir.0.join(format!("{}-{size}", mode.name()));
             let floor = floor::measure(&path, mode, size, secs(params.floor_secs))?;
             eprintln!(
@@ -278,6 +281,136 @@ fn disk_floor(paths: &Paths, params: &Params, results: &mut Results) -> Result<(
             results.floors.push(floor);
         }
     }
+    Ok(())
+}
+
+/// `cargo xtask floor-modes [--secs S] [--dir DIR]`: the disk floor under
+/// each way of preparing a log segment ([`Mode`]), for one writer, for 64
+/// writers under group commit (one `pwrite` of their 64 records, one
+/// `fdatasync`) and for 64 threads syncing concurrently, with what each
+/// preparation of a 64 MiB segment costs. Needs no release build; prints a
+/// table on stdout.
+pub fn floor_modes(args: &[String]) -> Result<(), String> {
+    const RECORD: usize = 128;
+    const WRITERS: usize = 64;
+    let mut secs_per_cell = 3.0;
+    let mut parent = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| {
+            args.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match arg.as_str() {
+            "--secs" => {
+                secs_per_cell = value("--secs")?
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s > 0.0)
+                    .ok_or("--secs needs a positive number of seconds")?;
+            }
+            "--dir" => parent = Some(PathBuf::from(value("--dir")?)),
+            "--help" | "-h" => {
+                println!(
+                    "usage: cargo xtask floor-modes [--secs S] [--dir DIR]\n\n\
+                     Measures durable {RECORD} B writes (pwrite + fdatasync, sequential from\n\
+                     offset 0) into a file prepared each way a log segment can be: append\n\
+                     (new empty file), sparse (set_len), fallocate, zero-filled, recycled\n\
+                     (old non-zero data). Writers: 1; {WRITERS} batched (group commit: one\n\
+                     pwrite of {WRITERS} records + one fdatasync); {WRITERS} threads each doing\n\
+                     its own pwrite + fdatasync concurrently. Also times preparing a\n\
+                     64 MiB segment each way (untimed in the runs). Prints a table.\n\n  \
+                     --secs S   seconds per measurement (default 3)\n  \
+                     --dir DIR  directory on the filesystem to measure (default\n             \
+                     target/bench, beside the bench's data directories)"
+                );
+                return Ok(());
+            }
+            other => {
+                return Err(format!(
+                    "unknown floor-modes flag `{other}` (try --secs, --dir)"
+                ));
+            }
+        }
+    }
+    let root = workspace_root();
+    let parent = parent.unwrap_or_else(|| root.join("target").join("bench"));
+    let dir = TempDir::fresh(parent.join("floor-modes"))?;
+    let machine = report::Machine::read(&dir.0, &root);
+    eprintln!(
+        "floor-modes: {} s per cell, {RECORD} B records, in {} ({})",
+        secs_per_cell,
+        dir.0.display(),
+        machine.mount
+    );
+
+    let duration = secs(secs_per_cell);
+    let cpu_before = report::CpuSample::read();
+    let mut rows = Vec::new();
+    // Writers outer, modes inner: the modes compared with each other are
+    // measured close together in time.
+    for writers in [
+        floor::Writers::One,
+        floor::Writers::Batched(WRITERS),
+        floor::Writers::Threads(WRITERS),
+    ] {
+        for mode in Mode::ALL {
+            let path = dir.0.join(mode.name());
+            let prepare_ms = floor::prepare_ms(&path, mode, floor::SEGMENT_BYTES)?;
+            let bytes = floor::cell_file_bytes(writers, RECORD, duration);
+            let cell = floor::measure_cell(&path, mode, writers, RECORD, bytes, duration)?;
+            eprintln!(
+                "  {:>11} {:>10} {} B: {:.0} syncs/s, {:.0} records/s, p50 {:.0} us",
+                mode.name(),
+                writers.name(),
+                cell.record_size,
+                cell.syncs_per_sec(),
+                cell.records_per_sec(),
+                cell.p50_us
+            );
+            rows.push((cell, prepare_ms));
+        }
+    }
+    let others = cpu_before
+        .zip(report::CpuSample::read())
+        .map(|(before, after)| before.others_share(&after));
+
+    println!(
+        "| mode | writers | syncs/s | records/s | p50 us | p99 us | prepare ms | file MiB | note |\n\
+         |---|---|---|---|---|---|---|---|---|"
+    );
+    for (c, prepare_ms) in &rows {
+        let file = if c.file_bytes == 0 {
+            "-".to_string()
+        } else {
+            (c.file_bytes >> 20).to_string()
+        };
+        let note = match c.full_after {
+            Some(at) => format!("file full after {at:.2} s, stopped"),
+            None => String::new(),
+        };
+        println!(
+            "| {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {file} | {note} |",
+            c.mode.name(),
+            c.writers.name(),
+            c.syncs_per_sec(),
+            c.records_per_sec(),
+            c.p50_us,
+            c.p99_us,
+            prepare_ms
+        );
+    }
+    println!(
+        "\n{RECORD} B records, {secs_per_cell} s per cell; prepare ms: making a new 64 MiB segment \
+         durable that way (recycled: renaming an old one); 64 threads: syncs/s counts their \
+         fdatasync calls, which the kernel may merge; mount {}; load {} before, {} after; other \
+         processes used {} of the CPU meanwhile.",
+        machine.mount,
+        machine.load_before,
+        report::loadavg(),
+        others.map_or("an unknown share".into(), |s| format!("{:.0}%", s * 100.0))
+    );
     Ok(())
 }
 

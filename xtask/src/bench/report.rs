@@ -612,7 +612,8 @@ pub fn render(r: &Results, p: &Params) -> String {
         s,
         "- Disk floor: {} s per configuration; one writer; `write` + `fdatasync` of one record per \
          iteration, into a new file (append) or a 64 MiB file written with zeroes and synced first \
-         (preallocated; writes wrap around in it).",
+         (zero-filled; writes go in from offset 0 and wrap around when they reach its end). \
+         `cargo xtask floor-modes` compares more ways to prepare the file.",
         p.floor_secs
     );
     let _ = writeln!(
