@@ -408,7 +408,11 @@ impl Drop for Wal {
             let _ = catch_unwind(AssertUnwindSafe(|| self.core.sync()));
         }
         self.core.stop_flusher();
-        if let Some(thread) = lock(&self.flusher).take() {
+        if let Some(thread) = lock(&self.flusher).take()
+            // A callback that held the last handle drops it on the flusher
+            // thread itself, which then exits by itself.
+            && thread.thread().id() != std::thread::current().id()
+        {
             let _ = thread.join();
         }
     }
