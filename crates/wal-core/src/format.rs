@@ -279,9 +279,9 @@ impl RecordError {
             RecordError::UnknownFlags { lsn, flags } => {
                 format!("intact record {lsn} has unknown flags {flags:#04x}")
             }
-            RecordError::Oversized { lsn, len, max } => format!(
-                "intact record {lsn} of {len} bytes exceeds the maximum record size {max}"
-            ),
+            RecordError::Oversized { lsn, len, max } => {
+                format!("intact record {lsn} of {len} bytes exceeds the maximum record size {max}")
+            }
         }
     }
 
@@ -468,7 +468,10 @@ mod tests {
         encode_record(&mut buf, 1, 0x80, b"x");
         assert_eq!(
             decode_record(&buf, 1024),
-            Err(RecordError::UnknownFlags { lsn: 1, flags: 0x80 })
+            Err(RecordError::UnknownFlags {
+                lsn: 1,
+                flags: 0x80
+            })
         );
     }
 }

@@ -3,10 +3,19 @@
 //! A [`Wal`] is a directory of segment files holding opaque records, each
 //! numbered by a dense, strictly increasing [`Lsn`]. Appends from many
 //! threads share one write and one fdatasync ([`SyncPolicy::Always`]);
-//! opening the log recovers it, cutting a torn tail and refusing real
-//! corruption; [`Wal::truncate_before`] drops segments a snapshot has made
-//! redundant. The on-disk format, the recovery rules and what is assumed of
-//! the disk are in `docs/format.md`.
+//! opening the log recovers it, cutting what an interrupted write left and
+//! refusing real corruption (three [`RecoveryMode`]s say what may be cut);
+//! [`Wal::truncate_before`] drops segments a snapshot has made redundant.
+//!
+//! It is complete enough to be a Raft log: [`Wal::append_with`] appends
+//! without waiting and calls back once the records are durable,
+//! [`Wal::durable_lsn`] says how far that is, [`Wal::truncate_after`] cuts
+//! a conflicting suffix, [`Wal::read`] and [`Wal::read_range`] find records
+//! through an in-memory index, and [`Wal::follow`] waits for new records.
+//! `examples/raft_log.rs` shows the calls in the order a follower makes
+//! them. [`Wal::open_read_only`] reports what recovery would do without
+//! changing anything. The on-disk format, the recovery rules and what is
+//! assumed of the disk are in `docs/format.md`.
 //!
 //! ```
 //! use wal_core::{Wal, WalOptions};

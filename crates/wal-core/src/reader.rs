@@ -58,9 +58,9 @@ impl Truncations {
         }
         let recent = lock(&self.recent);
         match recent.front() {
-            Some(&(oldest, _)) if oldest <= epoch + 1 => recent
-                .iter()
-                .any(|&(at, kept)| at > epoch && lsn > kept),
+            Some(&(oldest, _)) if oldest <= epoch + 1 => {
+                recent.iter().any(|&(at, kept)| at > epoch && lsn > kept)
+            }
             _ => true,
         }
     }
@@ -135,10 +135,7 @@ pub(crate) fn plan_spans(
         let mut count = 0;
         let mut end = begin;
         for i in first..last {
-            let next = seg
-                .offsets
-                .get(i + 1)
-                .map_or(seg.len, |&o| u64::from(o));
+            let next = seg.offsets.get(i + 1).map_or(seg.len, |&o| u64::from(o));
             let size = next.saturating_sub(u64::from(seg.offsets[i]));
             if size > budget && !(spans.is_empty() && count == 0) {
                 break;
@@ -167,7 +164,11 @@ pub(crate) fn plan_spans(
 /// Reads planned spans, one positional read each, and verifies every
 /// record (checksum, length limit, LSN). A segment that vanished (removed
 /// by `truncate_before`) is [`Error::Truncated`].
-pub(crate) fn read_spans(vfs: &dyn Vfs, spans: &[Span], max_record_size: u32) -> Result<Vec<Record>> {
+pub(crate) fn read_spans(
+    vfs: &dyn Vfs,
+    spans: &[Span],
+    max_record_size: u32,
+) -> Result<Vec<Record>> {
     let mut out = Vec::new();
     for span in spans {
         let file = match vfs.open_read(&span.path) {
@@ -449,11 +450,13 @@ impl SegmentReader {
             hasher.update(&chunk[..got]);
             at += got as u64;
         }
-        Ok((hasher.finalize() == header.crc).then_some(RecordError::Oversized {
-            lsn: header.lsn,
-            len: header.len,
-            max: self.max_record_size,
-        }))
+        Ok(
+            (hasher.finalize() == header.crc).then_some(RecordError::Oversized {
+                lsn: header.lsn,
+                len: header.len,
+                max: self.max_record_size,
+            }),
+        )
     }
 
     /// The buffered bytes in `range`, as returned by the last

@@ -150,9 +150,7 @@ pub(crate) fn recover(
             ));
         }
         report.records = segments.iter().map(|s| s.offsets.len() as u64).sum();
-        let active_len = segments
-            .last()
-            .map_or(SEGMENT_HEADER_LEN as u64, |s| s.len);
+        let active_len = segments.last().map_or(SEGMENT_HEADER_LEN as u64, |s| s.len);
         if let Some(last) = segments.last() {
             report.end = Some(LogEnd {
                 segment: last.path.clone(),
@@ -174,9 +172,7 @@ pub(crate) fn recover(
     report.records = segments.iter().map(|s| s.offsets.len() as u64).sum();
     let (active, end) = open_active(vfs, options, &segments)?;
     report.end = Some(end);
-    let active_len = segments
-        .last()
-        .map_or(SEGMENT_HEADER_LEN as u64, |s| s.len);
+    let active_len = segments.last().map_or(SEGMENT_HEADER_LEN as u64, |s| s.len);
     Ok(Recovered {
         segments,
         active: Some(active),
@@ -422,7 +418,14 @@ fn plan(
             "incomplete batch: {} records from LSN {first_lsn} at offset {offset}",
             next - first_lsn
         );
-        refuse_or_warn(mode, RecoveryMode::Strict, &last.path, offset, why, &mut warnings)?;
+        refuse_or_warn(
+            mode,
+            RecoveryMode::Strict,
+            &last.path,
+            offset,
+            why,
+            &mut warnings,
+        )?;
         warnings.push(format!(
             "incomplete batch in {}: cut {} bytes ({} records from LSN {first_lsn}) at offset {offset}",
             last.path.display(),
@@ -447,11 +450,9 @@ fn plan(
             // bound; its intact records may reach further.
             let first_lsn = match names.last() {
                 None => 1,
-                Some((lsn, path)) => {
-                    highest_intact_lsn(vfs, path, *lsn, options.max_record_size)?
-                        .map_or(*lsn, |last| last + 1)
-                        .max(1)
-                }
+                Some((lsn, path)) => highest_intact_lsn(vfs, path, *lsn, options.max_record_size)?
+                    .map_or(*lsn, |last| last + 1)
+                    .max(1),
             };
             actions.push(Action::Create { first_lsn });
             first_lsn
@@ -513,13 +514,8 @@ fn apply(
                     .map_err(Error::io("sync log directory", dir))?;
             }
             Action::Create { first_lsn } => {
-                let (_, path) =
-                    segment::create_segment(vfs, dir, first_lsn, options.segment_size)?;
-                created = Some(SegmentMeta::new(
-                    first_lsn,
-                    path,
-                    SEGMENT_HEADER_LEN as u64,
-                ));
+                let (_, path) = segment::create_segment(vfs, dir, first_lsn, options.segment_size)?;
+                created = Some(SegmentMeta::new(first_lsn, path, SEGMENT_HEADER_LEN as u64));
             }
         }
     }

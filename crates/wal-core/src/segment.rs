@@ -66,8 +66,7 @@ pub(crate) fn prepare(file: &dyn VfsFile, path: &Path, from: u64, size: u64) -> 
             .map_err(Error::io("preallocate segment", path))?;
         at += n as u64;
     }
-    file.sync_data()
-        .map_err(Error::io("sync segment", path))
+    file.sync_data().map_err(Error::io("sync segment", path))
 }
 
 /// The path of the segment starting at `first_lsn`.

@@ -111,8 +111,7 @@ impl StatsCounters {
     pub(crate) fn record_sync(&self, took: Duration) {
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.syncs.fetch_add(1, Ordering::Relaxed);
-        self.sync_micros_total
-            .fetch_add(micros, Ordering::Relaxed);
+        self.sync_micros_total.fetch_add(micros, Ordering::Relaxed);
         self.sync_micros[bucket(micros, SYNC_BUCKETS)].fetch_add(1, Ordering::Relaxed);
     }
 

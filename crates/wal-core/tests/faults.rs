@@ -11,9 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
-use wal_core::{
-    DirLock, Error, RecoveryMode, StdFs, SyncPolicy, Vfs, VfsFile, Wal, WalOptions,
-};
+use wal_core::{DirLock, Error, RecoveryMode, StdFs, SyncPolicy, Vfs, VfsFile, Wal, WalOptions};
 
 const RECORD_HEADER: usize = 20;
 const SEGMENT_HEADER: usize = 32;
@@ -239,7 +237,9 @@ fn a_panic_on_the_leaders_path_poisons_the_log_and_wakes_every_waiter() {
         go: Arc::new(std::sync::Mutex::new(Some(go_rx))),
     };
     let armed = Arc::clone(&fs.armed);
-    let wal = Arc::new(Wal::open_with_vfs(tmp.path(), small(RecoveryMode::Strict), Arc::new(fs)).unwrap());
+    let wal = Arc::new(
+        Wal::open_with_vfs(tmp.path(), small(RecoveryMode::Strict), Arc::new(fs)).unwrap(),
+    );
     wal.append(b"before").unwrap();
     armed.store(true, Ordering::SeqCst);
 
@@ -269,7 +269,11 @@ fn a_panic_on_the_leaders_path_poisons_the_log_and_wakes_every_waiter() {
             Ok(other) => panic!("expected Poisoned, got {other:?}"),
         }
     }
-    assert_eq!((panicked, poisoned), (1, 4), "the leader's panic reaches its caller only");
+    assert_eq!(
+        (panicked, poisoned),
+        (1, 4),
+        "the leader's panic reaches its caller only"
+    );
     assert!(matches!(wal.append(b"later"), Err(Error::Poisoned { .. })));
     assert!(matches!(wal.sync(), Err(Error::Poisoned { .. })));
     // Dropping returns (it used to park forever on `leading`).
@@ -340,10 +344,7 @@ fn the_absolute_mode_refuses_any_cut_and_names_the_mode_that_would_cut() {
     let before = image(dir);
     match Wal::open(dir, small(RecoveryMode::Absolute)) {
         Err(e @ Error::Corrupt { .. }) => {
-            let Error::Corrupt {
-                offset, cut_by, ..
-            } = &e
-            else {
+            let Error::Corrupt { offset, cut_by, .. } = &e else {
                 unreachable!()
             };
             assert_eq!((*offset, *cut_by), (end as u64, Some(RecoveryMode::Strict)));

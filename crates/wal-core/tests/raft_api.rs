@@ -197,7 +197,10 @@ fn read_and_read_range_go_through_the_index() {
     assert!(wal.read(41).unwrap().is_none());
     // A range across several segments, whole.
     let all = wal.read_range(3, 30, usize::MAX).unwrap();
-    assert_eq!(all.iter().map(|r| r.lsn).collect::<Vec<_>>(), (3..30).collect::<Vec<_>>());
+    assert_eq!(
+        all.iter().map(|r| r.lsn).collect::<Vec<_>>(),
+        (3..30).collect::<Vec<_>>()
+    );
     assert!(all.iter().all(|r| r.data == payload(r.lsn)));
     // The byte budget: 120 bytes a framed record.
     let some = wal.read_range(3, 30, 5 * 120).unwrap();
@@ -231,10 +234,12 @@ fn a_follower_waits_for_records_written_later() {
         assert_eq!(r.lsn, lsn);
     }
     // Nothing yet: a short wait comes back empty.
-    assert!(follower
-        .next_timeout(Duration::from_millis(20))
-        .unwrap()
-        .is_none());
+    assert!(
+        follower
+            .next_timeout(Duration::from_millis(20))
+            .unwrap()
+            .is_none()
+    );
     let writer = {
         let wal = Arc::clone(&wal);
         std::thread::spawn(move || {
