@@ -505,3 +505,47 @@ fn the_checks_catch_a_log_that_ignores_a_failed_sync() {
     }));
     assert!(caught.is_err(), "an append that ignored fail-stop passed");
 }
+
+#[test]
+fn appends_fail_while_the_disk_is_full_and_work_again_once_truncate_before_frees_space() {
+    let fs = fresh_fs();
+    let wal = open(&fs).unwrap();
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let data = payload(i);
+        acked.push((wal.append(&data).unwrap(), data));
+    }
+    // No room for one more segment: the next rotation cannot create it.
+    fs.set_space_budget(Some(0));
+    let mut full = 0;
+    for i in 20..40 {
+        match wal.append(&payload(i)) {
+            Ok(lsn) => acked.push((lsn, payload(i))),
+            Err(e) => {
+                assert!(e.is_disk_full(), "{e}");
+                assert!(e.to_string().contains("disk is full"), "{e}");
+                full += 1;
+            }
+        }
+    }
+    assert!(full > 0, "the disk never filled up");
+    assert!(!matches!(wal.append(b"x"), Err(Error::Poisoned { .. })));
+    // Dropping old segments gives their space back; appends work again.
+    let last = acked.last().unwrap().0;
+    assert!(wal.truncate_before(last).unwrap() > 0);
+    let lsn = wal.append(b"after the space came back").unwrap();
+    assert_eq!(lsn, last + 1, "LSNs stay dense across the failures");
+    wal.sync().unwrap();
+    drop(wal);
+    let crashed = fs.crash();
+    crashed.clear_faults();
+    let wal = Wal::open_with_vfs(DIR, options(), crashed.shared()).unwrap();
+    let first = wal.first_lsn().unwrap();
+    for (lsn, data) in acked.iter().filter(|(l, _)| *l >= first) {
+        assert_eq!(&wal.read(*lsn).unwrap().unwrap().data, data);
+    }
+    assert_eq!(
+        wal.read(last + 1).unwrap().unwrap().data,
+        b"after the space came back"
+    );
+}
