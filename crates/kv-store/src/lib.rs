@@ -125,6 +125,7 @@ mod error;
 mod options;
 mod record;
 mod recovery;
+pub mod replica;
 mod snapshot;
 mod state;
 mod store;

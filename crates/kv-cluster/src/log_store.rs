@@ -1,0 +1,431 @@
+//! The Raft log on wal-core: `<data-dir>/raft/log` holds one wal-core
+//! record per Raft entry (our `RaftEntry` protobuf), `<data-dir>/raft/state`
+//! the vote, the committed and the purged log id (written atomically).
+//!
+//! Raft index and wal-core LSN are both dense and move together, so the
+//! mapping is a fixed offset (`lsn = index + offset`), derived from the
+//! first record at open (every record carries its index, so it is checked
+//! on every read). It changes only when the log is emptied: when
+//! `truncate` cuts everything, or a snapshot installed beyond the log's
+//! end makes `purge` drop all of it; the next append then sets it anew.
+//!
+//! Appends go through wal-core's group commit with `append_with`: the
+//! records are queued at once and openraft's flush callback runs from
+//! wal-core's own callback, after the fdatasync, never before. `truncate`
+//! is wal-core's `truncate_after`, `purge` its `truncate_before`, both run
+//! on tokio's blocking pool because they fsync.
+//!
+//! Holes: openraft appends contiguous entries, but its storage test suite
+//! also appends with gaps (index 1, then 5). A gap is filled with hole
+//! records (a `RaftEntry` without payload) that reads skip, so the log
+//! stays dense for wal-core; a gap over [`MAX_HOLE`] is refused.
+
+use std::fmt;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use kv_proto::{RaftEntry, RaftLogId, RaftState};
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{LogId, OptionalSend, StorageError, StorageIOError, Vote};
+use prost::Message;
+use wal_core::{RecoveryMode, SyncPolicy, Wal, WalOptions};
+
+use crate::error::{ClusterError, Result};
+use crate::state_file;
+use crate::types::{
+    Entry, NodeId, TypeConfig, decode_entry, decode_log_id, decode_vote, encode_entry,
+    encode_log_id, encode_vote,
+};
+
+/// The longest gap filled with holes (see the module docs).
+pub const MAX_HOLE: u64 = 1 << 16;
+
+/// Bytes a range read asks wal-core for at a time.
+const READ_BATCH: usize = 4 << 20;
+
+/// The Raft log storage. Cheap to clone: clones share the log (the clone
+/// serves as openraft's log reader).
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    wal: Wal,
+    state_path: PathBuf,
+    meta: Mutex<Meta>,
+}
+
+/// What the log knows beside its records.
+#[derive(Debug, Clone, Default)]
+struct Meta {
+    /// `lsn - index` of the records; `None` while the log holds none.
+    offset: Option<i128>,
+    /// The last entry in the log.
+    last: Option<LogId<NodeId>>,
+    /// The persisted Raft state.
+    state: RaftState,
+}
+
+impl fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogStore")
+            .field("meta", &*lock(&self.inner.meta))
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn storage_error(e: ClusterError) -> StorageError<NodeId> {
+    StorageIOError::write_logs(&e.into_io()).into()
+}
+
+fn read_error(e: ClusterError) -> StorageError<NodeId> {
+    StorageIOError::read_logs(&e.into_io()).into()
+}
+
+impl LogStore {
+    /// Opens (creating if needed) the Raft log under `dir` (`<data-dir>/raft`).
+    pub fn open(dir: &Path) -> Result<LogStore> {
+        std::fs::create_dir_all(dir).map_err(ClusterError::io("create", dir))?;
+        let options = WalOptions {
+            // Acknowledged entries must never be cut; a torn tail holds
+            // only entries whose flush callback never ran.
+            recovery_mode: RecoveryMode::Strict,
+            // Durability is asked for by `append_with`; nothing else
+            // needs a sync of its own.
+            sync_policy: SyncPolicy::Always,
+            ..WalOptions::default()
+        };
+        let wal = Wal::open(dir.join("log"), options)?;
+        let state_path = dir.join("state");
+        let state: RaftState = state_file::read(&state_path)?.unwrap_or_default();
+        let mut meta = Meta {
+            state,
+            ..Meta::default()
+        };
+        if let (Some(first), Some(last)) = (wal.first_lsn(), wal.last_lsn()) {
+            let first_entry = read_record(&wal, first)?;
+            let index = first_entry
+                .log_id
+                .as_ref()
+                .map(|id| id.index)
+                .ok_or_else(|| ClusterError::Corrupt("first entry has no log id".into()))?;
+            meta.offset = Some(i128::from(first) - i128::from(index));
+            let last_entry = read_record(&wal, last)?;
+            meta.last = last_entry.log_id.as_ref().map(decode_log_id);
+        }
+        Ok(LogStore {
+            inner: Arc::new(Inner {
+                wal,
+                state_path,
+                meta: Mutex::new(meta),
+            }),
+        })
+    }
+
+    /// The wal-core log under it (for its counters and durable LSN).
+    pub fn wal(&self) -> &Wal {
+        &self.inner.wal
+    }
+
+    fn save_state(&self, change: impl FnOnce(&mut RaftState)) -> Result<()> {
+        let mut meta = lock(&self.inner.meta);
+        let mut state = meta.state.clone();
+        change(&mut state);
+        state_file::write(&self.inner.state_path, &state)?;
+        meta.state = state;
+        Ok(())
+    }
+
+    fn purged(&self) -> Option<LogId<NodeId>> {
+        lock(&self.inner.meta)
+            .state
+            .purged
+            .as_ref()
+            .map(decode_log_id)
+    }
+
+    /// The entries with indexes in `[start, end)` that the log holds.
+    fn entries(&self, start: u64, end: u64) -> Result<Vec<Entry>> {
+        let meta = lock(&self.inner.meta).clone();
+        let Some(offset) = meta.offset else {
+            return Ok(Vec::new());
+        };
+        let purged_end = meta.state.purged.as_ref().map_or(0, |p| p.index + 1);
+        let start = start.max(purged_end);
+        let last_index = meta.last.map_or(0, |l| l.index);
+        let end = end.min(last_index.saturating_add(1));
+        let mut out = Vec::new();
+        if meta.last.is_none() || start >= end {
+            return Ok(out);
+        }
+        let to_lsn = |index: u64| -> Result<u64> {
+            u64::try_from(i128::from(index) + offset)
+                .map_err(|_| ClusterError::Corrupt(format!("index {index} maps below LSN 0")))
+        };
+        let (mut lsn, end_lsn) = (to_lsn(start)?.max(1), to_lsn(end)?);
+        while lsn < end_lsn {
+            let records = self.inner.wal.read_range(lsn, end_lsn, READ_BATCH)?;
+            if records.is_empty() {
+                break;
+            }
+            for record in records {
+                lsn = record.lsn + 1;
+                let raw = RaftEntry::decode(record.data.as_slice()).map_err(|e| {
+                    ClusterError::Corrupt(format!("Raft entry at LSN {}: {e}", record.lsn))
+                })?;
+                let Some(entry) = decode_entry(&raw)? else {
+                    continue;
+                };
+                let want = i128::from(record.lsn) - offset;
+                if i128::from(entry.log_id.index) != want {
+                    return Err(ClusterError::Corrupt(format!(
+                        "LSN {} holds index {}, expected {want}",
+                        record.lsn, entry.log_id.index
+                    )));
+                }
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs blocking work (fsyncs) off the async workers.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(LogStore) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || work(store))
+            .await
+            .map_err(|e| ClusterError::Corrupt(format!("log task failed: {e}")))?
+    }
+
+    /// Removes entries with index >= `index`.
+    fn truncate_from(&self, index: u64) -> Result<()> {
+        let mut meta = lock(&self.inner.meta);
+        let Some(offset) = meta.offset else {
+            return Ok(());
+        };
+        let Some(last) = meta.last else {
+            return Ok(());
+        };
+        if index > last.index {
+            return Ok(());
+        }
+        let wal = &self.inner.wal;
+        let keep = i128::from(index) + offset - 1;
+        let oldest = wal.first_lsn().unwrap_or(wal.next_lsn());
+        let keep = u64::try_from(keep)
+            .unwrap_or(0)
+            .max(oldest.saturating_sub(1));
+        wal.truncate_after(keep)?;
+        if wal.last_lsn().is_none() {
+            meta.offset = None;
+            meta.last = None;
+        } else {
+            let last = read_record(wal, keep)?;
+            meta.last = last.log_id.as_ref().map(decode_log_id);
+        }
+        Ok(())
+    }
+
+    /// Drops entries up to `log_id` (a snapshot covers them).
+    fn purge_upto(&self, log_id: LogId<NodeId>) -> Result<()> {
+        self.save_state(|s| s.purged = Some(encode_log_id(&log_id)))?;
+        let mut meta = lock(&self.inner.meta);
+        let wal = &self.inner.wal;
+        let (Some(offset), Some(last)) = (meta.offset, meta.last) else {
+            return Ok(());
+        };
+        if log_id.index >= last.index {
+            // Everything is covered (a snapshot from beyond the log's end,
+            // installed on a lagging follower): empty the log; the next
+            // append starts the mapping anew.
+            if let Some(first) = wal.first_lsn() {
+                wal.truncate_after(first - 1)?;
+            }
+            meta.offset = None;
+            meta.last = None;
+            return Ok(());
+        }
+        let upto = i128::from(log_id.index) + offset;
+        if let Ok(upto) = u64::try_from(upto) {
+            wal.truncate_before(upto + 1)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and decodes the record at `lsn`.
+fn read_record(wal: &Wal, lsn: u64) -> Result<RaftEntry> {
+    let record = wal
+        .read(lsn)?
+        .ok_or_else(|| ClusterError::Corrupt(format!("LSN {lsn} is not in the log")))?;
+    RaftEntry::decode(record.data.as_slice())
+        .map_err(|e| ClusterError::Corrupt(format!("Raft entry at LSN {lsn}: {e}")))
+}
+
+fn range_of<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => e.saturating_add(1),
+        Bound::Excluded(&e) => e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + fmt::Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError<NodeId>> {
+        let (start, end) = range_of(&range);
+        self.entries(start, end).map_err(read_error)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let meta = lock(&self.inner.meta);
+        let purged = meta.state.purged.as_ref().map(decode_log_id);
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: meta.last.or(purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let vote = encode_vote(vote);
+        self.blocking(move |s| s.save_state(|st| st.vote = Some(vote)))
+            .await
+            .map_err(|e| StorageIOError::write_vote(&e.into_io()).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        Ok(lock(&self.inner.meta).state.vote.as_ref().map(decode_vote))
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let committed = committed.as_ref().map(encode_log_id);
+        self.blocking(move |s| s.save_state(|st| st.committed = committed))
+            .await
+            .map_err(storage_error)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        Ok(lock(&self.inner.meta)
+            .state
+            .committed
+            .as_ref()
+            .map(decode_log_id))
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let Some(first) = entries.first() else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        let mut meta = lock(&self.inner.meta);
+        let wal = &self.inner.wal;
+        let mut records: Vec<Vec<u8>> = Vec::with_capacity(entries.len());
+        match (meta.offset, meta.last) {
+            (Some(offset), Some(last)) => {
+                let expected = last.index + 1;
+                if first.log_id.index < expected {
+                    return Err(storage_error(ClusterError::Corrupt(format!(
+                        "append at index {} over the log's last {}: truncate first",
+                        first.log_id.index, last.index
+                    ))));
+                }
+                let gap = first.log_id.index - expected;
+                if gap > MAX_HOLE {
+                    return Err(storage_error(ClusterError::Corrupt(format!(
+                        "append at index {} leaves a gap of {gap} after {}",
+                        first.log_id.index, last.index
+                    ))));
+                }
+                for index in expected..first.log_id.index {
+                    records.push(hole(last, index).encode_to_vec());
+                }
+                debug_assert_eq!(i128::from(wal.next_lsn()) - i128::from(expected), offset);
+            }
+            _ => {
+                meta.offset = Some(i128::from(wal.next_lsn()) - i128::from(first.log_id.index));
+            }
+        }
+        for entry in &entries {
+            records.push(encode_entry(entry).encode_to_vec());
+        }
+        let last_id = entries.last().map(|e| e.log_id);
+        let appended = wal.append_with(&records, move |result| {
+            callback.log_io_completed(
+                result
+                    .map(|_| ())
+                    .map_err(|e| ClusterError::from(e).into_io()),
+            );
+        });
+        match appended {
+            Ok(_) => {
+                meta.last = last_id;
+                Ok(())
+            }
+            Err(e) => Err(storage_error(e.into())),
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.blocking(move |s| s.truncate_from(log_id.index))
+            .await
+            .map_err(storage_error)
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        if self.purged().is_some_and(|p| p.index >= log_id.index) {
+            return Ok(());
+        }
+        self.blocking(move |s| s.purge_upto(log_id))
+            .await
+            .map_err(storage_error)
+    }
+}
+
+/// A record that fills index `index` of a gap: it carries the log id but no
+/// payload, and reads skip it.
+fn hole(after: LogId<NodeId>, index: u64) -> RaftEntry {
+    RaftEntry {
+        log_id: Some(RaftLogId {
+            index,
+            ..encode_log_id(&after)
+        }),
+        payload: None,
+    }
+}

@@ -1,0 +1,192 @@
+//! The store's state machine for a replicated log: what kv-cluster applies
+//! committed Raft entries to.
+//!
+//! In a cluster the log is the Raft log (kept by kv-cluster on wal-core),
+//! not the store's own WAL, so the commit pipeline of [`crate::KeyValueStore`]
+//! is not used: a [`Replica`] is the same ordered map, changed by the same
+//! [`State::apply`] as the single node's commit thread and replay, and
+//! snapshotted into the same snapshot file format. Commands are the store's
+//! own log records ([`encode_put`], [`encode_delete`]); the position they
+//! are applied at (the Raft index) becomes each key's version.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use wal_core::{Lsn, Vfs};
+
+use crate::error::{Error, Result};
+use crate::record::{self, HEADROOM};
+use crate::snapshot::{self, SnapshotWriter};
+use crate::state::{Op, State};
+
+/// A put command: the store's log record for it, without a position.
+pub fn encode_put(key: &[u8], value: &[u8]) -> Vec<u8> {
+    strip_headroom(record::encode_put(key, value))
+}
+
+/// A delete command, likewise.
+pub fn encode_delete(key: &[u8]) -> Vec<u8> {
+    strip_headroom(record::encode_delete(key))
+}
+
+/// The encoders leave room for the `seq` field the single node fills in;
+/// a command travels without it (its position is its Raft index).
+fn strip_headroom(mut buf: Vec<u8>) -> Vec<u8> {
+    buf.drain(..HEADROOM);
+    buf
+}
+
+/// What applying a command did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// The position it was applied at (the key's new version).
+    pub seq: Lsn,
+    /// Whether the key existed before.
+    pub existed: bool,
+}
+
+/// The replicated state machine: the ordered map of the store.
+#[derive(Debug, Default)]
+pub struct Replica {
+    state: State,
+}
+
+impl Replica {
+    /// An empty state.
+    pub fn new() -> Replica {
+        Replica::default()
+    }
+
+    /// Applies a committed command at position `seq` (strictly after every
+    /// earlier one). An undecodable command is [`Error::CorruptLogEntry`]
+    /// and changes nothing.
+    pub fn apply(&mut self, seq: Lsn, command: &[u8]) -> Result<Applied> {
+        if seq <= self.state.last_applied() && self.state.last_applied() != 0 {
+            return Err(Error::CorruptLogEntry {
+                lsn: seq,
+                reason: format!(
+                    "applied after position {}: positions must increase",
+                    self.state.last_applied()
+                ),
+            });
+        }
+        // The command carries no `seq` (0 on decode): checked against 0.
+        let op = record::decode(0, Bytes::copy_from_slice(command)).map_err(|e| match e {
+            Error::CorruptLogEntry { reason, .. } => Error::CorruptLogEntry { lsn: seq, reason },
+            other => other,
+        })?;
+        let (key, op) = match &op {
+            record::Op::Put { key, value } => (key, Op::Put(crate::state::Entry::new(key, value))),
+            record::Op::Delete { key } => (key, Op::Delete(key)),
+        };
+        let existed = self.state.contains(key);
+        self.state.apply(op, seq);
+        Ok(Applied { seq, existed })
+    }
+
+    /// Notes that everything up to `seq` is applied (for Raft entries that
+    /// carry no command, such as membership changes).
+    pub fn advance_to(&mut self, seq: Lsn) {
+        if seq > self.state.last_applied() {
+            self.state.set_applied(seq);
+        }
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.state.get(key).map(|e| e.value().to_vec())
+    }
+
+    /// Keys held.
+    pub fn len(&self) -> u64 {
+        self.state.len()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.state.len() == 0
+    }
+
+    /// Bytes of keys and values held.
+    pub fn bytes(&self) -> u64 {
+        self.state.bytes()
+    }
+
+    /// The last position applied (0: none).
+    pub fn last_applied(&self) -> Lsn {
+        self.state.last_applied()
+    }
+
+    /// Keys starting with `prefix`, ascending, at most `limit` (0: no
+    /// limit); whether more matched.
+    pub fn keys(&self, prefix: &[u8], limit: usize) -> (Vec<Vec<u8>>, bool) {
+        let mut keys = Vec::new();
+        for entry in self.state.range_from(prefix, false) {
+            if !entry.key().starts_with(prefix) {
+                break;
+            }
+            if limit != 0 && keys.len() == limit {
+                return (keys, true);
+            }
+            keys.push(entry.key().to_vec());
+        }
+        (keys, false)
+    }
+
+    /// Writes the state as a snapshot file of the store's format at `path`
+    /// (which must not exist) and syncs it; the caller renames it into
+    /// place. Returns the number of entries.
+    pub fn write_snapshot(&self, vfs: &dyn Vfs, path: &Path, created_ms: u64) -> Result<u64> {
+        let mut writer = SnapshotWriter::create(vfs, path)?;
+        for entry in self.state.range_from(&[], false) {
+            writer.add(entry.key(), entry.value())?;
+            if writer.buffer_full() {
+                writer.flush()?;
+            }
+        }
+        writer.finish(self.state.last_applied(), created_ms)
+    }
+
+    /// Reads and verifies a snapshot written by [`Replica::write_snapshot`]
+    /// that holds the state up to position `seq`.
+    pub fn load_snapshot(vfs: &Arc<dyn Vfs>, path: &Path, seq: Lsn) -> Result<Replica> {
+        let loaded = snapshot::load(vfs, path, seq)?;
+        let mut state = loaded.state;
+        state.set_applied(seq);
+        Ok(Replica { state })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wal_core::StdFs;
+
+    #[test]
+    fn commands_apply_in_order_and_a_snapshot_round_trips() {
+        let mut r = Replica::new();
+        assert!(!r.apply(3, &encode_put(b"a", b"1")).unwrap().existed);
+        assert!(r.apply(4, &encode_put(b"a", b"2")).unwrap().existed);
+        r.apply(5, &encode_put(b"b", b"x")).unwrap();
+        assert!(r.apply(6, &encode_delete(b"b")).unwrap().existed);
+        r.advance_to(8);
+        assert!(
+            r.apply(8, &encode_put(b"c", b"")).is_err(),
+            "position reused"
+        );
+        assert!(r.apply(9, b"\xff\xff").is_err());
+        assert_eq!(r.get(b"a"), Some(b"2".to_vec()));
+        assert_eq!(r.get(b"b"), None);
+        assert_eq!(r.keys(b"", 0), (vec![b"a".to_vec()], false));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snap");
+        assert_eq!(r.write_snapshot(&StdFs, &path, 1).unwrap(), 1);
+        let vfs = StdFs::shared();
+        let back = Replica::load_snapshot(&vfs, &path, 8).unwrap();
+        assert_eq!(back.get(b"a"), Some(b"2".to_vec()));
+        assert_eq!(back.last_applied(), 8);
+        assert!(Replica::load_snapshot(&vfs, &path, 9).is_err());
+    }
+}
