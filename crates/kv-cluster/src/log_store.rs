@@ -135,7 +135,7 @@ impl LogStore {
 
     fn save_state(&self, change: impl FnOnce(&mut RaftState)) -> Result<()> {
         let mut meta = lock(&self.inner.meta);
-        let mut state = meta.state.clone();
+        let mut state = meta.state;
         change(&mut state);
         state_file::write(&self.inner.state_path, &state)?;
         meta.state = state;
