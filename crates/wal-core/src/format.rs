@@ -158,6 +158,22 @@ pub(crate) fn encode_record(out: &mut Vec<u8>, lsn: Lsn, flags: u8, payload: &[u
     out.extend_from_slice(payload);
 }
 
+/// Rewrites the framed record in `record` (header and payload) so that it
+/// ends its batch: clears `BATCH_CONTINUES` and recomputes the checksum.
+/// Returns whether anything changed. For `truncate_after` inside a batch:
+/// the record it keeps last must not wait for a continuation that is gone.
+pub(crate) fn end_batch(record: &mut [u8]) -> bool {
+    if record.len() < RECORD_HEADER_LEN || record[16] & FLAG_BATCH_CONTINUES == 0 {
+        return false;
+    }
+    record[16] &= !FLAG_BATCH_CONTINUES;
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&record[4..]);
+    let crc = hasher.finalize();
+    record[0..4].copy_from_slice(&crc.to_le_bytes());
+    true
+}
+
 /// The checksum of a record: header bytes after the checksum field, then the
 /// payload. Covering the length means a flipped length bit is caught.
 fn record_checksum(header: &[u8; RECORD_HEADER_LEN], payload: &[u8]) -> u32 {

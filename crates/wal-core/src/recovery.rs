@@ -772,11 +772,19 @@ fn scan_segment(
 }
 
 /// Where, in `damage` (the file's bytes from offset `start` up to the next
-/// valid record), a whole sector-aligned sector of zeroes lies, if one
-/// does: the sign of a page of the last write that never reached the disk.
+/// valid record), zeroes betray a page of the last write that never
+/// reached the disk, if they do: a whole sector-aligned sector of zeroes,
+/// or, when `start` is not sector-aligned, zeroes from `start` to the next
+/// sector boundary (at least a record's checksum field: a lost page that
+/// began before the write leaves only that much of it). Returns where.
 fn zeroed_sector(start: u64, damage: &[u8]) -> Option<u64> {
     let end = start + damage.len() as u64;
-    let mut sector = start.div_ceil(SECTOR) * SECTOR;
+    let first_boundary = start.div_ceil(SECTOR) * SECTOR;
+    let head = (first_boundary.min(end) - start) as usize;
+    if head >= 4 && first_boundary <= end && damage[..head].iter().all(|&b| b == 0) {
+        return Some(start);
+    }
+    let mut sector = first_boundary;
     while sector + SECTOR <= end {
         let from = (sector - start) as usize;
         if damage[from..from + SECTOR as usize].iter().all(|&b| b == 0) {

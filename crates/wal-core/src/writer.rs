@@ -1131,6 +1131,25 @@ impl LogCore {
                 len: target.len,
             };
         }
+        // The record kept last may be inside a batch: it must end it, or
+        // recovery would drop it (and the rest of its batch before it) as
+        // an incomplete batch. Rewritten and synced before the cut, so a
+        // crash leaves either the old log (in which the rest of the batch
+        // still ends it) or the cut one.
+        if index > 0 {
+            let start = u64::from(target.offsets[index - 1]);
+            let mut record = vec![0u8; (cut_at - start) as usize];
+            crate::reader::read_full_at(w.file.as_ref(), &mut record, start)
+                .map_err(Error::io("read segment", &w.path))?;
+            if format::end_batch(&mut record) {
+                w.file
+                    .write_all_at(&record[..format::RECORD_HEADER_LEN], start)
+                    .map_err(Error::io("write segment", &w.path))?;
+                w.file
+                    .sync_data()
+                    .map_err(Error::io("sync segment", &w.path))?;
+            }
+        }
         w.file
             .set_len(cut_at)
             .map_err(Error::io("truncate segment", &w.path))?;
