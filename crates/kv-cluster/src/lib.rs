@@ -34,11 +34,14 @@
 
 mod error;
 mod log_store;
+pub mod network;
+mod node;
 mod state_file;
 mod state_machine;
 pub mod types;
 
 pub use error::{ClusterError, Result};
 pub use log_store::{LogStore, MAX_HOLE};
+pub use node::{ClusterConfig, ClusterNode, MemberStatus, RequestError};
 pub use state_machine::StateMachine;
 pub use types::{Command, CommandResult, Node, NodeId, TypeConfig};

@@ -261,7 +261,7 @@ impl StateMachine {
     }
 }
 
-fn encode_meta(meta: &SnapshotMeta<NodeId, Node>) -> RaftSnapshotMeta {
+pub(crate) fn encode_meta(meta: &SnapshotMeta<NodeId, Node>) -> RaftSnapshotMeta {
     RaftSnapshotMeta {
         last_log_id: meta.last_log_id.as_ref().map(encode_log_id),
         membership_log_id: meta.last_membership.log_id().as_ref().map(encode_log_id),
@@ -270,7 +270,7 @@ fn encode_meta(meta: &SnapshotMeta<NodeId, Node>) -> RaftSnapshotMeta {
     }
 }
 
-fn decode_meta(meta: &RaftSnapshotMeta) -> SnapshotMeta<NodeId, Node> {
+pub(crate) fn decode_meta(meta: &RaftSnapshotMeta) -> SnapshotMeta<NodeId, Node> {
     SnapshotMeta {
         last_log_id: meta.last_log_id.as_ref().map(decode_log_id),
         last_membership: StoredMembership::new(

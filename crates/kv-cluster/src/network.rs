@@ -1,0 +1,486 @@
+//! The peer transport: openraft's RPCs as our protobuf (`PeerRequest`,
+//! `PeerResponse`) in kv-proto frames, over one persistent TCP connection
+//! per peer and stream (no connection per RPC), bounded frames, a timeout
+//! on every call, and an unreachable peer reported to openraft as
+//! [`Unreachable`] so it backs off.
+//!
+//! Every request carries the cluster id and the shared secret; the
+//! receiving side ([`serve_peers`]) checks both (the secret in constant
+//! time) before anything reaches Raft, and logs and closes a connection
+//! that sends garbage, an oversized frame, or a request of another cluster.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use kv_proto::{
+    FrameCodec, PeerError, PeerRequest, PeerResponse, RaftAppendOutcome, RaftAppendRequest,
+    RaftAppendResponse, RaftEntry, RaftSnapshotChunk, RaftVoteRequest, RaftVoteResponse,
+    peer_request::Rpc, peer_response::Result as PeerResult,
+};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, SnapshotMismatch,
+    Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{Raft, SnapshotSegmentId};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::Framed;
+
+use crate::types::{
+    Entry, Node, NodeId, TypeConfig, decode_entry, decode_log_id, decode_vote, encode_entry,
+    encode_log_id, encode_vote,
+};
+
+/// What identifies a cluster on the wire: a hash of `--initial-cluster`
+/// in a canonical form (members sorted by id), so that a node started with
+/// another member list is refused.
+pub fn cluster_id(members: &BTreeMap<NodeId, Node>) -> u64 {
+    // FNV-1a, 64-bit: stable across releases and platforms, unlike std's
+    // hasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (id, node) in members {
+        let part = format!("{id}={}/{};", node.client_addr, node.peer_addr);
+        for byte in part.bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+/// What the sending side of every peer link knows.
+#[derive(Debug, Clone)]
+pub struct PeerIdentity {
+    /// This node.
+    pub node_id: NodeId,
+    /// [`cluster_id`] of the cluster.
+    pub cluster_id: u64,
+    /// The shared secret (empty: none, allowed only on loopback).
+    pub secret: Vec<u8>,
+    /// The largest frame sent or accepted.
+    pub max_frame: usize,
+}
+
+type PeerClientCodec = FrameCodec<PeerResponse, PeerRequest>;
+type PeerServerCodec = FrameCodec<PeerRequest, PeerResponse>;
+
+/// Makes a [`PeerClient`] per target, for openraft.
+#[derive(Debug, Clone)]
+pub struct Network {
+    identity: PeerIdentity,
+}
+
+impl Network {
+    /// The transport of the node `identity` names.
+    pub fn new(identity: PeerIdentity) -> Network {
+        Network { identity }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
+        PeerClient {
+            identity: self.identity.clone(),
+            target,
+            addr: node.peer_addr.clone(),
+            conn: None,
+            next_id: 1,
+        }
+    }
+}
+
+/// One persistent link to a peer; reconnects on the next call after a
+/// failure.
+#[derive(Debug)]
+pub struct PeerClient {
+    identity: PeerIdentity,
+    target: NodeId,
+    addr: String,
+    conn: Option<Framed<TcpStream, PeerClientCodec>>,
+    next_id: u64,
+}
+
+/// Why a call failed, before openraft's error types.
+enum CallError {
+    Unreachable(io::Error),
+    Timeout,
+    Remote(PeerError),
+}
+
+impl PeerClient {
+    async fn call(&mut self, rpc: Rpc, ttl: Duration) -> Result<PeerResult, CallError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = PeerRequest {
+            id,
+            cluster_id: self.identity.cluster_id,
+            secret: self.identity.secret.clone().into(),
+            from: self.identity.node_id,
+            rpc: Some(rpc),
+        };
+        match tokio::time::timeout(ttl, self.exchange(request)).await {
+            Ok(Ok(response)) if response.id == id => match response.result {
+                Some(PeerResult::Error(e)) => Err(CallError::Remote(e)),
+                Some(result) => Ok(result),
+                None => {
+                    self.conn = None;
+                    Err(CallError::Unreachable(io::Error::other(
+                        "empty peer response",
+                    )))
+                }
+            },
+            Ok(Ok(_)) => {
+                self.conn = None;
+                Err(CallError::Unreachable(io::Error::other(
+                    "peer response for another request",
+                )))
+            }
+            Ok(Err(e)) => {
+                self.conn = None;
+                Err(CallError::Unreachable(e))
+            }
+            Err(_) => {
+                // The link may hold a late answer: start a fresh one.
+                self.conn = None;
+                Err(CallError::Timeout)
+            }
+        }
+    }
+
+    async fn exchange(&mut self, request: PeerRequest) -> io::Result<PeerResponse> {
+        if self.conn.is_none() {
+            let stream = TcpStream::connect(&self.addr).await?;
+            stream.set_nodelay(true)?;
+            self.conn = Some(Framed::new(
+                stream,
+                PeerClientCodec::new(self.identity.max_frame),
+            ));
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(io::Error::other("no connection"));
+        };
+        conn.send(request).await.map_err(io::Error::other)?;
+        match conn.next().await {
+            Some(Ok(Ok(response))) => Ok(response),
+            Some(Ok(Err(e))) => Err(io::Error::other(e.to_string())),
+            Some(Err(e)) => Err(io::Error::other(e.to_string())),
+            None => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the peer closed the connection",
+            )),
+        }
+    }
+
+    fn rpc_error<E: std::error::Error>(
+        &self,
+        e: CallError,
+        ttl: Duration,
+        action: openraft::network::RPCTypes,
+    ) -> RPCError<NodeId, Node, E> {
+        match e {
+            CallError::Unreachable(e) => RPCError::Unreachable(Unreachable::new(&e)),
+            CallError::Timeout => RPCError::Timeout(Timeout {
+                action,
+                id: self.identity.node_id,
+                target: self.target,
+                timeout: ttl,
+            }),
+            CallError::Remote(e) => RPCError::Network(NetworkError::new(&io::Error::other(
+                format!("peer {} refused: {}", self.target, e.message),
+            ))),
+        }
+    }
+}
+
+fn unexpected<E: std::error::Error>(what: &str) -> RPCError<NodeId, Node, E> {
+    RPCError::Network(NetworkError::new(&io::Error::other(format!(
+        "unexpected peer answer to {what}"
+    ))))
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        let ttl = option.hard_ttl();
+        let request = RaftAppendRequest {
+            vote: Some(encode_vote(&rpc.vote)),
+            prev_log_id: rpc.prev_log_id.as_ref().map(encode_log_id),
+            entries: rpc.entries.iter().map(encode_entry).collect(),
+            leader_commit: rpc.leader_commit.as_ref().map(encode_log_id),
+        };
+        let answer = self
+            .call(Rpc::Append(request), ttl)
+            .await
+            .map_err(|e| self.rpc_error(e, ttl, openraft::network::RPCTypes::AppendEntries))?;
+        let PeerResult::Append(r) = answer else {
+            return Err(unexpected("append"));
+        };
+        Ok(match RaftAppendOutcome::try_from(r.outcome) {
+            Ok(RaftAppendOutcome::RaftAppendSuccess) => AppendEntriesResponse::Success,
+            Ok(RaftAppendOutcome::RaftAppendPartial) => {
+                AppendEntriesResponse::PartialSuccess(r.matched.as_ref().map(decode_log_id))
+            }
+            Ok(RaftAppendOutcome::RaftAppendConflict) => AppendEntriesResponse::Conflict,
+            Ok(RaftAppendOutcome::RaftAppendHigherVote) => match &r.vote {
+                Some(v) => AppendEntriesResponse::HigherVote(decode_vote(v)),
+                None => return Err(unexpected("append (higher vote without a vote)")),
+            },
+            _ => return Err(unexpected("append (unknown outcome)")),
+        })
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        let ttl = option.hard_ttl();
+        let chunk = RaftSnapshotChunk {
+            vote: Some(encode_vote(&rpc.vote)),
+            meta: Some(crate::state_machine::encode_meta(&rpc.meta)),
+            offset: rpc.offset,
+            data: rpc.data.clone().into(),
+            done: rpc.done,
+        };
+        match self.call(Rpc::Snapshot(chunk), ttl).await {
+            Ok(PeerResult::Snapshot(vote)) => Ok(InstallSnapshotResponse {
+                vote: decode_vote(&vote),
+            }),
+            Ok(_) => Err(unexpected("snapshot chunk")),
+            Err(CallError::Remote(e)) if !e.expected_snapshot.is_empty() => {
+                let mismatch = SnapshotMismatch {
+                    expect: SnapshotSegmentId {
+                        id: e.expected_snapshot.clone(),
+                        offset: e.expected_offset,
+                    },
+                    got: SnapshotSegmentId {
+                        id: rpc.meta.snapshot_id.clone(),
+                        offset: rpc.offset,
+                    },
+                };
+                Err(RPCError::RemoteError(RemoteError::new(
+                    self.target,
+                    RaftError::APIError(InstallSnapshotError::SnapshotMismatch(mismatch)),
+                )))
+            }
+            Err(e) => Err(self.rpc_error(e, ttl, openraft::network::RPCTypes::InstallSnapshot)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        let ttl = option.hard_ttl();
+        let request = RaftVoteRequest {
+            vote: Some(encode_vote(&rpc.vote)),
+            last_log_id: rpc.last_log_id.as_ref().map(encode_log_id),
+        };
+        let answer = self
+            .call(Rpc::Vote(request), ttl)
+            .await
+            .map_err(|e| self.rpc_error(e, ttl, openraft::network::RPCTypes::Vote))?;
+        let PeerResult::Vote(r) = answer else {
+            return Err(unexpected("vote"));
+        };
+        let Some(vote) = &r.vote else {
+            return Err(unexpected("vote (without a vote)"));
+        };
+        Ok(VoteResponse {
+            vote: decode_vote(vote),
+            vote_granted: r.granted,
+            last_log_id: r.last_log_id.as_ref().map(decode_log_id),
+        })
+    }
+}
+
+/// Compares secrets in time that depends on their lengths only.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// How long a peer connection may stay silent before it is closed (the
+/// leader's heartbeats keep a live one busy).
+const PEER_IDLE: Duration = Duration::from_secs(300);
+
+/// Accepts peer connections on `listener` and hands their RPCs to `raft`
+/// until the task is dropped.
+pub async fn serve_peers(listener: TcpListener, raft: Raft<TypeConfig>, identity: PeerIdentity) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "peer accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let raft = raft.clone();
+        let identity = identity.clone();
+        tokio::spawn(async move {
+            if let Err(reason) = serve_peer(stream, raft, &identity).await {
+                tracing::warn!(%peer, %reason, "peer connection closed");
+            }
+        });
+    }
+}
+
+/// One peer connection: requests in order, each answered.
+async fn serve_peer(
+    stream: TcpStream,
+    raft: Raft<TypeConfig>,
+    identity: &PeerIdentity,
+) -> Result<(), String> {
+    let mut conn = Framed::new(stream, PeerServerCodec::new(identity.max_frame));
+    loop {
+        let frame = match tokio::time::timeout(PEER_IDLE, conn.next()).await {
+            Err(_) => return Err("idle".into()),
+            Ok(None) => return Ok(()),
+            Ok(Some(Err(e))) => return Err(format!("refused: {e}")),
+            Ok(Some(Ok(Err(e)))) => return Err(format!("refused an undecodable message: {e}")),
+            Ok(Some(Ok(Ok(request)))) => request,
+        };
+        if frame.cluster_id != identity.cluster_id {
+            return Err(format!(
+                "refused node {} of another cluster (id {:#x}, ours {:#x})",
+                frame.from, frame.cluster_id, identity.cluster_id
+            ));
+        }
+        if !same_secret(&frame.secret, &identity.secret) {
+            return Err(format!("refused node {}: wrong peer secret", frame.from));
+        }
+        let id = frame.id;
+        let result = match frame.rpc {
+            None => return Err("refused a request without an RPC".into()),
+            Some(rpc) => handle(&raft, rpc).await,
+        };
+        conn.send(PeerResponse {
+            id,
+            result: Some(result),
+        })
+        .await
+        .map_err(|e| format!("write failed: {e}"))?;
+    }
+}
+
+fn peer_error(message: String, fatal: bool) -> PeerResult {
+    PeerResult::Error(PeerError {
+        message,
+        fatal,
+        ..PeerError::default()
+    })
+}
+
+fn decode_entries(entries: &[RaftEntry]) -> Result<Vec<Entry>, String> {
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries {
+        match decode_entry(e) {
+            Ok(Some(entry)) => out.push(entry),
+            Ok(None) => return Err("an entry without payload".into()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(out)
+}
+
+async fn handle(raft: &Raft<TypeConfig>, rpc: Rpc) -> PeerResult {
+    match rpc {
+        Rpc::Append(r) => {
+            let (Some(vote), Ok(entries)) = (&r.vote, decode_entries(&r.entries)) else {
+                return peer_error("malformed append".into(), false);
+            };
+            let request = AppendEntriesRequest {
+                vote: decode_vote(vote),
+                prev_log_id: r.prev_log_id.as_ref().map(decode_log_id),
+                entries,
+                leader_commit: r.leader_commit.as_ref().map(decode_log_id),
+            };
+            match raft.append_entries(request).await {
+                Ok(resp) => PeerResult::Append(append_response(resp)),
+                Err(e) => peer_error(e.to_string(), true),
+            }
+        }
+        Rpc::Vote(r) => {
+            let Some(vote) = &r.vote else {
+                return peer_error("malformed vote request".into(), false);
+            };
+            let request = VoteRequest {
+                vote: decode_vote(vote),
+                last_log_id: r.last_log_id.as_ref().map(decode_log_id),
+            };
+            match raft.vote(request).await {
+                Ok(resp) => PeerResult::Vote(RaftVoteResponse {
+                    vote: Some(encode_vote(&resp.vote)),
+                    granted: resp.vote_granted,
+                    last_log_id: resp.last_log_id.as_ref().map(encode_log_id),
+                }),
+                Err(e) => peer_error(e.to_string(), true),
+            }
+        }
+        Rpc::Snapshot(c) => {
+            let (Some(vote), Some(meta)) = (&c.vote, &c.meta) else {
+                return peer_error("malformed snapshot chunk".into(), false);
+            };
+            let request = InstallSnapshotRequest {
+                vote: decode_vote(vote),
+                meta: crate::state_machine::decode_meta(meta),
+                offset: c.offset,
+                data: c.data.to_vec(),
+                done: c.done,
+            };
+            match raft.install_snapshot(request).await {
+                Ok(resp) => PeerResult::Snapshot(encode_vote(&resp.vote)),
+                Err(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(m))) => {
+                    PeerResult::Error(PeerError {
+                        message: m.to_string(),
+                        expected_snapshot: m.expect.id.clone(),
+                        expected_offset: m.expect.offset,
+                        fatal: false,
+                    })
+                }
+                Err(e) => peer_error(e.to_string(), true),
+            }
+        }
+    }
+}
+
+fn append_response(resp: AppendEntriesResponse<NodeId>) -> RaftAppendResponse {
+    let (outcome, matched, vote) = match resp {
+        AppendEntriesResponse::Success => (RaftAppendOutcome::RaftAppendSuccess, None, None),
+        AppendEntriesResponse::PartialSuccess(m) => (
+            RaftAppendOutcome::RaftAppendPartial,
+            m.as_ref().map(encode_log_id),
+            None,
+        ),
+        AppendEntriesResponse::Conflict => (RaftAppendOutcome::RaftAppendConflict, None, None),
+        AppendEntriesResponse::HigherVote(v) => (
+            RaftAppendOutcome::RaftAppendHigherVote,
+            None,
+            Some(encode_vote(&v)),
+        ),
+    };
+    RaftAppendResponse {
+        outcome: outcome as i32,
+        matched,
+        vote,
+    }
+}

@@ -1,0 +1,298 @@
+//! One member of a cluster, wired together: the Raft log and state
+//! machine under `<data-dir>/raft/`, the peer transport, openraft, and the
+//! operations the server calls (write, linearizable read, status).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::{Config, Raft, ServerState, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::error::{ClusterError, Result};
+use crate::log_store::LogStore;
+use crate::network::{Network, PeerIdentity, cluster_id, serve_peers};
+use crate::state_machine::StateMachine;
+use crate::types::{Command, CommandResult, Node, NodeId, TypeConfig};
+use kv_store::replica::Replica;
+
+/// How a member is started (kv-server's cluster flags).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This member's id (`--node-id`).
+    pub node_id: NodeId,
+    /// Every member of the initial cluster (`--initial-cluster`).
+    pub members: BTreeMap<NodeId, Node>,
+    /// The data directory; the Raft files go under `raft/` in it.
+    pub data_dir: PathBuf,
+    /// The shared peer secret (empty: none; only for loopback peers).
+    pub secret: Vec<u8>,
+    /// A follower that hears no leader for a random time in this range
+    /// starts an election.
+    pub election_timeout: (Duration, Duration),
+    /// How often the leader sends heartbeats.
+    pub heartbeat: Duration,
+    /// The largest peer frame.
+    pub max_frame: usize,
+    /// Build a snapshot (and purge the log) after this many applied
+    /// entries since the last one.
+    pub snapshot_every: u64,
+}
+
+impl ClusterConfig {
+    /// A configuration with the default timings: elections after 300 to
+    /// 600 ms without a leader, heartbeats every 100 ms (so a new leader
+    /// takes over well within a second), snapshots every 100,000 entries.
+    pub fn new(node_id: NodeId, members: BTreeMap<NodeId, Node>, data_dir: PathBuf) -> Self {
+        ClusterConfig {
+            node_id,
+            members,
+            data_dir,
+            secret: Vec::new(),
+            election_timeout: (Duration::from_millis(300), Duration::from_millis(600)),
+            heartbeat: Duration::from_millis(100),
+            max_frame: 64 << 20,
+            snapshot_every: 100_000,
+        }
+    }
+}
+
+/// Why a write or read was not done here.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// This member is not the leader; the leader's client address if known.
+    #[error("not the leader (leader: {})", leader.as_deref().unwrap_or("unknown"))]
+    NotLeader {
+        /// The leader's client address.
+        leader: Option<String>,
+    },
+    /// Raft stopped or failed; the outcome of a write is unknown.
+    #[error("cluster unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A running member.
+pub struct ClusterNode {
+    raft: Raft<TypeConfig>,
+    state: StateMachine,
+    log: LogStore,
+    config: ClusterConfig,
+    peers: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for ClusterNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterNode")
+            .field("node_id", &self.config.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `status` reports about this member.
+#[derive(Debug, Clone)]
+pub struct MemberStatus {
+    /// This member's id.
+    pub node_id: NodeId,
+    /// "leader", "follower", "candidate" or "learner".
+    pub role: &'static str,
+    /// The current term.
+    pub term: u64,
+    /// The leader, if known.
+    pub leader: Option<NodeId>,
+    /// The last index in its log.
+    pub last_log_index: Option<u64>,
+    /// The last applied index.
+    pub applied_index: Option<u64>,
+    /// The members, with their addresses.
+    pub members: BTreeMap<NodeId, Node>,
+}
+
+impl ClusterNode {
+    /// Opens the Raft state, starts openraft and the peer listener, and on
+    /// a fresh data directory proposes the initial membership (every member
+    /// does; openraft accepts it once and refuses the repeats, so the
+    /// cluster forms with no further step and a restarted member simply
+    /// rejoins from its log).
+    pub async fn start(config: ClusterConfig, peer_listener: TcpListener) -> Result<ClusterNode> {
+        let dir = config.data_dir.join("raft");
+        let (log, state) = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || -> Result<_> {
+                Ok((LogStore::open(&dir)?, StateMachine::open(&dir)?))
+            })
+            .await
+            .map_err(|e| ClusterError::Corrupt(format!("open task failed: {e}")))??
+        };
+        let raft_config = Config {
+            cluster_name: format!("kv-{:x}", cluster_id(&config.members)),
+            election_timeout_min: config.election_timeout.0.as_millis() as u64,
+            election_timeout_max: config.election_timeout.1.as_millis() as u64,
+            heartbeat_interval: config.heartbeat.as_millis() as u64,
+            // Entries per append: keeps a peer frame well under max_frame
+            // for the store's largest values.
+            max_payload_entries: 64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: 1000,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| ClusterError::Corrupt(format!("Raft configuration: {e}")))?;
+        let identity = PeerIdentity {
+            node_id: config.node_id,
+            cluster_id: cluster_id(&config.members),
+            secret: config.secret.clone(),
+            max_frame: config.max_frame,
+        };
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            Network::new(identity.clone()),
+            log.clone(),
+            state.clone(),
+        )
+        .await
+        .map_err(|e| ClusterError::Corrupt(format!("Raft failed to start: {e}")))?;
+        let peers = tokio::spawn(serve_peers(peer_listener, raft.clone(), identity));
+        match raft.initialize(config.members.clone()).await {
+            Ok(()) => tracing::info!(node = config.node_id, "proposed the initial membership"),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                tracing::info!(
+                    node = config.node_id,
+                    "rejoining: the log already holds a membership"
+                )
+            }
+            Err(e) => {
+                return Err(ClusterError::Corrupt(format!("initialize failed: {e}")));
+            }
+        }
+        Ok(ClusterNode {
+            raft,
+            state,
+            log,
+            config,
+            peers,
+        })
+    }
+
+    /// This member's id.
+    pub fn node_id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    /// The client address of member `id`, if it is one.
+    fn client_addr(&self, id: NodeId) -> Option<String> {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.client_addr.clone())
+            .or_else(|| self.config.members.get(&id).map(|n| n.client_addr.clone()))
+    }
+
+    /// Proposes `command` and returns once it is committed by a majority
+    /// and applied here, with what applying it did.
+    pub async fn write(
+        &self,
+        command: Vec<u8>,
+    ) -> std::result::Result<CommandResult, RequestError> {
+        match self.raft.client_write(Command(command)).await {
+            Ok(response) => Ok(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(RequestError::NotLeader {
+                    leader: f
+                        .leader_node
+                        .map(|n| n.client_addr)
+                        .or_else(|| f.leader_id.and_then(|id| self.client_addr(id))),
+                })
+            }
+            Err(e) => Err(RequestError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Runs `f` on the state once this member has confirmed with a quorum
+    /// that it is still the leader and has applied everything committed
+    /// before the call (openraft's read index): a linearizable read.
+    pub async fn read<T>(
+        &self,
+        f: impl FnOnce(&Replica) -> T,
+    ) -> std::result::Result<T, RequestError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(self.state.read(f)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(fwd))) => {
+                Err(RequestError::NotLeader {
+                    leader: fwd
+                        .leader_node
+                        .map(|n| n.client_addr)
+                        .or_else(|| fwd.leader_id.and_then(|id| self.client_addr(id))),
+                })
+            }
+            Err(e) => Err(RequestError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Builds a snapshot now (the log is purged behind it by openraft).
+    pub async fn checkpoint(&self) -> std::result::Result<(), RequestError> {
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| RequestError::Unavailable(e.to_string()))
+    }
+
+    /// Waits until this member knows a leader, up to `timeout`; the leader.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<NodeId> {
+        let mut rx = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(leader) = rx.borrow().current_leader {
+                return Some(leader);
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return None;
+            }
+        }
+    }
+
+    /// This member's view of the cluster.
+    pub fn status(&self) -> MemberStatus {
+        let m = self.raft.metrics().borrow().clone();
+        MemberStatus {
+            node_id: self.config.node_id,
+            role: match m.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            },
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            applied_index: m.last_applied.map(|l| l.index),
+            members: m
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, n)| (*id, n.clone()))
+                .collect(),
+        }
+    }
+
+    /// The Raft log's wal-core counters.
+    pub fn log_stats(&self) -> wal_core::WalStats {
+        self.log.wal().stats()
+    }
+
+    /// Stops Raft and the peer listener.
+    pub async fn shutdown(self) {
+        self.peers.abort();
+        let _ = self.raft.shutdown().await;
+    }
+}
