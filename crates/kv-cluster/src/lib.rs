@@ -34,6 +34,7 @@
 
 mod error;
 mod log_store;
+mod members;
 pub mod network;
 mod node;
 mod state_file;
@@ -42,6 +43,7 @@ pub mod types;
 
 pub use error::{ClusterError, Result};
 pub use log_store::{LogStore, MAX_HOLE};
+pub use members::parse_initial_cluster;
 pub use node::{ClusterConfig, ClusterNode, MemberStatus, RequestError};
 pub use state_machine::StateMachine;
 pub use types::{Command, CommandResult, Node, NodeId, TypeConfig};
