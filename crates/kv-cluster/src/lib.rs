@@ -44,6 +44,6 @@ pub mod types;
 pub use error::{ClusterError, Result};
 pub use log_store::{LogStore, MAX_HOLE};
 pub use members::parse_initial_cluster;
-pub use node::{ClusterConfig, ClusterNode, MemberStatus, RequestError};
+pub use node::{ClusterConfig, ClusterNode, MemberStatus, PendingWrite, RequestError};
 pub use state_machine::StateMachine;
 pub use types::{Command, CommandResult, Node, NodeId, TypeConfig};

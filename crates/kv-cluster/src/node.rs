@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{Config, Raft, ServerState, SnapshotPolicy};
+use futures::FutureExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -72,6 +73,45 @@ pub enum RequestError {
     /// Raft stopped or failed; the outcome of a write is unknown.
     #[error("cluster unavailable: {0}")]
     Unavailable(String),
+}
+
+/// A write submitted with [`ClusterNode::submit`].
+#[derive(Debug)]
+pub enum PendingWrite {
+    /// Waiting for Raft's answer.
+    Waiting(
+        tokio::sync::oneshot::Receiver<
+            std::result::Result<
+                openraft::raft::ClientWriteResponse<TypeConfig>,
+                ClientWriteError<NodeId, Node>,
+            >,
+        >,
+    ),
+    /// Refused at once.
+    Failed(RequestError),
+}
+
+impl PendingWrite {
+    /// Waits until the write is committed by a majority and applied here,
+    /// or refused. A write whose answer never comes (Raft stopped) is
+    /// [`RequestError::Unavailable`]: its outcome is unknown.
+    pub async fn wait(self) -> std::result::Result<CommandResult, RequestError> {
+        let rx = match self {
+            PendingWrite::Waiting(rx) => rx,
+            PendingWrite::Failed(e) => return Err(e),
+        };
+        match rx.await {
+            Ok(Ok(response)) => Ok(response.data),
+            Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(RequestError::NotLeader {
+                leader: f.leader_node.map(|n| n.client_addr),
+            }),
+            Ok(Err(e)) => Err(RequestError::Unavailable(e.to_string())),
+            Err(_) => Err(RequestError::Unavailable(
+                "Raft stopped before answering; the write may or may not have been committed"
+                    .to_string(),
+            )),
+        }
+    }
 }
 
 /// A running member.
@@ -210,6 +250,21 @@ impl ClusterNode {
                 })
             }
             Err(e) => Err(RequestError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Proposes `command` without waiting, in call order: calls on one
+    /// connection are committed in the order they were submitted. The
+    /// answer comes from [`PendingWrite::wait`].
+    pub fn submit(&self, command: Vec<u8>) -> PendingWrite {
+        // openraft's submission only puts the request on an unbounded
+        // channel to its core: the future is ready at the first poll.
+        match self.raft.client_write_ff(Command(command)).now_or_never() {
+            Some(Ok(rx)) => PendingWrite::Waiting(rx),
+            Some(Err(fatal)) => PendingWrite::Failed(RequestError::Unavailable(fatal.to_string())),
+            None => PendingWrite::Failed(RequestError::Unavailable(
+                "Raft did not take the write at once".to_string(),
+            )),
         }
     }
 
