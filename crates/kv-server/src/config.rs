@@ -29,18 +29,31 @@ const AFTER_HELP: &str = "\
 Exit status: 0 after a clean shutdown (SIGINT/SIGTERM), 1 when start-up or \
 serving fails (one line on stderr says why: address that does not resolve \
 or is in use, data directory locked by another server, unreadable or corrupt \
-data), 2 for a usage error.
+data) or when the server stops after its write-ahead log failed, 2 for a \
+usage error.
 
 Shutdown: on SIGINT or SIGTERM the server stops accepting, answers every \
 request it has already read, makes every acknowledged write durable, and \
-exits 0.
+exits 0. If the write-ahead log had failed, it exits 1 instead, and its \
+shutdown lines say that the shutdown was not clean.
 
-Log failure (fail-stop): if the write-ahead log cannot sync, the write that \
-hit the failure gets INTERNAL and every later write gets UNAVAILABLE; no \
-write is ever acknowledged that the disk may not hold. The server keeps \
-running and keeps answering reads (which only ever see durable writes) so \
-that clients get a clear answer; it logs the failure once at ERROR. Restart \
-it to recover: recovery re-reads what is really on disk.
+Failed fsync (fail-stop): if the write-ahead log cannot sync (or write), \
+the writes of the group that hit the failure get OUTCOME_UNKNOWN (they may \
+be on disk or not) and every later write gets UNAVAILABLE; no write is ever \
+acknowledged that the disk may not hold. The server keeps answering reads \
+(which only see acknowledged writes) and logs the failure once at ERROR. \
+What to do: after a failed fsync the kernel's page cache may still hold log \
+data that the disk never got, so restarting only the process is not a \
+clean recovery: it would read that data back from the cache and serve it as \
+if it were durable. Stop the server, check the disk (kernel log), then \
+restart the machine, or unmount and remount the file system, before \
+starting the server again; recovery then reads what is really on disk. \
+Writes that got OUTCOME_UNKNOWN may or may not be there afterwards.
+
+Full disk: a write that finds the disk full gets UNAVAILABLE with a message \
+saying so; nothing of it was written and nothing acknowledged is lost. This \
+is not fail-stop: the server keeps serving, and writes succeed again once \
+space is freed.
 
 Sizes accept a suffix: 4096, 64KiB, 64MiB, 1GiB (also K, M, G, KB, MB, GB, \
 all powers of 1024). Durations accept ms, s, m: 500ms, 10s, 5m (a bare \

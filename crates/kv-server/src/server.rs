@@ -36,7 +36,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// On cancellation it stops accepting, stops reading new requests, answers
 /// every request already read (writes included: they complete and are
 /// acknowledged), then closes the store ([`KeyValueStore::close`], which
-/// makes every acknowledged write durable) and returns. Connections still
+/// makes every acknowledged write durable) and returns. If the store's log
+/// had failed, it returns [`Error::LogFailed`]: the shutdown was not clean. Connections still
 /// busy after `config.shutdown_grace` (a client not reading its answers)
 /// are left unanswered.
 ///
@@ -98,12 +99,29 @@ pub async fn run(
     }
 
     let store = shared.store.clone();
-    tokio::task::spawn_blocking(move || store.close())
+    let closed = tokio::task::spawn_blocking(move || store.close())
         .await
-        .map_err(|join| Error::Io(io::Error::other(format!("store close task failed: {join}"))))?
-        .map_err(Error::Store)?;
-    tracing::info!("store closed; every acknowledged write is durable");
-    Ok(())
+        .map_err(|join| Error::Io(io::Error::other(format!("store close task failed: {join}"))))?;
+    match closed {
+        Ok(()) => {
+            tracing::info!("store closed; every acknowledged write is durable");
+            Ok(())
+        }
+        Err(kv_store::Error::LogFailed(reason)) => {
+            tracing::error!(
+                %reason,
+                "store closed after the write-ahead log failed: not a clean shutdown. Writes \
+                 were refused since the failure and those of the failed group have an unknown \
+                 outcome; under --sync-policy interval or never, writes acknowledged since \
+                 the last successful sync may be lost"
+            );
+            Err(Error::LogFailed(reason))
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "closing the store failed: not a clean shutdown");
+            Err(Error::Store(err))
+        }
+    }
 }
 
 /// Accepts one connection, retrying past errors: per-connection ones
