@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use kv_proto::parse_size;
-use kv_store::{StoreOptions, SyncPolicy, WalOptions};
+use kv_store::{RecoveryMode, StoreOptions, SyncPolicy, WalOptions};
 
 /// Exit status of a clean shutdown.
 pub const EXIT_OK: u8 = 0;
@@ -104,6 +104,17 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(0..=MAX_DURATION.as_millis() as u64))]
     pub sync_interval_ms: u64,
 
+    /// What start-up may cut from a damaged write-ahead log: `strict` (cut
+    /// only what an interrupted write leaves: a torn tail), `absolute` (cut
+    /// nothing, not even a torn tail: refuse to start instead), `tolerant`
+    /// (also cut real corruption: the log ends at the first bad record and
+    /// every record after it is deleted, even intact ones; each cut is a
+    /// warning in the log). A refusal names the file, the offset and the
+    /// mode that would cut there; `tolerant` is an operator's last resort,
+    /// after copying the data directory aside.
+    #[arg(long, env = "KV_RECOVERY_MODE", value_enum, default_value_t = RecoveryModeArg::Strict)]
+    pub recovery_mode: RecoveryModeArg,
+
     /// Size at which a write-ahead log segment is closed and a new one
     /// started.
     #[arg(long, env = "KV_SEGMENT_SIZE", default_value = "64MiB", value_parser = parse_size)]
@@ -189,6 +200,28 @@ pub enum SyncPolicyArg {
     Never,
 }
 
+/// `--recovery-mode` values: wal-core's [`RecoveryMode`]s, by the same
+/// names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RecoveryModeArg {
+    /// Cut nothing: refuse to start if anything would have to be cut.
+    Absolute,
+    /// Cut only a torn tail (what an interrupted write leaves).
+    Strict,
+    /// Also cut corruption, losing every record after it.
+    Tolerant,
+}
+
+impl From<RecoveryModeArg> for RecoveryMode {
+    fn from(arg: RecoveryModeArg) -> RecoveryMode {
+        match arg {
+            RecoveryModeArg::Absolute => RecoveryMode::Absolute,
+            RecoveryModeArg::Strict => RecoveryMode::Strict,
+            RecoveryModeArg::Tolerant => RecoveryMode::Tolerant,
+        }
+    }
+}
+
 /// Settings of the network layer, independent of the store.
 ///
 /// The timeouts should be more than zero (zero closes connections at once);
@@ -246,6 +279,7 @@ impl Args {
             wal: WalOptions {
                 segment_size: self.segment_size,
                 sync_policy: self.sync_policy(),
+                recovery_mode: self.recovery_mode.into(),
                 ..defaults.wal
             },
             max_key_size: usize_saturating(self.max_key_size),
@@ -525,6 +559,23 @@ mod tests {
         assert_eq!(args.store_options().wal.sync_policy, SyncPolicy::Always);
         assert_eq!(args.store_options().checkpoint_after, Some(256 << 20));
         assert_eq!(args.store_options().checkpoint_write_rate, Some(32 << 20));
+    }
+
+    #[test]
+    fn recovery_mode_defaults_to_strict_and_takes_wal_cores_names() {
+        assert_eq!(
+            parse(&[]).unwrap().store_options().wal.recovery_mode,
+            RecoveryMode::Strict
+        );
+        for mode in [
+            RecoveryMode::Absolute,
+            RecoveryMode::Strict,
+            RecoveryMode::Tolerant,
+        ] {
+            let args = parse(&["--recovery-mode", mode.name()]).unwrap();
+            assert_eq!(args.store_options().wal.recovery_mode, mode);
+        }
+        assert!(parse(&["--recovery-mode", "lenient"]).is_err());
     }
 
     #[test]

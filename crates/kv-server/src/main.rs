@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use kv_server::config::{EXIT_FAILURE, EXIT_OK};
 use kv_server::{Args, run};
-use kv_store::KeyValueStore;
+use kv_store::{KeyValueStore, RecoveryMode};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -74,11 +74,12 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         "opening the store"
     );
     let options = args.store_options();
+    let mode = options.wal.recovery_mode;
     let dir = data_dir.clone();
     let store = tokio::task::spawn_blocking(move || KeyValueStore::open(&dir, options))
         .await
         .context("store open task failed")?
-        .map_err(|err| open_error(&data_dir, err))?;
+        .map_err(|err| open_error(&data_dir, mode, err))?;
     let recovery = store.recovery();
     for warning in &recovery.warnings {
         tracing::warn!("recovery: {warning}");
@@ -104,12 +105,39 @@ async fn serve(args: Args) -> anyhow::Result<()> {
 }
 
 /// The start-up error for a store that would not open, in one line.
-fn open_error(data_dir: &std::path::Path, err: kv_store::Error) -> anyhow::Error {
+fn open_error(
+    data_dir: &std::path::Path,
+    mode: RecoveryMode,
+    err: kv_store::Error,
+) -> anyhow::Error {
     match err {
         kv_store::Error::Wal(wal_core::Error::Locked { .. }) => anyhow::anyhow!(
             "data directory {} is locked: another kv-server is using it",
             data_dir.display()
         ),
+        kv_store::Error::Wal(wal_core::Error::Corrupt {
+            segment,
+            offset,
+            reason,
+            cut_by,
+        }) => {
+            let what = format!(
+                "the write-ahead log is damaged: {} at offset {offset}: {reason}; \
+                 --recovery-mode {mode} does not cut it",
+                segment.display()
+            );
+            match cut_by {
+                Some(cut_by) if cut_by > mode => anyhow::anyhow!(
+                    "{what}: start with --recovery-mode {cut_by} to cut the log there, losing \
+                     what follows (copy {} aside first)",
+                    data_dir.display()
+                ),
+                _ => anyhow::anyhow!(
+                    "{what}, and no recovery mode would: restore the data directory from a \
+                     backup"
+                ),
+            }
+        }
         err => anyhow::Error::new(err)
             .context(format!("cannot open the store in {}", data_dir.display())),
     }
