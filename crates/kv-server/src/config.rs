@@ -2,6 +2,7 @@
 //! they turn into: [`StoreOptions`] for opening the store and
 //! [`ServerConfig`] for [`crate::run`].
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -76,6 +77,16 @@ pub struct Args {
     #[arg(long, env = "KV_ADDR", default_value = "127.0.0.1:7878",
           value_name = "HOST:PORT", value_parser = parse_host_port)]
     pub addr: String,
+
+    /// Listen on an address that is not a loopback address although
+    /// clients are not authenticated. kv-server has no authentication yet
+    /// (an auth token and TLS come later), so without this flag an --addr
+    /// that resolves to anything but loopback (0.0.0.0 included) is refused
+    /// at start-up: whoever reaches it could read and overwrite every key.
+    /// Give it only on a network where every client is trusted.
+    #[arg(long, env = "KV_ALLOW_UNAUTHENTICATED",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_unauthenticated: bool,
 
     /// Directory of the write-ahead log and snapshots; created if missing.
     /// Only one server may use it at a time.
@@ -318,6 +329,33 @@ impl Args {
         // Protobuf overhead of a put: id, two nested length prefixes, tags.
         const OVERHEAD: u64 = 64;
         self.max_key_size + self.max_value_size + OVERHEAD <= self.max_frame
+    }
+}
+
+/// Protected mode: refuses to serve unauthenticated clients beyond
+/// loopback unless `allow_unauthenticated`. Checks every address `--addr`
+/// resolved to, since the server binds the first one it can. The error is
+/// the one line the binary prints.
+pub fn check_exposure(
+    addr: &str,
+    resolved: &[SocketAddr],
+    allow_unauthenticated: bool,
+) -> Result<(), String> {
+    if allow_unauthenticated {
+        return Ok(());
+    }
+    match resolved
+        .iter()
+        .find(|a| !a.ip().to_canonical().is_loopback())
+    {
+        None => Ok(()),
+        Some(open) => Err(format!(
+            "refusing to listen on {addr} ({} is not a loopback address): clients are not \
+             authenticated (kv-server has no auth yet), so anyone who can reach it could read \
+             and write every key; pass --allow-unauthenticated (or \
+             KV_ALLOW_UNAUTHENTICATED=true) if every client on that network is trusted",
+            open.ip()
+        )),
     }
 }
 
@@ -576,6 +614,42 @@ mod tests {
             assert_eq!(args.store_options().wal.recovery_mode, mode);
         }
         assert!(parse(&["--recovery-mode", "lenient"]).is_err());
+    }
+
+    #[test]
+    fn only_loopback_is_served_without_auth_unless_allowed() {
+        let addrs = |list: &[&str]| -> Vec<SocketAddr> {
+            list.iter().map(|a| a.parse().unwrap()).collect()
+        };
+        for local in [
+            &["127.0.0.1:7878"][..],
+            &["[::1]:7878", "127.0.0.1:7878"],
+            &["127.9.9.9:0"],
+            &["[::ffff:127.0.0.1]:1"],
+        ] {
+            assert_eq!(
+                check_exposure("x", &addrs(local), false),
+                Ok(()),
+                "{local:?}"
+            );
+        }
+        for open in [
+            &["0.0.0.0:0"][..],
+            &["[::]:7878"],
+            &["10.0.0.5:7878"],
+            &["127.0.0.1:1", "192.168.1.2:1"],
+        ] {
+            let err = check_exposure("h:1", &addrs(open), false).unwrap_err();
+            assert!(err.contains("--allow-unauthenticated"), "{err}");
+            assert!(err.starts_with("refusing to listen on h:1"), "{err}");
+            assert_eq!(check_exposure("h:1", &addrs(open), true), Ok(()));
+        }
+        assert!(!parse(&[]).unwrap().allow_unauthenticated);
+        assert!(
+            parse(&["--allow-unauthenticated"])
+                .unwrap()
+                .allow_unauthenticated
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use kv_server::config::{EXIT_FAILURE, EXIT_OK};
+use kv_server::config::{EXIT_FAILURE, EXIT_OK, check_exposure};
 use kv_server::{Args, run};
 use kv_store::{KeyValueStore, RecoveryMode};
 use tokio_util::sync::CancellationToken;
@@ -58,6 +58,18 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .collect();
     if candidates.is_empty() {
         anyhow::bail!("cannot resolve --addr {}: no addresses", args.addr);
+    }
+    check_exposure(&args.addr, &candidates, args.allow_unauthenticated)
+        .map_err(anyhow::Error::msg)?;
+    if candidates
+        .iter()
+        .any(|a| !a.ip().to_canonical().is_loopback())
+    {
+        tracing::warn!(
+            addr = %args.addr,
+            "serving beyond loopback without authentication (--allow-unauthenticated): \
+             anyone who can reach this address can read and write every key"
+        );
     }
     // The first candidate that can be bound, as `TcpListener::bind` does.
     let listener = tokio::net::TcpListener::bind(candidates.as_slice())
