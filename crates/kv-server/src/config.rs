@@ -73,7 +73,10 @@ pub struct Args {
     /// Address to listen on, HOST:PORT: an IP address (`[::1]:7878` for
     /// IPv6) or a host name, resolved at start-up (the server listens on the
     /// first address it resolves to that it can bind). Port 0 picks a free
-    /// port (the log line `listening on ...` gives the real one).
+    /// port (the log line `ready: listening on ...` gives the real one).
+    /// The server binds before it recovers its data and answers clients
+    /// UNAVAILABLE until recovery has finished. Only loopback addresses
+    /// unless --allow-unauthenticated.
     #[arg(long, env = "KV_ADDR", default_value = "127.0.0.1:7878",
           value_name = "HOST:PORT", value_parser = parse_host_port)]
     pub addr: String,
@@ -143,8 +146,9 @@ pub struct Args {
     #[arg(long, env = "KV_CHECKPOINT_RATE", default_value = "32MiB", value_parser = parse_size)]
     pub checkpoint_rate: u64,
 
-    /// Most connections served at once. Further clients wait in the kernel's
-    /// accept queue until one closes.
+    /// Most connections served at once. A client over the limit gets an
+    /// UNAVAILABLE error ("max number of clients reached") and is closed at
+    /// once.
     #[arg(long, env = "KV_MAX_CONNECTIONS", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,

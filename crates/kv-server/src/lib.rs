@@ -38,7 +38,7 @@ mod connection;
 mod server;
 
 pub use config::{Args, ServerConfig};
-pub use server::run;
+pub use server::{refuse_until_ready, run};
 
 /// Why [`run`] failed.
 #[derive(Debug)]

@@ -1,5 +1,5 @@
-//! The `kv-server` binary: parses flags, opens the store, serves until
-//! SIGINT/SIGTERM. Exit status: 0 clean shutdown, 1 start-up or serving
+//! The `kv-server` binary: parses flags, binds, opens (recovers) the store
+//! while answering clients UNAVAILABLE, then serves until SIGINT/SIGTERM. Exit status: 0 clean shutdown, 1 start-up or serving
 //! failure (one line on stderr), 2 usage error.
 
 use std::io::IsTerminal;
@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use kv_server::config::{EXIT_FAILURE, EXIT_OK, check_exposure};
-use kv_server::{Args, run};
+use kv_server::{Args, refuse_until_ready, run};
 use kv_store::{KeyValueStore, RecoveryMode};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -83,12 +83,14 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     tracing::info!(
         data_dir = %data_dir.display(),
         worker_threads = args.worker_threads(),
-        "opening the store"
+        %addr,
+        "opening the store; until it is recovered, clients get UNAVAILABLE"
     );
     let options = args.store_options();
     let mode = options.wal.recovery_mode;
     let dir = data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || KeyValueStore::open(&dir, options))
+    let opening = tokio::task::spawn_blocking(move || KeyValueStore::open(&dir, options));
+    let store = refuse_until_ready(&listener, opening)
         .await
         .context("store open task failed")?
         .map_err(|err| open_error(&data_dir, mode, err))?;
@@ -109,8 +111,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    // Tests and scripts read the real port from this line.
-    tracing::info!("listening on {addr}");
+    // Tests and scripts read the real port from this line, and take it to
+    // mean that the server is ready.
+    tracing::info!("ready: listening on {addr}");
     run(listener, store, args.server_config(), shutdown).await?;
     tracing::info!("shut down cleanly");
     Ok(())

@@ -374,3 +374,57 @@ async fn a_key_listing_larger_than_a_frame_is_cut_short_not_refused() {
     server.shutdown.cancel();
     server.task.await.unwrap().unwrap();
 }
+
+/// While the store opens (recovers), the bound listener answers every
+/// client UNAVAILABLE and closes, instead of leaving it in the accept queue;
+/// once it is open, the same listener serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_get_unavailable_until_the_store_is_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (open, opened) = tokio::sync::oneshot::channel::<KeyValueStore>();
+    let (ready, is_ready) = tokio::sync::oneshot::channel();
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move {
+        // Stands in for a long recovery: done when the test says so.
+        let store = kv_server::refuse_until_ready(&listener, opened)
+            .await
+            .unwrap();
+        let _ = ready.send(());
+        run(listener, store, ServerConfig::default(), token).await
+    });
+
+    for id in 1..=2 {
+        let mut conn = connect(addr).await;
+        conn.send(Request::new(id, get("k"))).await.unwrap();
+        let refusal: Response = tokio::time::timeout(DEADLINE, conn.next())
+            .await
+            .expect("an answer in time, not a hang")
+            .expect("a refusal before the close")
+            .unwrap()
+            .unwrap();
+        assert_eq!(refusal.id, 0);
+        let result = refusal.result.expect("a result");
+        assert_eq!(error_code(&result), ErrorCode::Unavailable);
+        assert!(error_message(&result).contains("starting"), "{result:?}");
+        let end = tokio::time::timeout(DEADLINE, conn.next()).await.unwrap();
+        assert!(end.is_none() || end.is_some_and(|r| r.is_err()), "closed");
+    }
+
+    let store = KeyValueStore::open(dir.path(), StoreOptions::default()).unwrap();
+    open.send(store).unwrap();
+    is_ready.await.unwrap();
+    let mut conn = connect(addr).await;
+    assert!(matches!(
+        call(&mut conn, 1, put("k", "v")).await,
+        response::Result::Put(_)
+    ));
+    shutdown.cancel();
+    tokio::time::timeout(DEADLINE, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
