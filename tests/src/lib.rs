@@ -78,6 +78,7 @@ pub struct ServerProcess {
     listen: String,
     data_dir: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     stderr: Arc<Mutex<String>>,
     exit: Option<ExitStatus>,
 }
@@ -95,17 +96,38 @@ impl ServerProcess {
 
     /// As [`ServerProcess::start`], listening on `listen` (`--addr`).
     pub fn start_on(listen: &str, data_dir: &Path, args: &[&str]) -> ServerProcess {
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        Self::start_owned(listen.to_owned(), data_dir.to_path_buf(), args)
+        Self::start_with_env(listen, data_dir, args, &[])
     }
 
-    fn start_owned(listen: String, data_dir: PathBuf, args: Vec<String>) -> ServerProcess {
+    /// As [`ServerProcess::start_on`], with the environment variables
+    /// `env` set (the `KV_*` ones of the shell are removed first).
+    pub fn start_with_env(
+        listen: &str,
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> ServerProcess {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::start_owned(listen.to_owned(), data_dir.to_path_buf(), args, env)
+    }
+
+    fn start_owned(
+        listen: String,
+        data_dir: PathBuf,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> ServerProcess {
         let mut child = command("kv-server")
             .arg("--addr")
             .arg(&listen)
             .arg("--data-dir")
             .arg(&data_dir)
             .args(&args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -160,6 +182,7 @@ impl ServerProcess {
             listen,
             data_dir,
             args,
+            env,
             stderr,
             exit: None,
         }
@@ -229,6 +252,7 @@ impl ServerProcess {
             self.listen.clone(),
             self.data_dir.clone(),
             self.args.clone(),
+            self.env.clone(),
         )
     }
 }

@@ -230,8 +230,11 @@ async fn clients_vanishing_mid_request_harm_nothing() {
     assert!(!stderr.contains("panicked"), "server panicked:\n{stderr}");
 }
 
+/// A client over `--max-connections` is told so at once (UNAVAILABLE on
+/// id 0, the id of an error about the connection) and closed, instead of
+/// hanging in the accept queue; once a slot frees, new clients are served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_over_the_limit_wait_for_a_free_slot() {
+async fn connections_over_the_limit_get_unavailable_and_a_close() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), &["--max-connections", "2"]);
     let mut first = RawConnection::connect(server.addr()).await.unwrap();
@@ -241,20 +244,47 @@ async fn connections_over_the_limit_wait_for_a_free_slot() {
         conn.recv(DEADLINE).await.unwrap().expect("served");
     }
 
-    // The kernel completes the third handshake, but the server does not
-    // accept it while both permits are taken: its request waits.
     let mut third = RawConnection::connect(server.addr()).await.unwrap();
     third.send(&get(3, "k")).await.unwrap();
-    let waiting = tokio::time::timeout(Duration::from_millis(500), third.recv(DEADLINE)).await;
-    assert!(waiting.is_err(), "third connection served over the limit");
+    let refusal = third.recv(DEADLINE).await.unwrap().expect("a refusal");
+    assert_eq!(refusal.id, 0);
+    assert_eq!(error_code(&refusal), ErrorCode::Unavailable);
+    match &refusal.result {
+        Some(response::Result::Error(err)) => {
+            assert!(
+                err.message.contains("max number of clients reached"),
+                "{err:?}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    third.wait_closed(DEADLINE).await;
 
+    // The kv-client CLI shows it as one clear line.
+    let output = e2e::cli(server.addr(), &["get", "k"], b"");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("max number of clients reached"), "{stderr}");
+
+    // The served connections were not disturbed.
+    first.send(&get(2, "k")).await.unwrap();
+    assert_eq!(first.recv(DEADLINE).await.unwrap().expect("served").id, 2);
+
+    // Once one closes, a new client is served (the server notices the close
+    // a moment later: until then it may still refuse).
     drop(first);
-    let reply = third
-        .recv(DEADLINE)
-        .await
-        .unwrap()
-        .expect("served once a slot frees");
-    assert_eq!(reply.id, 3);
+    let until = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let mut next = RawConnection::connect(server.addr()).await.unwrap();
+        next.send(&get(4, "k")).await.unwrap();
+        let reply = next.recv(DEADLINE).await.unwrap().expect("an answer");
+        if reply.id == 4 {
+            break;
+        }
+        assert_eq!(error_code(&reply), ErrorCode::Unavailable);
+        assert!(tokio::time::Instant::now() < until, "no slot freed");
+        tokio::task::yield_now().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

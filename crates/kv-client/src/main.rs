@@ -1,8 +1,8 @@
 //! `kv-client`: the command line of the key-value store.
 //!
 //! One-shot commands (`put`, `get`, ...) exit 0 on success, 1 when the key
-//! is missing (get, delete), 2 on any other failure, with one line on
-//! stderr. Without a command, an interactive prompt (`cli::repl`).
+//! is missing (get, delete), 3 when the server answers that a write's
+//! outcome is unknown, 2 on any other failure, with one line on stderr. Without a command, an interactive prompt (`cli::repl`).
 
 use std::ffi::OsString;
 use std::io::{self, IsTerminal, Read};
@@ -29,7 +29,10 @@ use cli::output::{self, Failure};
     version,
     long_about = "Command-line client for kv-server, a durable key-value store.\n\n\
         With a command, runs it and exits: 0 on success, 1 when the key does not \
-        exist (get, delete), 2 on any other failure, with one line on stderr.\n\
+        exist (get, delete), 3 when a write's outcome is unknown (the server \
+        answered OUTCOME_UNKNOWN: its log failed while the write was being made \
+        durable, so it may or may not have taken effect), 2 on any other \
+        failure, with one line on stderr.\n\
         Without a command, starts an interactive prompt (type `help` there); when \
         stdin is not a terminal, reads the same commands line by line.",
     after_help = "Examples:\n  \

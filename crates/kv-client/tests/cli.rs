@@ -230,6 +230,52 @@ async fn refused_connection_is_one_clear_line_and_exit_2() {
     );
 }
 
+/// A server that answers every request with the error `code`.
+async fn failing_server(code: ErrorCode) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut conn = Framed::new(socket, ServerCodec::default());
+                while let Some(Ok(Ok(req))) = conn.next().await {
+                    let response = Response::error(req.id, code, "sync segment failed: EIO");
+                    if conn.send(response).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// DESIGN's exit codes: 3 for a write whose outcome is unknown, so that a
+/// script can tell "may have happened" from "failed".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcome_unknown_exits_3_and_other_server_errors_exit_2() {
+    let addr = failing_server(ErrorCode::OutcomeUnknown).await;
+    for args in [&["put", "k", "v"][..], &["delete", "k"]] {
+        let output = kv(&addr, args, b"").await;
+        assert_eq!(
+            output.status.code(),
+            Some(3),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert_one_error_line(&output);
+        assert!(
+            stderr(&output).contains("may or may not"),
+            "{}",
+            stderr(&output)
+        );
+    }
+    let addr = failing_server(ErrorCode::Unavailable).await;
+    let output = kv(&addr, &["put", "k", "v"], b"").await;
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert_one_error_line(&output);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_errors_exit_2() {
     let output = kv("127.0.0.1:1", &["put", "only-a-key"], b"").await;

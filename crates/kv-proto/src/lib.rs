@@ -103,6 +103,7 @@ impl Response {
             response::Result::Error(Error {
                 code: code as i32,
                 message: message.into(),
+                leader_addr: String::new(),
             }),
         )
     }

@@ -47,8 +47,13 @@ fn command_strategy() -> impl Strategy<Value = request::Command> {
 
 fn result_strategy() -> impl Strategy<Value = response::Result> {
     prop_oneof![
-        (0..5i32, ".{0,40}")
-            .prop_map(|(code, message)| response::Result::Error(Error { code, message })),
+        (0..9i32, ".{0,40}", ".{0,20}").prop_map(|(code, message, leader_addr)| {
+            response::Result::Error(Error {
+                code,
+                message,
+                leader_addr,
+            })
+        }),
         (any::<bool>(), bytes_strategy())
             .prop_map(|(found, value)| response::Result::Get(GetResponse { found, value })),
         any::<u64>().prop_map(|seq| response::Result::Put(PutResponse { seq })),
@@ -356,4 +361,34 @@ fn error_code_displays_its_protobuf_name() {
         }
         other => panic!("unexpected {other:?}"),
     }
+}
+
+/// The codes and the field added for clusters and honest failures keep
+/// their numbers (the wire contract: add, never renumber).
+#[test]
+fn error_codes_keep_their_numbers() {
+    let numbered = [
+        (ErrorCode::InvalidRequest, 1),
+        (ErrorCode::TooLarge, 2),
+        (ErrorCode::Unavailable, 3),
+        (ErrorCode::Internal, 4),
+        (ErrorCode::NotLeader, 5),
+        (ErrorCode::ConditionFailed, 6),
+        (ErrorCode::Unauthenticated, 7),
+        (ErrorCode::OutcomeUnknown, 8),
+    ];
+    for (code, number) in numbered {
+        assert_eq!(code as i32, number, "{code}");
+    }
+    assert_eq!(ErrorCode::OutcomeUnknown.to_string(), "OUTCOME_UNKNOWN");
+    // leader_addr is field 3 of Error: tag (3 << 3 | 2) = 0x1a.
+    let error = Error {
+        code: ErrorCode::NotLeader as i32,
+        message: String::new(),
+        leader_addr: "h:1".into(),
+    };
+    assert_eq!(
+        error.encode_to_vec(),
+        [0x08, 0x05, 0x1a, 0x03, b'h', b':', b'1']
+    );
 }

@@ -48,15 +48,20 @@ impl Shared {
         })
     }
 
-    /// Logs the first failure of the log; later ones at debug.
+    /// Logs the first refusal of a write by a failed (fail-stop) log at
+    /// ERROR, everything else at debug: a full disk is logged by the store
+    /// when it fills, and a closed store is the shutdown, not a failure.
     fn note_write_failure(&self, err: &kv_store::Error) {
-        if self.write_failure_logged.swap(true, Ordering::Relaxed) {
-            tracing::debug!(error = %err, "write refused");
+        if self.store.failure().is_none() || self.write_failure_logged.swap(true, Ordering::Relaxed)
+        {
+            tracing::debug!(error = %err, "write failed");
         } else {
             tracing::error!(
                 error = %err,
-                "the write-ahead log failed: writes now get UNAVAILABLE, reads go on; \
-                 restart the server to recover"
+                "the write-ahead log failed: writes now get UNAVAILABLE (those of the failed \
+                 group OUTCOME_UNKNOWN), reads go on. The page cache may hold log data the \
+                 disk never got: stop the server, then restart the machine or remount the \
+                 file system before starting it again"
             );
         }
     }
@@ -182,11 +187,15 @@ pub(crate) fn error_response(id: u64, code: ErrorCode, message: impl Into<String
 }
 
 /// Maps a store error to its wire code. A write that failed in the log is
-/// never reported as done: UNAVAILABLE when the log refuses writes (nothing
-/// was written), INTERNAL when the write itself hit the failure.
+/// never reported as done: OUTCOME_UNKNOWN when it was in the group whose
+/// write or fsync failed (it may be on disk or not), UNAVAILABLE when
+/// nothing was written (the log refuses writes, or the disk is full).
 fn store_error(id: u64, err: &kv_store::Error, shared: &Shared) -> Response {
     let code = error_code(err);
-    if matches!(code, ErrorCode::Unavailable | ErrorCode::Internal) {
+    if matches!(
+        code,
+        ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::OutcomeUnknown
+    ) {
         shared.note_write_failure(err);
     }
     error_response(id, code, err.to_string())
@@ -194,13 +203,25 @@ fn store_error(id: u64, err: &kv_store::Error, shared: &Shared) -> Response {
 
 /// The wire code of a store error.
 pub(crate) fn error_code(err: &kv_store::Error) -> ErrorCode {
+    use kv_store::Error;
     match err {
-        kv_store::Error::EmptyKey => ErrorCode::InvalidRequest,
-        kv_store::Error::KeyTooLarge { .. } | kv_store::Error::ValueTooLarge { .. } => {
-            ErrorCode::TooLarge
+        Error::EmptyKey => ErrorCode::InvalidRequest,
+        Error::KeyTooLarge { .. } | Error::ValueTooLarge { .. } => ErrorCode::TooLarge,
+        Error::OutcomeUnknown(_) => ErrorCode::OutcomeUnknown,
+        // Nothing was written, and the server may take it later (space freed)
+        // or never (fail-stop, shutting down): the message says which.
+        Error::Unavailable(_) | Error::DiskFull(_) | Error::LogFailed(_) => ErrorCode::Unavailable,
+        Error::Wal(e) if e.is_disk_full() => ErrorCode::Unavailable,
+        Error::Wal(wal_core::Error::Poisoned { .. }) => ErrorCode::Unavailable,
+        // A checkpoint's snapshot that did not fit.
+        Error::Io { source, .. }
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ) =>
+        {
+            ErrorCode::Unavailable
         }
-        kv_store::Error::Unavailable(_) => ErrorCode::Unavailable,
-        kv_store::Error::Wal(wal_core::Error::Poisoned { .. }) => ErrorCode::Unavailable,
         _ => ErrorCode::Internal,
     }
 }
@@ -238,6 +259,22 @@ mod tests {
                 source: std::io::Error::other("EIO"),
             })),
             ErrorCode::Internal
+        );
+        assert_eq!(
+            error_code(&Error::OutcomeUnknown("fsync failed".into())),
+            ErrorCode::OutcomeUnknown
+        );
+        assert_eq!(
+            error_code(&Error::DiskFull("ENOSPC".into())),
+            ErrorCode::Unavailable
+        );
+        assert_eq!(
+            error_code(&Error::Io {
+                op: "write snapshot",
+                path: "x".into(),
+                source: std::io::ErrorKind::StorageFull.into(),
+            }),
+            ErrorCode::Unavailable
         );
     }
 }

@@ -2,12 +2,13 @@
 //! they turn into: [`StoreOptions`] for opening the store and
 //! [`ServerConfig`] for [`crate::run`].
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use kv_proto::parse_size;
-use kv_store::{StoreOptions, SyncPolicy, WalOptions};
+use kv_store::{RecoveryMode, StoreOptions, SyncPolicy, WalOptions};
 
 /// Exit status of a clean shutdown.
 pub const EXIT_OK: u8 = 0;
@@ -29,18 +30,31 @@ const AFTER_HELP: &str = "\
 Exit status: 0 after a clean shutdown (SIGINT/SIGTERM), 1 when start-up or \
 serving fails (one line on stderr says why: address that does not resolve \
 or is in use, data directory locked by another server, unreadable or corrupt \
-data), 2 for a usage error.
+data) or when the server stops after its write-ahead log failed, 2 for a \
+usage error.
 
 Shutdown: on SIGINT or SIGTERM the server stops accepting, answers every \
 request it has already read, makes every acknowledged write durable, and \
-exits 0.
+exits 0. If the write-ahead log had failed, it exits 1 instead, and its \
+shutdown lines say that the shutdown was not clean.
 
-Log failure (fail-stop): if the write-ahead log cannot sync, the write that \
-hit the failure gets INTERNAL and every later write gets UNAVAILABLE; no \
-write is ever acknowledged that the disk may not hold. The server keeps \
-running and keeps answering reads (which only ever see durable writes) so \
-that clients get a clear answer; it logs the failure once at ERROR. Restart \
-it to recover: recovery re-reads what is really on disk.
+Failed fsync (fail-stop): if the write-ahead log cannot sync (or write), \
+the writes of the group that hit the failure get OUTCOME_UNKNOWN (they may \
+be on disk or not) and every later write gets UNAVAILABLE; no write is ever \
+acknowledged that the disk may not hold. The server keeps answering reads \
+(which only see acknowledged writes) and logs the failure once at ERROR. \
+What to do: after a failed fsync the kernel's page cache may still hold log \
+data that the disk never got, so restarting only the process is not a \
+clean recovery: it would read that data back from the cache and serve it as \
+if it were durable. Stop the server, check the disk (kernel log), then \
+restart the machine, or unmount and remount the file system, before \
+starting the server again; recovery then reads what is really on disk. \
+Writes that got OUTCOME_UNKNOWN may or may not be there afterwards.
+
+Full disk: a write that finds the disk full gets UNAVAILABLE with a message \
+saying so; nothing of it was written and nothing acknowledged is lost. This \
+is not fail-stop: the server keeps serving, and writes succeed again once \
+space is freed.
 
 Sizes accept a suffix: 4096, 64KiB, 64MiB, 1GiB (also K, M, G, KB, MB, GB, \
 all powers of 1024). Durations accept ms, s, m: 500ms, 10s, 5m (a bare \
@@ -59,10 +73,23 @@ pub struct Args {
     /// Address to listen on, HOST:PORT: an IP address (`[::1]:7878` for
     /// IPv6) or a host name, resolved at start-up (the server listens on the
     /// first address it resolves to that it can bind). Port 0 picks a free
-    /// port (the log line `listening on ...` gives the real one).
+    /// port (the log line `ready: listening on ...` gives the real one).
+    /// The server binds before it recovers its data and answers clients
+    /// UNAVAILABLE until recovery has finished. Only loopback addresses
+    /// unless --allow-unauthenticated.
     #[arg(long, env = "KV_ADDR", default_value = "127.0.0.1:7878",
           value_name = "HOST:PORT", value_parser = parse_host_port)]
     pub addr: String,
+
+    /// Listen on an address that is not a loopback address although
+    /// clients are not authenticated. kv-server has no authentication yet
+    /// (an auth token and TLS come later), so without this flag an --addr
+    /// that resolves to anything but loopback (0.0.0.0 included) is refused
+    /// at start-up: whoever reaches it could read and overwrite every key.
+    /// Give it only on a network where every client is trusted.
+    #[arg(long, env = "KV_ALLOW_UNAUTHENTICATED",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_unauthenticated: bool,
 
     /// Directory of the write-ahead log and snapshots; created if missing.
     /// Only one server may use it at a time.
@@ -91,6 +118,17 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(0..=MAX_DURATION.as_millis() as u64))]
     pub sync_interval_ms: u64,
 
+    /// What start-up may cut from a damaged write-ahead log: `strict` (cut
+    /// only what an interrupted write leaves: a torn tail), `absolute` (cut
+    /// nothing, not even a torn tail: refuse to start instead), `tolerant`
+    /// (also cut real corruption: the log ends at the first bad record and
+    /// every record after it is deleted, even intact ones; each cut is a
+    /// warning in the log). A refusal names the file, the offset and the
+    /// mode that would cut there; `tolerant` is an operator's last resort,
+    /// after copying the data directory aside.
+    #[arg(long, env = "KV_RECOVERY_MODE", value_enum, default_value_t = RecoveryModeArg::Strict)]
+    pub recovery_mode: RecoveryModeArg,
+
     /// Size at which a write-ahead log segment is closed and a new one
     /// started.
     #[arg(long, env = "KV_SEGMENT_SIZE", default_value = "64MiB", value_parser = parse_size)]
@@ -108,8 +146,9 @@ pub struct Args {
     #[arg(long, env = "KV_CHECKPOINT_RATE", default_value = "32MiB", value_parser = parse_size)]
     pub checkpoint_rate: u64,
 
-    /// Most connections served at once. Further clients wait in the kernel's
-    /// accept queue until one closes.
+    /// Most connections served at once. A client over the limit gets an
+    /// UNAVAILABLE error ("max number of clients reached") and is closed at
+    /// once.
     #[arg(long, env = "KV_MAX_CONNECTIONS", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
@@ -176,6 +215,28 @@ pub enum SyncPolicyArg {
     Never,
 }
 
+/// `--recovery-mode` values: wal-core's [`RecoveryMode`]s, by the same
+/// names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RecoveryModeArg {
+    /// Cut nothing: refuse to start if anything would have to be cut.
+    Absolute,
+    /// Cut only a torn tail (what an interrupted write leaves).
+    Strict,
+    /// Also cut corruption, losing every record after it.
+    Tolerant,
+}
+
+impl From<RecoveryModeArg> for RecoveryMode {
+    fn from(arg: RecoveryModeArg) -> RecoveryMode {
+        match arg {
+            RecoveryModeArg::Absolute => RecoveryMode::Absolute,
+            RecoveryModeArg::Strict => RecoveryMode::Strict,
+            RecoveryModeArg::Tolerant => RecoveryMode::Tolerant,
+        }
+    }
+}
+
 /// Settings of the network layer, independent of the store.
 ///
 /// The timeouts should be more than zero (zero closes connections at once);
@@ -233,6 +294,7 @@ impl Args {
             wal: WalOptions {
                 segment_size: self.segment_size,
                 sync_policy: self.sync_policy(),
+                recovery_mode: self.recovery_mode.into(),
                 ..defaults.wal
             },
             max_key_size: usize_saturating(self.max_key_size),
@@ -271,6 +333,33 @@ impl Args {
         // Protobuf overhead of a put: id, two nested length prefixes, tags.
         const OVERHEAD: u64 = 64;
         self.max_key_size + self.max_value_size + OVERHEAD <= self.max_frame
+    }
+}
+
+/// Protected mode: refuses to serve unauthenticated clients beyond
+/// loopback unless `allow_unauthenticated`. Checks every address `--addr`
+/// resolved to, since the server binds the first one it can. The error is
+/// the one line the binary prints.
+pub fn check_exposure(
+    addr: &str,
+    resolved: &[SocketAddr],
+    allow_unauthenticated: bool,
+) -> Result<(), String> {
+    if allow_unauthenticated {
+        return Ok(());
+    }
+    match resolved
+        .iter()
+        .find(|a| !a.ip().to_canonical().is_loopback())
+    {
+        None => Ok(()),
+        Some(open) => Err(format!(
+            "refusing to listen on {addr} ({} is not a loopback address): clients are not \
+             authenticated (kv-server has no auth yet), so anyone who can reach it could read \
+             and write every key; pass --allow-unauthenticated (or \
+             KV_ALLOW_UNAUTHENTICATED=true) if every client on that network is trusted",
+            open.ip()
+        )),
     }
 }
 
@@ -512,6 +601,59 @@ mod tests {
         assert_eq!(args.store_options().wal.sync_policy, SyncPolicy::Always);
         assert_eq!(args.store_options().checkpoint_after, Some(256 << 20));
         assert_eq!(args.store_options().checkpoint_write_rate, Some(32 << 20));
+    }
+
+    #[test]
+    fn recovery_mode_defaults_to_strict_and_takes_wal_cores_names() {
+        assert_eq!(
+            parse(&[]).unwrap().store_options().wal.recovery_mode,
+            RecoveryMode::Strict
+        );
+        for mode in [
+            RecoveryMode::Absolute,
+            RecoveryMode::Strict,
+            RecoveryMode::Tolerant,
+        ] {
+            let args = parse(&["--recovery-mode", mode.name()]).unwrap();
+            assert_eq!(args.store_options().wal.recovery_mode, mode);
+        }
+        assert!(parse(&["--recovery-mode", "lenient"]).is_err());
+    }
+
+    #[test]
+    fn only_loopback_is_served_without_auth_unless_allowed() {
+        let addrs = |list: &[&str]| -> Vec<SocketAddr> {
+            list.iter().map(|a| a.parse().unwrap()).collect()
+        };
+        for local in [
+            &["127.0.0.1:7878"][..],
+            &["[::1]:7878", "127.0.0.1:7878"],
+            &["127.9.9.9:0"],
+            &["[::ffff:127.0.0.1]:1"],
+        ] {
+            assert_eq!(
+                check_exposure("x", &addrs(local), false),
+                Ok(()),
+                "{local:?}"
+            );
+        }
+        for open in [
+            &["0.0.0.0:0"][..],
+            &["[::]:7878"],
+            &["10.0.0.5:7878"],
+            &["127.0.0.1:1", "192.168.1.2:1"],
+        ] {
+            let err = check_exposure("h:1", &addrs(open), false).unwrap_err();
+            assert!(err.contains("--allow-unauthenticated"), "{err}");
+            assert!(err.starts_with("refusing to listen on h:1"), "{err}");
+            assert_eq!(check_exposure("h:1", &addrs(open), true), Ok(()));
+        }
+        assert!(!parse(&[]).unwrap().allow_unauthenticated);
+        assert!(
+            parse(&["--allow-unauthenticated"])
+                .unwrap()
+                .allow_unauthenticated
+        );
     }
 
     #[test]

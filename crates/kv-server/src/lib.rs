@@ -38,7 +38,7 @@ mod connection;
 mod server;
 
 pub use config::{Args, ServerConfig};
-pub use server::run;
+pub use server::{refuse_until_ready, run};
 
 /// Why [`run`] failed.
 #[derive(Debug)]
@@ -47,6 +47,10 @@ pub enum Error {
     /// Closing the store at shutdown failed: writes acknowledged under a
     /// relaxed sync policy may not be durable.
     Store(kv_store::Error),
+    /// The write-ahead log had failed (fail-stop) while serving: the
+    /// shutdown was not clean, whatever else went well. Holds the failure's
+    /// reason.
+    LogFailed(String),
     /// A server task failed.
     Io(std::io::Error),
 }
@@ -55,6 +59,12 @@ impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Error::Store(err) => write!(f, "closing the store failed: {err}"),
+            Error::LogFailed(reason) => write!(
+                f,
+                "the write-ahead log failed while serving ({reason}); writes were refused \
+                 since, and the page cache may hold log data the disk never got: restart the \
+                 machine or remount the file system before starting the server again"
+            ),
             Error::Io(err) => write!(f, "{err}"),
         }
     }
@@ -64,6 +74,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Store(err) => Some(err),
+            Error::LogFailed(_) => None,
             Error::Io(err) => Some(err),
         }
     }

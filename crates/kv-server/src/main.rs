@@ -1,5 +1,5 @@
-//! The `kv-server` binary: parses flags, opens the store, serves until
-//! SIGINT/SIGTERM. Exit status: 0 clean shutdown, 1 start-up or serving
+//! The `kv-server` binary: parses flags, binds, opens (recovers) the store
+//! while answering clients UNAVAILABLE, then serves until SIGINT/SIGTERM. Exit status: 0 clean shutdown, 1 start-up or serving
 //! failure (one line on stderr), 2 usage error.
 
 use std::io::IsTerminal;
@@ -7,9 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use kv_server::config::{EXIT_FAILURE, EXIT_OK};
-use kv_server::{Args, run};
-use kv_store::KeyValueStore;
+use kv_server::config::{EXIT_FAILURE, EXIT_OK, check_exposure};
+use kv_server::{Args, refuse_until_ready, run};
+use kv_store::{KeyValueStore, RecoveryMode};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -59,6 +59,18 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     if candidates.is_empty() {
         anyhow::bail!("cannot resolve --addr {}: no addresses", args.addr);
     }
+    check_exposure(&args.addr, &candidates, args.allow_unauthenticated)
+        .map_err(anyhow::Error::msg)?;
+    if candidates
+        .iter()
+        .any(|a| !a.ip().to_canonical().is_loopback())
+    {
+        tracing::warn!(
+            addr = %args.addr,
+            "serving beyond loopback without authentication (--allow-unauthenticated): \
+             anyone who can reach this address can read and write every key"
+        );
+    }
     // The first candidate that can be bound, as `TcpListener::bind` does.
     let listener = tokio::net::TcpListener::bind(candidates.as_slice())
         .await
@@ -71,14 +83,17 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     tracing::info!(
         data_dir = %data_dir.display(),
         worker_threads = args.worker_threads(),
-        "opening the store"
+        %addr,
+        "opening the store; until it is recovered, clients get UNAVAILABLE"
     );
     let options = args.store_options();
+    let mode = options.wal.recovery_mode;
     let dir = data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || KeyValueStore::open(&dir, options))
+    let opening = tokio::task::spawn_blocking(move || KeyValueStore::open(&dir, options));
+    let store = refuse_until_ready(&listener, opening)
         .await
         .context("store open task failed")?
-        .map_err(|err| open_error(&data_dir, err))?;
+        .map_err(|err| open_error(&data_dir, mode, err))?;
     let recovery = store.recovery();
     for warning in &recovery.warnings {
         tracing::warn!("recovery: {warning}");
@@ -96,20 +111,48 @@ async fn serve(args: Args) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    // Tests and scripts read the real port from this line.
-    tracing::info!("listening on {addr}");
+    // Tests and scripts read the real port from this line, and take it to
+    // mean that the server is ready.
+    tracing::info!("ready: listening on {addr}");
     run(listener, store, args.server_config(), shutdown).await?;
     tracing::info!("shut down cleanly");
     Ok(())
 }
 
 /// The start-up error for a store that would not open, in one line.
-fn open_error(data_dir: &std::path::Path, err: kv_store::Error) -> anyhow::Error {
+fn open_error(
+    data_dir: &std::path::Path,
+    mode: RecoveryMode,
+    err: kv_store::Error,
+) -> anyhow::Error {
     match err {
         kv_store::Error::Wal(wal_core::Error::Locked { .. }) => anyhow::anyhow!(
             "data directory {} is locked: another kv-server is using it",
             data_dir.display()
         ),
+        kv_store::Error::Wal(wal_core::Error::Corrupt {
+            segment,
+            offset,
+            reason,
+            cut_by,
+        }) => {
+            let what = format!(
+                "the write-ahead log is damaged: {} at offset {offset}: {reason}; \
+                 --recovery-mode {mode} does not cut it",
+                segment.display()
+            );
+            match cut_by {
+                Some(cut_by) if cut_by > mode => anyhow::anyhow!(
+                    "{what}: start with --recovery-mode {cut_by} to cut the log there, losing \
+                     what follows (copy {} aside first)",
+                    data_dir.display()
+                ),
+                _ => anyhow::anyhow!(
+                    "{what}, and no recovery mode would: restore the data directory from a \
+                     backup"
+                ),
+            }
+        }
         err => anyhow::Error::new(err)
             .context(format!("cannot open the store in {}", data_dir.display())),
     }

@@ -15,10 +15,13 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use kv_proto::ErrorCode;
+use bytes::BytesMut;
+use kv_proto::{ErrorCode, Response, ServerCodec};
 use kv_store::KeyValueStore;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
+use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -36,13 +39,17 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// On cancellation it stops accepting, stops reading new requests, answers
 /// every request already read (writes included: they complete and are
 /// acknowledged), then closes the store ([`KeyValueStore::close`], which
-/// makes every acknowledged write durable) and returns. Connections still
+/// makes every acknowledged write durable) and returns. If the store's log
+/// had failed, it returns [`Error::LogFailed`]: the shutdown was not clean. Connections still
 /// busy after `config.shutdown_grace` (a client not reading its answers)
 /// are left unanswered.
 ///
-/// At most `config.max_connections` connections are served at once: a
-/// permit is taken *before* `accept`, so excess clients wait in the
-/// kernel's backlog instead of costing memory here.
+/// At most `config.max_connections` connections are served at once. A
+/// client over the limit is accepted, answered with an UNAVAILABLE error
+/// ("max number of clients reached", request id 0, the id of an error about
+/// the connection) and closed at once, rather than left hanging in the
+/// kernel's accept queue where it could not tell a full server from a slow
+/// one.
 pub async fn run(
     listener: TcpListener,
     store: KeyValueStore,
@@ -53,22 +60,37 @@ pub async fn run(
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let connections = TaskTracker::new();
+    let refuser = Refuser::new();
+    // Whether the last client was refused for the limit: the warning is
+    // logged when the server reaches it, not once per refused client.
+    let mut at_limit = false;
 
     loop {
-        let permit = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                // The semaphore is never closed; treat it as a shutdown.
-                Err(_) => break,
-            },
-        };
         let (socket, peer) = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
             accepted = accept(&listener) => accepted,
         };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            if !at_limit {
+                tracing::warn!(
+                    max_connections = config.max_connections,
+                    "max number of clients reached: refusing new connections with UNAVAILABLE \
+                     until one closes"
+                );
+                at_limit = true;
+            }
+            refuser.refuse(
+                socket,
+                peer,
+                format!(
+                    "max number of clients reached ({}); retry later",
+                    config.max_connections
+                ),
+            );
+            continue;
+        };
+        at_limit = false;
         let shared = Arc::clone(&shared);
         let config = Arc::clone(&config);
         let token = shutdown.child_token();
@@ -98,12 +120,109 @@ pub async fn run(
     }
 
     let store = shared.store.clone();
-    tokio::task::spawn_blocking(move || store.close())
+    let closed = tokio::task::spawn_blocking(move || store.close())
         .await
-        .map_err(|join| Error::Io(io::Error::other(format!("store close task failed: {join}"))))?
-        .map_err(Error::Store)?;
-    tracing::info!("store closed; every acknowledged write is durable");
-    Ok(())
+        .map_err(|join| Error::Io(io::Error::other(format!("store close task failed: {join}"))))?;
+    match closed {
+        Ok(()) => {
+            tracing::info!("store closed; every acknowledged write is durable");
+            Ok(())
+        }
+        Err(kv_store::Error::LogFailed(reason)) => {
+            tracing::error!(
+                %reason,
+                "store closed after the write-ahead log failed: not a clean shutdown. Writes \
+                 were refused since the failure and those of the failed group have an unknown \
+                 outcome; under --sync-policy interval or never, writes acknowledged since \
+                 the last successful sync may be lost"
+            );
+            Err(Error::LogFailed(reason))
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "closing the store failed: not a clean shutdown");
+            Err(Error::Store(err))
+        }
+    }
+}
+
+/// Answers every client that connects to `listener` with an UNAVAILABLE
+/// error ("the server is starting") and closes the connection, until
+/// `starting` (typically opening, and so recovering, the store) completes;
+/// returns its output. Then hand `listener` to [`run`].
+///
+/// Binding before recovery makes a taken port fail at once instead of after
+/// a long recovery; this makes the clients that connect meanwhile get a
+/// clear answer instead of hanging in the accept queue until the store is
+/// ready.
+pub async fn refuse_until_ready<F: Future>(listener: &TcpListener, starting: F) -> F::Output {
+    let refuser = Refuser::new();
+    let mut starting = pin!(starting);
+    loop {
+        tokio::select! {
+            biased;
+            output = &mut starting => return output,
+            (socket, peer) = accept(listener) => refuser.refuse(
+                socket,
+                peer,
+                "the server is starting (recovering its data); retry shortly".to_string(),
+            ),
+        }
+    }
+}
+
+/// How long a refused client has to take its answer; the connection is
+/// closed then at the latest.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// Most refusals in progress at once. Past it, a refused connection is
+/// closed without an answer: a flood of connections must not cost a task
+/// and a socket each for a second.
+const MAX_REFUSALS: usize = 64;
+
+/// Turns connections away with one error response and a close.
+struct Refuser {
+    in_progress: Arc<Semaphore>,
+}
+
+impl Refuser {
+    fn new() -> Refuser {
+        Refuser {
+            in_progress: Arc::new(Semaphore::new(MAX_REFUSALS)),
+        }
+    }
+
+    /// Sends `message` as an UNAVAILABLE error with id 0 (the id of an error
+    /// about the connection rather than one request), then closes, in a
+    /// task of its own. Before closing it reads and drops what the client
+    /// sent, for up to [`REFUSAL_LINGER`]: closing a socket with unread
+    /// input sends a reset, which can destroy the answer before the client
+    /// reads it.
+    fn refuse(&self, mut socket: TcpStream, peer: SocketAddr, message: String) {
+        let Ok(permit) = Arc::clone(&self.in_progress).try_acquire_owned() else {
+            tracing::debug!(%peer, "too many refusals in progress: closing without an answer");
+            return;
+        };
+        tracing::debug!(%peer, %message, "refusing connection");
+        tokio::spawn(async move {
+            let mut frame = BytesMut::new();
+            let refusal = Response::error(0, ErrorCode::Unavailable, message);
+            if ServerCodec::default().encode(&refusal, &mut frame).is_err() {
+                return;
+            }
+            let answered = tokio::time::timeout(REFUSAL_LINGER, async {
+                socket.write_all(&frame).await?;
+                socket.shutdown().await?;
+                let mut sink = [0u8; 4096];
+                while socket.read(&mut sink).await? > 0 {}
+                io::Result::Ok(())
+            })
+            .await;
+            if let Ok(Err(err)) = answered {
+                tracing::debug!(%peer, error = %err, "refusal not delivered");
+            }
+            drop(permit);
+        });
+    }
 }
 
 /// Accepts one connection, retrying past errors: per-connection ones

@@ -181,8 +181,19 @@ async fn shutdown_closes_idle_connections_and_closes_the_store() {
     assert_eq!(reopened.get(b"k"), Some(b"v".to_vec()));
 }
 
+fn error_message(result: &response::Result) -> &str {
+    match result {
+        response::Result::Error(err) => &err.message,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+/// A failed fdatasync: the write that needed it gets OUTCOME_UNKNOWN (it
+/// may be on disk or not), later writes UNAVAILABLE, reads go on; and the
+/// shutdown that follows is not reported as clean (the binary exits 1 on
+/// this error).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_sync_means_no_false_ok_and_reads_go_on() {
+async fn failed_sync_gets_outcome_unknown_then_unavailable_and_an_unclean_shutdown() {
     let fs = SimFs::new();
     let store =
         KeyValueStore::open_with_vfs("/sim/data", StoreOptions::default(), fs.shared()).unwrap();
@@ -190,24 +201,16 @@ async fn failed_sync_means_no_false_ok_and_reads_go_on() {
     let mut conn = connect(server.addr).await;
     call(&mut conn, 1, put("before", "ok")).await;
 
-    // The next fdatasync fails: the write that needed it must not be
-    // acknowledged, and the log goes fail-stop.
     fs.fail_nth(Op::SyncData, 0, ErrorKind::Other);
     let failed = call(&mut conn, 2, put("doomed", "x")).await;
-    assert!(
-        matches!(
-            error_code(&failed),
-            ErrorCode::Internal | ErrorCode::Unavailable
-        ),
-        "{failed:?}"
-    );
+    assert_eq!(error_code(&failed), ErrorCode::OutcomeUnknown, "{failed:?}");
     // Later writes are refused outright, even though syncs would work now.
     fs.clear_faults();
     assert_eq!(
         error_code(&call(&mut conn, 3, put("after", "x")).await),
         ErrorCode::Unavailable
     );
-    // Reads still answer, with only what was durable.
+    // Reads still answer, with only what was acknowledged.
     assert!(matches!(
         call(&mut conn, 4, get("before")).await,
         response::Result::Get(ref g) if g.found
@@ -224,8 +227,70 @@ async fn failed_sync_means_no_false_ok_and_reads_go_on() {
     );
 
     server.shutdown.cancel();
-    // Closing a failed store may report the failure; it must not hang.
-    let _ = tokio::time::timeout(DEADLINE, server.task).await.unwrap();
+    let ended = tokio::time::timeout(DEADLINE, server.task)
+        .await
+        .unwrap()
+        .unwrap();
+    match ended {
+        Err(err @ kv_server::Error::LogFailed(_)) => {
+            let line = err.to_string();
+            assert!(line.contains("page cache"), "{line}");
+            assert!(!line.contains('\n'), "{line}");
+        }
+        other => panic!("a shutdown after a failed log must not be clean: {other:?}"),
+    }
+}
+
+/// A full disk fails the writes that hit it with UNAVAILABLE saying so,
+/// without stopping anything: once space is freed the same server takes
+/// writes again and shuts down cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_gets_unavailable_and_writes_resume_once_space_is_freed() {
+    let fs = SimFs::new();
+    let mut options = StoreOptions::default();
+    options.wal.segment_size = 4096;
+    let store = KeyValueStore::open_with_vfs("/sim/data", options, fs.shared()).unwrap();
+    let server = serve(store).await;
+    let mut conn = connect(server.addr).await;
+
+    // The active segment is reserved; the next one cannot be.
+    fs.set_space_budget(Some(0));
+    let value = Bytes::from(vec![b'v'; 1000]);
+    let mut id = 0;
+    let refused = loop {
+        id += 1;
+        assert!(id < 100, "the disk never filled");
+        let command = Command::Put(PutRequest {
+            key: Bytes::from(format!("k{id}")),
+            value: value.clone(),
+        });
+        match call(&mut conn, id, command).await {
+            response::Result::Put(_) => {}
+            other => break other,
+        }
+    };
+    assert_eq!(error_code(&refused), ErrorCode::Unavailable, "{refused:?}");
+    assert!(
+        error_message(&refused).contains("disk is full"),
+        "{refused:?}"
+    );
+    // Reads go on while the disk is full.
+    assert!(matches!(
+        call(&mut conn, 1000, Command::Get(GetRequest { key: Bytes::from("k1") })).await,
+        response::Result::Get(ref g) if g.found
+    ));
+
+    fs.set_space_budget(None);
+    assert!(matches!(
+        call(&mut conn, 1001, put("after", "space")).await,
+        response::Result::Put(_)
+    ));
+    server.shutdown.cancel();
+    tokio::time::timeout(DEADLINE, server.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("a clean shutdown: a full disk is not a failure of the log");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,4 +373,58 @@ async fn a_key_listing_larger_than_a_frame_is_cut_short_not_refused() {
     );
     server.shutdown.cancel();
     server.task.await.unwrap().unwrap();
+}
+
+/// While the store opens (recovers), the bound listener answers every
+/// client UNAVAILABLE and closes, instead of leaving it in the accept queue;
+/// once it is open, the same listener serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_get_unavailable_until_the_store_is_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (open, opened) = tokio::sync::oneshot::channel::<KeyValueStore>();
+    let (ready, is_ready) = tokio::sync::oneshot::channel();
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move {
+        // Stands in for a long recovery: done when the test says so.
+        let store = kv_server::refuse_until_ready(&listener, opened)
+            .await
+            .unwrap();
+        let _ = ready.send(());
+        run(listener, store, ServerConfig::default(), token).await
+    });
+
+    for id in 1..=2 {
+        let mut conn = connect(addr).await;
+        conn.send(Request::new(id, get("k"))).await.unwrap();
+        let refusal: Response = tokio::time::timeout(DEADLINE, conn.next())
+            .await
+            .expect("an answer in time, not a hang")
+            .expect("a refusal before the close")
+            .unwrap()
+            .unwrap();
+        assert_eq!(refusal.id, 0);
+        let result = refusal.result.expect("a result");
+        assert_eq!(error_code(&result), ErrorCode::Unavailable);
+        assert!(error_message(&result).contains("starting"), "{result:?}");
+        let end = tokio::time::timeout(DEADLINE, conn.next()).await.unwrap();
+        assert!(end.is_none() || end.is_some_and(|r| r.is_err()), "closed");
+    }
+
+    let store = KeyValueStore::open(dir.path(), StoreOptions::default()).unwrap();
+    open.send(store).unwrap();
+    is_ready.await.unwrap();
+    let mut conn = connect(addr).await;
+    assert!(matches!(
+        call(&mut conn, 1, put("k", "v")).await,
+        response::Result::Put(_)
+    ));
+    shutdown.cancel();
+    tokio::time::timeout(DEADLINE, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }

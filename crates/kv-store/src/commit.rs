@@ -42,14 +42,29 @@
 //! write may wait up to `max_delay` longer; under load, syncs are fewer and
 //! larger.
 //!
-//! A failed append is fail-stop: the store records the reason, every write of
-//! that batch and every later one fails with [`Error::Unavailable`], and reads
-//! keep working on the state that was acknowledged.
+//! # When the append fails
+//!
+//! - A full disk (`wal_core::Error::DiskFull`, on a write or on creating a
+//!   segment) is survivable: wal-core wrote nothing of the batch and keeps
+//!   working, so the batch's writes fail with [`Error::DiskFull`], nothing is
+//!   applied, and the next batch is appended as usual (it succeeds once space
+//!   is freed).
+//! - Any other failure of the append (a failed fdatasync or write) is
+//!   fail-stop: the batch's records may or may not have reached the disk, so
+//!   its writes fail with [`Error::OutcomeUnknown`] (never applied, never
+//!   acknowledged), the store records the reason, and every later write
+//!   fails with [`Error::Unavailable`].
+//! - A log already in fail-stop (say a checkpoint's sync failed) refuses the
+//!   append before writing anything: [`Error::Unavailable`], and the store
+//!   records the reason.
+//!
+//! Reads keep working on the state that was acknowledged throughout.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -121,17 +136,18 @@ impl Command {
         }
     }
 
-    fn fail(self, reason: &str) {
+    /// Completes the command with the error `error` makes.
+    fn fail(self, error: impl Fn() -> Error) {
         // A caller that dropped its Pending no longer waits: ignore send errors.
         match self {
             Command::Put { done, .. } => {
-                let _ = done.send(Err(Error::Unavailable(reason.to_string())));
+                let _ = done.send(Err(error()));
             }
             Command::Delete { done, .. } => {
-                let _ = done.send(Err(Error::Unavailable(reason.to_string())));
+                let _ = done.send(Err(error()));
             }
             Command::Close { done } => {
-                let _ = done.send(Err(Error::Unavailable(reason.to_string())));
+                let _ = done.send(Err(error()));
             }
         }
     }
@@ -231,17 +247,75 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Command>, gather: Option<Dur
     }
     // Commands still queued are dropped with the receiver; their Pendings then
     // resolve to Unavailable. Make what was acknowledged durable (it already
-    // is under SyncPolicy::Always; under relaxed policies this is the point).
-    let synced = if shared.failure().is_some() {
-        Ok(())
-    } else {
-        shared.wal.sync().map_err(Error::from)
+    // is under SyncPolicy::Always; under relaxed policies this is the point),
+    // or, if the log has failed, say so: nothing can be made durable then.
+    let synced = match shared.failure() {
+        Some(reason) => Err(Error::LogFailed(reason.to_string())),
+        None => shared.wal.sync().map_err(|e| {
+            tracing::warn!(error = %e, "syncing the log at close failed");
+            Error::from(e)
+        }),
     };
-    if let Err(e) = &synced {
-        tracing::warn!(error = %e, "syncing the log at close failed");
-    }
     if let Some(done) = close {
         let _ = done.send(synced);
+    }
+}
+
+/// How an append failed, and so what its writes are told.
+enum AppendFailure {
+    /// Nothing was written (a full disk): the writes fail, the log goes on.
+    DiskFull(String),
+    /// The log was already in fail-stop (a failed sync elsewhere, such as a
+    /// checkpoint's): nothing of this batch was written.
+    Refused(String),
+    /// The batch's write or fdatasync failed (or the log misbehaved after
+    /// writing): its records may be on disk or not.
+    Unknown(String),
+}
+
+impl AppendFailure {
+    fn of(e: wal_core::Error) -> AppendFailure {
+        match e {
+            wal_core::Error::DiskFull { .. } => AppendFailure::DiskFull(e.to_string()),
+            wal_core::Error::Poisoned { .. } => AppendFailure::Refused(e.to_string()),
+            other => AppendFailure::Unknown(format!("write-ahead log failed: {other}")),
+        }
+    }
+}
+
+/// Fails every command of `batch` as `failure` says; every failure but a
+/// full disk also makes the store refuse all later writes.
+fn fail_batch(shared: &Shared, batch: &mut Vec<Command>, failure: AppendFailure) {
+    match failure {
+        AppendFailure::DiskFull(reason) => {
+            // Logged when the disk fills, not once per batch while it is full.
+            if !shared.disk_full.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    %reason,
+                    "the disk is full: writes fail (nothing of them is written) until space \
+                     is freed; reads go on"
+                );
+            }
+            for cmd in batch.drain(..) {
+                cmd.fail(|| Error::DiskFull(reason.clone()));
+            }
+        }
+        AppendFailure::Refused(reason) => {
+            let reason = shared.set_failure(reason);
+            for cmd in batch.drain(..) {
+                cmd.fail(|| Error::Unavailable(reason.to_string()));
+            }
+        }
+        AppendFailure::Unknown(reason) => {
+            tracing::error!(
+                %reason,
+                "the store refuses all further writes; the failed batch may or may not be on disk"
+            );
+            shared.set_failure(reason.clone());
+            for cmd in batch.drain(..) {
+                cmd.fail(|| Error::OutcomeUnknown(reason.clone()));
+            }
+        }
     }
 }
 
@@ -254,7 +328,7 @@ enum Done {
 fn commit(shared: &Shared, batch: &mut Vec<Command>) {
     if let Some(reason) = shared.failure() {
         for cmd in batch.drain(..) {
-            cmd.fail(reason);
+            cmd.fail(|| Error::Unavailable(reason.to_string()));
         }
         return;
     }
@@ -324,20 +398,21 @@ fn commit(shared: &Shared, batch: &mut Vec<Command>) {
         drop(records);
         let failure = match appended {
             Ok(range) if range == (first..next) => None,
-            Ok(range) => Some(format!(
+            // Written, so perhaps durable, but not where the entries' `seq`
+            // says: a bug, and fail-stop.
+            Ok(range) => Some(AppendFailure::Unknown(format!(
                 "internal error: the log assigned LSNs {range:?}, the store expected {:?}",
                 first..next
-            )),
-            Err(e) => Some(format!("write-ahead log failed: {e}")),
+            ))),
+            Err(e) => Some(AppendFailure::of(e)),
         };
-        if let Some(reason) = failure {
-            tracing::error!(%reason, "the store refuses all further writes");
-            let reason = shared.set_failure(reason);
+        if let Some(failure) = failure {
             drop(commit_guard);
-            for cmd in batch.drain(..) {
-                cmd.fail(reason);
-            }
+            fail_batch(shared, batch, failure);
             return;
+        }
+        if shared.disk_full.swap(false, Ordering::Relaxed) {
+            tracing::info!("the log has room again: writes are being accepted");
         }
     }
 

@@ -31,6 +31,23 @@ pub enum Error {
     /// closed: nothing was written.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The write was in the group whose write or fdatasync failed: it may
+    /// be on disk or not, and a restart may or may not bring it back. It was
+    /// not applied, and the store now refuses writes (fail-stop); later
+    /// writes get [`Error::Unavailable`].
+    #[error("outcome unknown: the write may or may not be durable ({0})")]
+    OutcomeUnknown(String),
+    /// The disk (or quota) is full: the log could not write the batch or
+    /// create a segment. Nothing of the write was written, nothing
+    /// acknowledged is lost, and the store keeps working: writes succeed
+    /// again once space is freed.
+    #[error("the disk is full, nothing was written; writes resume once space is freed ({0})")]
+    DiskFull(String),
+    /// [`KeyValueStore::close`](crate::KeyValueStore::close) on a store
+    /// whose log had failed: writes have been refused since the failure, and
+    /// the close could not make anything durable.
+    #[error("the write-ahead log had failed ({0})")]
+    LogFailed(String),
     /// The write-ahead log failed.
     #[error("write-ahead log: {0}")]
     Wal(#[from] wal_core::Error),

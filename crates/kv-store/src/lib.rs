@@ -70,9 +70,21 @@
 //! and the earlier writes of the same batch, that a delete of a missing key
 //! writes nothing.
 //!
-//! If the log fails (a failed fsync puts wal-core in fail-stop), the batch
-//! and every later write fail with [`Error::Unavailable`], never with a false
-//! success; reads keep serving the acknowledged state.
+//! If the log fails (a failed fsync puts wal-core in fail-stop), the writes
+//! of the failed batch get [`Error::OutcomeUnknown`] (they may be on disk or
+//! not) and every later write [`Error::Unavailable`], never a false success;
+//! reads keep serving the acknowledged state, and
+//! [`KeyValueStore::close`] then reports [`Error::LogFailed`]. A full disk
+//! is not fail-stop: the writes that hit it get [`Error::DiskFull`] (nothing
+//! of them was written) and later writes succeed once space is freed.
+//!
+//! # Recovery modes
+//!
+//! [`StoreOptions::wal`]'s `recovery_mode` ([`RecoveryMode`]: absolute,
+//! strict by default, tolerant) says what opening the log may cut; a log
+//! that needs more is refused with [`Error::Wal`] wrapping
+//! `wal_core::Error::Corrupt`, which names the segment, the offset and the
+//! least tolerant mode that would cut there.
 //!
 //! # Memory
 //!
@@ -136,7 +148,7 @@ pub use commit::Pending;
 pub use error::{Error, Result};
 pub use options::StoreOptions;
 pub use store::{KEY_LISTING_OVERHEAD, KeyValueStore};
-pub use wal_core::{Lsn, SyncPolicy, Vfs, WalOptions};
+pub use wal_core::{Lsn, RecoveryMode, SyncPolicy, Vfs, WalOptions};
 
 /// What recovery did at open.
 #[derive(Debug, Clone, Default)]

@@ -63,6 +63,9 @@ pub(crate) struct Shared {
     pub(crate) snapshots_taken: AtomicU64,
     /// Set once, when the log fails: the store is then read-only for good.
     failure: OnceLock<String>,
+    /// The last append failed for a full disk (so that the commit thread
+    /// logs when the disk fills and when it has room again, not per batch).
+    pub(crate) disk_full: AtomicBool,
     /// Set by `close`: later writes are refused.
     closed: AtomicBool,
 }
@@ -188,6 +191,7 @@ impl KeyValueStore {
             auto_checkpoint: Mutex::new(AutoCheckpoint::default()),
             snapshots_taken: AtomicU64::new(0),
             failure: OnceLock::new(),
+            disk_full: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel();
@@ -349,10 +353,25 @@ impl KeyValueStore {
         }
     }
 
+    /// Why the store refuses writes for good, if its log has failed
+    /// (fail-stop after a failed write or fdatasync): the first failure's
+    /// reason. `None` while the log works, a full disk included (that is
+    /// not fail-stop).
+    pub fn failure(&self) -> Option<&str> {
+        self.inner.shared.failure()
+    }
+
     /// Stops accepting writes, lets every write submitted before it commit,
     /// and makes every acknowledged write durable (the point of calling it
     /// under a relaxed sync policy). Reads keep working. Later writes fail
     /// with [`Error::Unavailable`]. Blocking.
+    ///
+    /// Fails with [`Error::LogFailed`] if the log had failed (see
+    /// [`KeyValueStore::failure`]): then nothing could be synced, and under
+    /// a relaxed sync policy writes acknowledged since the last successful
+    /// sync may not be durable. With a failed sync of the log, the kernel's
+    /// page cache may also hold log data that never reached the disk; see
+    /// the README on what to do then.
     pub fn close(&self) -> Result<()> {
         let shared = &self.inner.shared;
         shared.closed.store(true, Ordering::Release);
@@ -363,8 +382,8 @@ impl KeyValueStore {
             return result;
         }
         // The commit thread has already stopped (an earlier close): sync here.
-        if shared.failure().is_some() {
-            return Ok(());
+        if let Some(reason) = shared.failure() {
+            return Err(Error::LogFailed(reason.to_string()));
         }
         shared.wal.sync().map_err(Error::from)
     }

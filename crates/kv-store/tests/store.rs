@@ -665,18 +665,104 @@ fn group_commit_commits_max_delay_after_the_first_write() {
     assert_eq!(fs.op_count(Op::Write) - writes, 2, "log writes");
 }
 
+/// The writes of the group whose fdatasync failed may be on disk or not:
+/// each gets OutcomeUnknown, never a success and never a plain refusal.
+/// From then on the store is fail-stop: later writes are refused outright
+/// (Unavailable), reads serve what was acknowledged, and close says the log
+/// had failed.
 #[test]
-fn a_failed_sync_makes_the_store_refuse_writes_but_keep_reading() {
+fn the_group_whose_sync_failed_gets_outcome_unknown_and_later_writes_unavailable() {
     let fs = SimFs::new();
-    let store = KeyValueStore::open_with_vfs("/db", options(), fs.shared()).unwrap();
+    // A window long enough that the three writes below, submitted at once,
+    // form one group.
+    let store =
+        KeyValueStore::open_with_vfs("/db", group_commit(Duration::from_millis(300)), fs.shared())
+            .unwrap();
     store.put(b"a", b"1").unwrap();
     fs.fail_nth(Op::SyncData, 0, std::io::ErrorKind::Other);
-    assert!(matches!(store.put(b"b", b"2"), Err(Error::Unavailable(_))));
-    assert!(matches!(store.put(b"c", b"3"), Err(Error::Unavailable(_))));
+    let (b, c, a) = (
+        store.submit_put(b"b", b"2").unwrap(),
+        store.submit_put(b"c", b"3").unwrap(),
+        store.submit_delete(b"a").unwrap(),
+    );
+    let group = [
+        b.wait().map(|_| ()),
+        c.wait().map(|_| ()),
+        a.wait().map(|_| ()),
+    ];
+    for outcome in group {
+        assert!(
+            matches!(outcome, Err(Error::OutcomeUnknown(_))),
+            "{outcome:?}"
+        );
+    }
+    assert!(store.failure().is_some());
+    // Syncs would work again; the store still refuses: a retried fsync
+    // could claim pages the kernel already dropped.
+    fs.clear_faults();
+    assert!(matches!(store.put(b"d", b"4"), Err(Error::Unavailable(_))));
     assert!(matches!(store.delete(b"a"), Err(Error::Unavailable(_))));
+    // Nothing of the failed group was applied.
     assert_eq!(store.get(b"a").as_deref(), Some(&b"1"[..]));
     assert_eq!(store.get(b"b"), None);
     assert_eq!(store.stats().last_lsn, 1);
+    assert!(matches!(store.close(), Err(Error::LogFailed(_))));
+}
+
+/// A full disk is not fail-stop: the writes that hit it fail with DiskFull
+/// (nothing of them written), the store keeps serving, and writes succeed
+/// again once space is freed. What was acknowledged survives a crash; what
+/// failed is not there.
+#[test]
+fn a_full_disk_fails_writes_without_stopping_the_store() {
+    let fs = SimFs::new();
+    let store = KeyValueStore::open_with_vfs("/db", options(), fs.shared()).unwrap();
+    // The active 4 KiB segment is reserved already: writes into it need no
+    // new space; the rotation to the next one does.
+    fs.set_space_budget(Some(0));
+    let value = [7u8; 1000];
+    let mut acknowledged = Vec::new();
+    let full = loop {
+        let key = format!("k{}", acknowledged.len());
+        match store.put(key.as_bytes(), &value) {
+            Ok(_) => acknowledged.push(key),
+            Err(e) => break (key, e),
+        }
+        assert!(acknowledged.len() < 100, "the disk never filled");
+    };
+    assert!(matches!(full.1, Error::DiskFull(_)), "{:?}", full.1);
+    assert!(!acknowledged.is_empty());
+    // Still full: still refused, and still not fail-stop.
+    assert!(matches!(
+        store.put(b"still-full", &value),
+        Err(Error::DiskFull(_))
+    ));
+    assert_eq!(store.failure(), None);
+    assert_eq!(store.get(full.0.as_bytes()), None);
+    assert_eq!(
+        store.get(acknowledged[0].as_bytes()).as_deref(),
+        Some(&value[..])
+    );
+
+    fs.set_space_budget(None);
+    let after = store.put(b"after", b"space").unwrap();
+    assert_eq!(store.stats().last_lsn, after);
+    assert_eq!(after, acknowledged.len() as u64 + 1, "LSNs stay dense");
+    store.close().unwrap();
+
+    let crashed = fs.crash();
+    drop(store);
+    let store = KeyValueStore::open_with_vfs("/db", options(), crashed.shared()).unwrap();
+    for key in &acknowledged {
+        assert_eq!(
+            store.get(key.as_bytes()).as_deref(),
+            Some(&value[..]),
+            "{key}"
+        );
+    }
+    assert_eq!(store.get(b"after").as_deref(), Some(&b"space"[..]));
+    assert_eq!(store.get(full.0.as_bytes()), None);
+    assert_eq!(store.get(b"still-full"), None);
 }
 
 #[test]

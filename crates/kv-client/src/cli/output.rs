@@ -4,15 +4,22 @@ use std::io::{self, Write};
 use std::process::ExitCode;
 
 use kv_client::ClientError;
+use kv_client::kv_proto::ErrorCode;
 
 /// Why a command did not succeed, and so which exit code it gets.
 #[derive(Debug)]
 pub enum Failure {
     /// The key does not exist (get, delete): exit 1.
     NotFound(String),
+    /// A write whose outcome is unknown (the server answered
+    /// OUTCOME_UNKNOWN: it may or may not have taken effect): exit 3.
+    OutcomeUnknown(String),
     /// Anything else: exit 2.
     Error(String),
 }
+
+/// Exit status of a write whose outcome is unknown.
+pub const EXIT_OUTCOME_UNKNOWN: u8 = 3;
 
 impl Failure {
     /// Prints the one line on stderr and returns the exit code.
@@ -21,6 +28,10 @@ impl Failure {
             Failure::NotFound(message) => {
                 eprintln!("kv-client: {message}");
                 ExitCode::from(1)
+            }
+            Failure::OutcomeUnknown(message) => {
+                eprintln!("kv-client: {message}");
+                ExitCode::from(EXIT_OUTCOME_UNKNOWN)
             }
             Failure::Error(message) => {
                 eprintln!("kv-client: {message}");
@@ -37,7 +48,16 @@ pub fn not_found(key: &[u8]) -> Failure {
 
 /// The failure for a client error talking to `addr`.
 pub fn client_failure(addr: &str, err: &ClientError) -> Failure {
-    Failure::Error(describe(addr, err))
+    match err {
+        ClientError::Server {
+            code: ErrorCode::OutcomeUnknown,
+            message,
+        } => Failure::OutcomeUnknown(format!(
+            "the write may or may not have taken effect (OUTCOME_UNKNOWN): {message}; read the \
+             key back once the server has recovered"
+        )),
+        _ => Failure::Error(describe(addr, err)),
+    }
 }
 
 /// One line saying what went wrong, in the user's terms: the address as
