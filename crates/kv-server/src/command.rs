@@ -21,11 +21,34 @@ use kv_proto::{
 };
 use kv_store::{KeyValueStore, Lsn, Pending};
 
+use crate::cluster::{ClusterBackend, ClusterReply};
+
+/// What the server serves: one node's store, or a cluster member.
+#[derive(Debug)]
+pub enum Backend {
+    /// A single node: the store and its own write-ahead log.
+    Single(KeyValueStore),
+    /// A member of a replicated cluster.
+    Cluster(ClusterBackend),
+}
+
+impl From<KeyValueStore> for Backend {
+    fn from(store: KeyValueStore) -> Backend {
+        Backend::Single(store)
+    }
+}
+
+impl From<ClusterBackend> for Backend {
+    fn from(cluster: ClusterBackend) -> Backend {
+        Backend::Cluster(cluster)
+    }
+}
+
 /// What every connection of one server shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    /// The store every request goes to.
-    pub(crate) store: KeyValueStore,
+    /// What every request goes to.
+    pub(crate) backend: Backend,
     /// Set once the first write failed because the log is unusable, so that
     /// the failure is logged once at ERROR instead of once per request.
     write_failure_logged: AtomicBool,
@@ -40,9 +63,9 @@ pub(crate) struct Shared {
 const KEYS_RESPONSE_OVERHEAD: usize = 64;
 
 impl Shared {
-    pub(crate) fn new(store: KeyValueStore, max_frame: usize) -> Arc<Self> {
+    pub(crate) fn new(backend: Backend, max_frame: usize) -> Arc<Self> {
         Arc::new(Shared {
-            store,
+            backend,
             write_failure_logged: AtomicBool::new(false),
             keys_budget: max_frame.saturating_sub(KEYS_RESPONSE_OVERHEAD),
         })
@@ -52,8 +75,11 @@ impl Shared {
     /// ERROR, everything else at debug: a full disk is logged by the store
     /// when it fills, and a closed store is the shutdown, not a failure.
     fn note_write_failure(&self, err: &kv_store::Error) {
-        if self.store.failure().is_none() || self.write_failure_logged.swap(true, Ordering::Relaxed)
-        {
+        let failed = match &self.backend {
+            Backend::Single(store) => store.failure().is_some(),
+            Backend::Cluster(_) => false,
+        };
+        if !failed || self.write_failure_logged.swap(true, Ordering::Relaxed) {
             tracing::debug!(error = %err, "write failed");
         } else {
             tracing::error!(
@@ -85,6 +111,8 @@ pub(crate) enum Reply {
     Keys { id: u64, prefix: Bytes, limit: u32 },
     /// A checkpoint, started when its turn comes.
     Checkpoint { id: u64 },
+    /// A request on a cluster member.
+    Cluster(ClusterReply),
 }
 
 impl Reply {
@@ -94,12 +122,21 @@ impl Reply {
         let Some(command) = request.command else {
             return Reply::error(id, ErrorCode::InvalidRequest, "request has no command");
         };
+        let store = match &shared.backend {
+            Backend::Single(store) => store,
+            Backend::Cluster(cluster) => {
+                return match crate::cluster::start(id, command, cluster) {
+                    Ok(reply) => Reply::Cluster(reply),
+                    Err(response) => Reply::Ready(response),
+                };
+            }
+        };
         match command {
-            Command::Put(put) => match shared.store.submit_put(&put.key, &put.value) {
+            Command::Put(put) => match store.submit_put(&put.key, &put.value) {
                 Ok(pending) => Reply::Put { id, pending },
                 Err(err) => Reply::Ready(store_error(id, &err, shared)),
             },
-            Command::Delete(delete) => match shared.store.submit_delete(&delete.key) {
+            Command::Delete(delete) => match store.submit_delete(&delete.key) {
                 Ok(pending) => Reply::Delete { id, pending },
                 Err(err) => Reply::Ready(store_error(id, &err, shared)),
             },
@@ -120,8 +157,29 @@ impl Reply {
 
     /// Waits for the outcome and turns it into the response.
     pub(crate) async fn resolve(self, shared: &Shared) -> Response {
-        let (id, result) = match self {
+        let (store, reply) = match (&shared.backend, self) {
+            (_, Reply::Ready(response)) => return response,
+            (Backend::Cluster(cluster), Reply::Cluster(reply)) => {
+                return reply.resolve(cluster, shared.keys_budget).await;
+            }
+            (Backend::Single(store), reply) => (store, reply),
+            (Backend::Cluster(_), _) => {
+                return error_response(
+                    0,
+                    ErrorCode::Internal,
+                    "internal error: a single-node reply on a cluster member",
+                );
+            }
+        };
+        let (id, result) = match reply {
             Reply::Ready(response) => return response,
+            Reply::Cluster(_) => {
+                return error_response(
+                    0,
+                    ErrorCode::Internal,
+                    "internal error: a cluster reply on a single node",
+                );
+            }
             Reply::Put { id, pending } => match pending.await {
                 Ok(seq) => (id, response::Result::Put(PutResponse { seq })),
                 Err(err) => return store_error(id, &err, shared),
@@ -137,7 +195,7 @@ impl Reply {
                 Err(err) => return store_error(id, &err, shared),
             },
             Reply::Get { id, key } => {
-                let value = shared.store.get(&key);
+                let value = store.get(&key);
                 (
                     id,
                     response::Result::Get(GetResponse {
@@ -147,7 +205,7 @@ impl Reply {
                 )
             }
             Reply::Keys { id, prefix, limit } => {
-                let page = shared.store.keys_within(
+                let page = store.keys_within(
                     &prefix,
                     usize::try_from(limit).unwrap_or(usize::MAX),
                     shared.keys_budget,
@@ -163,7 +221,7 @@ impl Reply {
             Reply::Checkpoint { id } => {
                 // A checkpoint writes and syncs a whole snapshot: run it where
                 // blocking is allowed, never on a runtime worker.
-                let store = shared.store.clone();
+                let store = store.clone();
                 match tokio::task::spawn_blocking(move || store.checkpoint()).await {
                     Ok(Ok(seq)) => (id, response::Result::Checkpoint(CheckpointResponse { seq })),
                     Ok(Err(err)) => return store_error(id, &err, shared),

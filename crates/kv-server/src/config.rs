@@ -200,6 +200,59 @@ pub struct Args {
     #[arg(long, env = "KV_WORKER_THREADS", value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=MAX_WORKER_THREADS as i64))]
     pub worker_threads: Option<u32>,
+
+    /// Run as member NODE_ID of a replicated cluster (Raft). Without it the
+    /// server is a single node. Needs --initial-cluster, which must list
+    /// this id.
+    #[arg(long, env = "KV_NODE_ID", value_name = "NODE_ID", help_heading = "Cluster",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub node_id: Option<u64>,
+
+    /// Where this member listens for its peers (Raft messages). Default:
+    /// its PEER_ADDR in --initial-cluster.
+    #[arg(
+        long,
+        env = "KV_PEER_ADDR",
+        value_name = "HOST:PORT",
+        help_heading = "Cluster"
+    )]
+    pub peer_addr: Option<String>,
+
+    /// Every member of the cluster, as ID=CLIENT_ADDR/PEER_ADDR separated
+    /// by commas. Started with the same list, the members form the cluster
+    /// with no further step; a restarted member rejoins from its data
+    /// directory. Clients are told a leader's CLIENT_ADDR.
+    #[arg(
+        long,
+        env = "KV_INITIAL_CLUSTER",
+        value_name = "MEMBERS",
+        help_heading = "Cluster"
+    )]
+    pub initial_cluster: Option<String>,
+
+    /// A file holding the secret peers share (read at start; never give the
+    /// secret itself on the command line). Required unless every peer
+    /// address is on loopback.
+    #[arg(
+        long,
+        env = "KV_PEER_SECRET_FILE",
+        value_name = "FILE",
+        help_heading = "Cluster"
+    )]
+    pub peer_secret_file: Option<PathBuf>,
+
+    /// A follower that hears no leader for this long (randomised up to
+    /// twice it) starts an election. With the default, a new leader serves
+    /// writes well within a second of the old one's death.
+    #[arg(long, env = "KV_ELECTION_TIMEOUT_MS", default_value_t = 300, help_heading = "Cluster",
+          value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    pub election_timeout_ms: u64,
+
+    /// How often the leader sends heartbeats; must be well under
+    /// --election-timeout-ms.
+    #[arg(long, env = "KV_HEARTBEAT_MS", default_value_t = 100, help_heading = "Cluster",
+          value_parser = clap::value_parser!(u64).range(10..=20_000))]
+    pub heartbeat_ms: u64,
 }
 
 /// `--sync-policy` values.
@@ -285,6 +338,72 @@ impl Args {
             },
             SyncPolicyArg::Never => SyncPolicy::Never,
         }
+    }
+
+    /// The cluster configuration, if `--node-id` was given: the flags
+    /// checked together (one line saying what is wrong, for a usage error).
+    pub fn cluster_config(&self) -> Result<Option<kv_cluster::ClusterConfig>, String> {
+        let Some(node_id) = self.node_id else {
+            if self.initial_cluster.is_some() || self.peer_addr.is_some() {
+                return Err("--initial-cluster and --peer-addr need --node-id".to_string());
+            }
+            return Ok(None);
+        };
+        let spec = self
+            .initial_cluster
+            .as_deref()
+            .ok_or("--node-id needs --initial-cluster")?;
+        let members = kv_cluster::parse_initial_cluster(spec)
+            .map_err(|e| format!("--initial-cluster: {e}"))?;
+        if !members.contains_key(&node_id) {
+            return Err(format!(
+                "--initial-cluster does not list --node-id {node_id}"
+            ));
+        }
+        if self.heartbeat_ms * 2 >= self.election_timeout_ms {
+            return Err(format!(
+                "--heartbeat-ms {} must be under half of --election-timeout-ms {}",
+                self.heartbeat_ms, self.election_timeout_ms
+            ));
+        }
+        let mut config = kv_cluster::ClusterConfig::new(node_id, members, self.data_dir.clone());
+        config.election_timeout = (
+            Duration::from_millis(self.election_timeout_ms),
+            Duration::from_millis(self.election_timeout_ms * 2),
+        );
+        config.heartbeat = Duration::from_millis(self.heartbeat_ms);
+        // A peer frame carries up to 64 entries of the largest put.
+        let largest_put = self.max_key_size as usize + self.max_value_size as usize + 256;
+        config.max_frame = largest_put.saturating_mul(64).max(self.max_frame as usize);
+        if let Some(path) = &self.peer_secret_file {
+            let secret = std::fs::read(path)
+                .map_err(|e| format!("cannot read --peer-secret-file {}: {e}", path.display()))?;
+            let secret = secret.trim_ascii().to_vec();
+            if secret.is_empty() {
+                return Err(format!("--peer-secret-file {} is empty", path.display()));
+            }
+            config.secret = secret;
+        } else if !config
+            .members
+            .values()
+            .all(|m| is_loopback_addr(&m.peer_addr))
+        {
+            return Err(
+                "peers beyond loopback need a shared secret: give --peer-secret-file".to_string(),
+            );
+        }
+        Ok(Some(config))
+    }
+
+    /// Where this member listens for peers.
+    pub fn peer_listen_addr(&self, config: &kv_cluster::ClusterConfig) -> String {
+        self.peer_addr.clone().unwrap_or_else(|| {
+            config
+                .members
+                .get(&config.node_id)
+                .map(|m| m.peer_addr.clone())
+                .unwrap_or_default()
+        })
     }
 
     /// Options for [`kv_store::KeyValueStore::open`].
@@ -429,6 +548,17 @@ pub fn parse_timeout(s: &str) -> Result<Duration, String> {
 
 fn too_long(s: &str) -> String {
     format!("duration `{s}` is too long: at most one day (86400s, 1440m)")
+}
+
+/// Whether `addr` (HOST:PORT) names a loopback address, without a lookup:
+/// `localhost`, or a literal loopback IP.
+fn is_loopback_addr(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -659,5 +789,61 @@ mod tests {
     #[test]
     fn zero_connections_is_a_usage_error() {
         assert!(Args::try_parse_from(["kv-server", "--max-connections", "0"]).is_err());
+    }
+
+    #[test]
+    fn cluster_flags_are_checked_together() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["kv-server"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv).unwrap().cluster_config()
+        };
+        assert!(parse(&[]).unwrap().is_none());
+        let spec = "1=127.0.0.1:7001/127.0.0.1:7101,2=127.0.0.1:7002/127.0.0.1:7102";
+        let config = parse(&["--node-id", "2", "--initial-cluster", spec])
+            .unwrap()
+            .unwrap();
+        assert_eq!(config.node_id, 2);
+        assert_eq!(config.members.len(), 2);
+        for (extra, says) in [
+            (vec!["--node-id", "1"], "needs --initial-cluster"),
+            (vec!["--initial-cluster", spec], "need --node-id"),
+            (
+                vec!["--node-id", "3", "--initial-cluster", spec],
+                "does not list",
+            ),
+            (
+                vec![
+                    "--node-id",
+                    "1",
+                    "--initial-cluster",
+                    "1=10.0.0.1:1/10.0.0.1:2",
+                ],
+                "shared secret",
+            ),
+            (
+                vec![
+                    "--node-id",
+                    "1",
+                    "--initial-cluster",
+                    spec,
+                    "--heartbeat-ms",
+                    "200",
+                ],
+                "under half",
+            ),
+        ] {
+            let e = parse(&extra).unwrap_err();
+            assert!(e.contains(says), "{extra:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn loopback_addresses_are_told_apart() {
+        assert!(is_loopback_addr("127.0.0.1:1"));
+        assert!(is_loopback_addr("[::1]:1"));
+        assert!(is_loopback_addr("localhost:1"));
+        assert!(!is_loopback_addr("10.0.0.1:1"));
+        assert!(!is_loopback_addr("example.com:1"));
     }
 }

@@ -32,11 +32,14 @@
 
 #![warn(missing_docs)]
 
+mod cluster;
 mod command;
 pub mod config;
 mod connection;
 mod server;
 
+pub use cluster::ClusterBackend;
+pub use command::Backend;
 pub use config::{Args, ServerConfig};
 pub use server::{refuse_until_ready, run};
 

@@ -16,6 +16,12 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     // Usage errors exit 2 inside clap.
     let args = Args::parse();
+    // The cluster flags are checked together; a bad combination is a usage
+    // error, like a bad flag.
+    if let Err(e) = args.cluster_config() {
+        eprintln!("kv-server: error: {e}");
+        return ExitCode::from(kv_server::config::EXIT_USAGE);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -79,6 +85,11 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .local_addr()
         .context("cannot read the bound address")?;
 
+    let cluster = args.cluster_config().map_err(anyhow::Error::msg)?;
+    if let Some(config) = cluster {
+        return serve_cluster(args, config, listener, addr).await;
+    }
+
     let data_dir = args.data_dir.clone();
     tracing::info!(
         data_dir = %data_dir.display(),
@@ -115,6 +126,47 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     // mean that the server is ready.
     tracing::info!("ready: listening on {addr}");
     run(listener, store, args.server_config(), shutdown).await?;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+/// Serves as a member of a cluster: binds the peer address, opens the Raft
+/// state under `<data-dir>/raft` and joins (or forms) the cluster, answering
+/// clients UNAVAILABLE until then.
+async fn serve_cluster(
+    args: Args,
+    config: kv_cluster::ClusterConfig,
+    listener: tokio::net::TcpListener,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    let peer_addr = args.peer_listen_addr(&config);
+    let peers = tokio::net::TcpListener::bind(peer_addr.as_str())
+        .await
+        .with_context(|| format!("cannot listen for peers on {peer_addr}"))?;
+    let node_id = config.node_id;
+    tracing::info!(
+        node = node_id,
+        members = config.members.len(),
+        data_dir = %config.data_dir.display(),
+        %peer_addr,
+        "joining the cluster; until then, clients get UNAVAILABLE"
+    );
+    let node = refuse_until_ready(&listener, kv_cluster::ClusterNode::start(config, peers))
+        .await
+        .context("cannot start the cluster member")?;
+    let node = std::sync::Arc::new(node);
+    let backend = kv_server::ClusterBackend {
+        node: std::sync::Arc::clone(&node),
+        max_key_size: args.max_key_size as usize,
+        max_value_size: args.max_value_size as usize,
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    tracing::info!("ready: listening on {addr} (cluster member {node_id}, peers on {peer_addr})");
+    run(listener, backend, args.server_config(), shutdown).await?;
+    if let Ok(node) = std::sync::Arc::try_unwrap(node) {
+        node.shutdown().await;
+    }
     tracing::info!("shut down cleanly");
     Ok(())
 }

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use kv_proto::{ErrorCode, Response, ServerCodec};
-use kv_store::KeyValueStore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -26,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::Error;
-use crate::command::{Reply, Shared};
+use crate::command::{Backend, Reply, Shared};
 use crate::config::ServerConfig;
 use crate::connection::{FLUSH_THRESHOLD, FrameReader, FrameWriter, ReadError};
 
@@ -52,11 +51,11 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// one.
 pub async fn run(
     listener: TcpListener,
-    store: KeyValueStore,
+    backend: impl Into<Backend>,
     config: ServerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let shared = Shared::new(store, config.max_frame);
+    let shared = Shared::new(backend.into(), config.max_frame);
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let connections = TaskTracker::new();
@@ -119,7 +118,18 @@ pub async fn run(
         );
     }
 
-    let store = shared.store.clone();
+    let store = match &shared.backend {
+        Backend::Single(store) => store.clone(),
+        Backend::Cluster(cluster) => {
+            // The Raft log is durable entry by entry: nothing to flush.
+            tracing::info!(
+                node = cluster.node.node_id(),
+                "cluster member stopped serving; every acknowledged write was committed by a \
+                 majority"
+            );
+            return Ok(());
+        }
+    };
     let closed = tokio::task::spawn_blocking(move || store.close())
         .await
         .map_err(|join| Error::Io(io::Error::other(format!("store close task failed: {join}"))))?;

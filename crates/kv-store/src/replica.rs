@@ -119,16 +119,31 @@ impl Replica {
     }
 
     /// Keys starting with `prefix`, ascending, at most `limit` (0: no
-    /// limit); whether more matched.
-    pub fn keys(&self, prefix: &[u8], limit: usize) -> (Vec<Vec<u8>>, bool) {
+    /// limit) and at most `max_bytes` of listing (as
+    /// [`crate::KeyValueStore::keys_within`] counts it); whether more
+    /// matched.
+    pub fn keys_within(
+        &self,
+        prefix: &[u8],
+        limit: usize,
+        max_bytes: usize,
+    ) -> (Vec<Vec<u8>>, bool) {
+        let limit = if limit == 0 { usize::MAX } else { limit };
         let mut keys = Vec::new();
-        for entry in self.state.range_from(prefix, false) {
-            if !entry.key().starts_with(prefix) {
-                break;
-            }
-            if limit != 0 && keys.len() == limit {
+        let mut bytes = 0usize;
+        for entry in self
+            .state
+            .range_from(prefix, false)
+            .take_while(|e| e.key().starts_with(prefix))
+        {
+            let cost = entry
+                .key()
+                .len()
+                .saturating_add(crate::store::KEY_LISTING_OVERHEAD);
+            if keys.len() == limit || bytes.saturating_add(cost) > max_bytes {
                 return (keys, true);
             }
+            bytes += cost;
             keys.push(entry.key().to_vec());
         }
         (keys, false)
@@ -178,7 +193,10 @@ mod tests {
         assert!(r.apply(9, b"\xff\xff").is_err());
         assert_eq!(r.get(b"a"), Some(b"2".to_vec()));
         assert_eq!(r.get(b"b"), None);
-        assert_eq!(r.keys(b"", 0), (vec![b"a".to_vec()], false));
+        assert_eq!(
+            r.keys_within(b"", 0, usize::MAX),
+            (vec![b"a".to_vec()], false)
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("snap");
