@@ -34,7 +34,12 @@ pub struct ClusterConfig {
     /// A follower that hears no leader for a random time in this range
     /// starts an election.
     pub election_timeout: (Duration, Duration),
-    /// How often the leader sends heartbeats.
+    /// How often the leader sends heartbeats. openraft 0.9 also gives
+    /// every append (and every read-index round) this long to be answered,
+    /// so it must exceed the peer round trip, a follower's fdatasync
+    /// included: with a 100 ms round trip and the 100 ms default, no append
+    /// is ever answered in time and nothing commits
+    /// (`tests/partitions.rs`). The default suits peers on one network.
     pub heartbeat: Duration,
     /// The largest peer frame.
     pub max_frame: usize,

@@ -248,8 +248,10 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(50..=60_000))]
     pub election_timeout_ms: u64,
 
-    /// How often the leader sends heartbeats; must be well under
-    /// --election-timeout-ms.
+    /// How often the leader sends heartbeats; under half of
+    /// --election-timeout-ms. It is also how long a peer has to answer an
+    /// append (openraft), so it must exceed the round trip between peers,
+    /// a follower's fdatasync included.
     #[arg(long, env = "KV_HEARTBEAT_MS", default_value_t = 100, help_heading = "Cluster",
           value_parser = clap::value_parser!(u64).range(10..=20_000))]
     pub heartbeat_ms: u64,
