@@ -37,7 +37,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 ///
 /// On cancellation it stops accepting, stops reading new requests, answers
 /// every request already read (writes included: they complete and are
-/// acknowledged), then closes the store ([`KeyValueStore::close`], which
+/// acknowledged), then closes the store ([`kv_store::KeyValueStore::close`], which
 /// makes every acknowledged write durable) and returns. If the store's log
 /// had failed, it returns [`Error::LogFailed`]: the shutdown was not clean. Connections still
 /// busy after `config.shutdown_grace` (a client not reading its answers)

@@ -4,7 +4,7 @@
 //! In a cluster the log is the Raft log (kept by kv-cluster on wal-core),
 //! not the store's own WAL, so the commit pipeline of [`crate::KeyValueStore`]
 //! is not used: a [`Replica`] is the same ordered map, changed by the same
-//! [`State::apply`] as the single node's commit thread and replay, and
+//! `State::apply` as the single node's commit thread and replay, and
 //! snapshotted into the same snapshot file format. Commands are the store's
 //! own log records ([`encode_put`], [`encode_delete`]); the position they
 //! are applied at (the Raft index) becomes each key's version.
