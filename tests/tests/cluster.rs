@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use e2e::ServerProcess;
 use kv_client::{Client, ClientError};
-use kv_proto::ErrorCode;
+use kv_proto::{ClusterStatusRequest, ErrorCode, request, response};
 
 /// Ports that were free a moment ago (bound, then released).
 fn free_addrs(n: usize) -> Vec<String> {
@@ -125,6 +125,24 @@ async fn leader_kill9_under_load_loses_no_acknowledged_write() {
         other => panic!("a follower took a write: {other:?}"),
     }
     drop(probe);
+
+    // Every member's view: one leader, the same one, three members.
+    let mut leaders = Vec::new();
+    for m in cluster.members.values() {
+        let c = Client::connect(m.client.as_str()).await.unwrap();
+        let answer = c
+            .call(request::Command::ClusterStatus(ClusterStatusRequest {}))
+            .await
+            .unwrap();
+        let response::Result::ClusterStatus(s) = answer else {
+            panic!("not a status: {answer:?}");
+        };
+        assert_eq!(s.members.len(), 3, "{s:?}");
+        assert_eq!(s.leader_id, first_leader, "{s:?}");
+        assert!(s.has_log && s.applied_index > 0, "{s:?}");
+        leaders.push(s.role == "leader");
+    }
+    assert_eq!(leaders.iter().filter(|l| **l).count(), 1, "{leaders:?}");
 
     let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
     for round in 0..2 {

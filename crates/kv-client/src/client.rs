@@ -268,6 +268,7 @@ fn unexpected(command: &str, result: &response::Result) -> ClientError {
         response::Result::Delete(_) => "delete",
         response::Result::Keys(_) => "keys",
         response::Result::Checkpoint(_) => "checkpoint",
+        response::Result::ClusterStatus(_) => "cluster status",
     };
     ClientError::Protocol(format!("{command} request answered with a {kind} result"))
 }

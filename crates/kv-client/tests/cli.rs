@@ -101,6 +101,8 @@ fn apply(
         request::Command::Checkpoint(_) => response::Result::Checkpoint(CheckpointResponse {
             seq: *seq.lock().unwrap(),
         }),
+        // The fake is a single node.
+        request::Command::ClusterStatus(_) => return None,
     })
 }
 

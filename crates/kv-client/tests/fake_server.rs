@@ -76,6 +76,9 @@ fn answer(request: &Request) -> Response {
         Some(request::Command::Checkpoint(_)) => {
             response::Result::Checkpoint(CheckpointResponse { seq: 99 })
         }
+        Some(request::Command::ClusterStatus(_)) => {
+            return Response::error(request.id, ErrorCode::InvalidRequest, "a single node");
+        }
         None => {
             return Response::error(request.id, ErrorCode::InvalidRequest, "no command");
         }

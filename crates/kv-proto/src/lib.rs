@@ -83,6 +83,7 @@ impl request::Command {
             request::Command::Delete(_) => "delete",
             request::Command::Keys(_) => "keys",
             request::Command::Checkpoint(_) => "checkpoint",
+            request::Command::ClusterStatus(_) => "cluster_status",
         }
     }
 }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use kv_cluster::{ClusterNode, CommandResult, PendingWrite, RequestError};
 use kv_proto::{
-    CheckpointResponse, DeleteResponse, ErrorCode, GetResponse, KeysResponse, PutResponse,
-    Response, request::Command, response,
+    CheckpointResponse, ClusterMember, ClusterStatusResponse, DeleteResponse, ErrorCode,
+    GetResponse, KeysResponse, PutResponse, Response, request::Command, response,
 };
 use kv_store::replica::{encode_delete, encode_put};
 
@@ -36,6 +36,7 @@ pub(crate) enum ClusterReply {
     Get { id: u64, key: Bytes },
     Keys { id: u64, prefix: Bytes, limit: u32 },
     Checkpoint { id: u64 },
+    Status { id: u64 },
 }
 
 /// Starts answering `command`: checks it, submits writes now.
@@ -101,6 +102,7 @@ pub(crate) fn start(
             limit: keys.limit,
         },
         Command::Checkpoint(_) => ClusterReply::Checkpoint { id },
+        Command::ClusterStatus(_) => ClusterReply::Status { id },
     })
 }
 
@@ -190,6 +192,30 @@ impl ClusterReply {
                 ),
                 Err(e) => request_error(id, e, false),
             },
+            ClusterReply::Status { id } => {
+                let s = node.status();
+                Response::new(
+                    id,
+                    response::Result::ClusterStatus(ClusterStatusResponse {
+                        node_id: s.node_id,
+                        role: s.role.to_string(),
+                        term: s.term,
+                        leader_id: s.leader.unwrap_or(0),
+                        last_log_index: s.last_log_index.unwrap_or(0),
+                        applied_index: s.applied_index.unwrap_or(0),
+                        has_log: s.last_log_index.is_some(),
+                        members: s
+                            .members
+                            .into_iter()
+                            .map(|(node_id, n)| ClusterMember {
+                                node_id,
+                                client_addr: n.client_addr,
+                                peer_addr: n.peer_addr,
+                            })
+                            .collect(),
+                    }),
+                )
+            }
         }
     }
 }

@@ -147,6 +147,11 @@ impl Reply {
                 limit: keys.limit,
             },
             Command::Checkpoint(_) => Reply::Checkpoint { id },
+            Command::ClusterStatus(_) => Reply::error(
+                id,
+                ErrorCode::InvalidRequest,
+                "this server is a single node, not a cluster member",
+            ),
         }
     }
 
