@@ -102,7 +102,9 @@ fn apply(
             seq: *seq.lock().unwrap(),
         }),
         // The fake is a single node.
-        request::Command::ClusterStatus(_) => return None,
+        request::Command::ClusterStatus(_)
+        | request::Command::ClusterAdd(_)
+        | request::Command::ClusterRemove(_) => return None,
     })
 }
 

@@ -76,7 +76,11 @@ fn answer(request: &Request) -> Response {
         Some(request::Command::Checkpoint(_)) => {
             response::Result::Checkpoint(CheckpointResponse { seq: 99 })
         }
-        Some(request::Command::ClusterStatus(_)) => {
+        Some(
+            request::Command::ClusterStatus(_)
+            | request::Command::ClusterAdd(_)
+            | request::Command::ClusterRemove(_),
+        ) => {
             return Response::error(request.id, ErrorCode::InvalidRequest, "a single node");
         }
         None => {

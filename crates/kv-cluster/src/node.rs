@@ -46,6 +46,11 @@ pub struct ClusterConfig {
     /// Build a snapshot (and purge the log) after this many applied
     /// entries since the last one.
     pub snapshot_every: u64,
+    /// This member is not in `members`: it joins a running cluster, which
+    /// adds it (as a learner, then a voter) with [`ClusterNode::add_member`]
+    /// on the leader. It proposes no membership of its own. `members` is
+    /// still the initial cluster's list: it names the cluster.
+    pub join: bool,
 }
 
 impl ClusterConfig {
@@ -62,6 +67,7 @@ impl ClusterConfig {
             heartbeat: Duration::from_millis(100),
             max_frame: 64 << 20,
             snapshot_every: 100_000,
+            join: false,
         }
     }
 }
@@ -201,6 +207,19 @@ impl ClusterNode {
         .await
         .map_err(|e| ClusterError::Corrupt(format!("Raft failed to start: {e}")))?;
         let peers = tokio::spawn(serve_peers(peer_listener, raft.clone(), identity));
+        if config.join {
+            tracing::info!(
+                node = config.node_id,
+                "waiting to be added to the cluster (cluster add on the leader)"
+            );
+            return Ok(ClusterNode {
+                raft,
+                state,
+                log,
+                config,
+                peers,
+            });
+        }
         match raft.initialize(config.members.clone()).await {
             Ok(()) => tracing::info!(node = config.node_id, "proposed the initial membership"),
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
@@ -291,6 +310,70 @@ impl ClusterNode {
                 })
             }
             Err(e) => Err(RequestError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Adds member `id` (on the leader): first as a learner, waiting until
+    /// it has caught up with the log (or a snapshot), then as a voter.
+    pub async fn add_member(
+        &self,
+        id: NodeId,
+        node: Node,
+    ) -> std::result::Result<(), RequestError> {
+        self.raft
+            .add_learner(id, node, true)
+            .await
+            .map_err(|e| self.membership_error(e))?;
+        let mut voters = self.voters();
+        voters.insert(id);
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| self.membership_error(e))?;
+        Ok(())
+    }
+
+    /// Removes member `id` (on the leader): it stops being a voter and is
+    /// dropped from the membership.
+    pub async fn remove_member(&self, id: NodeId) -> std::result::Result<(), RequestError> {
+        let mut voters = self.voters();
+        if !voters.remove(&id) {
+            return Err(RequestError::Unavailable(format!("{id} is not a voter")));
+        }
+        if voters.is_empty() {
+            return Err(RequestError::Unavailable(
+                "the last voter cannot be removed".to_string(),
+            ));
+        }
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| self.membership_error(e))?;
+        Ok(())
+    }
+
+    fn voters(&self) -> std::collections::BTreeSet<NodeId> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
+    fn membership_error(
+        &self,
+        e: RaftError<NodeId, ClientWriteError<NodeId, Node>>,
+    ) -> RequestError {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => RequestError::NotLeader {
+                leader: f
+                    .leader_node
+                    .map(|n| n.client_addr)
+                    .or_else(|| f.leader_id.and_then(|id| self.client_addr(id))),
+            },
+            e => RequestError::Unavailable(e.to_string()),
         }
     }
 

@@ -159,3 +159,76 @@ async fn a_peer_of_another_cluster_is_refused_and_disconnected() {
         node.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_member_joins_catches_up_and_votes_and_one_is_removed() {
+    let mut cluster = start(3).await;
+    let leader = cluster.leader().await;
+    for i in 0..50u32 {
+        cluster.nodes[&leader]
+            .write(encode_put(format!("k{i}").as_bytes(), b"v"))
+            .await
+            .unwrap();
+    }
+    // Member 4 starts with --join: the same initial list (it names the
+    // cluster), not in it.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node4 = Node {
+        client_addr: "client-of-4".into(),
+        peer_addr: listener.local_addr().unwrap().to_string(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ClusterConfig::new(4, cluster.members.clone(), dir.path().to_path_buf());
+    config.join = true;
+    let fourth = ClusterNode::start(config, listener).await.unwrap();
+    cluster._dirs.push(dir);
+    cluster.nodes[&leader]
+        .add_member(4, node4.clone())
+        .await
+        .unwrap();
+    cluster.members.insert(4, node4);
+    cluster.nodes.insert(4, fourth);
+    let status = cluster.nodes[&leader].status();
+    assert_eq!(status.members.len(), 4, "{status:?}");
+    // It caught up: it applies what the leader applied.
+    let target = status.applied_index.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster.nodes[&4].status().applied_index < Some(target) {
+        assert!(Instant::now() < deadline, "member 4 never caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Remove a follower; the cluster keeps serving.
+    let victim = *cluster
+        .nodes
+        .keys()
+        .find(|id| **id != leader && **id != 4)
+        .unwrap();
+    let leader = cluster.leader().await;
+    cluster.nodes[&leader].remove_member(victim).await.unwrap();
+    let removed = cluster.nodes.remove(&victim).unwrap();
+    removed.shutdown().await;
+    let leader = cluster.leader().await;
+    assert!(
+        !cluster.nodes[&leader]
+            .status()
+            .members
+            .contains_key(&victim)
+    );
+    cluster.nodes[&leader]
+        .write(encode_put(b"after-remove", b"v"))
+        .await
+        .unwrap();
+    // With three voters (one of them the new member), losing another
+    // still leaves a majority: stop the leader, the other two take over.
+    let old = cluster.nodes.remove(&leader).unwrap();
+    old.shutdown().await;
+    let leader = cluster.leader().await;
+    let read = cluster.nodes[&leader]
+        .read(|s| (s.get(b"k49"), s.get(b"after-remove")))
+        .await
+        .unwrap();
+    assert_eq!(read, (Some(b"v".to_vec()), Some(b"v".to_vec())));
+    for (_, node) in cluster.nodes {
+        node.shutdown().await;
+    }
+}

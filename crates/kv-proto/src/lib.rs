@@ -84,6 +84,8 @@ impl request::Command {
             request::Command::Keys(_) => "keys",
             request::Command::Checkpoint(_) => "checkpoint",
             request::Command::ClusterStatus(_) => "cluster_status",
+            request::Command::ClusterAdd(_) => "cluster_add",
+            request::Command::ClusterRemove(_) => "cluster_remove",
         }
     }
 }

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use kv_cluster::{ClusterNode, CommandResult, PendingWrite, RequestError};
+use kv_cluster::{ClusterNode, CommandResult, Node, PendingWrite, RequestError};
 use kv_proto::{
     CheckpointResponse, ClusterMember, ClusterStatusResponse, DeleteResponse, ErrorCode,
     GetResponse, KeysResponse, PutResponse, Response, request::Command, response,
@@ -37,6 +37,8 @@ pub(crate) enum ClusterReply {
     Keys { id: u64, prefix: Bytes, limit: u32 },
     Checkpoint { id: u64 },
     Status { id: u64 },
+    Add { id: u64, node_id: u64, node: Node },
+    Remove { id: u64, node_id: u64 },
 }
 
 /// Starts answering `command`: checks it, submits writes now.
@@ -103,6 +105,27 @@ pub(crate) fn start(
         },
         Command::Checkpoint(_) => ClusterReply::Checkpoint { id },
         Command::ClusterStatus(_) => ClusterReply::Status { id },
+        Command::ClusterAdd(add) => {
+            if add.node_id == 0 || add.client_addr.is_empty() || add.peer_addr.is_empty() {
+                return Err(Response::error(
+                    id,
+                    ErrorCode::InvalidRequest,
+                    "cluster add needs a positive id and both addresses",
+                ));
+            }
+            ClusterReply::Add {
+                id,
+                node_id: add.node_id,
+                node: Node {
+                    client_addr: add.client_addr,
+                    peer_addr: add.peer_addr,
+                },
+            }
+        }
+        Command::ClusterRemove(remove) => ClusterReply::Remove {
+            id,
+            node_id: remove.node_id,
+        },
     })
 }
 
@@ -192,30 +215,45 @@ impl ClusterReply {
                 ),
                 Err(e) => request_error(id, e, false),
             },
-            ClusterReply::Status { id } => {
-                let s = node.status();
-                Response::new(
-                    id,
-                    response::Result::ClusterStatus(ClusterStatusResponse {
-                        node_id: s.node_id,
-                        role: s.role.to_string(),
-                        term: s.term,
-                        leader_id: s.leader.unwrap_or(0),
-                        last_log_index: s.last_log_index.unwrap_or(0),
-                        applied_index: s.applied_index.unwrap_or(0),
-                        has_log: s.last_log_index.is_some(),
-                        members: s
-                            .members
-                            .into_iter()
-                            .map(|(node_id, n)| ClusterMember {
-                                node_id,
-                                client_addr: n.client_addr,
-                                peer_addr: n.peer_addr,
-                            })
-                            .collect(),
-                    }),
-                )
-            }
+            ClusterReply::Add {
+                id,
+                node_id,
+                node: member,
+            } => match node.add_member(node_id, member).await {
+                Ok(()) => status_response(id, node),
+                Err(e) => request_error(id, e, false),
+            },
+            ClusterReply::Remove { id, node_id } => match node.remove_member(node_id).await {
+                Ok(()) => status_response(id, node),
+                Err(e) => request_error(id, e, false),
+            },
+            ClusterReply::Status { id } => status_response(id, node),
         }
     }
+}
+
+/// This member's view of the cluster, as a response.
+fn status_response(id: u64, node: &ClusterNode) -> Response {
+    let s = node.status();
+    Response::new(
+        id,
+        response::Result::ClusterStatus(ClusterStatusResponse {
+            node_id: s.node_id,
+            role: s.role.to_string(),
+            term: s.term,
+            leader_id: s.leader.unwrap_or(0),
+            last_log_index: s.last_log_index.unwrap_or(0),
+            applied_index: s.applied_index.unwrap_or(0),
+            has_log: s.last_log_index.is_some(),
+            members: s
+                .members
+                .into_iter()
+                .map(|(node_id, n)| ClusterMember {
+                    node_id,
+                    client_addr: n.client_addr,
+                    peer_addr: n.peer_addr,
+                })
+                .collect(),
+        }),
+    )
 }

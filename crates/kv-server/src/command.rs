@@ -147,11 +147,13 @@ impl Reply {
                 limit: keys.limit,
             },
             Command::Checkpoint(_) => Reply::Checkpoint { id },
-            Command::ClusterStatus(_) => Reply::error(
-                id,
-                ErrorCode::InvalidRequest,
-                "this server is a single node, not a cluster member",
-            ),
+            Command::ClusterStatus(_) | Command::ClusterAdd(_) | Command::ClusterRemove(_) => {
+                Reply::error(
+                    id,
+                    ErrorCode::InvalidRequest,
+                    "this server is a single node, not a cluster member",
+                )
+            }
         }
     }
 

@@ -230,6 +230,12 @@ pub struct Args {
     )]
     pub initial_cluster: Option<String>,
 
+    /// Join a running cluster instead of forming one: this member is not in
+    /// --initial-cluster (give the cluster's original list, which names
+    /// it), and waits until `kv-client cluster add` on the leader adds it.
+    #[arg(long, env = "KV_JOIN", help_heading = "Cluster")]
+    pub join: bool,
+
     /// A file holding the secret peers share (read at start; never give the
     /// secret itself on the command line). Required unless every peer
     /// address is on loopback.
@@ -357,10 +363,22 @@ impl Args {
             .ok_or("--node-id needs --initial-cluster")?;
         let members = kv_cluster::parse_initial_cluster(spec)
             .map_err(|e| format!("--initial-cluster: {e}"))?;
-        if !members.contains_key(&node_id) {
-            return Err(format!(
-                "--initial-cluster does not list --node-id {node_id}"
-            ));
+        match (self.join, members.contains_key(&node_id)) {
+            (false, false) => {
+                return Err(format!(
+                    "--initial-cluster does not list --node-id {node_id} (give --join to \
+                     join a running cluster)"
+                ));
+            }
+            (true, true) => {
+                return Err(format!(
+                    "--join: --node-id {node_id} is already in --initial-cluster"
+                ));
+            }
+            (true, false) if self.peer_addr.is_none() => {
+                return Err("--join needs --peer-addr".to_string());
+            }
+            _ => {}
         }
         if self.heartbeat_ms * 2 >= self.election_timeout_ms {
             return Err(format!(
@@ -369,6 +387,7 @@ impl Args {
             ));
         }
         let mut config = kv_cluster::ClusterConfig::new(node_id, members, self.data_dir.clone());
+        config.join = self.join;
         config.election_timeout = (
             Duration::from_millis(self.election_timeout_ms),
             Duration::from_millis(self.election_timeout_ms * 2),
