@@ -134,6 +134,13 @@ async fn bad_arguments_are_refused_per_request() {
     let at_limits = conn.recv(DEADLINE).await.unwrap().unwrap();
     assert_eq!(at_limits.id, 4);
     assert!(matches!(at_limits.result, Some(response::Result::Put(_))));
+    // A get's key is size-checked like a put's.
+    conn.send(&get(5, &"k".repeat(17))).await.unwrap();
+    let long_get = conn.recv(DEADLINE).await.unwrap().unwrap();
+    assert_eq!(
+        (long_get.id, error_code(&long_get)),
+        (5, ErrorCode::TooLarge)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -140,6 +140,13 @@ impl Reply {
                 Ok(pending) => Reply::Delete { id, pending },
                 Err(err) => Reply::Ready(store_error(id, &err, shared)),
             },
+            Command::Get(get) if get.key.len() > store.max_key_size() => {
+                let err = kv_store::Error::KeyTooLarge {
+                    size: get.key.len(),
+                    max: store.max_key_size(),
+                };
+                Reply::Ready(store_error(id, &err, shared))
+            }
             Command::Get(get) => Reply::Get { id, key: get.key },
             Command::Keys(keys) => Reply::Keys {
                 id,

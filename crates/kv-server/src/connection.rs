@@ -15,6 +15,22 @@ use tokio_util::codec::{Decoder, Encoder};
 /// Initial read buffer: enough for many small pipelined requests per read.
 const READ_BUFFER: usize = 16 << 10;
 
+/// A buffer that grew past this for one large frame is given back once it
+/// is empty, so that a connection that sent one 8 MiB put does not hold
+/// 8 MiB for the rest of its life.
+const SHRINK_ABOVE: usize = 4 * READ_BUFFER;
+
+/// Replaces `buffer` with a fresh small one if it is empty and grew large,
+/// or just gave out a large frame: `BytesMut` would otherwise take the
+/// large allocation back at its next `reserve` once the frame is dropped.
+/// (Decoded requests may still share the old allocation; it is freed when
+/// they are.)
+fn shrink_if_grown(buffer: &mut BytesMut, consumed: usize) {
+    if buffer.is_empty() && (buffer.capacity() > SHRINK_ABOVE || consumed > SHRINK_ABOVE) {
+        *buffer = BytesMut::with_capacity(READ_BUFFER);
+    }
+}
+
 /// Why a connection stopped delivering requests.
 #[derive(Debug)]
 pub(crate) enum ReadError {
@@ -110,11 +126,14 @@ impl FrameReader {
     /// this drains requests that were read but not yet decoded, so that they
     /// are answered too.
     pub(crate) fn next_buffered(&mut self) -> Result<Option<Inbound>, ReadError> {
+        let before = self.buffer.len();
         match self.codec.decode(&mut self.buffer) {
             Ok(Some(item)) => {
                 // Bytes already buffered belong to the next frame, which
                 // therefore started now.
                 self.frame_started = (!self.buffer.is_empty()).then(Instant::now);
+                let consumed = before - self.buffer.len();
+                shrink_if_grown(&mut self.buffer, consumed);
                 Ok(Some(item))
             }
             Ok(None) => Ok(None),
@@ -184,9 +203,13 @@ impl FrameWriter {
         if self.buffer.is_empty() {
             return Ok(());
         }
+        let written = self.buffer.len();
         let write = self.socket.write_all_buf(&mut self.buffer);
         match tokio::time::timeout(self.write_timeout, write).await {
-            Ok(result) => result,
+            Ok(result) => {
+                shrink_if_grown(&mut self.buffer, written);
+                result
+            }
             Err(_elapsed) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "peer is not reading its responses",
@@ -199,5 +222,31 @@ impl FrameWriter {
     pub(crate) async fn finish(&mut self) -> io::Result<()> {
         self.flush().await?;
         self.socket.shutdown().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buffer_grown_for_one_frame_shrinks_once_empty() {
+        let mut buffer = BytesMut::with_capacity(READ_BUFFER);
+        buffer.extend_from_slice(&vec![7u8; 8 << 20]);
+        assert!(buffer.capacity() >= 8 << 20);
+        shrink_if_grown(&mut buffer, 0);
+        assert!(buffer.capacity() >= 8 << 20, "shrunk while it held bytes");
+        let frame = buffer.split_to(buffer.len());
+        shrink_if_grown(&mut buffer, frame.len());
+        drop(frame);
+        // Without the fresh buffer, this reserve would take the 8 MiB
+        // allocation back.
+        buffer.reserve(1);
+        assert!(buffer.capacity() <= SHRINK_ABOVE, "{}", buffer.capacity());
+        let mut small = BytesMut::with_capacity(READ_BUFFER);
+        small.extend_from_slice(b"x");
+        let x = small.split_to(1);
+        shrink_if_grown(&mut small, x.len());
+        assert!(small.capacity() < READ_BUFFER, "a small buffer is kept");
     }
 }

@@ -215,6 +215,12 @@ impl KeyValueStore {
         &self.inner.recovery
     }
 
+    /// The largest key this store takes: a get of a longer key is refused
+    /// like a put of one, rather than searched for.
+    pub fn max_key_size(&self) -> usize {
+        self.inner.shared.options.max_key_size
+    }
+
     fn check_key(&self, key: &[u8]) -> Result<()> {
         let max = self.inner.shared.options.max_key_size;
         if key.is_empty() {
