@@ -256,10 +256,7 @@ impl Reader {
             // request (an oversized or undecodable frame) with id 0, which
             // we never use: that error is about the connection.
             if let (0, Some(response::Result::Error(error))) = (response.id, &response.result) {
-                return Err(ClientError::Server {
-                    code: error.code(),
-                    message: error.message.clone(),
-                });
+                return Err(server_error(error.clone()));
             }
             return Err(ClientError::Protocol(match expected {
                 Some(expected) => format!(
@@ -280,12 +277,19 @@ impl Reader {
 /// A response's result, with a server error turned into an `Err`.
 fn into_result(response: Response) -> Result<response::Result> {
     match response.result {
-        Some(response::Result::Error(error)) => Err(ClientError::Server {
-            code: error.code(),
-            message: error.message,
-        }),
+        Some(response::Result::Error(error)) => Err(server_error(error)),
         Some(result) => Ok(result),
         None => Err(ClientError::Protocol("response without a result".into())),
+    }
+}
+
+/// A server's `Error` as the caller sees it.
+fn server_error(error: kv_proto::Error) -> ClientError {
+    let code = error.code();
+    ClientError::Server {
+        code,
+        message: error.message,
+        leader_addr: Some(error.leader_addr).filter(|addr| !addr.is_empty()),
     }
 }
 

@@ -41,6 +41,10 @@ pub enum ClientError {
         code: ErrorCode,
         /// The server's explanation.
         message: String,
+        /// With [`ErrorCode::NotLeader`]: the client address of the leader,
+        /// when the server knows it (the `Error`'s `leader_addr`; `None`
+        /// when it is empty, as it is for every other code).
+        leader_addr: Option<String>,
     },
     /// The server's answers do not follow the protocol (an undecodable
     /// frame, an id that does not match the request, a result of the wrong

@@ -281,7 +281,11 @@ async fn server_error_reaches_the_caller_and_the_connection_goes_on() {
     let client = Client::connect(addr.as_str()).await.unwrap();
     within(async {
         match client.put("k", "long value").await {
-            Err(ClientError::Server { code, message }) => {
+            Err(ClientError::Server {
+                code,
+                message,
+                leader_addr: None,
+            }) => {
                 assert_eq!(code, ErrorCode::TooLarge);
                 assert_eq!(message, "value too large");
             }
@@ -313,7 +317,11 @@ async fn connection_level_server_error_fails_calls_with_its_message() {
     .await;
     let client = Client::connect(addr.as_str()).await.unwrap();
     match within(client.put("k", "v")).await {
-        Err(ClientError::Server { code, message }) => {
+        Err(ClientError::Server {
+            code,
+            message,
+            leader_addr: None,
+        }) => {
             assert_eq!(code, ErrorCode::TooLarge);
             assert_eq!(message, "frame too large");
         }
@@ -433,6 +441,44 @@ async fn server_closing_between_calls_is_reported_as_closed() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert!(matches!(client.get("k").await, Err(ClientError::Closed)));
+    })
+    .await;
+}
+
+/// A follower's NOT_LEADER carries the leader's address, which the caller
+/// gets as `leader_addr`; an empty one (leader unknown) is `None`.
+#[tokio::test]
+async fn not_leader_carries_the_leaders_address() {
+    let (addr, _) = fake_server(|mut conn: Conn| async move {
+        while let Some(Ok(Ok(request))) = conn.next().await {
+            let mut response = Response::error(request.id, ErrorCode::NotLeader, "not the leader");
+            if let (Some(request::Command::Put(_)), Some(response::Result::Error(error))) =
+                (&request.command, response.result.as_mut())
+            {
+                error.leader_addr = "10.0.0.1:7001".into();
+            }
+            let _ = conn.send(response).await;
+        }
+    })
+    .await;
+    let client = Client::connect(addr.as_str()).await.unwrap();
+    within(async {
+        match client.put("k", "v").await {
+            Err(ClientError::Server {
+                code: ErrorCode::NotLeader,
+                leader_addr,
+                ..
+            }) => assert_eq!(leader_addr.as_deref(), Some("10.0.0.1:7001")),
+            other => panic!("unexpected {other:?}"),
+        }
+        match client.get("k").await {
+            Err(ClientError::Server {
+                code: ErrorCode::NotLeader,
+                leader_addr,
+                ..
+            }) => assert_eq!(leader_addr, None),
+            other => panic!("unexpected {other:?}"),
+        }
     })
     .await;
 }

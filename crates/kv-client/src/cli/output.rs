@@ -52,6 +52,7 @@ pub fn client_failure(addr: &str, err: &ClientError) -> Failure {
         ClientError::Server {
             code: ErrorCode::OutcomeUnknown,
             message,
+            ..
         } => Failure::OutcomeUnknown(format!(
             "the write may or may not have taken effect (OUTCOME_UNKNOWN): {message}; read the \
              key back once the server has recovered"
