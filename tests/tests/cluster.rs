@@ -115,7 +115,7 @@ async fn leader_kill9_under_load_loses_no_acknowledged_write() {
         .await
         .unwrap();
     match f.put("k", "v").await {
-        Err(ClientError::Server { code, message }) => {
+        Err(ClientError::Server { code, message, .. }) => {
             assert_eq!(code, ErrorCode::NotLeader);
             assert!(
                 message.contains(&cluster.members[&first_leader].client),
