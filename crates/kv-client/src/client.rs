@@ -6,10 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use kv_proto::{
-    CheckpointRequest, DEFAULT_MAX_FRAME_SIZE, DeleteRequest, GetRequest, KeysRequest, PutRequest,
-    request, response,
-};
+use kv_proto::{DEFAULT_MAX_FRAME_SIZE, request, response};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
 
@@ -61,7 +58,8 @@ pub struct KeysPage {
 /// the connection (written without waiting for earlier answers) and each
 /// call gets its own answer. When the connection breaks, every call in
 /// flight fails with an error, and so does every later call: connect again
-/// to go on ([`ClientError::is_connection_lost`] tells when).
+/// to go on ([`ClientError::is_connection_lost`] tells when), or use a
+/// [`crate::ClusterClient`], which reconnects by itself.
 ///
 /// A client must be created inside a tokio runtime, which runs its
 /// background tasks; they stop when the connection closes or the last clone
@@ -134,78 +132,61 @@ impl Client {
     /// Sets `key` to `value`; returns the sequence number (LSN) of the
     /// write, which is durable when this returns.
     pub async fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<u64> {
-        let command = request::Command::Put(PutRequest {
-            key: key.into(),
-            value: value.into(),
-        });
-        match self.call(command).await? {
-            response::Result::Put(put) => Ok(put.seq),
-            other => Err(unexpected("put", &other)),
-        }
+        ops::put(
+            self.call(ops::put_command(key.into(), value.into()))
+                .await?,
+        )
     }
 
     /// The value of `key`, or `None` if it does not exist.
     pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<Bytes>> {
-        let command = request::Command::Get(GetRequest { key: key.into() });
-        match self.call(command).await? {
-            response::Result::Get(get) => Ok(get.found.then_some(get.value)),
-            other => Err(unexpected("get", &other)),
-        }
+        ops::get(self.call(ops::get_command(key.into())).await?)
     }
 
     /// Removes `key`. Returns the sequence number of the durable delete, or
     /// `None` if the key did not exist (then nothing was written).
     pub async fn delete(&self, key: impl Into<Bytes>) -> Result<Option<u64>> {
-        let command = request::Command::Delete(DeleteRequest { key: key.into() });
-        match self.call(command).await? {
-            response::Result::Delete(delete) => Ok(delete.existed.then_some(delete.seq)),
-            other => Err(unexpected("delete", &other)),
-        }
+        ops::delete(self.call(ops::delete_command(key.into())).await?)
     }
 
     /// Keys starting with `prefix` (empty: all keys) in ascending byte
     /// order, at most `limit` of them (0: no limit).
     pub async fn keys(&self, prefix: impl Into<Bytes>, limit: u32) -> Result<KeysPage> {
-        let command = request::Command::Keys(KeysRequest {
-            prefix: prefix.into(),
-            limit,
-        });
-        match self.call(command).await? {
-            response::Result::Keys(keys) => Ok(KeysPage {
-                keys: keys.keys,
-                truncated: keys.truncated,
-            }),
-            other => Err(unexpected("keys", &other)),
-        }
+        ops::keys(self.call(ops::keys_command(prefix.into(), limit)).await?)
     }
 
     /// Makes the server write a snapshot and drop the log it makes
     /// redundant; returns the sequence number the snapshot covers.
     pub async fn checkpoint(&self) -> Result<u64> {
-        match self
-            .call(request::Command::Checkpoint(CheckpointRequest {}))
-            .await?
-        {
-            response::Result::Checkpoint(checkpoint) => Ok(checkpoint.seq),
-            other => Err(unexpected("checkpoint", &other)),
-        }
+        ops::checkpoint(self.call(ops::checkpoint_command()).await?)
     }
 
     /// Sends any command and returns the server's result. An error result
     /// becomes [`ClientError::Server`]; the result's kind is not checked
     /// against the command.
     pub async fn call(&self, command: request::Command) -> Result<response::Result> {
+        self.try_call(command).await.map_err(CallError::into_error)
+    }
+
+    /// As [`Client::call`], telling a request that never left this client
+    /// from one that may have reached the server.
+    pub(crate) async fn try_call(
+        &self,
+        command: request::Command,
+    ) -> Result<response::Result, CallError> {
         match self.options.request_timeout {
+            // The answer is late: the request may be queued here still, or
+            // applied there already. Nothing says which, so: maybe sent.
             Some(limit) => tokio::time::timeout(limit, self.call_inner(command))
                 .await
-                .map_err(|_| ClientError::Timeout(limit))?,
+                .map_err(|_| CallError::MaybeSent(ClientError::Timeout(limit)))?,
             None => self.call_inner(command).await,
         }
     }
 
-    async fn call_inner(&self, command: request::Command) -> Result<response::Result> {
+    async fn call_inner(&self, command: request::Command) -> Result<response::Result, CallError> {
         if self.shared.is_closed() {
-            return Err(self.shared.close_reason());
+            return Err(CallError::NotSent(self.shared.close_reason()));
         }
         // The semaphore is closed when the connection closes, waking calls
         // that wait here.
@@ -215,7 +196,7 @@ impl Client {
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| self.shared.close_reason())?;
+            .map_err(|_| CallError::NotSent(self.shared.close_reason()))?;
         let (reply, answer) = oneshot::channel();
         self.calls
             .send(Call {
@@ -224,10 +205,36 @@ impl Client {
                 permit,
             })
             .await
-            .map_err(|_| self.shared.close_reason())?;
-        // A reply dropped unanswered means the connection closed, and the
-        // reason was recorded before anything was dropped.
-        answer.await.map_err(|_| self.shared.close_reason())?
+            .map_err(|_| CallError::NotSent(self.shared.close_reason()))?;
+        // A reply dropped unanswered means the connection closed before the
+        // request was registered, so before it was written; the reason was
+        // recorded before anything was dropped. An answered reply, error or
+        // not, is about a request that was (or may have been) written; the
+        // one exception, RequestTooLarge, is refused before writing, but it
+        // is no connection error, so nobody sends it again anyway.
+        match answer.await {
+            Ok(result) => result.map_err(CallError::MaybeSent),
+            Err(_) => Err(CallError::NotSent(self.shared.close_reason())),
+        }
+    }
+}
+
+/// Why a call failed, with whether its request may have reached the server.
+#[derive(Debug)]
+pub(crate) enum CallError {
+    /// The request was never written: the connection was closed before
+    /// it was registered. Sending it elsewhere cannot apply it twice.
+    NotSent(ClientError),
+    /// The request was (or may have been) written: the error is the
+    /// server's answer, or the answer was lost.
+    MaybeSent(ClientError),
+}
+
+impl CallError {
+    pub(crate) fn into_error(self) -> ClientError {
+        match self {
+            CallError::NotSent(err) | CallError::MaybeSent(err) => err,
+        }
     }
 }
 
@@ -260,15 +267,85 @@ fn connect_error(addr: Option<SocketAddr>, err: io::Error) -> ClientError {
     }
 }
 
-fn unexpected(command: &str, result: &response::Result) -> ClientError {
-    let kind = match result {
-        response::Result::Error(_) => "error",
-        response::Result::Get(_) => "get",
-        response::Result::Put(_) => "put",
-        response::Result::Delete(_) => "delete",
-        response::Result::Keys(_) => "keys",
-        response::Result::Checkpoint(_) => "checkpoint",
-        response::Result::ClusterStatus(_) => "cluster status",
+/// Each typed call as a command and the decoding of its result, shared
+/// by [`Client`] and [`crate::ClusterClient`].
+pub(crate) mod ops {
+    use bytes::Bytes;
+    use kv_proto::{
+        CheckpointRequest, DeleteRequest, GetRequest, KeysRequest, PutRequest, request, response,
     };
-    ClientError::Protocol(format!("{command} request answered with a {kind} result"))
+
+    use super::KeysPage;
+    use crate::error::{ClientError, Result};
+
+    pub(crate) fn put_command(key: Bytes, value: Bytes) -> request::Command {
+        request::Command::Put(PutRequest { key, value })
+    }
+
+    pub(crate) fn put(result: response::Result) -> Result<u64> {
+        match result {
+            response::Result::Put(put) => Ok(put.seq),
+            other => Err(unexpected("put", &other)),
+        }
+    }
+
+    pub(crate) fn get_command(key: Bytes) -> request::Command {
+        request::Command::Get(GetRequest { key })
+    }
+
+    pub(crate) fn get(result: response::Result) -> Result<Option<Bytes>> {
+        match result {
+            response::Result::Get(get) => Ok(get.found.then_some(get.value)),
+            other => Err(unexpected("get", &other)),
+        }
+    }
+
+    pub(crate) fn delete_command(key: Bytes) -> request::Command {
+        request::Command::Delete(DeleteRequest { key })
+    }
+
+    pub(crate) fn delete(result: response::Result) -> Result<Option<u64>> {
+        match result {
+            response::Result::Delete(delete) => Ok(delete.existed.then_some(delete.seq)),
+            other => Err(unexpected("delete", &other)),
+        }
+    }
+
+    pub(crate) fn keys_command(prefix: Bytes, limit: u32) -> request::Command {
+        request::Command::Keys(KeysRequest { prefix, limit })
+    }
+
+    pub(crate) fn keys(result: response::Result) -> Result<KeysPage> {
+        match result {
+            response::Result::Keys(keys) => Ok(KeysPage {
+                keys: keys.keys,
+                truncated: keys.truncated,
+            }),
+            other => Err(unexpected("keys", &other)),
+        }
+    }
+
+    pub(crate) fn checkpoint_command() -> request::Command {
+        request::Command::Checkpoint(CheckpointRequest {})
+    }
+
+    pub(crate) fn checkpoint(result: response::Result) -> Result<u64> {
+        match result {
+            response::Result::Checkpoint(checkpoint) => Ok(checkpoint.seq),
+            other => Err(unexpected("checkpoint", &other)),
+        }
+    }
+
+    fn unexpected(command: &str, result: &response::Result) -> ClientError {
+        let kind = match result {
+            response::Result::Error(_) => "error",
+            response::Result::Get(_) => "get",
+            response::Result::Put(_) => "put",
+            response::Result::Delete(_) => "delete",
+            response::Result::Keys(_) => "keys",
+            response::Result::Checkpoint(_) => "checkpoint",
+            response::Result::ClusterStatus(_) => "cluster status",
+        };
+        ClientError::Protocol(format!("{command} request answered with a {kind} result"))
+    }
 }

@@ -13,6 +13,9 @@
 //!   response with the oldest pending request and checks the ids agree.
 //! - Every call's reply channel is either answered or dropped after the
 //!   close reason is recorded, so a call never waits on a dead connection.
+//! - A reply is dropped unanswered only for a request that was never
+//!   registered as pending, and so never written: a caller can tell "not
+//!   sent" (safe to send elsewhere) from "sent, answer lost".
 
 use std::collections::VecDeque;
 use std::io;
@@ -189,10 +192,11 @@ impl Writer {
             _permit: call.permit,
         };
         if let Err(mpsc::error::SendError(pending)) = self.pending.send(pending) {
-            // The reader has stopped, so the connection is closing.
-            let reason = self.shared.close_reason();
-            let _ = pending.reply.send(Err(reason.clone()));
-            return Err(reason);
+            // The reader has stopped, so the connection is closing. The
+            // reply is dropped unanswered, which tells the caller that the
+            // request was never sent (see `Client::try_call`).
+            drop(pending);
+            return Err(self.shared.close_reason());
         }
         self.sink.feed(&request).await.map_err(stream_error)
     }
