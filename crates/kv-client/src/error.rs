@@ -69,6 +69,43 @@ pub enum ClientError {
     /// after an earlier error.
     #[error("the connection is closed")]
     Closed,
+    /// A write (put, delete, a membership change) was sent, and then its connection failed
+    /// before the answer came (`source`: I/O error, closed, timeout): it
+    /// may or may not have taken effect. A [`ClusterClient`] never sends
+    /// such a write again, since that could apply it twice; read the key
+    /// back to learn what happened.
+    ///
+    /// [`ClusterClient`]: crate::ClusterClient
+    #[error(
+        "the write may or may not have taken effect: the connection to {addr} failed after it was sent: {source}"
+    )]
+    OutcomeUnknown {
+        /// The server the write was sent to, as it was given.
+        addr: String,
+        /// What happened to the connection.
+        #[source]
+        source: Box<ClientError>,
+    },
+    /// A [`ClusterClient`] found no member to take the call within its
+    /// retry budget ([`ClusterOptions::retry_for`]): the members it reached
+    /// said they were not the leader (an election, say), or lost the
+    /// connection of a read. `last` is the last error seen.
+    ///
+    /// [`ClusterClient`]: crate::ClusterClient
+    /// [`ClusterOptions::retry_for`]: crate::ClusterOptions::retry_for
+    #[error("no member took the call within {waited:?}: {last}")]
+    NoLeader {
+        /// How long the client tried.
+        waited: Duration,
+        /// The last error seen.
+        #[source]
+        last: Box<ClientError>,
+    },
+    /// A [`ClusterClient`] was given no address.
+    ///
+    /// [`ClusterClient`]: crate::ClusterClient
+    #[error("no server address given")]
+    NoAddress,
 }
 
 impl ClientError {
@@ -81,6 +118,20 @@ impl ClientError {
                 | ClientError::Io(_)
                 | ClientError::Closed
                 | ClientError::Protocol(_)
+        )
+    }
+
+    /// True when a write may or may not have taken effect: the connection
+    /// failed after it was sent ([`ClientError::OutcomeUnknown`]), or the
+    /// server said so (code OUTCOME_UNKNOWN).
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            ClientError::OutcomeUnknown { .. }
+                | ClientError::Server {
+                    code: ErrorCode::OutcomeUnknown,
+                    ..
+                }
         )
     }
 }

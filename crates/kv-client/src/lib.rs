@@ -27,13 +27,21 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! For a replicated cluster, a [`ClusterClient`] takes several members'
+//! addresses, sends each call to the leader, follows NOT_LEADER answers and
+//! fails over when the leader goes; it never sends a write twice, so a write
+//! whose connection failed before its answer came fails with
+//! [`ClientError::OutcomeUnknown`].
 
 #![warn(missing_docs)]
 
 mod client;
+mod cluster;
 mod connection;
 mod error;
 
 pub use client::{Client, ClientOptions, KeysPage};
+pub use cluster::{ClusterClient, ClusterOptions};
 pub use error::{ClientError, Result};
 pub use kv_proto;
