@@ -1,8 +1,14 @@
 //! `kv-client`: the command line of the key-value store.
 //!
 //! One-shot commands (`put`, `get`, ...) exit 0 on success, 1 when the key
-//! is missing (get, delete), 3 when the server answers that a write's
-//! outcome is unknown, 2 on any other failure, with one line on stderr. Without a command, an interactive prompt (`cli::repl`).
+//! is missing (get, delete), 3 when a write's outcome is unknown (the server
+//! said so, or the connection failed after the write was sent), 2 on any
+//! other failure, with one line on stderr. Without a command, an
+//! interactive prompt (`cli::repl`).
+//!
+//! `--addr` takes one address or several (a cluster's members); either way
+//! calls go through a [`ClusterClient`], which follows NOT_LEADER answers
+//! to the leader and never sends a write twice.
 
 use std::ffi::OsString;
 use std::io::{self, IsTerminal, Read};
@@ -12,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use kv_client::kv_proto;
-use kv_client::{Client, ClientOptions};
+use kv_client::{ClientOptions, ClusterClient, ClusterOptions};
 
 mod bench;
 mod cli {
@@ -29,10 +35,15 @@ use cli::output::{self, Failure};
     version,
     long_about = "Command-line client for kv-server, a durable key-value store.\n\n\
         With a command, runs it and exits: 0 on success, 1 when the key does not \
-        exist (get, delete), 3 when a write's outcome is unknown (the server \
-        answered OUTCOME_UNKNOWN: its log failed while the write was being made \
-        durable, so it may or may not have taken effect), 2 on any other \
-        failure, with one line on stderr.\n\
+        exist (get, delete), 3 when a write's outcome is unknown (it may or may \
+        not have taken effect: the server answered OUTCOME_UNKNOWN, or the \
+        connection failed after the write was sent; such a write is never sent \
+        again), 2 on any other failure, with one line on stderr.\n\
+        With several --addr addresses (a cluster's members), each command goes \
+        to the leader: a member that is not the leader names it and the command \
+        is sent there, an address that refuses the connection is skipped, and \
+        while the cluster elects a leader the command is retried for up to 2 \
+        seconds.\n\
         Without a command, starts an interactive prompt (type `help` there); when \
         stdin is not a terminal, reads the same commands line by line.",
     after_help = "Examples:\n  \
@@ -40,7 +51,8 @@ use cli::output::{self, Failure};
         kv-client get greeting\n  \
         kv-client put photo - < photo.jpg\n  \
         kv-client keys --prefix user: --limit 10\n  \
-        KV_ADDR=10.0.0.5:7878 kv-client checkpoint"
+        KV_ADDR=10.0.0.5:7878 kv-client checkpoint\n  \
+        kv-client --addr 10.0.0.1:7001,10.0.0.2:7001,10.0.0.3:7001 put greeting hello"
 )]
 struct Cli {
     #[command(flatten)]
@@ -52,12 +64,14 @@ struct Cli {
 /// Where and how to connect; shared by every command.
 #[derive(Debug, Clone, Args)]
 struct ConnectionArgs {
-    /// Address of the kv-server.
+    /// Address of the kv-server; for a cluster, members' addresses
+    /// separated by commas (the leader is found and followed).
     #[arg(
         long,
         env = "KV_ADDR",
         default_value = "127.0.0.1:7878",
-        value_name = "HOST:PORT",
+        value_name = "HOST:PORT[,HOST:PORT...]",
+        value_parser = parse_addrs,
         global = true
     )]
     addr: String,
@@ -90,6 +104,21 @@ struct ConnectionArgs {
 /// timeout.
 const MAX_TIMEOUT_SECS: u64 = 24 * 60 * 60;
 
+/// Checks `--addr`: one or more HOST:PORT separated by commas, none empty.
+/// Keeps the text (without spaces around the commas), which is also how
+/// messages name the servers.
+fn parse_addrs(s: &str) -> Result<String, String> {
+    let addrs: Vec<&str> = s.split(',').map(str::trim).collect();
+    if let Some(bad) = addrs.iter().find(|a| a.is_empty() || !a.contains(':')) {
+        return Err(if bad.is_empty() {
+            format!("`{s}` has an empty address; give HOST:PORT[,HOST:PORT...]")
+        } else {
+            format!("`{bad}` is not HOST:PORT")
+        });
+    }
+    Ok(addrs.join(","))
+}
+
 /// Parses `--max-frame` with the server's size syntax ([`kv_proto::parse_size`]).
 fn parse_frame_size(s: &str) -> Result<usize, String> {
     let size = kv_proto::parse_size(s)?;
@@ -105,8 +134,19 @@ impl ConnectionArgs {
         }
     }
 
-    async fn connect(&self) -> Result<Client, kv_client::ClientError> {
-        Client::connect_with(self.addr.as_str(), self.options()).await
+    /// The addresses `--addr` lists.
+    fn addrs(&self) -> Vec<&str> {
+        self.addr.split(',').collect()
+    }
+
+    /// A client of the servers `--addr` lists; it connects on its first
+    /// call.
+    fn client(&self) -> Result<ClusterClient, kv_client::ClientError> {
+        let options = ClusterOptions {
+            client: self.options(),
+            ..ClusterOptions::default()
+        };
+        ClusterClient::new(self.addrs(), options)
     }
 }
 
@@ -161,6 +201,10 @@ fn main() -> ExitCode {
     match cli.command {
         // The bench runs many connections on a multi-threaded runtime of its
         // own, not on the one-shot commands' single-threaded one.
+        Some(Command::Bench(_)) if cli.connection.addrs().len() > 1 => Failure::Error(
+            "bench drives one server: give --addr a single HOST:PORT (the leader's)".into(),
+        )
+        .report(),
         Some(Command::Bench(args)) => match bench::main(&cli.connection.addr, &args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => Failure::Error(format!("bench: {err:#}")).report(),
@@ -192,8 +236,7 @@ async fn run_command(connection: &ConnectionArgs, command: Command) -> Result<()
         _ => Bytes::new(),
     };
     let client = connection
-        .connect()
-        .await
+        .client()
         .map_err(|e| output::client_failure(addr, &e))?;
     let fail = |e| output::client_failure(addr, &e);
     let terminal = io::stdout().is_terminal();
@@ -295,6 +338,23 @@ mod tests {
         let cli = parse(&["--addr", "h:1", "checkpoint"]).unwrap();
         assert_eq!(cli.connection.addr, "h:1");
         assert!(matches!(cli.command, Some(Command::Checkpoint)));
+    }
+
+    #[test]
+    fn addr_takes_a_list_of_members() {
+        let cli = parse(&["--addr", "a:1, b:2,c:3", "get", "k"]).unwrap();
+        assert_eq!(cli.connection.addr, "a:1,b:2,c:3");
+        assert_eq!(cli.connection.addrs(), ["a:1", "b:2", "c:3"]);
+        assert_eq!(
+            cli.connection.client().unwrap().addrs(),
+            ["a:1", "b:2", "c:3"]
+        );
+        for bad in ["", "a:1,", ",a:1", "a:1,,b:2", "a:1,nocolon"] {
+            assert!(
+                parse(&["--addr", bad, "get", "k"]).is_err(),
+                "{bad:?} accepted"
+            );
+        }
     }
 
     #[test]

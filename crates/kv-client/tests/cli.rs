@@ -328,3 +328,103 @@ async fn prompt_survives_a_missing_server() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("checkpoint"));
     assert_eq!(output.status.code(), Some(2));
 }
+
+/// A follower: answers every request NOT_LEADER, naming `leader`.
+async fn follower_of(leader: &str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let leader = leader.to_owned();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let leader = leader.clone();
+            tokio::spawn(async move {
+                let mut conn = Framed::new(socket, ServerCodec::default());
+                while let Some(Ok(Ok(req))) = conn.next().await {
+                    let mut response = Response::error(req.id, ErrorCode::NotLeader, "not leader");
+                    if let Some(response::Result::Error(error)) = response.result.as_mut() {
+                        error.leader_addr = leader.clone();
+                    }
+                    if conn.send(response).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// `--addr` with several members: a dead one is skipped, a follower's
+/// NOT_LEADER is followed to the leader it names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_addresses_find_the_leader() {
+    let leader = map_server().await;
+    let follower = follower_of(&leader).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let addrs = format!("{dead},{follower}");
+
+    let put = kv(&addrs, &["put", "greeting", "hello"], b"").await;
+    assert_eq!(put.status.code(), Some(0), "{}", stderr(&put));
+    assert_eq!(put.stdout, b"OK\n");
+    let get = kv(&addrs, &["get", "greeting"], b"").await;
+    assert_eq!(get.status.code(), Some(0), "{}", stderr(&get));
+    assert_eq!(get.stdout, b"hello");
+    // It was the leader that took the write.
+    let get = kv(&leader, &["get", "greeting"], b"").await;
+    assert_eq!(get.stdout, b"hello");
+}
+
+/// A server that reads each request and hangs up without answering.
+async fn hang_up_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut conn = Framed::new(socket, ServerCodec::default());
+                let _ = conn.next().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A write whose connection dies after it was sent may have happened:
+/// exit 3, and it is not sent to the next address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_lost_after_it_was_sent_exits_3() {
+    let broken = hang_up_server().await;
+    let other = map_server().await;
+    let addrs = format!("{broken},{other}");
+    for args in [&["put", "k", "v"][..], &["delete", "k"]] {
+        let output = kv(&addrs, args, b"").await;
+        assert_eq!(
+            output.status.code(),
+            Some(3),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert_one_error_line(&output);
+        assert_eq!(
+            stderr(&output).trim_end(),
+            format!(
+                "kv-client: the write may or may not have taken effect: the server at {broken} \
+                 closed the connection after it was sent; read the key back to learn whether it \
+                 did"
+            )
+        );
+    }
+    // The put went nowhere else.
+    let get = kv(&other, &["get", "k"], b"").await;
+    assert_eq!(get.status.code(), Some(1), "{}", stderr(&get));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_refuses_several_addresses() {
+    let output = kv("127.0.0.1:1,127.0.0.1:2", &["bench"], b"").await;
+    assert_eq!(output.status.code(), Some(2));
+    assert_one_error_line(&output);
+    assert!(stderr(&output).contains("bench drives one server"));
+}

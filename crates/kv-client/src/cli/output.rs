@@ -46,18 +46,13 @@ pub fn not_found(key: &[u8]) -> Failure {
     Failure::NotFound(format!("key not found: {}", quote(key)))
 }
 
-/// The failure for a client error talking to `addr`.
+/// The failure for a client error talking to `addr` (as the user gave it:
+/// one address or several).
 pub fn client_failure(addr: &str, err: &ClientError) -> Failure {
-    match err {
-        ClientError::Server {
-            code: ErrorCode::OutcomeUnknown,
-            message,
-            ..
-        } => Failure::OutcomeUnknown(format!(
-            "the write may or may not have taken effect (OUTCOME_UNKNOWN): {message}; read the \
-             key back once the server has recovered"
-        )),
-        _ => Failure::Error(describe(addr, err)),
+    if err.is_outcome_unknown() {
+        Failure::OutcomeUnknown(describe(addr, err))
+    } else {
+        Failure::Error(describe(addr, err))
     }
 }
 
@@ -75,6 +70,25 @@ pub fn describe(addr: &str, err: &ClientError) -> String {
             format!("no answer from {addr} within {limit:?}")
         }
         ClientError::Closed => format!("the server at {addr} closed the connection"),
+        ClientError::Server {
+            code: ErrorCode::OutcomeUnknown,
+            message,
+            ..
+        } => format!(
+            "the write may or may not have taken effect (OUTCOME_UNKNOWN): {message}; read the \
+             key back once the server has recovered"
+        ),
+        // Named by the server it was sent to, not by the whole list.
+        ClientError::OutcomeUnknown { addr, source } => format!(
+            "the write may or may not have taken effect: {} after it was sent; read the key \
+             back to learn whether it did",
+            describe(addr, source)
+        ),
+        ClientError::NoLeader { waited, last } => format!(
+            "no member of {addr} took the request within {:.1}s (no leader?); last error: {}",
+            waited.as_secs_f64(),
+            describe(addr, last)
+        ),
         other => other.to_string(),
     }
 }
@@ -183,6 +197,44 @@ mod tests {
             describe("127.0.0.1:7878", &err),
             "cannot connect to 127.0.0.1:7878: connection refused"
         );
+    }
+
+    #[test]
+    fn a_write_lost_after_sending_is_outcome_unknown_naming_its_server() {
+        let err = ClientError::OutcomeUnknown {
+            addr: "127.0.0.1:7002".into(),
+            source: Box::new(ClientError::Closed),
+        };
+        let failure = client_failure("127.0.0.1:7001,127.0.0.1:7002", &err);
+        match failure {
+            Failure::OutcomeUnknown(message) => assert_eq!(
+                message,
+                "the write may or may not have taken effect: the server at 127.0.0.1:7002 \
+                 closed the connection after it was sent; read the key back to learn whether \
+                 it did"
+            ),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_leader_says_how_long_and_the_last_error() {
+        let err = ClientError::NoLeader {
+            waited: std::time::Duration::from_millis(2040),
+            last: Box::new(ClientError::Server {
+                code: ErrorCode::NotLeader,
+                message: "not the leader".into(),
+                leader_addr: None,
+            }),
+        };
+        match client_failure("a:1,b:2", &err) {
+            Failure::Error(message) => assert_eq!(
+                message,
+                "no member of a:1,b:2 took the request within 2.0s (no leader?); last error: \
+                 server error NOT_LEADER: not the leader"
+            ),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

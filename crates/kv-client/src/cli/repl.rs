@@ -4,14 +4,15 @@
 //! `~/.kv_client_history` when that file can be written). Otherwise it reads
 //! commands line by line from stdin, so scripts and tests can drive it; it
 //! then exits 2 if any command failed. Errors print and the prompt goes on.
-//! A lost connection is re-established by the next command.
+//! A lost connection is re-established by the next command, and with
+//! several addresses commands follow the leader (`ClusterClient`).
 
 use std::io::{self, BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use bytes::Bytes;
-use kv_client::{Client, ClientError};
+use kv_client::{ClientError, ClusterClient};
 use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
 
@@ -186,10 +187,17 @@ pub fn run(connection: &ConnectionArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let client = match connection.client() {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("kv-client: {}", describe(&connection.addr, &e));
+            return ExitCode::from(2);
+        }
+    };
     let session = Session {
         connection: connection.clone(),
         runtime,
-        client: None,
+        client,
         terminal_out: io::stdout().is_terminal(),
         failures: 0,
     };
@@ -205,7 +213,8 @@ pub fn run(connection: &ConnectionArgs) -> ExitCode {
 struct Session {
     connection: ConnectionArgs,
     runtime: tokio::runtime::Runtime,
-    client: Option<Client>,
+    /// Connects on the first command, and again after a lost connection.
+    client: ClusterClient,
     /// Whether stdout is a terminal: values are then shown quoted, so
     /// that binary values stay readable and unambiguous.
     terminal_out: bool,
@@ -288,17 +297,10 @@ impl Session {
                 return Flow::Continue;
             }
         };
-        let result = self.runtime.block_on(execute(
-            &self.connection,
-            &mut self.client,
-            command,
-            self.terminal_out,
-        ));
+        let result = self
+            .runtime
+            .block_on(execute(&self.client, command, self.terminal_out));
         if let Err(err) = result {
-            if err.is_connection_lost() {
-                // The next command connects afresh.
-                self.client = None;
-            }
             let message = describe(&self.connection.addr, &err);
             self.fail(&message);
         }
@@ -311,20 +313,13 @@ impl Session {
     }
 }
 
-/// Runs one command, connecting first if there is no live connection, and
-/// prints its result.
+/// Runs one command (the client connects first if it has no live
+/// connection) and prints its result.
 async fn execute(
-    connection: &ConnectionArgs,
-    slot: &mut Option<Client>,
+    client: &ClusterClient,
     command: Line,
     terminal_out: bool,
 ) -> Result<(), ClientError> {
-    if slot.as_ref().is_none_or(Client::is_closed) {
-        *slot = Some(connection.connect().await?);
-    }
-    let Some(client) = slot.as_ref() else {
-        return Err(ClientError::Closed);
-    };
     let show = |bytes: &[u8]| -> Vec<u8> {
         if terminal_out {
             quote(bytes).into_bytes()
