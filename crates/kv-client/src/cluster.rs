@@ -289,9 +289,14 @@ impl ClusterClient {
         let error = match live.client.try_call(command.clone()).await {
             Ok(result) => return Ok(Ok(result)),
             // The connection had closed before the request left: it can go
-            // anywhere.
+            // anywhere. Unless the server closed it with an error of its
+            // own (too many clients, say): that answer is final whether it
+            // came before the request was sent or after.
             Err(CallError::NotSent(error)) => {
                 self.discard(&live).await;
+                if let ClientError::Server { .. } = error {
+                    return Ok(Err(error));
+                }
                 return Err(Retry {
                     error,
                     answered: true,
