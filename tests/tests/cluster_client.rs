@@ -26,6 +26,17 @@ fn free_addrs(n: usize) -> Vec<String> {
 /// Three members started as DESIGN.md's cluster command line says; their
 /// client addresses, and the processes (index i is node i + 1).
 fn start_cluster() -> (Vec<String>, Vec<ServerProcess>, Vec<tempfile::TempDir>) {
+    let (clients, processes, dirs, _) = start_cluster_with_spec();
+    (clients, processes, dirs)
+}
+
+/// As [`start_cluster`], also returning the `--initial-cluster` given.
+fn start_cluster_with_spec() -> (
+    Vec<String>,
+    Vec<ServerProcess>,
+    Vec<tempfile::TempDir>,
+    String,
+) {
     let addrs = free_addrs(6);
     let (clients, peers): (Vec<String>, Vec<String>) = (0..3)
         .map(|i| (addrs[2 * i].clone(), addrs[2 * i + 1].clone()))
@@ -52,7 +63,7 @@ fn start_cluster() -> (Vec<String>, Vec<ServerProcess>, Vec<tempfile::TempDir>) 
             )
         })
         .collect();
-    (clients, processes, dirs)
+    (clients, processes, dirs, spec)
 }
 
 /// The client address of the leader, once there is one: a write through a
@@ -139,4 +150,75 @@ async fn cli_with_every_member_reaches_the_leader_in_any_order() {
             text(&get.stderr)
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_status_add_and_remove_from_the_cli() {
+    let (members, _processes, _dirs, spec) = start_cluster_with_spec();
+    let leader = wait_for_leader(&members).await;
+    let all = members.join(",");
+
+    // Status: one line per member as it sees itself, then the leader.
+    let until = Instant::now() + ELECTION_DEADLINE;
+    let status = loop {
+        let out = kv(&all, &["cluster", "status"]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let status = text(&out.stdout);
+        // Settled: every member answered and one of them leads.
+        if status.matches(" leader term=").count() == 1 && !status.contains("unreachable") {
+            break status;
+        }
+        assert!(Instant::now() < until, "the views never settled:\n{status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let lines: Vec<&str> = status.lines().collect();
+    assert_eq!(lines.len(), 4, "{status}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&leader) && l.contains(" leader term=")),
+        "{status}"
+    );
+    assert!(lines[3].starts_with("leader: "), "{status}");
+
+    // A fourth member started with --join is added, catches up and is
+    // listed; then member 3 is removed.
+    let addrs = free_addrs(2);
+    let dir = tempfile::tempdir().unwrap();
+    let _fourth = ServerProcess::start_on(
+        &addrs[0],
+        dir.path(),
+        &[
+            "--node-id",
+            "4",
+            "--join",
+            "--peer-addr",
+            &addrs[1],
+            "--initial-cluster",
+            &spec,
+        ],
+    );
+    let member4 = format!("{}/{}", addrs[0], addrs[1]);
+    let added = kv(&all, &["cluster", "add", "4", &member4]).await;
+    assert_eq!(added.status.code(), Some(0), "{}", text(&added.stderr));
+    assert_eq!(
+        text(&added.stdout).lines().count(),
+        5,
+        "{}",
+        text(&added.stdout)
+    );
+    assert!(text(&added.stdout).contains(&addrs[0]));
+    // The new member holds the data: after a write through the cluster,
+    // it applies as far as the leader.
+    assert_put_then_get(&all, "after-add", "yes").await;
+    let removed = kv(&all, &["cluster", "remove", "3"]).await;
+    assert_eq!(removed.status.code(), Some(0), "{}", text(&removed.stderr));
+    assert_eq!(
+        text(&removed.stdout).lines().count(),
+        4,
+        "{}",
+        text(&removed.stdout)
+    );
+    let with4 = format!("{all},{}", addrs[0]);
+    assert_put_then_get(&with4, "after-remove", "yes").await;
 }

@@ -19,6 +19,10 @@ use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use kv_client::kv_proto;
 use kv_client::{ClientOptions, ClusterClient, ClusterOptions};
+use kv_proto::{
+    ClusterAddRequest, ClusterMember, ClusterRemoveRequest, ClusterStatusRequest,
+    ClusterStatusResponse, request, response,
+};
 
 mod bench;
 mod cli {
@@ -185,10 +189,37 @@ enum Command {
     /// Write a snapshot and drop the log it covers; prints the sequence
     /// number the snapshot covers.
     Checkpoint,
+    /// Cluster membership: `status`, `add ID CLIENT_ADDR/PEER_ADDR`,
+    /// `remove ID` (on a cluster member; --addr may list several).
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
     /// Load generator: many connections, pipelined puts and gets; prints
     /// ops/s and latency percentiles (`--json` for one JSON line). Exits 2
     /// if any request failed.
     Bench(bench::BenchArgs),
+}
+
+/// `kv-client cluster ...`.
+#[derive(Debug, Subcommand)]
+enum ClusterAction {
+    /// Print every member's id, addresses, role, term, last log index and
+    /// applied index (each as that member sees itself), and the leader.
+    Status,
+    /// Add member ID (started with `kv-server --join`): a learner first, a
+    /// voter once it has caught up. Prints the new membership.
+    Add {
+        /// Its node id.
+        id: u64,
+        /// Its addresses, CLIENT_ADDR/PEER_ADDR.
+        addrs: String,
+    },
+    /// Remove member ID. Prints the new membership.
+    Remove {
+        /// Its node id.
+        id: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -274,8 +305,78 @@ async fn run_command(connection: &ConnectionArgs, command: Command) -> Result<()
             let seq = client.checkpoint().await.map_err(fail)?;
             output::line(&seq.to_string())
         }
+        Command::Cluster { action } => cluster_command(&client, action, addr).await,
         // Dispatched in `main`, on its own runtime.
         Command::Bench(_) => Err(Failure::Error("bench is not a one-shot command".into())),
+    }
+}
+
+/// One member's view, as `cluster status` prints it.
+fn member_line(member: &ClusterMember, view: Result<&ClusterStatusResponse, String>) -> String {
+    let head = format!(
+        "{} {} {}",
+        member.node_id, member.client_addr, member.peer_addr
+    );
+    match view {
+        Ok(s) if s.has_log => format!(
+            "{head} {} term={} last_log_index={} applied_index={}",
+            s.role, s.term, s.last_log_index, s.applied_index
+        ),
+        Ok(s) => format!("{head} {} term={} (empty log)", s.role, s.term),
+        Err(e) => format!("{head} unreachable: {e}"),
+    }
+}
+
+async fn cluster_command(
+    client: &kv_client::ClusterClient,
+    action: ClusterAction,
+    addr: &str,
+) -> Result<(), Failure> {
+    let fail = |e| output::client_failure(addr, &e);
+    let command = match action {
+        ClusterAction::Status => request::Command::ClusterStatus(ClusterStatusRequest {}),
+        ClusterAction::Add { id, addrs } => {
+            let Some((client_addr, peer_addr)) = addrs.split_once('/') else {
+                return Err(Failure::Error(format!(
+                    "cluster add {id} {addrs}: expected CLIENT_ADDR/PEER_ADDR"
+                )));
+            };
+            request::Command::ClusterAdd(ClusterAddRequest {
+                node_id: id,
+                client_addr: client_addr.to_string(),
+                peer_addr: peer_addr.to_string(),
+            })
+        }
+        ClusterAction::Remove { id } => {
+            request::Command::ClusterRemove(ClusterRemoveRequest { node_id: id })
+        }
+    };
+    let status = match client.call(command).await.map_err(fail)? {
+        response::Result::ClusterStatus(s) => s,
+        other => {
+            return Err(Failure::Error(format!(
+                "the server answered a cluster request with {other:?}"
+            )));
+        }
+    };
+    // Each member is asked for its own view.
+    for member in &status.members {
+        let view = match kv_client::Client::connect(member.client_addr.as_str()).await {
+            Ok(c) => match c
+                .call(request::Command::ClusterStatus(ClusterStatusRequest {}))
+                .await
+            {
+                Ok(response::Result::ClusterStatus(s)) => Ok(s),
+                Ok(other) => Err(format!("unexpected answer {other:?}")),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        output::line(&member_line(member, view.as_ref().map_err(Clone::clone)))?;
+    }
+    match status.leader_id {
+        0 => output::line("leader: unknown"),
+        id => output::line(&format!("leader: {id}")),
     }
 }
 
