@@ -1,12 +1,22 @@
 //! Linearizability: the checker of `common::linearizability` on histories
 //! whose verdict is known, cross-checked against an exhaustive search on
-//! small random ones.
+//! small random ones; then a history recorded from concurrent clients on
+//! three proxied members while the leader is isolated, stopped and cut
+//! one way and a follower restarted, checked with it.
+//!
+//! `KV_SOAK=1` runs the cluster history for 120 s instead of 9
+//! (`KV_SOAK_SECS` sets another length).
 
 mod common;
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use common::Cluster;
 use common::linearizability::{CheckError, Input, Operation, Options, Output, check, check_with};
+use kv_cluster::{ClusterNode, NodeId, RequestError};
+use kv_store::replica::encode_put;
 
 /// splitmix64: reproducible pseudo-random numbers from a seed.
 struct Rng(u64);
@@ -421,4 +431,482 @@ mod checker {
             other => panic!("{other:?}"),
         }
     }
+}
+
+// --- The cluster --------------------------------------------------------
+
+const KEYS: [&[u8]; 3] = [b"x", b"y", b"z"];
+const CLIENTS: u64 = 5;
+/// How long a write's answer is awaited before its outcome is unknown.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a read's answer is awaited before it is given up.
+const READ_TIMEOUT: Duration = Duration::from_secs(1);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The running members, shared by the clients and the fault task: a
+/// member is taken out (and the clients see it gone) before it is
+/// stopped.
+struct Members {
+    nodes: Mutex<BTreeMap<NodeId, Arc<ClusterNode>>>,
+    ids: Vec<NodeId>,
+    epoch: Instant,
+}
+
+impl Members {
+    fn get(&self, id: NodeId) -> Option<Arc<ClusterNode>> {
+        lock(&self.nodes).get(&id).cloned()
+    }
+
+    /// Time since the test began, in microseconds.
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    fn after(&self, id: NodeId) -> NodeId {
+        let i = self.ids.iter().position(|x| *x == id).unwrap();
+        self.ids[(i + 1) % self.ids.len()]
+    }
+
+    /// The leader that every running member of `among` names, that says
+    /// it leads, in a term above `after`; with its term.
+    fn leader_of(&self, among: &[NodeId], after: u64) -> Option<(NodeId, u64)> {
+        let nodes = lock(&self.nodes);
+        let mut named = None;
+        for id in among {
+            let s = nodes.get(id)?.status();
+            match (named, s.leader) {
+                (_, None) => return None,
+                (None, Some(l)) => named = Some(l),
+                (Some(a), Some(b)) if a != b => return None,
+                _ => {}
+            }
+        }
+        let s = nodes.get(&named?)?.status();
+        (among.contains(&s.node_id) && s.role == "leader" && s.term > after)
+            .then_some((s.node_id, s.term))
+    }
+
+    fn describe(&self) -> String {
+        lock(&self.nodes)
+            .values()
+            .map(|n| {
+                let s = n.status();
+                format!(
+                    "[{}: {} term {} leader {:?}]",
+                    s.node_id, s.role, s.term, s.leader
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Waits for [`Members::leader_of`].
+    async fn wait_for_leader(&self, among: &[NodeId], after: u64) -> (NodeId, u64) {
+        let timeout = Duration::from_secs(10);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.leader_of(among, after) {
+                return l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader of {among:?} in a term above {after} within {timeout:?}: {}",
+                self.describe()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Takes member `id` out and stops it, once the operations that hold
+    /// it (reads, bounded by their timeout) are done; then closes the
+    /// connections through its proxy, as the death of its process would.
+    /// (Without that, the peers keep talking to the stopped member's
+    /// connection tasks, which outlive it, and never reach it again once
+    /// it is restarted.)
+    async fn stop(&self, cluster: &Cluster, id: NodeId) {
+        let mut node = lock(&self.nodes).remove(&id).expect("running");
+        let deadline = Instant::now() + READ_TIMEOUT * 5;
+        let node = loop {
+            match Arc::try_unwrap(node) {
+                Ok(n) => break n,
+                Err(shared) => {
+                    assert!(Instant::now() < deadline, "member {id} still in use");
+                    node = shared;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        node.shutdown().await;
+        cluster.proxies[&id].reset();
+    }
+
+    /// Restarts member `id` with `cluster` and puts it back.
+    async fn restart(&self, cluster: &mut Cluster, id: NodeId) {
+        cluster.restart(id).await;
+        let node = cluster.nodes.remove(&id).expect("restarted");
+        lock(&self.nodes).insert(id, Arc::new(node));
+    }
+}
+
+/// What a client did, besides the operations it recorded.
+#[derive(Debug, Default)]
+struct ClientStats {
+    writes_ok: u64,
+    writes_unknown: u64,
+    writes_refused: u64,
+    reads_ok: u64,
+    reads_failed: u64,
+    redirects: u64,
+}
+
+/// The member named by a NotLeader's client address (`client-of-<id>`).
+fn leader_id(addr: &str) -> Option<NodeId> {
+    addr.strip_prefix("client-of-")?.parse().ok()
+}
+
+/// One client until `until`: puts of values unique to it and gets on
+/// [`KEYS`], each on the member it believes leads. Records every
+/// operation whose outcome is known or may have been a write; keeps the
+/// puts refused with NotLeader apart (they never happened).
+async fn client(
+    id: u64,
+    members: Arc<Members>,
+    until: Instant,
+) -> (Vec<Operation>, Vec<Operation>, ClientStats) {
+    let mut rng = Rng(id * 1_000 + 1);
+    let mut history = Vec::new();
+    let mut refused = Vec::new();
+    let mut stats = ClientStats::default();
+    let mut target = members.ids[0];
+    let mut seq = 0u64;
+    while Instant::now() < until {
+        // Now and then a client goes to some member it picks, as one whose
+        // idea of the leader is stale would: a member that believes it
+        // still leads while the others have moved on must not answer it
+        // from its own state.
+        if rng.below(5) == 0 {
+            target = members.ids[rng.below(members.ids.len() as u64) as usize];
+        }
+        let Some(node) = members.get(target) else {
+            target = members.after(target);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let key = KEYS[rng.below(KEYS.len() as u64) as usize];
+        let redirect = if rng.below(2) == 0 {
+            seq += 1;
+            let value = format!("c{id}-{seq}");
+            let invoke = members.now();
+            let pending = node.submit(encode_put(key, value.as_bytes()));
+            drop(node);
+            let answer = tokio::time::timeout(WRITE_TIMEOUT, pending.wait()).await;
+            let complete = members.now();
+            match answer {
+                Ok(Ok(r)) => {
+                    assert!(r.error.is_none(), "put {value}: {r:?}");
+                    stats.writes_ok += 1;
+                    let op = Operation::put(id, key, value.as_bytes(), invoke, Some(complete));
+                    history.push(op);
+                    None
+                }
+                Ok(Err(RequestError::NotLeader { leader })) => {
+                    stats.writes_refused += 1;
+                    let op = Operation::put(id, key, value.as_bytes(), invoke, Some(complete));
+                    refused.push(op);
+                    Some(leader)
+                }
+                Ok(Err(RequestError::Unavailable(_))) | Err(_) => {
+                    stats.writes_unknown += 1;
+                    history.push(Operation::put(id, key, value.as_bytes(), invoke, None));
+                    Some(None)
+                }
+            }
+        } else {
+            let invoke = members.now();
+            let answer =
+                tokio::time::timeout(READ_TIMEOUT, node.read(|replica| replica.get(key))).await;
+            let complete = members.now();
+            drop(node);
+            match answer {
+                Ok(Ok(value)) => {
+                    stats.reads_ok += 1;
+                    history.push(Operation::get(id, key, value.as_deref(), invoke, complete));
+                    None
+                }
+                Ok(Err(RequestError::NotLeader { leader })) => {
+                    stats.reads_failed += 1;
+                    Some(leader)
+                }
+                Ok(Err(RequestError::Unavailable(_))) | Err(_) => {
+                    stats.reads_failed += 1;
+                    Some(None)
+                }
+            }
+        };
+        if let Some(leader) = redirect {
+            stats.redirects += 1;
+            target = match leader.as_deref().and_then(leader_id) {
+                Some(l) if l != target => l,
+                _ => {
+                    // No leader known yet, or this one: another member,
+                    // after a pause.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    members.after(target)
+                }
+            };
+        }
+    }
+    (history, refused, stats)
+}
+
+#[derive(Debug, Default)]
+struct FaultLog {
+    isolated: u64,
+    cut_one_way: u64,
+    stopped_leader: u64,
+    stopped_follower: u64,
+    /// Every (leader, term) seen, in order.
+    leaders: Vec<(NodeId, u64)>,
+    /// What was done when (ms since the test began).
+    timeline: Vec<String>,
+}
+
+impl FaultLog {
+    fn note(&mut self, members: &Members, what: String) {
+        self.timeline
+            .push(format!("{:>6} ms  {what}", members.now() / 1_000));
+    }
+}
+
+/// Until `until`, in turn: isolates the leader, stops the leader, cuts
+/// what the leader sends, stops a follower. A fault on the leader lasts
+/// until the others have elected a new one (and a little more), then it
+/// is healed (or the member restarted) and the test waits for a leader
+/// all three members agree on.
+async fn inject_faults(cluster: &mut Cluster, members: &Members, until: Instant) -> FaultLog {
+    let mut log = FaultLog::default();
+    let all = members.ids.clone();
+    let mut current = members.wait_for_leader(&all, 0).await;
+    log.leaders.push(current);
+    let mut round = 0u64;
+    while Instant::now() < until {
+        let (leader, term) = current;
+        let others: Vec<NodeId> = all.iter().copied().filter(|o| *o != leader).collect();
+        // How long a fault on the leader lasts after the others elected a
+        // new one: long enough for writes to complete on the new leader
+        // while the old one may still believe it leads.
+        let hold = Duration::from_millis(800);
+        match round % 4 {
+            0 => {
+                log.note(members, format!("isolate leader {leader} (term {term})"));
+                cluster.isolate(leader);
+                log.isolated += 1;
+                let new = members.wait_for_leader(&others, term).await;
+                log.note(members, format!("{} elected in term {}", new.0, new.1));
+                tokio::time::sleep(hold).await;
+                cluster.heal();
+            }
+            1 => {
+                log.note(members, format!("stop leader {leader} (term {term})"));
+                members.stop(cluster, leader).await;
+                log.stopped_leader += 1;
+                let new = members.wait_for_leader(&others, term).await;
+                log.note(members, format!("{} elected in term {}", new.0, new.1));
+                tokio::time::sleep(hold).await;
+                members.restart(cluster, leader).await;
+            }
+            2 => {
+                log.note(
+                    members,
+                    format!("cut what leader {leader} sends (term {term})"),
+                );
+                for o in &others {
+                    cluster.block(leader, *o);
+                }
+                log.cut_one_way += 1;
+                let new = members.wait_for_leader(&others, term).await;
+                log.note(members, format!("{} elected in term {}", new.0, new.1));
+                tokio::time::sleep(hold).await;
+                cluster.heal();
+            }
+            _ => {
+                let follower = others[(round / 4 % 2) as usize];
+                log.note(members, format!("stop follower {follower}"));
+                members.stop(cluster, follower).await;
+                log.stopped_follower += 1;
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                members.restart(cluster, follower).await;
+            }
+        }
+        let (_, term) = current;
+        current = members.wait_for_leader(&all, term - 1).await;
+        if log.leaders.last() != Some(&current) {
+            log.leaders.push(current);
+        }
+        log.note(
+            members,
+            format!("all follow {} in term {}", current.0, current.1),
+        );
+        // Some calm between faults.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        round += 1;
+    }
+    log
+}
+
+fn run_length() -> Duration {
+    let soak = std::env::var("KV_SOAK").is_ok_and(|v| v == "1");
+    let secs = std::env::var("KV_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if soak { 120 } else { 9 });
+    Duration::from_secs(secs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_under_partitions_and_restarts_is_linearizable() {
+    let started = Instant::now();
+    let mut cluster = Cluster::start(3, true, |_| {}).await;
+    cluster.leader(Duration::from_secs(10)).await;
+    let members = Arc::new(Members {
+        ids: cluster.members.keys().copied().collect(),
+        nodes: Mutex::new(
+            std::mem::take(&mut cluster.nodes)
+                .into_iter()
+                .map(|(id, n)| (id, Arc::new(n)))
+                .collect(),
+        ),
+        epoch: Instant::now(),
+    });
+    let length = run_length();
+    let until = Instant::now() + length;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|id| tokio::spawn(client(id, members.clone(), until)))
+        .collect();
+    let faults = inject_faults(&mut cluster, &members, until).await;
+    let mut history = Vec::new();
+    let mut refused = Vec::new();
+    let mut stats = ClientStats::default();
+    for c in clients {
+        let (h, r, s) = c.await.expect("client task");
+        history.extend(h);
+        refused.extend(r);
+        stats.writes_ok += s.writes_ok;
+        stats.writes_unknown += s.writes_unknown;
+        stats.writes_refused += s.writes_refused;
+        stats.reads_ok += s.reads_ok;
+        stats.reads_failed += s.reads_failed;
+        stats.redirects += s.redirects;
+    }
+
+    // Healed and all running: a last read of every key on the leader, so
+    // that writes of unknown outcome that did take effect are seen.
+    let (leader, _) = members.wait_for_leader(&members.ids, 0).await;
+    let node = members.get(leader).expect("the leader runs");
+    for key in KEYS {
+        let invoke = members.now();
+        let value = common::within(
+            Duration::from_secs(5),
+            "the last read",
+            node.read(|r| r.get(key)),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the last read on member {leader}: {e}"));
+        history.push(Operation::get(
+            CLIENTS,
+            key,
+            value.as_deref(),
+            invoke,
+            members.now(),
+        ));
+    }
+    drop(node);
+    for id in members.ids.clone() {
+        members.stop(&cluster, id).await;
+    }
+    cluster.shutdown().await;
+
+    for line in &faults.timeline {
+        println!("{line}");
+    }
+    println!(
+        "faults: {} isolations, {} one-way cuts, {} leader and {} follower restarts; leaders {:?}",
+        faults.isolated,
+        faults.cut_one_way,
+        faults.stopped_leader,
+        faults.stopped_follower,
+        faults.leaders
+    );
+    println!("clients: {stats:?}");
+    let checking = Instant::now();
+    let result = check(&history);
+    let took = checking.elapsed();
+    match result {
+        Ok(report) => println!(
+            "linearizable: {} operations on {} keys, {} of unknown outcome \
+             ({} never seen, {} seen), {} NotLeader writes left out; \
+             checked in {took:?} ({} steps); the test took {:?}",
+            report.operations,
+            report.keys,
+            report.unknown,
+            report.unknown_dropped,
+            report.unknown_bounded,
+            refused.len(),
+            report.steps,
+            started.elapsed()
+        ),
+        Err(CheckError::Violation(v)) => {
+            let small = v.minimise(Duration::from_secs(20));
+            let mut text = String::new();
+            for op in &small {
+                text.push_str(&format!("\n  {op}"));
+            }
+            // Were writes refused with NotLeader taken after all?
+            let mut with_refused = history.clone();
+            with_refused.extend(refused.iter().map(|op| Operation {
+                complete: None,
+                ..op.clone()
+            }));
+            let refused_explains = check(&with_refused).is_ok();
+            panic!(
+                "{} operations: {}; minimised to {} operations (times in µs):{text}\n\
+                 with the NotLeader writes as of unknown outcome it is {}",
+                history.len(),
+                CheckError::Violation(v),
+                small.len(),
+                if refused_explains {
+                    "linearizable: a refused write took effect"
+                } else {
+                    "still not linearizable"
+                }
+            );
+        }
+        Err(e) => panic!("{e}"),
+    }
+    assert!(took < Duration::from_secs(20), "checking took {took:?}");
+
+    // It did real work, through real faults.
+    assert!(
+        stats.writes_ok >= 100,
+        "only {} writes completed",
+        stats.writes_ok
+    );
+    assert!(
+        stats.reads_ok >= 100,
+        "only {} reads completed",
+        stats.reads_ok
+    );
+    assert!(
+        faults.isolated >= 1 && faults.cut_one_way >= 1 && faults.stopped_leader >= 1,
+        "not every fault ran: {faults:?}"
+    );
+    // Each fault on the leader made the others elect a new one.
+    assert!(
+        faults.leaders.len() > 3,
+        "too few leader changes: {:?}",
+        faults.leaders
+    );
 }
