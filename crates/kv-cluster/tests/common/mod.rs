@@ -2,7 +2,8 @@
 //! 127.0.0.1, directly or each behind a [`proxy::Proxy`], that can be
 //! stopped and restarted from their data directories; waits that poll a
 //! condition up to a deadline; and a member's state read back from its
-//! snapshot once it is stopped.
+//! snapshot once it is stopped; and ([`linearizability`]) a checker for
+//! the histories that concurrent clients record.
 //!
 //! A test that panics drops its tokio runtime, which cancels every member
 //! and proxy task and closes their sockets; the temporary directories go
@@ -10,6 +11,7 @@
 
 #![allow(dead_code)]
 
+pub mod linearizability;
 pub mod proxy;
 
 use std::collections::BTreeMap;
