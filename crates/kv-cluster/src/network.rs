@@ -128,7 +128,14 @@ impl PeerClient {
         };
         match tokio::time::timeout(ttl, self.exchange(request)).await {
             Ok(Ok(response)) if response.id == id => match response.result {
-                Some(PeerResult::Error(e)) => Err(CallError::Remote(e)),
+                Some(PeerResult::Error(e)) => {
+                    if e.fatal {
+                        // Its Raft stopped: a restarted member listens
+                        // anew, so the next call reconnects.
+                        self.conn = None;
+                    }
+                    Err(CallError::Remote(e))
+                }
                 Some(result) => Ok(result),
                 None => {
                     self.conn = None;
@@ -323,8 +330,15 @@ const PEER_IDLE: Duration = Duration::from_secs(300);
 
 /// Accepts peer connections on `listener` and hands their RPCs to `raft`
 /// until the task is dropped.
+///
+/// The connections' tasks live in a `JoinSet` owned by this future, so
+/// dropping (aborting) it also ends every open peer connection: a stopped
+/// member leaves no connection behind that answers for a dead Raft.
 pub async fn serve_peers(listener: TcpListener, raft: Raft<TypeConfig>, identity: PeerIdentity) {
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        // Reap finished connections as we go.
+        while connections.try_join_next().is_some() {}
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -336,7 +350,7 @@ pub async fn serve_peers(listener: TcpListener, raft: Raft<TypeConfig>, identity
         let _ = stream.set_nodelay(true);
         let raft = raft.clone();
         let identity = identity.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Err(reason) = serve_peer(stream, raft, &identity).await {
                 tracing::warn!(%peer, %reason, "peer connection closed");
             }

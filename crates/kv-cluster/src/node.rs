@@ -56,7 +56,9 @@ pub struct ClusterConfig {
 impl ClusterConfig {
     /// A configuration with the default timings: elections after 300 to
     /// 600 ms without a leader, heartbeats every 100 ms (so a new leader
-    /// takes over well within a second), snapshots every 100,000 entries.
+    /// takes over about a second after the old one stops: the election
+    /// timeout plus openraft's leader lease, measured 1.0 to 1.3 s in
+    /// `tests/partitions.rs`), snapshots every 100,000 entries.
     pub fn new(node_id: NodeId, members: BTreeMap<NodeId, Node>, data_dir: PathBuf) -> Self {
         ClusterConfig {
             node_id,
@@ -84,12 +86,18 @@ pub enum RequestError {
     /// Raft stopped or failed; the outcome of a write is unknown.
     #[error("cluster unavailable: {0}")]
     Unavailable(String),
+    /// The write was taken by this member while it led, and then it lost
+    /// the leadership before the write was committed: the new leader may
+    /// or may not commit it.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
 }
 
 /// A write submitted with [`ClusterNode::submit`].
 #[derive(Debug)]
 pub enum PendingWrite {
-    /// Waiting for Raft's answer.
+    /// Waiting for Raft's answer; whether this member led when it took
+    /// the write.
     Waiting(
         tokio::sync::oneshot::Receiver<
             std::result::Result<
@@ -97,6 +105,7 @@ pub enum PendingWrite {
                 ClientWriteError<NodeId, Node>,
             >,
         >,
+        bool,
     ),
     /// Refused at once.
     Failed(RequestError),
@@ -107,12 +116,21 @@ impl PendingWrite {
     /// or refused. A write whose answer never comes (Raft stopped) is
     /// [`RequestError::Unavailable`]: its outcome is unknown.
     pub async fn wait(self) -> std::result::Result<CommandResult, RequestError> {
-        let rx = match self {
-            PendingWrite::Waiting(rx) => rx,
+        let (rx, led) = match self {
+            PendingWrite::Waiting(rx, led) => (rx, led),
             PendingWrite::Failed(e) => return Err(e),
         };
         match rx.await {
             Ok(Ok(response)) => Ok(response.data),
+            // openraft answers ForwardToLeader both for a write it refused
+            // as a follower and for one whose entry a leader appended and
+            // then lost with its leadership; only the first is known not
+            // to have happened.
+            Ok(Err(ClientWriteError::ForwardToLeader(_))) if led => {
+                Err(RequestError::OutcomeUnknown(
+                    "the leader lost its leadership before the write was committed".to_string(),
+                ))
+            }
             Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(RequestError::NotLeader {
                 leader: f.leader_node.map(|n| n.client_addr),
             }),
@@ -283,8 +301,9 @@ impl ClusterNode {
     pub fn submit(&self, command: Vec<u8>) -> PendingWrite {
         // openraft's submission only puts the request on an unbounded
         // channel to its core: the future is ready at the first poll.
+        let led = self.raft.metrics().borrow().current_leader == Some(self.config.node_id);
         match self.raft.client_write_ff(Command(command)).now_or_never() {
-            Some(Ok(rx)) => PendingWrite::Waiting(rx),
+            Some(Ok(rx)) => PendingWrite::Waiting(rx, led),
             Some(Err(fatal)) => PendingWrite::Failed(RequestError::Unavailable(fatal.to_string())),
             None => PendingWrite::Failed(RequestError::Unavailable(
                 "Raft did not take the write at once".to_string(),

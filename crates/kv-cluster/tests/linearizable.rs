@@ -618,7 +618,8 @@ async fn client(
                     refused.push(op);
                     Some(leader)
                 }
-                Ok(Err(RequestError::Unavailable(_))) | Err(_) => {
+                Ok(Err(RequestError::Unavailable(_) | RequestError::OutcomeUnknown(_)))
+                | Err(_) => {
                     stats.writes_unknown += 1;
                     history.push(Operation::put(id, key, value.as_bytes(), invoke, None));
                     Some(None)
@@ -640,7 +641,8 @@ async fn client(
                     stats.reads_failed += 1;
                     Some(leader)
                 }
-                Ok(Err(RequestError::Unavailable(_))) | Err(_) => {
+                Ok(Err(RequestError::Unavailable(_) | RequestError::OutcomeUnknown(_)))
+                | Err(_) => {
                     stats.reads_failed += 1;
                     Some(None)
                 }

@@ -144,6 +144,7 @@ fn request_error(id: u64, e: RequestError, write: bool) -> Response {
         }
         // A write Raft took but never answered may have been committed.
         RequestError::Unavailable(m) if write => Response::error(id, ErrorCode::OutcomeUnknown, m),
+        RequestError::OutcomeUnknown(m) => Response::error(id, ErrorCode::OutcomeUnknown, m),
         RequestError::Unavailable(m) => Response::error(id, ErrorCode::Unavailable, m),
     }
 }
