@@ -12,6 +12,7 @@
 //! `cargo xtask floor-modes` ([`floor_modes`]) runs only a comparison of
 //! the disk floor under each way of preparing a log segment, with no build.
 
+mod cluster;
 mod floor;
 mod json;
 mod proc;
@@ -99,10 +100,17 @@ impl Paths {
 pub fn run(args: &[String]) -> Result<(), String> {
     let mut quick = false;
     let mut vs_redis = false;
+    let mut with_cluster = false;
+    let mut only_cluster = false;
     for arg in args {
         match arg.as_str() {
             "--quick" => quick = true,
             "--vs-redis" => vs_redis = true,
+            "--cluster" => with_cluster = true,
+            "--only-cluster" => {
+                with_cluster = true;
+                only_cluster = true;
+            }
             "--help" | "-h" => {
                 println!(
                     "usage: cargo xtask bench [--quick] [--vs-redis]\n\n\
@@ -112,7 +120,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
                      checkpoint. Writes target/bench/report.md.\n\n  \
                      --quick     shorter runs (about 3 minutes, build included)\n  \
                      --vs-redis  also measure redis-server (appendonly yes, appendfsync\n              \
-                     always) with redis-benchmark, if both are installed"
+                     always) with redis-benchmark, if both are installed\n  \
+                     --cluster   also a 3-member cluster: durable puts against the leader, and\n              \
+                     failover over 20 leader kills (writes target/bench/cluster.md)\n  \
+                     --only-cluster  the server end to end and the cluster only"
                 );
                 return Ok(());
             }
@@ -143,17 +154,28 @@ pub fn run(args: &[String]) -> Result<(), String> {
         build_secs,
         ..Results::default()
     };
-    step(&mut results, "disk floor", |r| {
-        disk_floor(&paths, &params, r)
-    });
-    step(&mut results, "wal-core", |r| wal_core(&paths, &params, r));
-    step(&mut results, "recovery", |r| recovery(&paths, &params, r));
+    if !only_cluster {
+        step(&mut results, "disk floor", |r| {
+            disk_floor(&paths, &params, r)
+        });
+        step(&mut results, "wal-core", |r| wal_core(&paths, &params, r));
+        step(&mut results, "recovery", |r| recovery(&paths, &params, r));
+    }
     step(&mut results, "server end to end", |r| {
         server_load(&paths, &params, r)
     });
-    step(&mut results, "memory and checkpoint interference", |r| {
-        memory_and_checkpoint(&paths, &params, r)
-    });
+    if !only_cluster {
+        step(&mut results, "memory and checkpoint interference", |r| {
+            memory_and_checkpoint(&paths, &params, r)
+        });
+    }
+    if with_cluster {
+        step(&mut results, "cluster", |_| {
+            let mut text = String::from("# Cluster bench\n\n");
+            cluster::run(&paths, &params, &mut text)?;
+            cluster::write(&paths.bench, &text)
+        });
+    }
     if vs_redis {
         step(&mut results, "redis", |r| redis(&paths, &params, r));
     } else {

@@ -153,9 +153,20 @@ impl Server {
         extra: &[&str],
         log: &Path,
     ) -> Result<Server, String> {
+        Self::start_at(binary, "127.0.0.1:0", data_dir, extra, log)
+    }
+
+    /// As [`Server::start`], listening on `addr`.
+    pub fn start_at(
+        binary: &Path,
+        addr: &str,
+        data_dir: &Path,
+        extra: &[&str],
+        log: &Path,
+    ) -> Result<Server, String> {
         let mut cmd = Command::new(binary);
         cmd.arg("--addr")
-            .arg("127.0.0.1:0")
+            .arg(addr)
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
@@ -202,6 +213,14 @@ impl Server {
                     last_lines(&log_text, 5)
                 ))
             }
+        }
+    }
+
+    /// Kills it with SIGKILL, as a crash, and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 

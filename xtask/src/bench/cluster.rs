@@ -1,0 +1,232 @@
+//! `cargo xtask bench --cluster`: a three-member cluster on this machine.
+//! Durable puts at 1, 16 and 64 connections x pipeline 1 and 16 against
+//! the leader, next to the single node's figures of the same run; then the
+//! failover time over 20 leader kills (SIGKILL): from the kill to the first
+//! put acknowledged by a new leader, as `kv-client --addr` (which follows
+//! the leader) sees it. Writes `target/bench/cluster.md`.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::proc::{self, Server, TempDir};
+use super::{Params, Paths, client_bench, flags, load_keys};
+
+/// Leader kills measured.
+const KILLS: usize = 20;
+
+/// Ports that were free a moment ago.
+fn free_addrs(n: usize) -> Result<Vec<String>, String> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").map_err(|e| format!("cannot bind: {e}")))
+        .collect::<Result<_, _>>()?;
+    held.iter()
+        .map(|l| {
+            l.local_addr()
+                .map(|a| a.to_string())
+                .map_err(|e| format!("cannot read a bound address: {e}"))
+        })
+        .collect()
+}
+
+struct Member {
+    id: u64,
+    client: String,
+    peer: String,
+    dir: TempDir,
+    server: Option<Server>,
+}
+
+fn start_member(paths: &Paths, m: &mut Member, spec: &str) -> Result<(), String> {
+    let node = m.id.to_string();
+    let log = paths.bench.join(format!("cluster-{}.log", m.id));
+    m.server = Some(Server::start_at(
+        &paths.kv_server(),
+        &m.client,
+        &m.dir.0,
+        &[
+            "--node-id",
+            &node,
+            "--peer-addr",
+            &m.peer,
+            "--initial-cluster",
+            spec,
+        ],
+        &log,
+    )?);
+    Ok(())
+}
+
+/// Runs `kv-client --addr ADDRS ARGS`; its stdout if it exited 0.
+fn kv(paths: &Paths, addrs: &str, args: &[&str]) -> Result<String, String> {
+    let mut cmd = Command::new(paths.kv_client());
+    cmd.args(["--addr", addrs]).args(args);
+    let done = proc::run(cmd, Duration::from_secs(30))?;
+    Ok(done.stdout)
+}
+
+/// The leader's id once every running member names the same one in its
+/// `cluster status` (waits up to `deadline`): right after an election a
+/// member may still name the previous leader.
+fn leader(paths: &Paths, addrs: &str, deadline: Duration) -> Result<u64, String> {
+    let until = Instant::now() + deadline;
+    loop {
+        let views: Vec<Option<u64>> = addrs
+            .split(',')
+            .map(|addr| {
+                kv(paths, addr, &["cluster", "status"])
+                    .ok()
+                    .and_then(|out| {
+                        out.lines()
+                            .find_map(|l| l.strip_prefix("leader: "))
+                            .and_then(|id| id.trim().parse().ok())
+                    })
+            })
+            .collect();
+        if let Some(Some(first)) = views.first()
+            && views.iter().all(|v| *v == Some(*first))
+        {
+            return Ok(*first);
+        }
+        if Instant::now() > until {
+            return Err(format!("no agreed leader within {deadline:?}: {views:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[(((sorted.len() - 1) as f64) * q).round() as usize]
+}
+
+pub(super) fn run(paths: &Paths, params: &Params, out: &mut String) -> Result<(), String> {
+    let addrs = free_addrs(6)?;
+    let mut members = Vec::new();
+    for id in 1..=3u64 {
+        let i = (id - 1) as usize;
+        members.push(Member {
+            id,
+            client: addrs[2 * i].clone(),
+            peer: addrs[2 * i + 1].clone(),
+            dir: TempDir::fresh(paths.bench.join(format!("cluster-data-{id}")))?,
+            server: None,
+        });
+    }
+    let spec = members
+        .iter()
+        .map(|m| format!("{}={}/{}", m.id, m.client, m.peer))
+        .collect::<Vec<_>>()
+        .join(",");
+    let all = members
+        .iter()
+        .map(|m| m.client.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    for m in &mut members {
+        start_member(paths, m, &spec)?;
+    }
+    let lead = leader(paths, &all, Duration::from_secs(30))?;
+    let leader_addr = members[(lead - 1) as usize].client.clone();
+    let prefix = "bench:";
+    load_keys(
+        paths,
+        &leader_addr,
+        params.server_keyspace,
+        prefix,
+        params.value_size,
+    )?;
+
+    out.push_str("## Durable puts, 3-member cluster (against the leader)\n\n");
+    out.push_str("| connections | pipeline | ops/s | p50 us | p99 us |\n|---|---|---|---|---|\n");
+    for &connections in &params.connections {
+        for &pipeline in &params.pipelines {
+            let f = flags(&[
+                ("--mix", "put".into()),
+                ("--connections", connections.to_string()),
+                ("--pipeline", pipeline.to_string()),
+                ("--duration", params.server_secs.to_string()),
+                ("--keyspace", params.server_keyspace.to_string()),
+                ("--key-prefix", prefix.into()),
+                ("--value-size", params.value_size.to_string()),
+            ]);
+            let obj = client_bench(
+                paths,
+                &leader_addr,
+                &f,
+                Duration::from_secs_f64(params.server_secs + 60.0),
+            )?;
+            let line = format!(
+                "| {connections} | {pipeline} | {:.0} | {:.0} | {:.0} |\n",
+                obj.num("ops_per_sec")?,
+                obj.num("p50_us")?,
+                obj.num("p99_us")?
+            );
+            eprint!("  cluster put {line}");
+            out.push_str(&line);
+        }
+    }
+
+    // Failover: kill the leader, time the first acknowledged put, restart
+    // the killed member, wait until it has rejoined, again.
+    let mut times = Vec::new();
+    for kill in 0..KILLS {
+        let lead = leader(paths, &all, Duration::from_secs(30))?;
+        let index = (lead - 1) as usize;
+        if let Some(server) = members[index].server.as_mut() {
+            server.kill9();
+        }
+        members[index].server = None;
+        let killed = Instant::now();
+        let survivors = members
+            .iter()
+            .filter(|m| m.server.is_some())
+            .map(|m| m.client.clone())
+            .collect::<Vec<_>>()
+            .join(",");
+        let until = killed + Duration::from_secs(30);
+        loop {
+            if kv(
+                paths,
+                &survivors,
+                &["put", &format!("failover-{kill}"), "x"],
+            )
+            .is_ok()
+            {
+                break;
+            }
+            if Instant::now() > until {
+                return Err(format!("kill {kill}: no write acknowledged within 30 s"));
+            }
+        }
+        let took = killed.elapsed().as_secs_f64() * 1e3;
+        eprintln!("  failover {kill}: {took:.0} ms");
+        times.push(took);
+        start_member(paths, &mut members[index], &spec)?;
+        // Rejoined: every member reports the same leader again.
+        leader(paths, &all, Duration::from_secs(30))?;
+    }
+    times.sort_by(f64::total_cmp);
+    out.push_str(&format!(
+        "\n## Failover over {KILLS} leader kills (SIGKILL to the first acknowledged put)\n\n\
+         p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (target: p99 under 1000 ms)\n",
+        quantile(&times, 0.5),
+        quantile(&times, 0.99),
+        times.last().copied().unwrap_or(0.0)
+    ));
+    for m in members {
+        if let Some(server) = m.server {
+            let _ = server.stop(Duration::from_secs(30));
+        }
+    }
+    Ok(())
+}
+
+/// Writes the cluster section beside the report.
+pub(super) fn write(dir: &Path, text: &str) -> Result<(), String> {
+    let path = dir.join("cluster.md");
+    std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
