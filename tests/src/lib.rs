@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -761,6 +761,18 @@ pub async fn read_responses<R: tokio::io::AsyncRead + Unpin>(
         );
     }
     responses
+}
+
+/// `n` loopback addresses whose ports were free a moment ago (bound, then
+/// released), for servers that must be told each other's addresses before
+/// they start, such as the members of a cluster.
+pub fn free_addrs(n: usize) -> Vec<String> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("the bound address").to_string())
+        .collect()
 }
 
 #[cfg(test)]

@@ -4,23 +4,12 @@
 //! the time from the kill to the first acknowledged write there is printed.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use e2e::ServerProcess;
+use e2e::{ServerProcess, free_addrs};
 use kv_client::{Client, ClientError};
 use kv_proto::{ClusterStatusRequest, ErrorCode, request, response};
-
-/// Ports that were free a moment ago (bound, then released).
-fn free_addrs(n: usize) -> Vec<String> {
-    let held: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().expect("addr").to_string())
-        .collect()
-}
 
 struct Member {
     client: String,

@@ -3,25 +3,14 @@
 //! a follower's NOT_LEADER), and after the leader is killed it reaches the
 //! new one (the dead address is skipped).
 
-use std::net::TcpListener;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use e2e::{CLI_DEADLINE, ServerProcess};
+use e2e::{CLI_DEADLINE, ServerProcess, free_addrs};
 use kv_client::{ClusterClient, ClusterOptions};
 
 /// How long the cluster may take to elect a leader.
 const ELECTION_DEADLINE: Duration = Duration::from_secs(30);
-
-/// Ports that were free a moment ago (bound, then released).
-fn free_addrs(n: usize) -> Vec<String> {
-    let held: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().expect("addr").to_string())
-        .collect()
-}
 
 /// Three members started as DESIGN.md's cluster command line says; their
 /// client addresses, and the processes (index i is node i + 1).

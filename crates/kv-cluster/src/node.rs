@@ -56,9 +56,9 @@ pub struct ClusterConfig {
 impl ClusterConfig {
     /// A configuration with the default timings: elections after 300 to
     /// 600 ms without a leader, heartbeats every 100 ms (so a new leader
-    /// takes over about a second after the old one stops: the election
-    /// timeout plus openraft's leader lease, measured 1.0 to 1.3 s in
-    /// `tests/partitions.rs`), snapshots every 100,000 entries.
+    /// is elected once the election timeout and openraft's leader lease
+    /// have run out after the old one stops), snapshots every 100,000
+    /// entries.
     pub fn new(node_id: NodeId, members: BTreeMap<NodeId, Node>, data_dir: PathBuf) -> Self {
         ClusterConfig {
             node_id,
@@ -281,18 +281,7 @@ impl ClusterNode {
         &self,
         command: Vec<u8>,
     ) -> std::result::Result<CommandResult, RequestError> {
-        match self.raft.client_write(Command(command)).await {
-            Ok(response) => Ok(response.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(RequestError::NotLeader {
-                    leader: f
-                        .leader_node
-                        .map(|n| n.client_addr)
-                        .or_else(|| f.leader_id.and_then(|id| self.client_addr(id))),
-                })
-            }
-            Err(e) => Err(RequestError::Unavailable(e.to_string())),
-        }
+        self.submit(command).wait().await
     }
 
     /// Proposes `command` without waiting, in call order: calls on one

@@ -248,8 +248,9 @@ pub struct Args {
     pub peer_secret_file: Option<PathBuf>,
 
     /// A follower that hears no leader for this long (randomised up to
-    /// twice it) starts an election. With the default, a new leader serves
-    /// writes well within a second of the old one's death.
+    /// twice it) starts an election; a new leader serves writes once this
+    /// and openraft's leader lease (as long again) have passed after the
+    /// old one's death.
     #[arg(long, env = "KV_ELECTION_TIMEOUT_MS", default_value_t = 300, help_heading = "Cluster",
           value_parser = clap::value_parser!(u64).range(50..=60_000))]
     pub election_timeout_ms: u64,

@@ -18,10 +18,13 @@ fn main() -> ExitCode {
     let args = Args::parse();
     // The cluster flags are checked together; a bad combination is a usage
     // error, like a bad flag.
-    if let Err(e) = args.cluster_config() {
-        eprintln!("kv-server: error: {e}");
-        return ExitCode::from(kv_server::config::EXIT_USAGE);
-    }
+    let cluster = match args.cluster_config() {
+        Ok(cluster) => cluster,
+        Err(e) => {
+            eprintln!("kv-server: error: {e}");
+            return ExitCode::from(kv_server::config::EXIT_USAGE);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -35,7 +38,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
-        .and_then(|runtime| runtime.block_on(serve(args)));
+        .and_then(|runtime| runtime.block_on(serve(args, cluster)));
     match result {
         Ok(()) => ExitCode::from(EXIT_OK),
         Err(err) => {
@@ -46,7 +49,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(args: Args) -> anyhow::Result<()> {
+async fn serve(args: Args, cluster: Option<kv_cluster::ClusterConfig>) -> anyhow::Result<()> {
     if !args.frame_fits_largest_request() {
         tracing::warn!(
             max_frame = args.max_frame,
@@ -85,7 +88,6 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .local_addr()
         .context("cannot read the bound address")?;
 
-    let cluster = args.cluster_config().map_err(anyhow::Error::msg)?;
     if let Some(config) = cluster {
         return serve_cluster(args, config, listener, addr).await;
     }

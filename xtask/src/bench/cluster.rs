@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::proc::{self, Server, TempDir};
-use super::{Params, Paths, client_bench, flags, load_keys};
+use super::{Params, Paths, client_bench, load_flags, load_keys};
 
 /// Leader kills measured.
 const KILLS: usize = 20;
@@ -144,15 +144,7 @@ pub(super) fn run(paths: &Paths, params: &Params, out: &mut String) -> Result<()
     out.push_str("| connections | pipeline | ops/s | p50 us | p99 us |\n|---|---|---|---|---|\n");
     for &connections in &params.connections {
         for &pipeline in &params.pipelines {
-            let f = flags(&[
-                ("--mix", "put".into()),
-                ("--connections", connections.to_string()),
-                ("--pipeline", pipeline.to_string()),
-                ("--duration", params.server_secs.to_string()),
-                ("--keyspace", params.server_keyspace.to_string()),
-                ("--key-prefix", prefix.into()),
-                ("--value-size", params.value_size.to_string()),
-            ]);
+            let f = load_flags(params, "put", connections, pipeline, prefix);
             let obj = client_bench(
                 paths,
                 &leader_addr,

@@ -529,6 +529,26 @@ fn flags(pairs: &[(&str, String)]) -> Vec<String> {
     out
 }
 
+/// `kv-client bench` flags for a timed run of `op` over the server
+/// keyspace, as the server and cluster steps measure it.
+fn load_flags(
+    params: &Params,
+    op: &str,
+    connections: u32,
+    pipeline: u32,
+    prefix: &str,
+) -> Vec<String> {
+    flags(&[
+        ("--mix", op.into()),
+        ("--connections", connections.to_string()),
+        ("--pipeline", pipeline.to_string()),
+        ("--duration", params.server_secs.to_string()),
+        ("--keyspace", params.server_keyspace.to_string()),
+        ("--key-prefix", prefix.into()),
+        ("--value-size", params.value_size.to_string()),
+    ])
+}
+
 /// Writes keys 0..n of `prefix` once each (16 connections x pipeline 16).
 fn load_keys(
     paths: &Paths,
@@ -586,15 +606,7 @@ fn server_load(paths: &Paths, params: &Params, results: &mut Results) -> Result<
                     );
                     results.adjacent_floors.push((Adjacent::Server, floor));
                 }
-                let f = flags(&[
-                    ("--mix", op.into()),
-                    ("--connections", connections.to_string()),
-                    ("--pipeline", pipeline.to_string()),
-                    ("--duration", params.server_secs.to_string()),
-                    ("--keyspace", params.server_keyspace.to_string()),
-                    ("--key-prefix", prefix.into()),
-                    ("--value-size", params.value_size.to_string()),
-                ]);
+                let f = load_flags(params, op, connections, pipeline, prefix);
                 let obj = client_bench(paths, &server.addr, &f, secs(params.server_secs + 60.0))?;
                 eprintln!(
                     "  {op} {connections:>2} conn x P{pipeline:<2}: {:.0} ops/s, p99 {:.0} us",

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use kv_cluster::{ClusterConfig, ClusterNode, Node, NodeId, StateMachine};
 use kv_proto::RaftState;
+use kv_store::replica::Replica;
 use prost::Message;
 use tokio::net::TcpListener;
 
@@ -316,16 +317,19 @@ pub fn snapshot_index(raft_dir: &Path) -> Option<u64> {
 /// Everything the snapshot in `raft_dir` holds (of a stopped member).
 pub fn read_state(raft_dir: &Path) -> Contents {
     let sm = StateMachine::open(raft_dir).expect("open the state machine");
-    sm.read(|replica| {
-        let (keys, more) = replica.keys_within(b"", 0, usize::MAX);
-        assert!(!more);
-        keys.into_iter()
-            .map(|k| {
-                let v = replica.get(&k).expect("a listed key has a value");
-                (k, v)
-            })
-            .collect()
-    })
+    sm.read(contents)
+}
+
+/// Every key and value of `replica`.
+fn contents(replica: &Replica) -> Contents {
+    let (keys, more) = replica.keys_within(b"", 0, usize::MAX);
+    assert!(!more);
+    keys.into_iter()
+        .map(|k| {
+            let v = replica.get(&k).expect("a listed key has a value");
+            (k, v)
+        })
+        .collect()
 }
 
 /// The last purged log index in the Raft state file in `raft_dir`.
@@ -342,16 +346,7 @@ pub async fn read_all(node: &ClusterNode) -> Contents {
     within(
         Duration::from_secs(5),
         "linearizable read",
-        node.read(|replica| {
-            let (keys, more) = replica.keys_within(b"", 0, usize::MAX);
-            assert!(!more);
-            keys.into_iter()
-                .map(|k| {
-                    let v = replica.get(&k).expect("a listed key has a value");
-                    (k, v)
-                })
-                .collect::<Contents>()
-        }),
+        node.read(contents),
     )
     .await
     .unwrap_or_else(|e| panic!("linearizable read on member {}: {e}", node.node_id()))
