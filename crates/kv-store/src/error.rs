@@ -90,6 +90,10 @@ pub enum Error {
     /// missing.
     #[error("cannot recover: {0}")]
     Unrecoverable(String),
+    /// An offline tool found the data directory in use: the lock file it
+    /// names is held, by a running server or another tool. Stop that first.
+    #[error("the data directory is in use: {} is locked by a running process", .0.display())]
+    InUse(PathBuf),
 }
 
 /// Result alias.

@@ -134,6 +134,7 @@
 mod checkpoint;
 mod commit;
 mod error;
+pub mod inspect;
 mod options;
 mod record;
 mod recovery;

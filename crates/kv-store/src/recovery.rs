@@ -16,7 +16,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use wal_core::{Lsn, Vfs, Wal, WalIter};
+use wal_core::{Lsn, ReadOnlyWal, RecoveryReport, Vfs, Wal, WalIter};
 
 use crate::RecoveryInfo;
 use crate::error::{Error, Result};
@@ -24,9 +24,61 @@ use crate::record;
 use crate::snapshot::{self, FileKind};
 use crate::state::{Change, Entry, Op, State};
 
+/// The log as recovery reads it: opened for writing by the store, or read
+/// only by an offline check, which must come to the same decisions without
+/// changing anything.
+pub(crate) trait LogView {
+    /// The LSN of the next append.
+    fn next_lsn(&self) -> Lsn;
+    /// The oldest record's LSN, if any.
+    fn first_lsn(&self) -> Option<Lsn>;
+    /// The records from `lsn` on.
+    fn iter_from(&self, lsn: Lsn) -> wal_core::Result<WalIter>;
+    /// What opening the log found.
+    fn report(&self) -> &RecoveryReport;
+    /// Whether recovery must leave the files alone (an offline check).
+    fn read_only(&self) -> bool;
+}
+
+impl LogView for Wal {
+    fn next_lsn(&self) -> Lsn {
+        Wal::next_lsn(self)
+    }
+    fn first_lsn(&self) -> Option<Lsn> {
+        Wal::first_lsn(self)
+    }
+    fn iter_from(&self, lsn: Lsn) -> wal_core::Result<WalIter> {
+        Wal::iter_from(self, lsn)
+    }
+    fn report(&self) -> &RecoveryReport {
+        self.recovery_report()
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+}
+
+impl LogView for ReadOnlyWal {
+    fn next_lsn(&self) -> Lsn {
+        ReadOnlyWal::next_lsn(self)
+    }
+    fn first_lsn(&self) -> Option<Lsn> {
+        ReadOnlyWal::first_lsn(self)
+    }
+    fn iter_from(&self, lsn: Lsn) -> wal_core::Result<WalIter> {
+        Ok(ReadOnlyWal::iter_from(self, lsn))
+    }
+    fn report(&self) -> &RecoveryReport {
+        self.recovery_report()
+    }
+    fn read_only(&self) -> bool {
+        true
+    }
+}
+
 /// Why the log cannot be replayed forward from `seq`, or `None` if it can:
 /// it must hold every record after `seq` that was ever written.
-fn log_gap(wal: &Wal, seq: Lsn) -> Option<String> {
+fn log_gap(wal: &impl LogView, seq: Lsn) -> Option<String> {
     let next = wal.next_lsn();
     let first = wal.first_lsn();
     if next < seq + 1 {
@@ -55,18 +107,35 @@ fn log_gap(wal: &Wal, seq: Lsn) -> Option<String> {
 pub(crate) fn recover(
     vfs: &Arc<dyn Vfs>,
     snapshot_dir: &Path,
-    wal: &Wal,
+    wal: &impl LogView,
 ) -> Result<(State, RecoveryInfo)> {
     let mut info = RecoveryInfo {
-        warnings: wal.recovery_report().warnings.clone(),
+        warnings: wal.report().warnings.clone(),
         ..RecoveryInfo::default()
     };
 
     let mut snapshots = Vec::new();
     let mut removed_temp = false;
-    for kind in snapshot::list(&**vfs, snapshot_dir)? {
+    // An offline check of a store that never got as far as creating its
+    // snapshot directory sees no snapshots, as the open would.
+    let kinds = match snapshot::list(&**vfs, snapshot_dir) {
+        Err(Error::Io { source, .. })
+            if wal.read_only() && source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Vec::new()
+        }
+        kinds => kinds?,
+    };
+    for kind in kinds {
         match kind {
             FileKind::Snapshot(seq) => snapshots.push(seq),
+            FileKind::Temp(seq) if wal.read_only() => {
+                let path = snapshot_dir.join(snapshot::temp_name(seq));
+                info.warnings.push(format!(
+                    "would remove unfinished snapshot {}",
+                    path.display()
+                ));
+            }
             FileKind::Temp(seq) => {
                 let path = snapshot_dir.join(snapshot::temp_name(seq));
                 vfs.remove_file(&path)
@@ -155,7 +224,7 @@ fn unusable(damaged: &[(Lsn, String)], seq: Lsn, gap: &str) -> String {
 /// each segment's records are exactly its LSN range. Nothing is applied if
 /// any record is bad: open fails then anyway, with the first error in LSN
 /// order.
-fn replay(wal: &Wal, seq: Lsn, state: &mut State) -> Result<u64> {
+fn replay(wal: &impl LogView, seq: Lsn, state: &mut State) -> Result<u64> {
     let parts = wal.iter_from(seq + 1)?.split_by_segment();
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())

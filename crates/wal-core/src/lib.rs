@@ -118,6 +118,27 @@ pub struct RecoveryReport {
     /// [`Wal::open_read_only`]: they say what an open would do, and nothing
     /// on disk was changed.
     pub applied: bool,
+    /// The cuts behind the warnings, in the order open makes them: what an
+    /// offline tool needs to save the bytes before they go.
+    pub cuts: Vec<Cut>,
+}
+
+/// One cut recovery makes (or, read-only, would make), in
+/// [`RecoveryReport::cuts`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cut {
+    /// The segment is cut to `len` bytes: everything from `len` on goes.
+    Truncate {
+        /// The segment file.
+        segment: std::path::PathBuf,
+        /// Its length after the cut.
+        len: u64,
+    },
+    /// The segment is deleted whole.
+    Remove {
+        /// The segment file.
+        segment: std::path::PathBuf,
+    },
 }
 
 /// Where a recovered log ends, in [`RecoveryReport::end`].

@@ -32,7 +32,7 @@ use crate::options::{RecoveryMode, WalOptions};
 use crate::reader::{self, SegmentReader, Step};
 use crate::segment::{self, SegmentMeta};
 use crate::vfs::{Vfs, VfsFile};
-use crate::{LogEnd, Lsn, RecoveryReport};
+use crate::{Cut, LogEnd, Lsn, RecoveryReport};
 
 /// Size of the sectors in which the torn-write rule looks for zeroes: the
 /// smallest unit a drive writes, so a lost page is at least one of them.
@@ -134,9 +134,24 @@ pub(crate) fn recover(
     let names = list_segments(vfs, dir)?;
     let threads = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
     let plan = plan(vfs, &names, options, threads)?;
+    let cuts = plan
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Truncate { path, len } => Some(Cut::Truncate {
+                segment: path.clone(),
+                len: *len,
+            }),
+            Action::Remove { path } => Some(Cut::Remove {
+                segment: path.clone(),
+            }),
+            Action::RewriteHeader { .. } | Action::Create { .. } => None,
+        })
+        .collect();
     let mut report = RecoveryReport {
         warnings: plan.warnings,
         applied: !read_only,
+        cuts,
         ..RecoveryReport::default()
     };
     let mut segments = plan.kept;
