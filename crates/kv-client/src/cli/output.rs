@@ -150,23 +150,11 @@ fn write_stdout(
 }
 
 /// `bytes` as a double-quoted string that the prompt's parser reads back
-/// as the same bytes: printable ASCII as is, everything else escaped.
+/// as the same bytes: std's `escape_ascii` (printable ASCII as is, `\n`,
+/// `\t`, `\"`, `\'`, `\\` and `\xHH` for the rest), which is exactly
+/// what the parser's double quotes take.
 pub fn quote(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() + 2);
-    out.push('"');
-    for &b in bytes {
-        match b {
-            b'"' => out.push_str("\\\""),
-            b'\\' => out.push_str("\\\\"),
-            b'\n' => out.push_str("\\n"),
-            b'\r' => out.push_str("\\r"),
-            b'\t' => out.push_str("\\t"),
-            0x20..=0x7e => out.push(b as char),
-            _ => out.push_str(&format!("\\x{b:02x}")),
-        }
-    }
-    out.push('"');
-    out
+    format!("\"{}\"", bytes.escape_ascii())
 }
 
 #[cfg(test)]
@@ -241,5 +229,12 @@ mod tests {
     fn quote_escapes_what_is_not_printable() {
         assert_eq!(quote(b"plain"), "\"plain\"");
         assert_eq!(quote(b"a\"b\\c\n\x00\xff"), "\"a\\\"b\\\\c\\n\\x00\\xff\"");
+        // Every byte survives a trip through the prompt's parser.
+        let all: Vec<u8> = (0..=255).collect();
+        let line = format!("get {}", quote(&all));
+        assert_eq!(
+            crate::cli::repl::parse_line(line.as_bytes()),
+            Ok(crate::cli::repl::Line::Get(bytes::Bytes::from(all)))
+        );
     }
 }
