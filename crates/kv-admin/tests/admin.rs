@@ -299,3 +299,52 @@ fn repair_saves_what_it_cuts_and_leaves_a_store_that_opens_strictly() {
     assert_eq!(out.status.code(), Some(0), "{t}");
     assert!(t.contains("nothing to cut"), "{t}");
 }
+
+#[test]
+fn restore_makes_a_data_directory_that_continues_after_the_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = build(dir.path());
+    let seq = store.checkpoint().unwrap();
+    store.close().unwrap();
+    drop(store);
+    let backup = dir.path().join("backup.snap");
+    std::fs::copy(&snapshot_files(dir.path())[0], &backup).unwrap();
+
+    let target = dir.path().join("restored");
+    let out = admin(&[
+        "restore",
+        backup.to_str().unwrap(),
+        target.to_str().unwrap(),
+    ]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(
+        t.contains("restored 298 key(s)") && t.contains(&format!("LSN {seq}")),
+        "{t}"
+    );
+    let store = KeyValueStore::open(&target, options()).unwrap();
+    assert_eq!(store.stats().keys, 298);
+    assert_eq!(store.get(b"key299").as_deref(), Some(&vec![b'v'; 1000][..]));
+    assert!(store.get(b"key000").is_none());
+    assert_eq!(store.put(b"new", b"1").unwrap(), seq + 1);
+    store.close().unwrap();
+    drop(store);
+
+    // Never over something, and never from a damaged backup.
+    let out = admin(&[
+        "restore",
+        backup.to_str().unwrap(),
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("not empty"));
+    let mut bytes = std::fs::read(&backup).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&backup, &bytes).unwrap();
+    let other = dir.path().join("other");
+    let out = admin(&["restore", backup.to_str().unwrap(), other.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("corrupt snapshot"), "{}", text(&out));
+    assert!(!other.exists(), "a refused restore made the directory");
+}

@@ -94,6 +94,10 @@ pub enum Error {
     /// names is held, by a running server or another tool. Stop that first.
     #[error("the data directory is in use: {} is locked by a running process", .0.display())]
     InUse(PathBuf),
+    /// A restore was asked to make a data directory where one (or anything
+    /// else) already is.
+    #[error("{} is not empty: restore makes a new data directory", .0.display())]
+    DirectoryNotEmpty(PathBuf),
 }
 
 /// Result alias.

@@ -359,6 +359,16 @@ pub(crate) struct Loaded {
 /// that disagrees) is [`Error::CorruptSnapshot`]; nothing of a damaged file
 /// is returned.
 pub(crate) fn load(vfs: &Arc<dyn Vfs>, path: &Path, seq: Lsn) -> Result<Loaded> {
+    load_checked(vfs, path, Some(seq))
+}
+
+/// As [`load`], for a file whose name says nothing (a backup): the LSN it
+/// covers is its header's, in [`Loaded::state`]'s `last_applied`.
+pub(crate) fn load_any(vfs: &Arc<dyn Vfs>, path: &Path) -> Result<Loaded> {
+    load_checked(vfs, path, None)
+}
+
+fn load_checked(vfs: &Arc<dyn Vfs>, path: &Path, expect: Option<Lsn>) -> Result<Loaded> {
     let corrupt = |offset: u64, reason: String| Error::CorruptSnapshot {
         path: path.to_path_buf(),
         offset,
@@ -401,12 +411,15 @@ pub(crate) fn load(vfs: &Arc<dyn Vfs>, path: &Path, seq: Lsn) -> Result<Loaded> 
             ),
         ));
     }
-    if header.seq != seq {
+    if let Some(seq) = expect
+        && header.seq != seq
+    {
         return Err(corrupt(
             HEADER_PREFIX as u64,
             format!("header says seq {}, the file name says {seq}", header.seq),
         ));
     }
+    let seq = header.seq;
     let mut file_crc = crc32fast::Hasher::new();
     file_crc.update(&region);
 

@@ -208,8 +208,32 @@ impl Wal {
         options: WalOptions,
         vfs: Arc<dyn Vfs>,
     ) -> Result<Wal> {
+        Self::start(dir.as_ref(), options, vfs, None)
+    }
+
+    /// Creates a new, empty log in `dir` whose first record gets
+    /// `first_lsn`, and opens it: a log that continues a state restored
+    /// from elsewhere, such as a snapshot covering every LSN below
+    /// `first_lsn`. Fails with [`Error::InvalidArgument`] if `dir` already
+    /// holds a log or `first_lsn` is 0. The segment is durable, directory
+    /// entry included, before this returns, so a reopen continues there.
+    pub fn create_at(dir: impl AsRef<Path>, options: WalOptions, first_lsn: Lsn) -> Result<Wal> {
+        Self::start(dir.as_ref(), options, StdFs::shared(), Some(first_lsn))
+    }
+
+    /// As [`Wal::create_at`], on the given file layer.
+    pub fn create_at_with_vfs(
+        dir: impl AsRef<Path>,
+        options: WalOptions,
+        vfs: Arc<dyn Vfs>,
+        first_lsn: Lsn,
+    ) -> Result<Wal> {
+        Self::start(dir.as_ref(), options, vfs, Some(first_lsn))
+    }
+
+    fn start(dir: &Path, options: WalOptions, vfs: Arc<dyn Vfs>, at: Option<Lsn>) -> Result<Wal> {
         let policy = options.sync_policy;
-        let core = Arc::new(LogCore::open(dir.as_ref(), options, vfs)?);
+        let core = Arc::new(LogCore::open(dir, options, vfs, at)?);
         let syncer = match policy {
             SyncPolicy::Interval { period } => {
                 Some(IntervalSyncer::start(Arc::clone(&core), period)?)

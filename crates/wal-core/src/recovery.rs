@@ -198,7 +198,7 @@ pub(crate) fn recover(
 }
 
 /// Step 1: the segment files of `dir`, in LSN order.
-fn list_segments(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<(Lsn, PathBuf)>> {
+pub(crate) fn list_segments(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<(Lsn, PathBuf)>> {
     let mut names: Vec<(Lsn, PathBuf)> = vfs
         .list_dir(dir)
         .map_err(Error::io("list log directory", dir))?

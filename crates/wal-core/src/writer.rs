@@ -256,9 +256,21 @@ impl Drop for LeaderGuard<'_> {
 }
 
 impl LogCore {
-    /// Locks `dir`, recovers it and returns the ready log.
-    pub(crate) fn open(dir: &Path, options: WalOptions, vfs: Arc<dyn Vfs>) -> Result<LogCore> {
+    /// Locks `dir`, recovers it and returns the ready log. With `start`,
+    /// `dir` must hold no segment yet, and the new log's first record gets
+    /// that LSN.
+    pub(crate) fn open(
+        dir: &Path,
+        options: WalOptions,
+        vfs: Arc<dyn Vfs>,
+        start: Option<Lsn>,
+    ) -> Result<LogCore> {
         options.validate()?;
+        if start == Some(0) {
+            return Err(Error::InvalidArgument {
+                reason: "a log cannot start at LSN 0".to_string(),
+            });
+        }
         // A directory made here is durable only once its entry in its parent
         // is: without an fsync of each such parent, a crash could take the
         // whole new log away, acknowledged records and all.
@@ -282,6 +294,18 @@ impl LogCore {
                 Error::io("lock log directory", dir)(e)
             }
         })?;
+        if let Some(first_lsn) = start {
+            if !crate::recovery::list_segments(vfs.as_ref(), dir)?.is_empty() {
+                return Err(Error::InvalidArgument {
+                    reason: format!(
+                        "{} already holds a log; a log can start at LSN {first_lsn} only in a \
+                         directory without one",
+                        dir.display()
+                    ),
+                });
+            }
+            segment::create_segment(vfs.as_ref(), dir, first_lsn, options.segment_size)?;
+        }
         let rec = crate::recovery::recover(vfs.as_ref(), dir, &options, false)?;
         let Some(active) = rec.active else {
             return Err(Error::InvalidArgument {

@@ -391,3 +391,15 @@ fn interval_makes_appends_durable_by_its_next_background_sync() {
         assert_eq!(held.get(lsn), Some(data), "record {lsn} lost");
     }
 }
+
+#[test]
+fn a_crash_right_after_create_at_keeps_the_starting_lsn() {
+    let fs = SimFs::new();
+    let dir = std::path::Path::new("/data/log");
+    let wal = Wal::create_at_with_vfs(dir, WalOptions::default(), fs.shared(), 42).unwrap();
+    let after = fs.crash();
+    drop(wal);
+    let wal = Wal::open_with_vfs(dir, WalOptions::default(), after.shared()).unwrap();
+    assert_eq!(wal.next_lsn(), 42);
+    assert_eq!(wal.append(b"first").unwrap(), 42);
+}

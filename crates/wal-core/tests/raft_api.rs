@@ -275,3 +275,25 @@ fn stats_count_records_groups_and_syncs() {
     assert_eq!((s.written_lsn, s.durable_lsn), (13, 13));
     assert!(s.segments >= 2);
 }
+
+#[test]
+fn create_at_starts_an_empty_log_at_the_given_lsn_and_only_in_an_empty_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    let wal = Wal::create_at(&dir, options(), 101).unwrap();
+    assert_eq!((wal.next_lsn(), wal.first_lsn()), (101, None));
+    for lsn in 101..=120 {
+        assert_eq!(wal.append(&payload(lsn)).unwrap(), lsn);
+    }
+    drop(wal);
+    let wal = Wal::open(&dir, options()).unwrap();
+    assert_eq!((wal.first_lsn(), wal.last_lsn()), (Some(101), Some(120)));
+    assert_eq!(wal.read(101).unwrap().unwrap().data, payload(101));
+    drop(wal);
+    // Never over an existing log, and never at LSN 0.
+    let e = Wal::create_at(&dir, options(), 500).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+    let e = Wal::create_at(tmp.path().join("other"), options(), 0).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+    assert_eq!(Wal::open(&dir, options()).unwrap().next_lsn(), 121);
+}
