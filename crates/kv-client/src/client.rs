@@ -161,6 +161,14 @@ impl Client {
         ops::checkpoint(self.call(ops::checkpoint_command()).await?)
     }
 
+    /// Copies a consistent backup of the server's state (a snapshot, taken
+    /// by a checkpoint) into the file at `path`; see the `backup` command
+    /// for what the file holds. `path` appears only once the copy is whole
+    /// and synced.
+    pub async fn backup(&self, path: impl AsRef<std::path::Path>) -> Result<crate::BackupInfo> {
+        crate::backup::run(path.as_ref(), |command| self.call(command)).await
+    }
+
     /// Sends any command and returns the server's result. An error result
     /// becomes [`ClientError::Server`]; the result's kind is not checked
     /// against the command.
@@ -345,6 +353,7 @@ pub(crate) mod ops {
             response::Result::Keys(_) => "keys",
             response::Result::Checkpoint(_) => "checkpoint",
             response::Result::ClusterStatus(_) => "cluster status",
+            response::Result::Backup(_) => "backup",
         };
         ClientError::Protocol(format!("{command} request answered with a {kind} result"))
     }

@@ -216,6 +216,33 @@ impl ClusterClient {
         ops::checkpoint(self.call(ops::checkpoint_command()).await?)
     }
 
+    /// Copies a consistent backup of the leader's state into the file at
+    /// `path`, as [`crate::Client::backup`]. Every piece must come from one
+    /// member (two members' snapshots of one position differ in their
+    /// headers): if the leader changes during the copy, the backup fails
+    /// and should be run again.
+    pub async fn backup(&self, path: impl AsRef<std::path::Path>) -> Result<crate::BackupInfo> {
+        let source: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+        let source = &source;
+        crate::backup::run(path.as_ref(), |command| async move {
+            let result = self.call(command).await?;
+            let now = self.connected_to().await;
+            let mut first = source.lock().unwrap_or_else(|e| e.into_inner());
+            match (&*first, now) {
+                (None, now) => *first = now,
+                (Some(a), Some(b)) if *a == b => {}
+                (Some(a), b) => {
+                    return Err(ClientError::Protocol(format!(
+                        "the backup began on {a} and went on to {}; run it again",
+                        b.as_deref().unwrap_or("another member")
+                    )));
+                }
+            }
+            Ok(result)
+        })
+        .await
+    }
+
     /// Sends any command to the leader, finding it first, and returns its
     /// result, with the rules of the type's documentation. An error result
     /// other than NOT_LEADER becomes [`ClientError::Server`] at once.
@@ -408,8 +435,9 @@ fn safe_to_resend(command: &request::Command) -> bool {
         request::Command::Get(_)
         | request::Command::Keys(_)
         | request::Command::ClusterStatus(_) => true,
-        // A second snapshot is only a newer snapshot.
-        request::Command::Checkpoint(_) => true,
+        // A second snapshot is only a newer snapshot, and a backup piece
+        // is a read.
+        request::Command::Checkpoint(_) | request::Command::Backup(_) => true,
         // Writes, membership changes included: a second one could be
         // applied on top of the first.
         request::Command::Put(_)

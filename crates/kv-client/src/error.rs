@@ -106,6 +106,17 @@ pub enum ClientError {
     /// [`ClusterClient`]: crate::ClusterClient
     #[error("no server address given")]
     NoAddress,
+    /// A local file (a backup being written) could not be written.
+    #[error("{op} {}: {source}", path.display())]
+    File {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: Arc<io::Error>,
+    },
 }
 
 impl ClientError {

@@ -36,11 +36,13 @@
 
 #![warn(missing_docs)]
 
+mod backup;
 mod client;
 mod cluster;
 mod connection;
 mod error;
 
+pub use backup::BackupInfo;
 pub use client::{Client, ClientOptions, KeysPage};
 pub use cluster::{ClusterClient, ClusterOptions};
 pub use error::{ClientError, Result};

@@ -104,7 +104,8 @@ fn apply(
         // The fake is a single node.
         request::Command::ClusterStatus(_)
         | request::Command::ClusterAdd(_)
-        | request::Command::ClusterRemove(_) => return None,
+        | request::Command::ClusterRemove(_)
+        | request::Command::Backup(_) => return None,
     })
 }
 

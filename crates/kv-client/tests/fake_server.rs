@@ -79,7 +79,8 @@ fn answer(request: &Request) -> Response {
         Some(
             request::Command::ClusterStatus(_)
             | request::Command::ClusterAdd(_)
-            | request::Command::ClusterRemove(_),
+            | request::Command::ClusterRemove(_)
+            | request::Command::Backup(_),
         ) => {
             return Response::error(request.id, ErrorCode::InvalidRequest, "a single node");
         }
@@ -481,4 +482,82 @@ async fn not_leader_carries_the_leaders_address() {
         }
     })
     .await;
+}
+
+/// Serves a backup in pieces of 1000 bytes: the snapshot of seq 7 (3000
+/// bytes of `a`) until its second piece has been sent, then, as if a
+/// checkpoint replaced it, the snapshot of seq 9 (2500 bytes of `b`).
+async fn serve_backup(mut conn: Conn) {
+    let mut pieces = 0;
+    while let Some(Ok(Ok(request))) = conn.next().await {
+        let Some(request::Command::Backup(b)) = request.command else {
+            return;
+        };
+        let (seq, file) = if pieces < 2 {
+            (7, vec![b'a'; 3000])
+        } else {
+            (9, vec![b'b'; 2500])
+        };
+        pieces += 1;
+        let offset = if b.start || b.seq != seq { 0 } else { b.offset };
+        let end = (offset as usize + 1000).min(file.len());
+        let piece = kv_client::kv_proto::BackupResponse {
+            seq,
+            offset,
+            total_size: file.len() as u64,
+            data: Bytes::copy_from_slice(&file[offset as usize..end]),
+        };
+        let reply = Response::new(request.id, response::Result::Backup(piece));
+        if conn.send(reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_backup_starts_over_when_the_snapshot_is_replaced_and_ends_whole() {
+    let (addr, _) = fake_server(serve_backup).await;
+    let client = Client::connect(addr.as_str()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.snap");
+    let info = client.backup(&path).await.unwrap();
+    assert_eq!(
+        info,
+        kv_client::BackupInfo {
+            seq: 9,
+            bytes: 2500,
+            restarts: 1
+        }
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), vec![b'b'; 2500]);
+    assert!(!dir.path().join("b.snap.partial").exists());
+}
+
+#[tokio::test]
+async fn a_backup_answer_at_the_wrong_offset_fails_and_leaves_no_file() {
+    let (addr, _) = fake_server(|mut conn: Conn| async move {
+        while let Some(Ok(Ok(request))) = conn.next().await {
+            let piece = kv_client::kv_proto::BackupResponse {
+                seq: 1,
+                offset: 500,
+                total_size: 1000,
+                data: Bytes::from_static(b"x"),
+            };
+            let reply = Response::new(request.id, response::Result::Backup(piece));
+            if conn.send(reply).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let client = Client::connect(addr.as_str()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.snap");
+    let err = client.backup(&path).await.unwrap_err();
+    assert!(err.to_string().contains("offset 500"), "{err}");
+    assert!(!path.exists());
+    assert!(
+        !dir.path().join("b.snap.partial").exists(),
+        "the partial copy is left behind"
+    );
 }

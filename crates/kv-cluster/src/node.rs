@@ -74,6 +74,9 @@ impl ClusterConfig {
     }
 }
 
+/// How long a checkpoint may take before its request gives up waiting.
+const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Why a write or read was not done here.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
@@ -387,11 +390,64 @@ impl ClusterNode {
 
     /// Builds a snapshot now (the log is purged behind it by openraft).
     pub async fn checkpoint(&self) -> std::result::Result<(), RequestError> {
+        // openraft's trigger only asks for a snapshot; the answer waits
+        // until one covers everything applied when it was asked.
+        let mut rx = self.raft.metrics();
+        let target = rx.borrow().last_applied;
         self.raft
             .trigger()
             .snapshot()
             .await
-            .map_err(|e| RequestError::Unavailable(e.to_string()))
+            .map_err(|e| RequestError::Unavailable(e.to_string()))?;
+        let deadline = tokio::time::Instant::now() + CHECKPOINT_TIMEOUT;
+        loop {
+            if rx.borrow().snapshot >= target {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    return Err(RequestError::Unavailable(
+                        "Raft stopped before the snapshot was written".to_string(),
+                    ));
+                }
+                Err(_) => {
+                    return Err(RequestError::Unavailable(format!(
+                        "the snapshot was not written within {} s",
+                        CHECKPOINT_TIMEOUT.as_secs()
+                    )));
+                }
+            }
+        }
+    }
+
+    /// One piece of a backup of this member's state (see
+    /// [`kv_store::inspect::read_backup_chunk`]): with `seq` `None`, takes a
+    /// checkpoint and starts sending the snapshot it wrote; then reads on
+    /// at `offset`. The snapshot is kv-store's format, as of the Raft
+    /// position it names, so `kv-admin restore` makes a single node's data
+    /// directory of it.
+    pub async fn backup_chunk(
+        &self,
+        seq: Option<u64>,
+        offset: u64,
+        max_len: usize,
+    ) -> std::result::Result<kv_store::inspect::BackupChunk, RequestError> {
+        if seq.is_none() {
+            self.checkpoint().await?;
+        }
+        let path = crate::state_machine::snapshot_path(&self.config.data_dir.join("raft"));
+        tokio::task::spawn_blocking(move || {
+            kv_store::inspect::read_backup_chunk(&path, seq, offset, max_len)
+        })
+        .await
+        .map_err(|e| RequestError::Unavailable(format!("backup task failed: {e}")))?
+        .map_err(|e| match e {
+            kv_store::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                RequestError::Unavailable("this member has no snapshot to back up yet".to_string())
+            }
+            other => RequestError::Unavailable(other.to_string()),
+        })
     }
 
     /// Waits until this member knows a leader, up to `timeout`; the leader.

@@ -39,6 +39,12 @@ use crate::types::{
 };
 
 const SNAPSHOT: &str = "snapshot";
+
+/// The current snapshot's data file in the Raft directory `dir`: a
+/// kv-store snapshot, replaced only by a rename.
+pub(crate) fn snapshot_path(dir: &Path) -> std::path::PathBuf {
+    dir.join(SNAPSHOT)
+}
 const SNAPSHOT_META: &str = "snapshot.meta";
 
 /// The state machine. Cheap to clone: clones share the state (a clone is

@@ -86,6 +86,7 @@ impl request::Command {
             request::Command::ClusterStatus(_) => "cluster_status",
             request::Command::ClusterAdd(_) => "cluster_add",
             request::Command::ClusterRemove(_) => "cluster_remove",
+            request::Command::Backup(_) => "backup",
         }
     }
 }

@@ -31,14 +31,42 @@ pub struct ClusterBackend {
 /// The pending answer to one request on a cluster member.
 #[derive(Debug)]
 pub(crate) enum ClusterReply {
-    Put { id: u64, pending: PendingWrite },
-    Delete { id: u64, pending: PendingWrite },
-    Get { id: u64, key: Bytes },
-    Keys { id: u64, prefix: Bytes, limit: u32 },
-    Checkpoint { id: u64 },
-    Status { id: u64 },
-    Add { id: u64, node_id: u64, node: Node },
-    Remove { id: u64, node_id: u64 },
+    Put {
+        id: u64,
+        pending: PendingWrite,
+    },
+    Delete {
+        id: u64,
+        pending: PendingWrite,
+    },
+    Get {
+        id: u64,
+        key: Bytes,
+    },
+    Keys {
+        id: u64,
+        prefix: Bytes,
+        limit: u32,
+    },
+    Checkpoint {
+        id: u64,
+    },
+    Backup {
+        id: u64,
+        request: kv_proto::BackupRequest,
+    },
+    Status {
+        id: u64,
+    },
+    Add {
+        id: u64,
+        node_id: u64,
+        node: Node,
+    },
+    Remove {
+        id: u64,
+        node_id: u64,
+    },
 }
 
 /// Starts answering `command`: checks it, submits writes now.
@@ -104,6 +132,7 @@ pub(crate) fn start(
             limit: keys.limit,
         },
         Command::Checkpoint(_) => ClusterReply::Checkpoint { id },
+        Command::Backup(request) => ClusterReply::Backup { id, request },
         Command::ClusterStatus(_) => ClusterReply::Status { id },
         Command::ClusterAdd(add) => {
             if add.node_id == 0 || add.client_addr.is_empty() || add.peer_addr.is_empty() {
@@ -216,6 +245,17 @@ impl ClusterReply {
                 ),
                 Err(e) => request_error(id, e, false),
             },
+            ClusterReply::Backup { id, request } => {
+                let seq = (!request.start).then_some(request.seq);
+                let max = crate::command::backup_chunk_size(keys_budget);
+                match node.backup_chunk(seq, request.offset, max).await {
+                    Ok(chunk) => Response::new(
+                        id,
+                        response::Result::Backup(crate::command::backup_response(chunk)),
+                    ),
+                    Err(e) => request_error(id, e, false),
+                }
+            }
             ClusterReply::Add {
                 id,
                 node_id,

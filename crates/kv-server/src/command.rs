@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use kv_proto::{
-    CheckpointResponse, DeleteResponse, ErrorCode, GetResponse, KeysResponse, PutResponse, Request,
-    Response, request::Command, response,
+    BackupRequest, BackupResponse, CheckpointResponse, DeleteResponse, ErrorCode, GetResponse,
+    KeysResponse, PutResponse, Request, Response, request::Command, response,
 };
 use kv_store::{KeyValueStore, Lsn, Pending};
 
@@ -111,6 +111,8 @@ pub(crate) enum Reply {
     Keys { id: u64, prefix: Bytes, limit: u32 },
     /// A checkpoint, started when its turn comes.
     Checkpoint { id: u64 },
+    /// A piece of a backup, read when its turn comes.
+    Backup { id: u64, request: BackupRequest },
     /// A request on a cluster member.
     Cluster(ClusterReply),
 }
@@ -154,6 +156,7 @@ impl Reply {
                 limit: keys.limit,
             },
             Command::Checkpoint(_) => Reply::Checkpoint { id },
+            Command::Backup(request) => Reply::Backup { id, request },
             Command::ClusterStatus(_) | Command::ClusterAdd(_) | Command::ClusterRemove(_) => {
                 Reply::error(
                     id,
@@ -248,8 +251,44 @@ impl Reply {
                     }
                 }
             }
+            Reply::Backup { id, request } => {
+                let store = store.clone();
+                let max = backup_chunk_size(shared.keys_budget);
+                let seq = (!request.start).then_some(request.seq);
+                match tokio::task::spawn_blocking(move || {
+                    store.backup_chunk(seq, request.offset, max)
+                })
+                .await
+                {
+                    Ok(Ok(chunk)) => (id, response::Result::Backup(backup_response(chunk))),
+                    Ok(Err(err)) => return store_error(id, &err, shared),
+                    Err(join) => {
+                        return error_response(
+                            id,
+                            ErrorCode::Internal,
+                            format!("backup task failed: {join}"),
+                        );
+                    }
+                }
+            }
         };
         Response::new(id, result)
+    }
+}
+
+/// How much of a backup one response carries: 1 MiB, or less if the frame
+/// limit is smaller (`budget` is what a response may carry).
+pub(crate) fn backup_chunk_size(budget: usize) -> usize {
+    budget.clamp(1, 1 << 20)
+}
+
+/// A backup chunk as its response.
+pub(crate) fn backup_response(chunk: kv_store::inspect::BackupChunk) -> BackupResponse {
+    BackupResponse {
+        seq: chunk.seq,
+        offset: chunk.offset,
+        total_size: chunk.total_size,
+        data: Bytes::from(chunk.data),
     }
 }
 

@@ -295,3 +295,79 @@ pub fn restore(backup: &Path, dir: &Path) -> Result<Restored> {
         bytes: stats.bytes,
     })
 }
+
+/// One piece of a backup, as [`read_backup_chunk`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupChunk {
+    /// The LSN the snapshot being sent covers.
+    pub seq: Lsn,
+    /// Where `data` starts in the snapshot file.
+    pub offset: u64,
+    /// The snapshot file's size.
+    pub total_size: u64,
+    /// The bytes.
+    pub data: Vec<u8>,
+}
+
+/// Reads up to `max_len` bytes at `offset` of the snapshot file at `path`,
+/// for a backup that is sending the snapshot of `seq` (`None`: whichever
+/// the file holds). The header is checked, and header and data come from
+/// one open of the file, so a snapshot renamed into place meanwhile is
+/// never mixed with the one before. If the file now holds another
+/// snapshot (a later checkpoint replaced it), the answer starts that one
+/// from offset 0 and the caller starts its copy again: what it ends with
+/// is always one whole snapshot, checked by its own checksums on restore.
+pub fn read_backup_chunk(
+    path: &Path,
+    seq: Option<Lsn>,
+    offset: u64,
+    max_len: usize,
+) -> Result<BackupChunk> {
+    read_backup_chunk_with(&StdFs, path, seq, offset, max_len)
+}
+
+/// As [`read_backup_chunk`], through `vfs`.
+pub(crate) fn read_backup_chunk_with(
+    vfs: &dyn Vfs,
+    path: &Path,
+    seq: Option<Lsn>,
+    offset: u64,
+    max_len: usize,
+) -> Result<BackupChunk> {
+    let file = vfs
+        .open_read(path)
+        .map_err(|e| Error::io("open snapshot", path, e))?;
+    let total_size = file
+        .len()
+        .map_err(|e| Error::io("stat snapshot", path, e))?;
+    let (_, header) = snapshot::read_header(&*file, path, total_size)?;
+    let offset = if seq == Some(header.seq) {
+        offset.min(total_size)
+    } else {
+        0
+    };
+    let len = usize::try_from(total_size - offset)
+        .unwrap_or(usize::MAX)
+        .min(max_len);
+    let mut data = vec![0; len];
+    let mut filled = 0;
+    while filled < len {
+        let n = file
+            .read_at(&mut data[filled..], offset + filled as u64)
+            .map_err(|e| Error::io("read snapshot", path, e))?;
+        if n == 0 {
+            return Err(Error::CorruptSnapshot {
+                path: path.to_path_buf(),
+                offset: offset + filled as u64,
+                reason: "the file ended early".to_string(),
+            });
+        }
+        filled += n;
+    }
+    Ok(BackupChunk {
+        seq: header.seq,
+        offset,
+        total_size,
+        data,
+    })
+}

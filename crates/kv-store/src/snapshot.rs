@@ -345,6 +345,53 @@ fn read_exact_at(
     Ok(())
 }
 
+/// Reads and checks the header of the snapshot `file` (at `path`, `len`
+/// bytes long): returns the header region as read (it counts in the file
+/// checksum) and the decoded header.
+pub(crate) fn read_header(
+    file: &dyn VfsFile,
+    path: &Path,
+    len: u64,
+) -> Result<([u8; HEADER_REGION], SnapshotHeader)> {
+    let corrupt = |offset: u64, reason: String| Error::CorruptSnapshot {
+        path: path.to_path_buf(),
+        offset,
+        reason,
+    };
+    if len < (HEADER_REGION + TRAILER_LEN) as u64 {
+        return Err(corrupt(0, format!("file of {len} bytes is too short")));
+    }
+
+    let mut region = [0u8; HEADER_REGION];
+    read_exact_at(file, &mut region, 0, path)?;
+    if &region[..8] != MAGIC {
+        return Err(corrupt(0, "not a snapshot file (bad magic)".into()));
+    }
+    let hlen = read_u32(&region[8..]) as usize;
+    if HEADER_PREFIX + hlen > HEADER_REGION {
+        return Err(corrupt(8, format!("header length {hlen} is too large")));
+    }
+    let header_bytes = &region[HEADER_PREFIX..HEADER_PREFIX + hlen];
+    let mut hcrc = crc32fast::Hasher::new();
+    hcrc.update(&(hlen as u32).to_le_bytes());
+    hcrc.update(header_bytes);
+    if hcrc.finalize() != read_u32(&region[12..]) {
+        return Err(corrupt(8, "header checksum mismatch".into()));
+    }
+    let header = SnapshotHeader::decode(header_bytes)
+        .map_err(|e| corrupt(HEADER_PREFIX as u64, format!("undecodable header: {e}")))?;
+    if header.version != FORMAT_VERSION {
+        return Err(corrupt(
+            HEADER_PREFIX as u64,
+            format!(
+                "format version {} is not supported (this build reads {FORMAT_VERSION})",
+                header.version
+            ),
+        ));
+    }
+    Ok((region, header))
+}
+
 /// A snapshot read back and verified.
 #[derive(Debug)]
 pub(crate) struct Loaded {
@@ -380,37 +427,7 @@ fn load_checked(vfs: &Arc<dyn Vfs>, path: &Path, expect: Option<Lsn>) -> Result<
     let len = file
         .len()
         .map_err(|e| Error::io("stat snapshot", path, e))?;
-    if len < (HEADER_REGION + TRAILER_LEN) as u64 {
-        return Err(corrupt(0, format!("file of {len} bytes is too short")));
-    }
-
-    let mut region = [0u8; HEADER_REGION];
-    read_exact_at(&*file, &mut region, 0, path)?;
-    if &region[..8] != MAGIC {
-        return Err(corrupt(0, "not a snapshot file (bad magic)".into()));
-    }
-    let hlen = read_u32(&region[8..]) as usize;
-    if HEADER_PREFIX + hlen > HEADER_REGION {
-        return Err(corrupt(8, format!("header length {hlen} is too large")));
-    }
-    let header_bytes = &region[HEADER_PREFIX..HEADER_PREFIX + hlen];
-    let mut hcrc = crc32fast::Hasher::new();
-    hcrc.update(&(hlen as u32).to_le_bytes());
-    hcrc.update(header_bytes);
-    if hcrc.finalize() != read_u32(&region[12..]) {
-        return Err(corrupt(8, "header checksum mismatch".into()));
-    }
-    let header = SnapshotHeader::decode(header_bytes)
-        .map_err(|e| corrupt(HEADER_PREFIX as u64, format!("undecodable header: {e}")))?;
-    if header.version != FORMAT_VERSION {
-        return Err(corrupt(
-            HEADER_PREFIX as u64,
-            format!(
-                "format version {} is not supported (this build reads {FORMAT_VERSION})",
-                header.version
-            ),
-        ));
-    }
+    let (region, header) = read_header(&*file, path, len)?;
     if let Some(seq) = expect
         && header.seq != seq
     {

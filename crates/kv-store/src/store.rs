@@ -343,6 +343,47 @@ impl KeyValueStore {
         checkpoint::run(&self.inner.shared)
     }
 
+    /// One piece of a backup (`kv-client backup`): with `seq` `None`, takes
+    /// a checkpoint and starts sending the snapshot it wrote; then, with
+    /// the `seq` answered, reads on at `offset`, up to `max_len` bytes. A
+    /// later checkpoint that replaces the snapshot meanwhile restarts the
+    /// copy with the new one (see [`crate::inspect::read_backup_chunk`]).
+    /// Blocking (a checkpoint, file reads).
+    pub fn backup_chunk(
+        &self,
+        seq: Option<Lsn>,
+        offset: u64,
+        max_len: usize,
+    ) -> Result<crate::inspect::BackupChunk> {
+        let shared = &self.inner.shared;
+        if seq.is_none() {
+            self.checkpoint()?;
+        }
+        // A checkpoint may delete the newest snapshot between the listing
+        // and the open; the one that replaced it is then listed next time.
+        let mut tries = 0;
+        loop {
+            let newest = crate::snapshot::list(&*shared.vfs, &shared.snapshot_dir)?
+                .into_iter()
+                .filter_map(|k| match k {
+                    crate::snapshot::FileKind::Snapshot(s) => Some(s),
+                    crate::snapshot::FileKind::Temp(_) => None,
+                })
+                .max()
+                .ok_or_else(|| Error::Unavailable("no snapshot to back up".to_string()))?;
+            let path = shared.snapshot_dir.join(crate::snapshot::file_name(newest));
+            match crate::inspect::read_backup_chunk_with(&*shared.vfs, &path, seq, offset, max_len)
+            {
+                Err(Error::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound && tries < 3 =>
+                {
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Counters and sizes.
     pub fn stats(&self) -> Stats {
         let shared = &self.inner.shared;

@@ -52,7 +52,10 @@ fn truncate(text: &str) -> &str {
 pub fn parse_object(text: &str) -> Result<Object, String> {
     match serde_json::from_str(text) {
         Ok(Value::Object(fields)) => Ok(Object { fields }),
-        Ok(other) => Err(format!("expected a JSON object, got {}", truncate(&other.to_string()))),
+        Ok(other) => Err(format!(
+            "expected a JSON object, got {}",
+            truncate(&other.to_string())
+        )),
         Err(e) => Err(format!("bad JSON ({e}): {:?}", truncate(text))),
     }
 }
@@ -63,11 +66,15 @@ mod tests {
 
     #[test]
     fn reads_the_last_object_and_names_missing_or_mistyped_fields() {
-        let o = parse_last_object("warming up\n{\"ops_per_sec\":12.5,\"error\":\"x\\ny\"}\n")
-            .unwrap();
+        let o =
+            parse_last_object("warming up\n{\"ops_per_sec\":12.5,\"error\":\"x\\ny\"}\n").unwrap();
         assert_eq!(o.num("ops_per_sec").unwrap(), 12.5);
         assert_eq!(o.str("error"), Some("x\ny"));
-        assert!(o.num("missing").unwrap_err().contains("`missing` is missing"));
+        assert!(
+            o.num("missing")
+                .unwrap_err()
+                .contains("`missing` is missing")
+        );
         assert!(o.num("error").unwrap_err().contains("not a number"));
         assert!(parse_last_object("no json here").is_err());
         assert!(parse_object("[1]").is_err());
