@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use kv_proto::{
-    FrameCodec, PeerError, PeerRequest, PeerResponse, RaftAppendOutcome, RaftAppendRequest,
-    RaftAppendResponse, RaftEntry, RaftSnapshotChunk, RaftVoteRequest, RaftVoteResponse,
-    peer_request::Rpc, peer_response::Result as PeerResult,
+    CodecError, FrameCodec, PeerError, PeerRequest, PeerResponse, RaftAppendOutcome,
+    RaftAppendRequest, RaftAppendResponse, RaftEntry, RaftSnapshotChunk, RaftVoteRequest,
+    RaftVoteResponse, peer_request::Rpc, peer_response::Result as PeerResult,
 };
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, SnapshotMismatch,
@@ -372,6 +372,13 @@ pub async fn serve_peers(listener: TcpListener, raft: Raft<TypeConfig>, identity
                 Some(tls) => match tokio::time::timeout(PEER_HANDSHAKE, tls.accept(stream)).await
                 {
                     Ok(Ok(stream)) => stream,
+                    // Closed before the handshake ended: a dialling member
+                    // whose RPC was cancelled (or a port scan), not a
+                    // refusal.
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        tracing::debug!(%peer, error = %e, "peer closed during the TLS handshake");
+                        return;
+                    }
                     Ok(Err(e)) => {
                         tracing::warn!(%peer, error = %e, "peer refused: TLS handshake failed");
                         return;
@@ -400,6 +407,14 @@ async fn serve_peer(
         let frame = match tokio::time::timeout(PEER_IDLE, conn.next()).await {
             Err(_) => return Err("idle".into()),
             Ok(None) => return Ok(()),
+            // A TLS peer that closed between frames without a close_notify
+            // (its connection was dropped, as a cancelled RPC does) closed
+            // as a plain one does.
+            Ok(Some(Err(CodecError::Io(e))))
+                if e.kind() == io::ErrorKind::UnexpectedEof && conn.read_buffer().is_empty() =>
+            {
+                return Ok(());
+            }
             Ok(Some(Err(e))) => return Err(format!("refused: {e}")),
             Ok(Some(Ok(Err(e)))) => return Err(format!("refused an undecodable message: {e}")),
             Ok(Some(Ok(Ok(request)))) => request,

@@ -112,6 +112,16 @@ impl FrameReader {
                 Err(_elapsed) => return Err(ReadError::Idle),
                 Ok(Ok(0)) if self.buffer.is_empty() => return Ok(None),
                 Ok(Ok(0)) => return Err(ReadError::Truncated),
+                // A TLS client that closed without a close_notify (one
+                // that exits or drops its connection) between frames has
+                // closed as a plain one does; inside a frame, truncated.
+                Ok(Err(err)) if err.kind() == io::ErrorKind::UnexpectedEof => {
+                    return if self.buffer.is_empty() {
+                        Ok(None)
+                    } else {
+                        Err(ReadError::Truncated)
+                    };
+                }
                 Ok(Ok(_)) => {
                     if self.frame_started.is_none() {
                         self.frame_started = Some(Instant::now());
