@@ -129,7 +129,10 @@ impl ServerTls {
         match tokio::time::timeout(timeout, handshake).await {
             Err(_) => return Err(HandshakeError::Timeout),
             Ok(Err(HandshakeError::PlainClient)) => {
-                tokio::spawn(refuse_plain(socket, peer));
+                // Answered here, not in a task of its own: the caller holds
+                // a connection (or refusal) permit meanwhile, so plain
+                // clients cannot pile up answers beyond the limits.
+                refuse_plain(socket, peer).await;
                 return Err(HandshakeError::PlainClient);
             }
             Ok(Err(e)) => return Err(e),
