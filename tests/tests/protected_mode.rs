@@ -1,11 +1,11 @@
-//! Protected mode: with no authentication (none exists yet), a server told
-//! to listen beyond loopback refuses to start, in one line saying why,
-//! unless `--allow-unauthenticated` (or `KV_ALLOW_UNAUTHENTICATED`) says
+//! Protected mode: without an auth token, a server told to listen beyond
+//! loopback refuses to start, in one line saying why, unless an auth token
+//! is set or `--allow-unauthenticated` (or `KV_ALLOW_UNAUTHENTICATED`) says
 //! that is intended.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
-use e2e::{EXIT_DEADLINE, ServerProcess, cli, command, run_to_exit};
+use e2e::{CLI_DEADLINE, EXIT_DEADLINE, ServerProcess, cli, command, run_to_exit};
 
 #[test]
 fn a_non_loopback_addr_without_auth_is_refused_unless_allowed() {
@@ -23,6 +23,7 @@ fn a_non_loopback_addr_without_auth_is_refused_unless_allowed() {
     );
     assert!(stderr.contains("not a loopback address"), "{stderr}");
     assert!(stderr.contains("--allow-unauthenticated"), "{stderr}");
+    assert!(stderr.contains("--auth-token-file"), "{stderr}");
     // Refused before anything was opened.
     assert!(!dir.path().join("wal").exists());
 
@@ -43,5 +44,24 @@ fn a_non_loopback_addr_without_auth_is_refused_unless_allowed() {
     );
     let local = SocketAddr::from((Ipv4Addr::LOCALHOST, by_env.addr().port()));
     let get = cli(local, &["get", "exposed"], b"");
+    assert_eq!(get.stdout, b"yes", "{get:?}");
+    drop(by_env);
+
+    // An auth token satisfies protected mode: the server starts, serves
+    // only clients that present it, and warns that without TLS the token
+    // crosses the network in clear.
+    let with_token =
+        ServerProcess::start_with_env("0.0.0.0:0", dir.path(), &[], &[("KV_AUTH_TOKEN", "s3cret")]);
+    let stderr = with_token.stderr();
+    assert!(!stderr.contains("without authentication"), "{stderr}");
+    assert!(stderr.contains("without TLS"), "{stderr}");
+    let local = SocketAddr::from((Ipv4Addr::LOCALHOST, with_token.addr().port()));
+    let anonymous = cli(local, &["get", "exposed"], b"");
+    assert_eq!(anonymous.status.code(), Some(2), "{anonymous:?}");
+    assert!(String::from_utf8_lossy(&anonymous.stderr).contains("UNAUTHENTICATED"));
+    let mut get = command("kv-client");
+    get.args(["--addr", &local.to_string(), "get", "exposed"])
+        .env("KV_AUTH_TOKEN", "s3cret");
+    let get = run_to_exit(get, b"", CLI_DEADLINE);
     assert_eq!(get.stdout, b"yes", "{get:?}");
 }

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use kv_proto::{DEFAULT_MAX_FRAME_SIZE, request, response};
+use kv_proto::{AuthRequest, DEFAULT_MAX_FRAME_SIZE, request, response};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::connection::{self, Call, Shared};
 use crate::error::{ClientError, Result};
+use crate::tls::{AuthToken, ClientTls, Stream};
 
 /// How a [`Client`] connects and what it allows.
 #[derive(Debug, Clone)]
@@ -20,7 +21,8 @@ pub struct ClientOptions {
     /// match the server's maximum: a larger request is refused by the
     /// server, which then closes the connection.
     pub max_frame_size: usize,
-    /// How long name lookup plus the TCP connect may take.
+    /// How long making a connection may take: name lookup, the TCP
+    /// connect, the TLS handshake and authentication together.
     pub connect_timeout: Duration,
     /// How long one call may take, from the moment it is made until its
     /// answer arrives (waiting for an in-flight slot included); `None`
@@ -29,6 +31,23 @@ pub struct ClientOptions {
     /// Requests that may be queued or awaiting an answer at once; a call
     /// beyond that waits for a slot (backpressure). At least 1.
     pub max_in_flight: usize,
+    /// TLS to the server; `None`: plain TCP.
+    pub tls: Option<ClientTls>,
+    /// The token every new connection authenticates with, before any
+    /// call; `None`: none (the server must not need one).
+    pub auth_token: Option<AuthToken>,
+}
+
+impl ClientOptions {
+    /// These options for a connection to `addr` (HOST:PORT): TLS then
+    /// checks the server's certificate for HOST (unless a name was fixed
+    /// with [`ClientTls::with_server_name`]). Without it, a TLS connection
+    /// checks for the IP address it reached.
+    pub fn for_addr(&self, addr: &str) -> ClientOptions {
+        let mut options = self.clone();
+        options.tls = self.tls.as_ref().map(|tls| tls.for_addr(addr));
+        options
+    }
 }
 
 impl Default for ClientOptions {
@@ -38,6 +57,8 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Some(Duration::from_secs(30)),
             max_in_flight: 1024,
+            tls: None,
+            auth_token: None,
         }
     }
 }
@@ -88,35 +109,73 @@ impl Client {
     }
 
     /// Connects to the server at `addr`, trying each address it resolves
-    /// to in turn.
+    /// to in turn; with [`ClientOptions::tls`], makes the TLS handshake,
+    /// and with [`ClientOptions::auth_token`], authenticates, before it
+    /// returns. (With TLS and a host name, pass `options.for_addr(addr)`,
+    /// so that the certificate is checked for that name.)
+    ///
+    /// # Errors
+    /// [`ClientError::Connect`] (timeout included), [`ClientError::Tls`]
+    /// when the handshake fails (an untrusted certificate, a server that
+    /// does not speak TLS), or the server's answer to the token
+    /// ([`ClientError::Server`] with UNAUTHENTICATED for a wrong one).
     pub async fn connect_with(addr: impl ToSocketAddrs, options: ClientOptions) -> Result<Client> {
         let timeout = options.connect_timeout;
-        let stream = match tokio::time::timeout(timeout, open_stream(addr)).await {
-            Ok(stream) => stream?,
-            Err(_) => {
-                return Err(ClientError::Connect {
-                    addr: None,
-                    source: Arc::new(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("timed out after {timeout:?}"),
-                    )),
-                });
-            }
-        };
+        match tokio::time::timeout(timeout, Client::establish(addr, options)).await {
+            Ok(client) => client,
+            Err(_) => Err(ClientError::Connect {
+                addr: None,
+                source: Arc::new(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("timed out after {timeout:?}"),
+                )),
+            }),
+        }
+    }
+
+    async fn establish(addr: impl ToSocketAddrs, options: ClientOptions) -> Result<Client> {
+        let stream = open_stream(addr).await?;
         let peer = stream.peer_addr().map_err(|e| connect_error(None, e))?;
         // Requests are batched by the writer task before each flush, so
         // Nagle's delay would only add latency.
         stream
             .set_nodelay(true)
             .map_err(|e| connect_error(Some(peer), e))?;
+        let stream = match &options.tls {
+            None => Stream::Plain(stream),
+            Some(tls) => match tls.handshake(stream, peer).await {
+                Ok(stream) => Stream::Tls(Box::new(stream)),
+                Err(e) => {
+                    return Err(ClientError::Tls {
+                        addr: peer,
+                        source: Arc::new(e),
+                    });
+                }
+            },
+        };
         let max_in_flight = options.max_in_flight.max(1);
         let (calls, shared) = connection::start(stream, options.max_frame_size, max_in_flight);
-        Ok(Client {
+        let token = options.auth_token.clone();
+        let client = Client {
             calls,
             shared,
             options: Arc::new(options),
             peer,
-        })
+        };
+        if let Some(token) = token {
+            let auth = request::Command::Auth(AuthRequest {
+                token: token.bytes(),
+            });
+            match client.call(auth).await? {
+                response::Result::Auth(_) => {}
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "auth request answered with {other:?}"
+                    )));
+                }
+            }
+        }
+        Ok(client)
     }
 
     /// The server's address.
@@ -354,6 +413,7 @@ pub(crate) mod ops {
             response::Result::Checkpoint(_) => "checkpoint",
             response::Result::ClusterStatus(_) => "cluster status",
             response::Result::Backup(_) => "backup",
+            response::Result::Auth(_) => "auth",
         };
         ClientError::Protocol(format!("{command} request answered with a {kind} result"))
     }

@@ -385,7 +385,8 @@ impl ClusterClient {
             Some(addr) => (addr, None),
             None => (self.inner.addrs[state.cursor].clone(), Some(state.cursor)),
         };
-        match Client::connect_with(addr.as_str(), self.inner.options.client.clone()).await {
+        let options = self.inner.options.client.for_addr(&addr);
+        match Client::connect_with(addr.as_str(), options).await {
             Ok(client) => {
                 let live = Live {
                     client,
@@ -438,6 +439,8 @@ fn safe_to_resend(command: &request::Command) -> bool {
         // A second snapshot is only a newer snapshot, and a backup piece
         // is a read.
         request::Command::Checkpoint(_) | request::Command::Backup(_) => true,
+        // Authenticating twice is authenticating once.
+        request::Command::Auth(_) => true,
         // Writes, membership changes included: a second one could be
         // applied on top of the first.
         request::Command::Put(_)

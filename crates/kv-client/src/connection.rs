@@ -24,13 +24,12 @@ use std::sync::{Arc, OnceLock};
 use futures::{SinkExt, StreamExt};
 use kv_proto::prost::Message;
 use kv_proto::{ClientCodec, CodecError, Request, Response, request, response};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{ClientError, Result};
+use crate::tls::{ReadHalf, Stream, WriteHalf};
 
 /// Requests written before one flush, at most: a burst of concurrent calls
 /// shares one write system call, and the write buffer stays bounded.
@@ -84,7 +83,7 @@ impl Shared {
 /// Starts the tasks serving `stream`. Calls sent to the returned channel
 /// are written in order; each gets its response through its reply channel.
 pub(crate) fn start(
-    stream: TcpStream,
+    stream: Stream,
     max_frame_size: usize,
     max_in_flight: usize,
 ) -> (mpsc::Sender<Call>, Arc<Shared>) {
@@ -93,7 +92,7 @@ pub(crate) fn start(
         cancel: CancellationToken::new(),
         in_flight: Arc::new(Semaphore::new(max_in_flight)),
     });
-    let (read_half, write_half) = stream.into_split();
+    let (read_half, write_half) = stream.split();
     // Bounded by the permits each call holds, not by this channel.
     let (pending_tx, pending_rx) = mpsc::unbounded_channel();
     let (calls_tx, calls_rx) = mpsc::channel(max_in_flight);
@@ -119,7 +118,7 @@ pub(crate) fn start(
 }
 
 struct Writer {
-    sink: FramedWrite<OwnedWriteHalf, ClientCodec>,
+    sink: FramedWrite<WriteHalf, ClientCodec>,
     max_frame_size: usize,
     next_id: u64,
     pending: mpsc::UnboundedSender<Pending>,
@@ -203,7 +202,7 @@ impl Writer {
 }
 
 struct Reader {
-    stream: FramedRead<OwnedReadHalf, ClientCodec>,
+    stream: FramedRead<ReadHalf, ClientCodec>,
     pending_rx: mpsc::UnboundedReceiver<Pending>,
     /// Pending requests taken from `pending_rx`, oldest first.
     waiting: VecDeque<Pending>,

@@ -27,6 +27,16 @@ pub enum ClientError {
         #[source]
         source: Arc<io::Error>,
     },
+    /// The TLS handshake with the server failed: its certificate is not
+    /// trusted (or not for the name checked), or it does not speak TLS.
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Tls {
+        /// The server's address.
+        addr: SocketAddr,
+        /// rustls' reason.
+        #[source]
+        source: Arc<io::Error>,
+    },
     /// Reading from or writing to the connection failed; the connection is
     /// closed.
     #[error("connection failed: {0}")]
@@ -126,6 +136,7 @@ impl ClientError {
         matches!(
             self,
             ClientError::Connect { .. }
+                | ClientError::Tls { .. }
                 | ClientError::Io(_)
                 | ClientError::Closed
                 | ClientError::Protocol(_)

@@ -33,6 +33,10 @@
 //! fails over when the leader goes; it never sends a write twice, so a write
 //! whose connection failed before its answer came fails with
 //! [`ClientError::OutcomeUnknown`].
+//!
+//! Security: [`ClientOptions::tls`] ([`ClientTls`]: the CAs to trust)
+//! connects over TLS, and [`ClientOptions::auth_token`] ([`AuthToken`])
+//! authenticates every new connection before its first call.
 
 #![warn(missing_docs)]
 
@@ -41,9 +45,11 @@ mod client;
 mod cluster;
 mod connection;
 mod error;
+mod tls;
 
 pub use backup::BackupInfo;
 pub use client::{Client, ClientOptions, KeysPage};
 pub use cluster::{ClusterClient, ClusterOptions};
 pub use error::{ClientError, Result};
 pub use kv_proto;
+pub use tls::{AUTH_TOKEN_ENV, AuthToken, ClientTls, SetupError};

@@ -12,13 +12,14 @@
 
 use std::ffi::OsString;
 use std::io::{self, IsTerminal, Read};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use kv_client::kv_proto;
-use kv_client::{ClientOptions, ClusterClient, ClusterOptions};
+use kv_client::{AuthToken, ClientOptions, ClientTls, ClusterClient, ClusterOptions};
 use kv_proto::{
     ClusterAddRequest, ClusterMember, ClusterRemoveRequest, ClusterStatusRequest,
     ClusterStatusResponse, request, response,
@@ -56,6 +57,7 @@ use cli::output::{self, Failure};
         kv-client put photo - < photo.jpg\n  \
         kv-client keys --prefix user: --limit 10\n  \
         KV_ADDR=10.0.0.5:7878 kv-client checkpoint\n  \
+        KV_AUTH_TOKEN=$(cat token) kv-client --tls-ca ca.pem --addr db.example:7878 get greeting\n  \
         kv-client --addr 10.0.0.1:7001,10.0.0.2:7001,10.0.0.3:7001 put greeting hello"
 )]
 struct Cli {
@@ -102,6 +104,32 @@ struct ConnectionArgs {
         global = true
     )]
     max_frame: usize,
+    /// Connect over TLS, trusting the system's CA certificates (or only
+    /// --tls-ca's). The server's certificate must name the host given in
+    /// --addr.
+    #[arg(long, env = "KV_TLS", global = true,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    tls: bool,
+    /// Connect over TLS, trusting only the CA certificates in this PEM
+    /// file (implies --tls).
+    #[arg(long, env = "KV_TLS_CA", value_name = "FILE", global = true)]
+    tls_ca: Option<PathBuf>,
+    /// A file holding the server's auth token (one trailing newline is
+    /// dropped); every connection authenticates with it first. The token
+    /// may instead be in the environment variable KV_AUTH_TOKEN; it is
+    /// never taken from the command line, where other users could read it.
+    #[arg(long, env = "KV_AUTH_TOKEN_FILE", value_name = "FILE", global = true)]
+    auth_token_file: Option<PathBuf>,
+    /// TLS and token, loaded from the flags above by `load_security`.
+    #[arg(skip)]
+    security: Security,
+}
+
+/// What `--tls`, `--tls-ca` and the auth token turn into, loaded once.
+#[derive(Debug, Clone, Default)]
+struct Security {
+    tls: Option<ClientTls>,
+    auth_token: Option<AuthToken>,
 }
 
 /// Longest `--timeout`, in seconds: one day, as the server's longest
@@ -130,10 +158,24 @@ fn parse_frame_size(s: &str) -> Result<usize, String> {
 }
 
 impl ConnectionArgs {
+    /// Reads the CA file and the auth token the flags name.
+    fn load_security(&mut self) -> Result<(), kv_client::SetupError> {
+        let tls = match (&self.tls_ca, self.tls) {
+            (Some(ca), _) => Some(ClientTls::with_ca_file(ca)?),
+            (None, true) => Some(ClientTls::with_system_roots()?),
+            (None, false) => None,
+        };
+        let auth_token = AuthToken::from_file_or_env(self.auth_token_file.as_deref())?;
+        self.security = Security { tls, auth_token };
+        Ok(())
+    }
+
     fn options(&self) -> ClientOptions {
         ClientOptions {
             max_frame_size: self.max_frame,
             request_timeout: (self.timeout > 0).then(|| Duration::from_secs(self.timeout)),
+            tls: self.security.tls.clone(),
+            auth_token: self.security.auth_token.clone(),
             ..ClientOptions::default()
         }
     }
@@ -240,8 +282,19 @@ fn main() -> ExitCode {
         eprintln!("kv-client: internal error: {info}");
         std::process::exit(2);
     }));
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Err(e) = cli.connection.load_security() {
+        return Failure::Error(e.to_string()).report();
+    }
+    let secured =
+        cli.connection.security.tls.is_some() || cli.connection.security.auth_token.is_some();
     match cli.command {
+        Some(Command::Bench(_)) if secured => Failure::Error(
+            "bench speaks plain TCP without authentication: run it against a server without \
+             --tls-cert and an auth token"
+                .into(),
+        )
+        .report(),
         // The bench runs many connections on a multi-threaded runtime of its
         // own, not on the one-shot commands' single-threaded one.
         Some(Command::Bench(_)) if cli.connection.addrs().len() > 1 => Failure::Error(
@@ -326,7 +379,9 @@ async fn run_command(connection: &ConnectionArgs, command: Command) -> Result<()
                 info.bytes
             ))
         }
-        Command::Cluster { action } => cluster_command(&client, action, addr).await,
+        Command::Cluster { action } => {
+            cluster_command(&client, action, addr, &connection.options()).await
+        }
         // Dispatched in `main`, on its own runtime.
         Command::Bench(_) => Err(Failure::Error("bench is not a one-shot command".into())),
     }
@@ -352,6 +407,7 @@ async fn cluster_command(
     client: &kv_client::ClusterClient,
     action: ClusterAction,
     addr: &str,
+    options: &ClientOptions,
 ) -> Result<(), Failure> {
     let fail = |e| output::client_failure(addr, &e);
     let command = match action {
@@ -382,7 +438,13 @@ async fn cluster_command(
     };
     // Each member is asked for its own view.
     for member in &status.members {
-        let view = match kv_client::Client::connect(member.client_addr.as_str()).await {
+        let member_options = options.for_addr(&member.client_addr);
+        let view = match kv_client::Client::connect_with(
+            member.client_addr.as_str(),
+            member_options,
+        )
+        .await
+        {
             Ok(c) => match c
                 .call(request::Command::ClusterStatus(ClusterStatusRequest {}))
                 .await
@@ -521,6 +583,24 @@ mod tests {
         assert!(parse(&["keys", "--limit", "-1"]).is_err());
         assert!(parse(&["frobnicate"]).is_err());
         assert!(parse(&["--timeout", "soon", "checkpoint"]).is_err());
+    }
+
+    #[test]
+    fn the_token_is_never_a_flag() {
+        for flag in ["--auth-token", "--token", "--password"] {
+            let err = parse(&[flag, "s3cret", "get", "k"]).expect_err(flag);
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::UnknownArgument,
+                "{flag}"
+            );
+        }
+        let cli = parse(&["--tls-ca", "ca.pem", "--auth-token-file", "t", "get", "k"]).unwrap();
+        assert_eq!(
+            cli.connection.tls_ca.as_deref(),
+            Some(std::path::Path::new("ca.pem"))
+        );
+        assert!(!cli.connection.tls);
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub mod network;
 mod node;
 mod state_file;
 mod state_machine;
+pub mod tls;
 pub mod types;
 
 pub use error::{ClusterError, Result};
@@ -46,4 +47,5 @@ pub use log_store::{LogStore, MAX_HOLE};
 pub use members::parse_initial_cluster;
 pub use node::{ClusterConfig, ClusterNode, MemberStatus, PendingWrite, RequestError};
 pub use state_machine::StateMachine;
+pub use tls::{PeerTls, TlsError};
 pub use types::{Command, CommandResult, Node, NodeId, TypeConfig};

@@ -8,6 +8,10 @@
 //! receiving side ([`serve_peers`]) checks both (the secret in constant
 //! time) before anything reaches Raft, and logs and closes a connection
 //! that sends garbage, an oversized frame, or a request of another cluster.
+//!
+//! With [`PeerTls`] (kv-server's `--peer-tls-*` flags) every link is mutual
+//! TLS: a peer whose certificate the cluster's CA did not sign is refused
+//! in the handshake, and the refusal is logged with its address.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -15,9 +19,9 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use kv_proto::{
-    FrameCodec, PeerError, PeerRequest, PeerResponse, RaftAppendOutcome, RaftAppendRequest,
-    RaftAppendResponse, RaftEntry, RaftSnapshotChunk, RaftVoteRequest, RaftVoteResponse,
-    peer_request::Rpc, peer_response::Result as PeerResult,
+    CodecError, FrameCodec, PeerError, PeerRequest, PeerResponse, RaftAppendOutcome,
+    RaftAppendRequest, RaftAppendResponse, RaftEntry, RaftSnapshotChunk, RaftVoteRequest,
+    RaftVoteResponse, peer_request::Rpc, peer_response::Result as PeerResult,
 };
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, SnapshotMismatch,
@@ -32,6 +36,7 @@ use openraft::{Raft, SnapshotSegmentId};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
 
+use crate::tls::{PeerStream, PeerTls};
 use crate::types::{
     Entry, Node, NodeId, TypeConfig, decode_entry, decode_log_id, decode_vote, encode_entry,
     encode_log_id, encode_vote,
@@ -65,6 +70,8 @@ pub struct PeerIdentity {
     pub secret: Vec<u8>,
     /// The largest frame sent or accepted.
     pub max_frame: usize,
+    /// Mutual TLS on every peer link; `None`: plain TCP.
+    pub tls: Option<PeerTls>,
 }
 
 type PeerClientCodec = FrameCodec<PeerResponse, PeerRequest>;
@@ -104,7 +111,7 @@ pub struct PeerClient {
     identity: PeerIdentity,
     target: NodeId,
     addr: String,
-    conn: Option<Framed<TcpStream, PeerClientCodec>>,
+    conn: Option<Framed<PeerStream, PeerClientCodec>>,
     next_id: u64,
 }
 
@@ -166,6 +173,12 @@ impl PeerClient {
         if self.conn.is_none() {
             let stream = TcpStream::connect(&self.addr).await?;
             stream.set_nodelay(true)?;
+            let stream = match &self.identity.tls {
+                Some(tls) => tls.connect(&self.addr, stream).await.map_err(|e| {
+                    io::Error::new(e.kind(), format!("TLS handshake with {}: {e}", self.addr))
+                })?,
+                None => PeerStream::Plain(stream),
+            };
             self.conn = Some(Framed::new(
                 stream,
                 PeerClientCodec::new(self.identity.max_frame),
@@ -328,6 +341,9 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 /// leader's heartbeats keep a live one busy).
 const PEER_IDLE: Duration = Duration::from_secs(300);
 
+/// How long a peer has to complete the TLS handshake.
+const PEER_HANDSHAKE: Duration = Duration::from_secs(10);
+
 /// Accepts peer connections on `listener` and hands their RPCs to `raft`
 /// until the task is dropped.
 ///
@@ -351,6 +367,28 @@ pub async fn serve_peers(listener: TcpListener, raft: Raft<TypeConfig>, identity
         let raft = raft.clone();
         let identity = identity.clone();
         connections.spawn(async move {
+            let stream = match &identity.tls {
+                None => PeerStream::Plain(stream),
+                Some(tls) => match tokio::time::timeout(PEER_HANDSHAKE, tls.accept(stream)).await
+                {
+                    Ok(Ok(stream)) => stream,
+                    // Closed before the handshake ended: a dialling member
+                    // whose RPC was cancelled (or a port scan), not a
+                    // refusal.
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        tracing::debug!(%peer, error = %e, "peer closed during the TLS handshake");
+                        return;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(%peer, error = %e, "peer refused: TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::warn!(%peer, "peer refused: no TLS handshake within {PEER_HANDSHAKE:?}");
+                        return;
+                    }
+                },
+            };
             if let Err(reason) = serve_peer(stream, raft, &identity).await {
                 tracing::warn!(%peer, %reason, "peer connection closed");
             }
@@ -360,7 +398,7 @@ pub async fn serve_peers(listener: TcpListener, raft: Raft<TypeConfig>, identity
 
 /// One peer connection: requests in order, each answered.
 async fn serve_peer(
-    stream: TcpStream,
+    stream: PeerStream,
     raft: Raft<TypeConfig>,
     identity: &PeerIdentity,
 ) -> Result<(), String> {
@@ -369,6 +407,14 @@ async fn serve_peer(
         let frame = match tokio::time::timeout(PEER_IDLE, conn.next()).await {
             Err(_) => return Err("idle".into()),
             Ok(None) => return Ok(()),
+            // A TLS peer that closed between frames without a close_notify
+            // (its connection was dropped, as a cancelled RPC does) closed
+            // as a plain one does.
+            Ok(Some(Err(CodecError::Io(e))))
+                if e.kind() == io::ErrorKind::UnexpectedEof && conn.read_buffer().is_empty() =>
+            {
+                return Ok(());
+            }
             Ok(Some(Err(e))) => return Err(format!("refused: {e}")),
             Ok(Some(Ok(Err(e)))) => return Err(format!("refused an undecodable message: {e}")),
             Ok(Some(Ok(Ok(request)))) => request,

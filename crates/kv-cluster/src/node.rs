@@ -29,8 +29,11 @@ pub struct ClusterConfig {
     pub members: BTreeMap<NodeId, Node>,
     /// The data directory; the Raft files go under `raft/` in it.
     pub data_dir: PathBuf,
-    /// The shared peer secret (empty: none; only for loopback peers).
+    /// The shared peer secret (empty: none; only for loopback peers or
+    /// with `tls`).
     pub secret: Vec<u8>,
+    /// Mutual TLS on peer links (`None`: plain TCP).
+    pub tls: Option<crate::PeerTls>,
     /// A follower that hears no leader for a random time in this range
     /// starts an election.
     pub election_timeout: (Duration, Duration),
@@ -65,6 +68,7 @@ impl ClusterConfig {
             members,
             data_dir,
             secret: Vec::new(),
+            tls: None,
             election_timeout: (Duration::from_millis(300), Duration::from_millis(600)),
             heartbeat: Duration::from_millis(100),
             max_frame: 64 << 20,
@@ -217,6 +221,7 @@ impl ClusterNode {
             cluster_id: cluster_id(&config.members),
             secret: config.secret.clone(),
             max_frame: config.max_frame,
+            tls: config.tls.clone(),
         };
         let raft = Raft::new(
             config.node_id,

@@ -87,7 +87,17 @@ impl request::Command {
             request::Command::ClusterAdd(_) => "cluster_add",
             request::Command::ClusterRemove(_) => "cluster_remove",
             request::Command::Backup(_) => "backup",
+            request::Command::Auth(_) => "auth",
         }
+    }
+}
+
+impl std::fmt::Debug for AuthRequest {
+    /// Shows the token's length, never the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthRequest")
+            .field("token", &format_args!("<{} bytes>", self.token.len()))
+            .finish()
     }
 }
 

@@ -155,6 +155,9 @@ pub(crate) fn start(
             id,
             node_id: remove.node_id,
         },
+        // The connection's gate answers every auth request before it gets
+        // here; one that did get here was let through, so it is accepted.
+        Command::Auth(_) => return Err(crate::auth::accepted(id)),
     })
 }
 

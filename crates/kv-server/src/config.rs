@@ -10,6 +10,13 @@ use clap::{Parser, ValueEnum};
 use kv_proto::parse_size;
 use kv_store::{RecoveryMode, StoreOptions, SyncPolicy, WalOptions};
 
+use crate::auth::AuthToken;
+use crate::tls::ServerTls;
+
+/// The environment variable that may hold the auth token itself (the
+/// token is never taken from the command line, where `ps` shows it).
+pub const AUTH_TOKEN_ENV: &str = "KV_AUTH_TOKEN";
+
 /// Exit status of a clean shutdown.
 pub const EXIT_OK: u8 = 0;
 /// Exit status when start-up or serving failed (bad address, port in use,
@@ -51,6 +58,15 @@ restart the machine, or unmount and remount the file system, before \
 starting the server again; recovery then reads what is really on disk. \
 Writes that got OUTCOME_UNKNOWN may or may not be there afterwards.
 
+Security: by default the server listens on loopback only, clients need no \
+token and the listener speaks plain TCP. --auth-token-file FILE (or the \
+token itself in the environment variable KV_AUTH_TOKEN; never on the \
+command line) makes every connection authenticate before anything else; \
+--tls-cert and --tls-key serve clients over TLS 1.3; in a cluster, \
+--peer-tls-cert, --peer-tls-key and --peer-tls-ca make every peer link \
+mutual TLS. Protected mode: an --addr beyond loopback is refused at start \
+unless an auth token is set or --allow-unauthenticated is given.
+
 Full disk: a write that finds the disk full gets UNAVAILABLE with a message \
 saying so; nothing of it was written and nothing acknowledged is lost. This \
 is not fail-stop: the server keeps serving, and writes succeed again once \
@@ -76,20 +92,59 @@ pub struct Args {
     /// port (the log line `ready: listening on ...` gives the real one).
     /// The server binds before it recovers its data and answers clients
     /// UNAVAILABLE until recovery has finished. Only loopback addresses
-    /// unless --allow-unauthenticated.
+    /// unless an auth token is set (--auth-token-file, KV_AUTH_TOKEN) or
+    /// --allow-unauthenticated is given.
     #[arg(long, env = "KV_ADDR", default_value = "127.0.0.1:7878",
           value_name = "HOST:PORT", value_parser = parse_host_port)]
     pub addr: String,
 
     /// Listen on an address that is not a loopback address although
-    /// clients are not authenticated. kv-server has no authentication yet
-    /// (an auth token and TLS come later), so without this flag an --addr
-    /// that resolves to anything but loopback (0.0.0.0 included) is refused
-    /// at start-up: whoever reaches it could read and overwrite every key.
-    /// Give it only on a network where every client is trusted.
+    /// clients are not authenticated (no auth token). Without it, such an
+    /// --addr (0.0.0.0 included) is refused at start-up (protected mode):
+    /// whoever reaches it could read and overwrite every key. Give it only
+    /// on a network where every client is trusted.
     #[arg(long, env = "KV_ALLOW_UNAUTHENTICATED",
           value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_unauthenticated: bool,
+
+    /// A file holding the token every client must present before anything
+    /// else (read at start; one trailing newline is dropped; an empty file
+    /// is an error). The token may instead be given in the environment
+    /// variable KV_AUTH_TOKEN; never on the command line, where any user
+    /// of the machine could read it. Failed attempts are logged with the
+    /// client's address and slowed. Without TLS the token crosses the
+    /// network in clear: give --tls-cert and --tls-key beyond loopback.
+    #[arg(
+        long,
+        env = "KV_AUTH_TOKEN_FILE",
+        value_name = "FILE",
+        help_heading = "Security"
+    )]
+    pub auth_token_file: Option<PathBuf>,
+
+    /// Serve clients over TLS 1.3 with this certificate chain (PEM, the
+    /// server's certificate first, then intermediates). Needs --tls-key.
+    /// Clients then connect with `kv-client --tls` (trusting the system's
+    /// CAs) or `--tls-ca FILE`; a plain-text client gets an error saying
+    /// TLS is needed.
+    #[arg(
+        long,
+        env = "KV_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key",
+        help_heading = "Security"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "KV_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert",
+        help_heading = "Security"
+    )]
+    pub tls_key: Option<PathBuf>,
 
     /// Directory of the write-ahead log and snapshots; created if missing.
     /// Only one server may use it at a time.
@@ -238,7 +293,7 @@ pub struct Args {
 
     /// A file holding the secret peers share (read at start; never give the
     /// secret itself on the command line). Required unless every peer
-    /// address is on loopback.
+    /// address is on loopback or peer links use TLS (--peer-tls-cert).
     #[arg(
         long,
         env = "KV_PEER_SECRET_FILE",
@@ -246,6 +301,27 @@ pub struct Args {
         help_heading = "Cluster"
     )]
     pub peer_secret_file: Option<PathBuf>,
+
+    /// Mutual TLS on peer links: this member's certificate chain (PEM). It
+    /// is presented both to peers that connect and when connecting to
+    /// them, so it must allow server and client authentication and name
+    /// the host of this member's PEER_ADDR (DNS name or IP address). Needs
+    /// --peer-tls-key and --peer-tls-ca. A peer whose certificate the CA
+    /// did not sign is refused in the handshake (and logged).
+    #[arg(long, env = "KV_PEER_TLS_CERT", value_name = "FILE", help_heading = "Cluster",
+          requires_all = ["peer_tls_key", "peer_tls_ca"])]
+    pub peer_tls_cert: Option<PathBuf>,
+
+    /// The private key of --peer-tls-cert (PEM).
+    #[arg(long, env = "KV_PEER_TLS_KEY", value_name = "FILE", help_heading = "Cluster",
+          requires_all = ["peer_tls_cert", "peer_tls_ca"])]
+    pub peer_tls_key: Option<PathBuf>,
+
+    /// The cluster's CA (PEM): every peer's certificate must be signed by
+    /// it, and this member's is checked against it by its peers.
+    #[arg(long, env = "KV_PEER_TLS_CA", value_name = "FILE", help_heading = "Cluster",
+          requires_all = ["peer_tls_cert", "peer_tls_key"])]
+    pub peer_tls_ca: Option<PathBuf>,
 
     /// A follower that hears no leader for this long (randomised up to
     /// twice it) starts an election; a new leader serves writes once this
@@ -319,6 +395,11 @@ pub struct ServerConfig {
     pub max_in_flight: usize,
     /// Longest a graceful shutdown waits for connections to finish.
     pub shutdown_grace: Duration,
+    /// The token every connection must present first; `None`: clients are
+    /// not authenticated.
+    pub auth_token: Option<AuthToken>,
+    /// TLS on the client listener; `None`: plain TCP.
+    pub tls: Option<ServerTls>,
 }
 
 impl Default for ServerConfig {
@@ -330,6 +411,8 @@ impl Default for ServerConfig {
             frame_timeout: Duration::from_secs(10),
             max_in_flight: 1024,
             shutdown_grace: Duration::from_secs(30),
+            auth_token: None,
+            tls: None,
         }
     }
 }
@@ -405,13 +488,16 @@ impl Args {
                 return Err(format!("--peer-secret-file {} is empty", path.display()));
             }
             config.secret = secret;
-        } else if !config
-            .members
-            .values()
-            .all(|m| is_loopback_addr(&m.peer_addr))
+        } else if self.peer_tls_cert.is_none()
+            && !config
+                .members
+                .values()
+                .all(|m| is_loopback_addr(&m.peer_addr))
         {
             return Err(
-                "peers beyond loopback need a shared secret: give --peer-secret-file".to_string(),
+                "peers beyond loopback need to authenticate each other: give --peer-tls-cert, \
+                 --peer-tls-key and --peer-tls-ca (mutual TLS), or --peer-secret-file"
+                    .to_string(),
             );
         }
         Ok(Some(config))
@@ -454,6 +540,59 @@ impl Args {
             frame_timeout: self.frame_timeout,
             max_in_flight: self.max_in_flight as usize,
             shutdown_grace: self.shutdown_grace,
+            auth_token: None,
+            tls: None,
+        }
+    }
+
+    /// The auth token: from `--auth-token-file`, or else from the
+    /// environment variable [`AUTH_TOKEN_ENV`]; `None` if neither is set.
+    ///
+    /// # Errors
+    /// One line: both are set, the file cannot be read, or the token is
+    /// empty.
+    pub fn auth_token(&self) -> Result<Option<AuthToken>, String> {
+        let from_env = std::env::var_os(AUTH_TOKEN_ENV);
+        match (&self.auth_token_file, from_env) {
+            (Some(_), Some(_)) => Err(format!(
+                "both --auth-token-file and {AUTH_TOKEN_ENV} are set: give the token one way"
+            )),
+            (Some(path), None) => AuthToken::from_file(path)
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            (None, Some(token)) => AuthToken::new(token.as_encoded_bytes(), AUTH_TOKEN_ENV)
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// TLS for the client listener, from `--tls-cert` and `--tls-key`.
+    ///
+    /// # Errors
+    /// One line naming the file at fault.
+    pub fn server_tls(&self) -> Result<Option<ServerTls>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => ServerTls::from_pem_files(cert, key)
+                .map(Some)
+                .map_err(|e| format!("--tls-cert/--tls-key: {e}")),
+            // clap requires both together.
+            _ => Ok(None),
+        }
+    }
+
+    /// Mutual TLS for peer links, from `--peer-tls-cert`, `--peer-tls-key`
+    /// and `--peer-tls-ca`.
+    ///
+    /// # Errors
+    /// One line naming the file at fault.
+    pub fn peer_tls(&self) -> Result<Option<kv_cluster::PeerTls>, String> {
+        match (&self.peer_tls_cert, &self.peer_tls_key, &self.peer_tls_ca) {
+            (Some(cert), Some(key), Some(ca)) => kv_cluster::PeerTls::from_pem_files(cert, key, ca)
+                .map(Some)
+                .map_err(|e| format!("--peer-tls-*: {e}")),
+            // clap requires all three together.
+            _ => Ok(None),
         }
     }
 
@@ -478,15 +617,17 @@ impl Args {
 }
 
 /// Protected mode: refuses to serve unauthenticated clients beyond
-/// loopback unless `allow_unauthenticated`. Checks every address `--addr`
-/// resolved to, since the server binds the first one it can. The error is
-/// the one line the binary prints.
+/// loopback unless `allow_unauthenticated`; clients are authenticated when
+/// the server has an auth token (`authenticated`). Checks every address
+/// `--addr` resolved to, since the server binds the first one it can. The
+/// error is the one line the binary prints.
 pub fn check_exposure(
     addr: &str,
     resolved: &[SocketAddr],
+    authenticated: bool,
     allow_unauthenticated: bool,
 ) -> Result<(), String> {
-    if allow_unauthenticated {
+    if authenticated || allow_unauthenticated {
         return Ok(());
     }
     match resolved
@@ -496,9 +637,10 @@ pub fn check_exposure(
         None => Ok(()),
         Some(open) => Err(format!(
             "refusing to listen on {addr} ({} is not a loopback address): clients are not \
-             authenticated (kv-server has no auth yet), so anyone who can reach it could read \
-             and write every key; pass --allow-unauthenticated (or \
-             KV_ALLOW_UNAUTHENTICATED=true) if every client on that network is trusted",
+             authenticated, so anyone who can reach it could read and write every key; give \
+             an auth token (--auth-token-file or KV_AUTH_TOKEN), or pass \
+             --allow-unauthenticated (or KV_ALLOW_UNAUTHENTICATED=true) if every client on \
+             that network is trusted",
             open.ip()
         )),
     }
@@ -784,7 +926,7 @@ mod tests {
             &["[::ffff:127.0.0.1]:1"],
         ] {
             assert_eq!(
-                check_exposure("x", &addrs(local), false),
+                check_exposure("x", &addrs(local), false, false),
                 Ok(()),
                 "{local:?}"
             );
@@ -795,10 +937,13 @@ mod tests {
             &["10.0.0.5:7878"],
             &["127.0.0.1:1", "192.168.1.2:1"],
         ] {
-            let err = check_exposure("h:1", &addrs(open), false).unwrap_err();
+            let err = check_exposure("h:1", &addrs(open), false, false).unwrap_err();
             assert!(err.contains("--allow-unauthenticated"), "{err}");
+            assert!(err.contains("--auth-token-file"), "{err}");
             assert!(err.starts_with("refusing to listen on h:1"), "{err}");
-            assert_eq!(check_exposure("h:1", &addrs(open), true), Ok(()));
+            assert_eq!(check_exposure("h:1", &addrs(open), false, true), Ok(()));
+            // An auth token satisfies protected mode.
+            assert_eq!(check_exposure("h:1", &addrs(open), true, false), Ok(()));
         }
         assert!(!parse(&[]).unwrap().allow_unauthenticated);
         assert!(
@@ -841,7 +986,7 @@ mod tests {
                     "--initial-cluster",
                     "1=10.0.0.1:1/10.0.0.1:2",
                 ],
-                "shared secret",
+                "--peer-secret-file",
             ),
             (
                 vec![
@@ -858,6 +1003,51 @@ mod tests {
             let e = parse(&extra).unwrap_err();
             assert!(e.contains(says), "{extra:?}: {e}");
         }
+    }
+
+    #[test]
+    fn secrets_and_keys_are_never_flags() {
+        for flag in ["--auth-token", "--token", "--peer-secret"] {
+            let err = parse(&[flag, "s3cret"]).expect_err(flag);
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::UnknownArgument,
+                "{flag}"
+            );
+        }
+        // TLS files come in sets.
+        assert!(parse(&["--tls-cert", "c.pem"]).is_err());
+        assert!(parse(&["--tls-key", "k.pem"]).is_err());
+        assert!(parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).is_ok());
+        assert!(parse(&["--peer-tls-cert", "c.pem", "--peer-tls-key", "k.pem"]).is_err());
+        let all = [
+            "--peer-tls-cert",
+            "c",
+            "--peer-tls-key",
+            "k",
+            "--peer-tls-ca",
+            "a",
+        ];
+        assert!(parse(&all).is_ok());
+    }
+
+    #[test]
+    fn peer_tls_stands_in_for_the_secret_beyond_loopback() {
+        let args = Args::try_parse_from([
+            "kv-server",
+            "--node-id",
+            "1",
+            "--initial-cluster",
+            "1=10.0.0.1:1/10.0.0.1:2",
+            "--peer-tls-cert",
+            "c",
+            "--peer-tls-key",
+            "k",
+            "--peer-tls-ca",
+            "a",
+        ])
+        .unwrap();
+        assert!(args.cluster_config().unwrap().is_some());
     }
 
     #[test]

@@ -8,9 +8,10 @@ use std::time::Duration;
 use bytes::BytesMut;
 use kv_proto::{CodecError, ErrorCode, Response, ServerCodec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 use tokio_util::codec::{Decoder, Encoder};
+
+use crate::tls::{ReadHalf, WriteHalf};
 
 /// Initial read buffer: enough for many small pipelined requests per read.
 const READ_BUFFER: usize = 16 << 10;
@@ -58,7 +59,7 @@ pub(crate) type Inbound = <ServerCodec as Decoder>::Item;
 /// Reads frames from a connection.
 #[derive(Debug)]
 pub(crate) struct FrameReader {
-    socket: OwnedReadHalf,
+    socket: ReadHalf,
     buffer: BytesMut,
     codec: ServerCodec,
     /// When the first byte of the frame now in `buffer` arrived; `None`
@@ -71,7 +72,7 @@ pub(crate) struct FrameReader {
 
 impl FrameReader {
     pub(crate) fn new(
-        socket: OwnedReadHalf,
+        socket: ReadHalf,
         max_frame: usize,
         idle_timeout: Duration,
         frame_timeout: Duration,
@@ -111,6 +112,16 @@ impl FrameReader {
                 Err(_elapsed) => return Err(ReadError::Idle),
                 Ok(Ok(0)) if self.buffer.is_empty() => return Ok(None),
                 Ok(Ok(0)) => return Err(ReadError::Truncated),
+                // A TLS client that closed without a close_notify (one
+                // that exits or drops its connection) between frames has
+                // closed as a plain one does; inside a frame, truncated.
+                Ok(Err(err)) if err.kind() == io::ErrorKind::UnexpectedEof => {
+                    return if self.buffer.is_empty() {
+                        Ok(None)
+                    } else {
+                        Err(ReadError::Truncated)
+                    };
+                }
                 Ok(Ok(_)) => {
                     if self.frame_started.is_none() {
                         self.frame_started = Some(Instant::now());
@@ -148,7 +159,7 @@ impl FrameReader {
 /// socket write.
 #[derive(Debug)]
 pub(crate) struct FrameWriter {
-    socket: OwnedWriteHalf,
+    socket: WriteHalf,
     buffer: BytesMut,
     codec: ServerCodec,
     /// Longest one flush may take. A client that stops reading its answers
@@ -162,7 +173,7 @@ pub(crate) struct FrameWriter {
 pub(crate) const FLUSH_THRESHOLD: usize = 64 << 10;
 
 impl FrameWriter {
-    pub(crate) fn new(socket: OwnedWriteHalf, max_frame: usize, write_timeout: Duration) -> Self {
+    pub(crate) fn new(socket: WriteHalf, max_frame: usize, write_timeout: Duration) -> Self {
         FrameWriter {
             socket,
             buffer: BytesMut::with_capacity(READ_BUFFER),

@@ -32,16 +32,20 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 mod cluster;
 mod command;
 pub mod config;
 mod connection;
 mod server;
+pub mod tls;
 
+pub use auth::AuthToken;
 pub use cluster::ClusterBackend;
 pub use command::Backend;
 pub use config::{Args, ServerConfig};
 pub use server::{refuse_until_ready, run};
+pub use tls::ServerTls;
 
 /// Why [`run`] failed.
 #[derive(Debug)]

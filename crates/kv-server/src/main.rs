@@ -68,18 +68,46 @@ async fn serve(args: Args, cluster: Option<kv_cluster::ClusterConfig>) -> anyhow
     if candidates.is_empty() {
         anyhow::bail!("cannot resolve --addr {}: no addresses", args.addr);
     }
-    check_exposure(&args.addr, &candidates, args.allow_unauthenticated)
-        .map_err(anyhow::Error::msg)?;
-    if candidates
+    // Secrets and certificates are read before anything is bound or
+    // opened: a bad file fails at once, in one line naming it.
+    let auth_token = args.auth_token().map_err(anyhow::Error::msg)?;
+    let tls = args.server_tls().map_err(anyhow::Error::msg)?;
+    check_exposure(
+        &args.addr,
+        &candidates,
+        auth_token.is_some(),
+        args.allow_unauthenticated,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let exposed = candidates
         .iter()
-        .any(|a| !a.ip().to_canonical().is_loopback())
-    {
+        .any(|a| !a.ip().to_canonical().is_loopback());
+    if exposed && auth_token.is_none() {
         tracing::warn!(
             addr = %args.addr,
             "serving beyond loopback without authentication (--allow-unauthenticated): \
              anyone who can reach this address can read and write every key"
         );
     }
+    if exposed && auth_token.is_some() && tls.is_none() {
+        tracing::warn!(
+            addr = %args.addr,
+            "serving beyond loopback without TLS: the auth token and every key and value \
+             cross the network in clear text (give --tls-cert and --tls-key)"
+        );
+    }
+    let mut server_config = args.server_config();
+    tracing::info!(
+        auth = if auth_token.is_some() {
+            "token"
+        } else {
+            "none"
+        },
+        tls = tls.is_some(),
+        "client security"
+    );
+    server_config.auth_token = auth_token;
+    server_config.tls = tls;
     // The first candidate that can be bound, as `TcpListener::bind` does.
     let listener = tokio::net::TcpListener::bind(candidates.as_slice())
         .await
@@ -89,7 +117,7 @@ async fn serve(args: Args, cluster: Option<kv_cluster::ClusterConfig>) -> anyhow
         .context("cannot read the bound address")?;
 
     if let Some(config) = cluster {
-        return serve_cluster(args, config, listener, addr).await;
+        return serve_cluster(args, config, server_config, listener, addr).await;
     }
 
     let data_dir = args.data_dir.clone();
@@ -103,7 +131,7 @@ async fn serve(args: Args, cluster: Option<kv_cluster::ClusterConfig>) -> anyhow
     let mode = options.wal.recovery_mode;
     let dir = data_dir.clone();
     let opening = tokio::task::spawn_blocking(move || KeyValueStore::open(&dir, options));
-    let store = refuse_until_ready(&listener, opening)
+    let store = refuse_until_ready(&listener, server_config.tls.as_ref(), opening)
         .await
         .context("store open task failed")?
         .map_err(|err| open_error(&data_dir, mode, err))?;
@@ -127,7 +155,7 @@ async fn serve(args: Args, cluster: Option<kv_cluster::ClusterConfig>) -> anyhow
     // Tests and scripts read the real port from this line, and take it to
     // mean that the server is ready.
     tracing::info!("ready: listening on {addr}");
-    run(listener, store, args.server_config(), shutdown).await?;
+    run(listener, store, server_config, shutdown).await?;
     tracing::info!("shut down cleanly");
     Ok(())
 }
@@ -137,10 +165,12 @@ async fn serve(args: Args, cluster: Option<kv_cluster::ClusterConfig>) -> anyhow
 /// clients UNAVAILABLE until then.
 async fn serve_cluster(
     args: Args,
-    config: kv_cluster::ClusterConfig,
+    mut config: kv_cluster::ClusterConfig,
+    server_config: kv_server::ServerConfig,
     listener: tokio::net::TcpListener,
     addr: std::net::SocketAddr,
 ) -> anyhow::Result<()> {
+    config.tls = args.peer_tls().map_err(anyhow::Error::msg)?;
     let peer_addr = args.peer_listen_addr(&config);
     let peers = tokio::net::TcpListener::bind(peer_addr.as_str())
         .await
@@ -151,9 +181,11 @@ async fn serve_cluster(
         members = config.members.len(),
         data_dir = %config.data_dir.display(),
         %peer_addr,
+        peer_tls = config.tls.is_some(),
         "joining the cluster; until then, clients get UNAVAILABLE"
     );
-    let node = refuse_until_ready(&listener, kv_cluster::ClusterNode::start(config, peers))
+    let starting = kv_cluster::ClusterNode::start(config, peers);
+    let node = refuse_until_ready(&listener, server_config.tls.as_ref(), starting)
         .await
         .context("cannot start the cluster member")?;
     let node = std::sync::Arc::new(node);
@@ -165,7 +197,7 @@ async fn serve_cluster(
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     tracing::info!("ready: listening on {addr} (cluster member {node_id}, peers on {peer_addr})");
-    run(listener, backend, args.server_config(), shutdown).await?;
+    run(listener, backend, server_config, shutdown).await?;
     if let Ok(node) = std::sync::Arc::try_unwrap(node) {
         node.shutdown().await;
     }

@@ -15,19 +15,18 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use kv_proto::{ErrorCode, Response, ServerCodec};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use kv_proto::{ErrorCode, Response};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
-use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::Error;
+use crate::auth::{Admission, Gate};
 use crate::command::{Backend, Reply, Shared};
 use crate::config::ServerConfig;
 use crate::connection::{FLUSH_THRESHOLD, FrameReader, FrameWriter, ReadError};
+use crate::tls::{ServerTls, answer_and_close, split_plain, split_tls};
 
 /// Pause after an accept error that is not about one connection (such as
 /// running out of file descriptors), so the loop does not spin.
@@ -59,7 +58,7 @@ pub async fn run(
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let connections = TaskTracker::new();
-    let refuser = Refuser::new();
+    let refuser = Refuser::new(config.tls.clone());
     // Whether the last client was refused for the limit: the warning is
     // logged when the server reaches it, not once per refused client.
     let mut at_limit = false;
@@ -158,14 +157,19 @@ pub async fn run(
 /// Answers every client that connects to `listener` with an UNAVAILABLE
 /// error ("the server is starting") and closes the connection, until
 /// `starting` (typically opening, and so recovering, the store) completes;
-/// returns its output. Then hand `listener` to [`run`].
+/// returns its output. Then hand `listener` to [`run`]. With `tls`, the
+/// answer goes over TLS, as [`run`] will serve.
 ///
 /// Binding before recovery makes a taken port fail at once instead of after
 /// a long recovery; this makes the clients that connect meanwhile get a
 /// clear answer instead of hanging in the accept queue until the store is
 /// ready.
-pub async fn refuse_until_ready<F: Future>(listener: &TcpListener, starting: F) -> F::Output {
-    let refuser = Refuser::new();
+pub async fn refuse_until_ready<F: Future>(
+    listener: &TcpListener,
+    tls: Option<&ServerTls>,
+    starting: F,
+) -> F::Output {
+    let refuser = Refuser::new(tls.cloned());
     let mut starting = pin!(starting);
     loop {
         tokio::select! {
@@ -192,12 +196,15 @@ const MAX_REFUSALS: usize = 64;
 /// Turns connections away with one error response and a close.
 struct Refuser {
     in_progress: Arc<Semaphore>,
+    /// The listener's TLS, which the answer goes over.
+    tls: Option<ServerTls>,
 }
 
 impl Refuser {
-    fn new() -> Refuser {
+    fn new(tls: Option<ServerTls>) -> Refuser {
         Refuser {
             in_progress: Arc::new(Semaphore::new(MAX_REFUSALS)),
+            tls,
         }
     }
 
@@ -207,28 +214,21 @@ impl Refuser {
     /// sent, for up to [`REFUSAL_LINGER`]: closing a socket with unread
     /// input sends a reset, which can destroy the answer before the client
     /// reads it.
-    fn refuse(&self, mut socket: TcpStream, peer: SocketAddr, message: String) {
+    fn refuse(&self, socket: TcpStream, peer: SocketAddr, message: String) {
         let Ok(permit) = Arc::clone(&self.in_progress).try_acquire_owned() else {
             tracing::debug!(%peer, "too many refusals in progress: closing without an answer");
             return;
         };
         tracing::debug!(%peer, %message, "refusing connection");
+        let tls = self.tls.clone();
         tokio::spawn(async move {
-            let mut frame = BytesMut::new();
             let refusal = Response::error(0, ErrorCode::Unavailable, message);
-            if ServerCodec::default().encode(&refusal, &mut frame).is_err() {
-                return;
-            }
-            let answered = tokio::time::timeout(REFUSAL_LINGER, async {
-                socket.write_all(&frame).await?;
-                socket.shutdown().await?;
-                let mut sink = [0u8; 4096];
-                while socket.read(&mut sink).await? > 0 {}
-                io::Result::Ok(())
-            })
-            .await;
-            if let Ok(Err(err)) = answered {
-                tracing::debug!(%peer, error = %err, "refusal not delivered");
+            match tls {
+                None => answer_and_close(socket, &refusal, REFUSAL_LINGER).await,
+                Some(tls) => match tls.accept(socket, peer, REFUSAL_LINGER).await {
+                    Ok(stream) => answer_and_close(stream, &refusal, REFUSAL_LINGER).await,
+                    Err(err) => tracing::debug!(%peer, error = %err, "refusal not delivered"),
+                },
             }
             drop(permit);
         });
@@ -271,7 +271,22 @@ async fn serve_connection(
     if let Err(err) = socket.set_nodelay(true) {
         tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
     }
-    let (read_half, write_half) = socket.into_split();
+    let (read_half, write_half) = match &config.tls {
+        None => split_plain(socket),
+        Some(tls) => {
+            let handshake = tokio::select! {
+                () = token.cancelled() => return,
+                handshake = tls.accept(socket, peer, config.frame_timeout) => handshake,
+            };
+            match handshake {
+                Ok(stream) => split_tls(stream),
+                Err(err) => {
+                    tracing::info!(%peer, "connection refused: {err}");
+                    return;
+                }
+            }
+        }
+    };
     let reader = FrameReader::new(
         read_half,
         config.max_frame,
@@ -282,7 +297,8 @@ async fn serve_connection(
     let (replies, queue) = mpsc::channel(config.max_in_flight.max(1));
     tracing::debug!(%peer, "connection opened");
 
-    let read = read_requests(reader, replies, shared, &token);
+    let gate = Gate::new(config.auth_token.as_ref(), peer);
+    let read = read_requests(reader, gate, replies, shared, &token);
     let write = async {
         let result = write_replies(writer, queue, shared).await;
         // The peer is gone or the socket failed: stop reading too.
@@ -305,6 +321,7 @@ async fn serve_connection(
 /// so they are answered.
 async fn read_requests(
     mut reader: FrameReader,
+    mut gate: Gate<'_>,
     replies: mpsc::Sender<Reply>,
     shared: &Shared,
     token: &CancellationToken,
@@ -325,7 +342,20 @@ async fn read_requests(
             inbound = reader.next() => inbound,
         };
         let (reply, last) = match inbound {
-            Ok(Some(Ok(request))) => (Reply::start(request, shared), false),
+            Ok(Some(Ok(request))) => match gate.admit(request) {
+                Admission::Pass(request) => (Reply::start(request, shared), false),
+                Admission::Answer { response, delay } => {
+                    if !delay.is_zero() {
+                        // A failed authentication: read nothing more for
+                        // a while (the shutdown cuts the wait short).
+                        tokio::select! {
+                            () = token.cancelled() => {}
+                            () = tokio::time::sleep(delay) => {}
+                        }
+                    }
+                    (Reply::Ready(response), false)
+                }
+            },
             Ok(Some(Err(err))) => (
                 // The id is inside the message that failed to decode.
                 Reply::error(

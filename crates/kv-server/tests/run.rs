@@ -389,7 +389,7 @@ async fn clients_get_unavailable_until_the_store_is_ready() {
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
         // Stands in for a long recovery: done when the test says so.
-        let store = kv_server::refuse_until_ready(&listener, opened)
+        let store = kv_server::refuse_until_ready(&listener, None, opened)
             .await
             .unwrap();
         let _ = ready.send(());

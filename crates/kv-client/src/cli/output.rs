@@ -63,6 +63,11 @@ pub fn describe(addr: &str, err: &ClientError) -> String {
         ClientError::Connect { source, .. } => {
             format!("cannot connect to {addr}: {}", io_message(source))
         }
+        ClientError::Tls { source, .. } => format!(
+            "TLS handshake with {addr} failed: {} (is the server's certificate signed by the \
+             CA you trust (--tls-ca), for the name you connect to, and does it serve TLS?)",
+            io_message(source)
+        ),
         ClientError::Io(source) => {
             format!("connection to {addr} failed: {}", io_message(source))
         }
