@@ -25,6 +25,12 @@ pub enum ClusterError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The data directory holds data this start would hide or lose (a
+    /// single node's data given to a member of a larger cluster, or a
+    /// member's state given to a single node): what is there and what to
+    /// do instead.
+    #[error("{0}")]
+    DataDir(String),
     /// A record on disk does not decode or does not fit where it is.
     #[error("corrupt cluster data: {0}")]
     Corrupt(String),

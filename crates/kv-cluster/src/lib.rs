@@ -41,6 +41,7 @@ mod state_file;
 mod state_machine;
 pub mod tls;
 pub mod types;
+pub mod upgrade;
 
 pub use error::{ClusterError, Result};
 pub use log_store::{LogStore, MAX_HOLE};

@@ -12,10 +12,14 @@ use crate::error::{ClusterError, Result};
 
 /// Replaces `path` with `message`, durably.
 pub(crate) fn write<M: Message>(path: &Path, message: &M) -> Result<()> {
+    write_bytes(path, &message.encode_to_vec())
+}
+
+/// Replaces `path` with `bytes`, durably.
+pub(crate) fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    let bytes = message.encode_to_vec();
     let mut file = File::create(&tmp).map_err(ClusterError::io("create", &tmp))?;
-    file.write_all(&bytes)
+    file.write_all(bytes)
         .map_err(ClusterError::io("write", &tmp))?;
     file.sync_all().map_err(ClusterError::io("sync", &tmp))?;
     drop(file);

@@ -38,14 +38,14 @@ use crate::types::{
     encode_log_id, encode_membership,
 };
 
-const SNAPSHOT: &str = "snapshot";
+pub(crate) const SNAPSHOT: &str = "snapshot";
 
 /// The current snapshot's data file in the Raft directory `dir`: a
 /// kv-store snapshot, replaced only by a rename.
 pub(crate) fn snapshot_path(dir: &Path) -> std::path::PathBuf {
     dir.join(SNAPSHOT)
 }
-const SNAPSHOT_META: &str = "snapshot.meta";
+pub(crate) const SNAPSHOT_META: &str = "snapshot.meta";
 
 /// The state machine. Cheap to clone: clones share the state (a clone is
 /// openraft's snapshot builder).
@@ -76,7 +76,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The store position of a Raft index: `index + 1`, so that index 0 (a
 /// membership entry) is a position too.
-fn position(index: u64) -> u64 {
+pub(crate) fn position(index: u64) -> u64 {
     index + 1
 }
 

@@ -121,6 +121,9 @@ async fn serve(args: Args, cluster: Option<kv_cluster::ClusterConfig>) -> anyhow
     }
 
     let data_dir = args.data_dir.clone();
+    // A member's data directory holds nothing a single node reads: it
+    // would start empty and hide the member's data.
+    kv_cluster::upgrade::check_single_node(&data_dir)?;
     tracing::info!(
         data_dir = %data_dir.display(),
         worker_threads = args.worker_threads(),
@@ -184,7 +187,18 @@ async fn serve_cluster(
         peer_tls = config.tls.is_some(),
         "joining the cluster; until then, clients get UNAVAILABLE"
     );
-    let starting = kv_cluster::ClusterNode::start(config, peers);
+    let store_options = args.store_options();
+    let starting = async move {
+        // Single-node data in the directory is imported (a one-member
+        // cluster) or refused before Raft opens anything.
+        let (dir, members, join) = (config.data_dir.clone(), config.members.clone(), config.join);
+        tokio::task::spawn_blocking(move || {
+            kv_cluster::upgrade::prepare_member(&dir, node_id, &members, join, store_options)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("data directory check failed: {e}"))??;
+        anyhow::Ok(kv_cluster::ClusterNode::start(config, peers).await?)
+    };
     let node = refuse_until_ready(&listener, server_config.tls.as_ref(), starting)
         .await
         .context("cannot start the cluster member")?;

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::record::{self, HEADROOM};
 use crate::snapshot::{self, SnapshotWriter};
 use crate::state::{Op, State};
+use crate::store::KeyValueStore;
 
 /// A put command: the store's log record for it, without a position.
 pub fn encode_put(key: &[u8], value: &[u8]) -> Vec<u8> {
@@ -153,14 +154,13 @@ impl Replica {
     /// (which must not exist) and syncs it; the caller renames it into
     /// place. Returns the number of entries.
     pub fn write_snapshot(&self, vfs: &dyn Vfs, path: &Path, created_ms: u64) -> Result<u64> {
-        let mut writer = SnapshotWriter::create(vfs, path)?;
-        for entry in self.state.range_from(&[], false) {
-            writer.add(entry.key(), entry.value())?;
-            if writer.buffer_full() {
-                writer.flush()?;
-            }
-        }
-        writer.finish(self.state.last_applied(), created_ms)
+        write_state(
+            &self.state,
+            vfs,
+            path,
+            self.state.last_applied(),
+            created_ms,
+        )
     }
 
     /// Reads and verifies a snapshot written by [`Replica::write_snapshot`]
@@ -171,6 +171,41 @@ impl Replica {
         state.set_applied(seq);
         Ok(Replica { state })
     }
+}
+
+/// Writes the state of a single-node `store` as a snapshot file of the
+/// format [`Replica::load_snapshot`] reads, holding the state at position
+/// `seq` (whatever the store's own LSNs), at `path` (which must not exist),
+/// and syncs it; returns the number of entries. This is how a single node's
+/// data becomes a cluster member's state machine.
+///
+/// Holds the store's read lock for the whole copy, so writers wait until it
+/// is done: meant for a store that nothing else writes to.
+pub fn write_store_snapshot(
+    store: &KeyValueStore,
+    vfs: &dyn Vfs,
+    path: &Path,
+    seq: Lsn,
+    created_ms: u64,
+) -> Result<u64> {
+    write_state(&store.state(), vfs, path, seq, created_ms)
+}
+
+fn write_state(
+    state: &State,
+    vfs: &dyn Vfs,
+    path: &Path,
+    seq: Lsn,
+    created_ms: u64,
+) -> Result<u64> {
+    let mut writer = SnapshotWriter::create(vfs, path)?;
+    for entry in state.range_from(&[], false) {
+        writer.add(entry.key(), entry.value())?;
+        if writer.buffer_full() {
+            writer.flush()?;
+        }
+    }
+    writer.finish(seq, created_ms)
 }
 
 #[cfg(test)]
@@ -206,5 +241,33 @@ mod tests {
         assert_eq!(back.get(b"a"), Some(b"2".to_vec()));
         assert_eq!(back.last_applied(), 8);
         assert!(Replica::load_snapshot(&vfs, &path, 9).is_err());
+    }
+
+    #[test]
+    fn a_single_node_store_exports_as_a_replica_snapshot_at_any_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            crate::KeyValueStore::open(dir.path().join("store"), Default::default()).unwrap();
+        store.put(b"a", b"1").unwrap();
+        store.put(b"\x00\xff", b"\xfe\x00binary").unwrap();
+        store.put(b"gone", b"x").unwrap();
+        store.delete(b"gone").unwrap();
+        store.put(b"a", b"2").unwrap();
+        assert!(store.stats().last_lsn > 1);
+
+        let path = dir.path().join("exported");
+        assert_eq!(
+            write_store_snapshot(&store, &StdFs, &path, 1, 7).unwrap(),
+            2
+        );
+        let vfs = StdFs::shared();
+        let replica = Replica::load_snapshot(&vfs, &path, 1).unwrap();
+        assert_eq!(replica.last_applied(), 1);
+        assert_eq!(replica.len(), 2);
+        assert_eq!(replica.get(b"a"), Some(b"2".to_vec()));
+        assert_eq!(replica.get(b"\x00\xff"), Some(b"\xfe\x00binary".to_vec()));
+        assert_eq!(replica.get(b"gone"), None);
+        // The header names the position asked for, not the store's LSN.
+        assert!(Replica::load_snapshot(&vfs, &path, store.stats().last_lsn).is_err());
     }
 }

@@ -335,6 +335,11 @@ impl KeyValueStore {
         page
     }
 
+    /// The state, read-locked (for exporting it whole).
+    pub(crate) fn state(&self) -> RwLockReadGuard<'_, State> {
+        read(&self.inner.shared.state)
+    }
+
     /// Writes a snapshot and drops the WAL it covers; returns the LSN it
     /// covers. Writes keep being committed meanwhile. If another checkpoint
     /// runs, waits for it and then takes a new one. Blocking (file I/O and
