@@ -276,7 +276,12 @@ pub fn send_signal(pid: u32, signal: &str) {
 /// The address in a `listening on ADDR` log line.
 fn parse_listening(line: &str) -> Option<SocketAddr> {
     let rest = &line[line.find("listening on ")? + "listening on ".len()..];
-    rest.split_whitespace().next()?.parse().ok()
+    // The address ends at a space, or at the quote that closes a JSON
+    // log line's message.
+    rest.split(|c: char| c.is_whitespace() || c == '"')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Waits for `child` to exit, up to `deadline`. Polls: std offers no

@@ -338,6 +338,21 @@ pub struct Args {
     #[arg(long, env = "KV_HEARTBEAT_MS", default_value_t = 100, help_heading = "Cluster",
           value_parser = clap::value_parser!(u64).range(10..=20_000))]
     pub heartbeat_ms: u64,
+
+    /// Format of the log on stderr: `text` for people, `json` (one JSON
+    /// object a line: timestamp, level, target, message and fields) for a
+    /// log collector. The level comes from RUST_LOG (default info).
+    #[arg(long, env = "KV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines, coloured on a terminal.
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 /// `--sync-policy` values.

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use kv_server::config::{EXIT_FAILURE, EXIT_OK, check_exposure};
+use kv_server::config::{EXIT_FAILURE, EXIT_OK, LogFormat, check_exposure};
 use kv_server::{Args, refuse_until_ready, run};
 use kv_store::{KeyValueStore, RecoveryMode};
 use tokio_util::sync::CancellationToken;
@@ -25,13 +25,18 @@ fn main() -> ExitCode {
             return ExitCode::from(kv_server::config::EXIT_USAGE);
         }
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().with_ansi(false).init(),
+    }
+    // Every flag as it took effect (defaults and environment included);
+    // files are named, never read here, so no secret is logged.
+    tracing::info!(config = ?args, "kv-server {} starting", env!("CARGO_PKG_VERSION"));
 
     let result = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.worker_threads())
