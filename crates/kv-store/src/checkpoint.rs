@@ -52,6 +52,25 @@ use crate::error::{Error, Result};
 use crate::snapshot::{self, FileKind, SnapshotWriter};
 use crate::store::{Shared, lock, read};
 
+/// Who is checkpointing, and what the last checkpoint left behind; under
+/// `Shared::checkpoints`, with `Shared::checkpoint_done` signalled whenever
+/// a checkpoint ends.
+#[derive(Debug, Default)]
+pub(crate) struct CheckpointState {
+    /// A checkpoint is running (or, for an automatic one, about to start).
+    running: bool,
+    /// Checkpoints ended so far, failed ones included: a caller that joined
+    /// a running one waits until this moves.
+    ended: u64,
+    /// Callers waiting for the running checkpoint's outcome.
+    joined: usize,
+    /// The outcome of the last checkpoint that had callers waiting for it.
+    outcome: Option<std::result::Result<Lsn, Arc<Error>>>,
+    /// The log was rotated for a checkpoint that then failed, and none has
+    /// succeeded since: the next one does not rotate again (see [`run`]).
+    rotated_for_failure: bool,
+}
+
 /// Entries copied per read-lock acquisition: small enough that the commit
 /// thread waits at most about a hundred microseconds for the write lock (on
 /// 2 busy cores a longer hold is also more likely to be preempted midway,
@@ -59,24 +78,138 @@ use crate::store::{Shared, lock, read};
 /// is not taken millions of times.
 pub(crate) const CHUNK: usize = 1024;
 
-/// After a failed automatic checkpoint, wait this long before the next try,
-/// so that a persistent error (a full disk) does not start one per batch.
-const AUTO_RETRY: Duration = Duration::from_secs(1);
+/// After a failed automatic checkpoint the next one waits this long, twice
+/// as long after each further failure, up to [`AUTO_RETRY_MAX`]: a
+/// persistent error (a full disk, a read-only directory) must not start one
+/// checkpoint per batch, nor fill the log with one warning per batch.
+pub(crate) const AUTO_RETRY_MIN: Duration = Duration::from_millis(500);
+/// The longest wait between automatic checkpoints that keep failing.
+pub(crate) const AUTO_RETRY_MAX: Duration = Duration::from_secs(60);
 
-/// Resets the "checkpoint running" flag however the checkpoint ends.
-struct Running<'a>(&'a Shared);
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.0.checkpoint_running.store(false, Ordering::Release);
+/// The wait after `failures` automatic checkpoints failed in a row (at
+/// least one).
+pub(crate) fn auto_retry_delay(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    AUTO_RETRY_MIN
+        .saturating_mul(1 << doublings)
+        .min(AUTO_RETRY_MAX)
+}
+
+/// Marks the running checkpoint as ended however it ends (an unwinding
+/// panic included), so that callers waiting for it are never stranded.
+struct Running<'a> {
+    shared: &'a Shared,
+    ended: bool,
+}
+
+impl Running<'_> {
+    /// Ends the checkpoint with `outcome`; returns what this caller gets.
+    fn end(mut self, outcome: Result<Lsn>, rotated: bool) -> Result<Lsn> {
+        let mut state = lock(&self.shared.checkpoints);
+        if outcome.is_err() {
+            self.shared
+                .checkpoints_failed
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        state.rotated_for_failure = match &outcome {
+            Ok(_) => false,
+            Err(_) => state.rotated_for_failure || rotated,
+        };
+        let mine = if state.joined == 0 {
+            outcome
+        } else {
+            // Others wait for this one: they all get the same outcome.
+            let outcome = outcome.map_err(Arc::new);
+            state.outcome = Some(outcome.clone());
+            outcome.map_err(Error::Shared)
+        };
+        self.finish(&mut state);
+        mine
+    }
+
+    fn finish(&mut self, state: &mut CheckpointState) {
+        self.ended = true;
+        state.running = false;
+        state.ended += 1;
+        self.shared
+            .checkpoint_running
+            .store(false, Ordering::Release);
+        self.shared.checkpoint_done.notify_all();
     }
 }
 
-/// Runs one checkpoint; blocks while another runs. Returns the LSN the new
-/// snapshot covers.
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let mut state = lock(&self.shared.checkpoints);
+        state.outcome = Some(Err(Arc::new(Error::Unavailable(
+            "the checkpoint stopped unexpectedly".into(),
+        ))));
+        self.finish(&mut state);
+    }
+}
+
+/// Runs one checkpoint and returns the LSN its snapshot covers; blocking.
+///
+/// A call while another checkpoint runs does not start a second one: it
+/// waits for the running one and returns its outcome (an error then comes
+/// as [`Error::Shared`], the same for every caller that waited).
+///
+/// A checkpoint normally rotates the log first, so that every record its
+/// snapshot covers is in a sealed segment that step 5 can delete. After a
+/// checkpoint that rotated and then failed, the next one does not rotate
+/// again: its snapshot covers the last applied LSN all the same, and the
+/// records since the failed one's rotation stay in the active segment until
+/// a later checkpoint seals and deletes them. So a checkpoint failing over
+/// and over (automatic ones, retried) leaves one small segment behind, not
+/// one per attempt.
 pub(crate) fn run(shared: &Shared) -> Result<Lsn> {
-    let _one_at_a_time = lock(&shared.checkpoint_lock);
+    let rotate = {
+        let mut state = lock(&shared.checkpoints);
+        if state.running {
+            return join(shared, state);
+        }
+        state.running = true;
+        !state.rotated_for_failure
+    };
     shared.checkpoint_running.store(true, Ordering::Release);
-    let _running = Running(shared);
+    let running = Running {
+        shared,
+        ended: false,
+    };
+    let outcome = take(shared, rotate);
+    running.end(outcome, rotate)
+}
+
+/// Waits for the running checkpoint and returns its outcome.
+fn join(shared: &Shared, mut state: std::sync::MutexGuard<'_, CheckpointState>) -> Result<Lsn> {
+    shared.checkpoints_joined.fetch_add(1, Ordering::Relaxed);
+    state.joined += 1;
+    let ended = state.ended;
+    while state.ended == ended {
+        state = shared
+            .checkpoint_done
+            .wait(state)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    }
+    state.joined -= 1;
+    let outcome = state.outcome.clone();
+    if state.joined == 0 {
+        state.outcome = None;
+    }
+    match outcome {
+        Some(Ok(lsn)) => Ok(lsn),
+        Some(Err(e)) => Err(Error::Shared(e)),
+        None => Err(Error::Unavailable(
+            "the checkpoint ended without an outcome".into(),
+        )),
+    }
+}
+
+/// Steps 1 to 6; `rotate` says whether step 1 rotates the log.
+fn take(shared: &Shared, rotate: bool) -> Result<Lsn> {
     let started = Instant::now();
 
     let n = {
@@ -84,7 +217,9 @@ pub(crate) fn run(shared: &Shared) -> Result<Lsn> {
         if let Some(reason) = shared.failure() {
             return Err(Error::Unavailable(reason.to_string()));
         }
-        shared.wal.rotate()?;
+        if rotate {
+            shared.wal.rotate()?;
+        }
         read(&shared.state).last_applied()
     };
 
@@ -259,8 +394,8 @@ fn write_snapshot(shared: &Shared, tmp: &std::path::Path, n: Lsn) -> Result<u64>
 }
 
 /// Starts an automatic checkpoint in a background thread if the log has
-/// outgrown `checkpoint_after` and none is running. Called by the commit
-/// thread after each batch.
+/// outgrown `checkpoint_after`, none is running, and the back-off after
+/// failed ones has passed. Called by the commit thread after each batch.
 pub(crate) fn maybe_start_auto(shared: &Arc<Shared>) {
     let Some(limit) = shared.options.checkpoint_after else {
         return;
@@ -279,23 +414,58 @@ pub(crate) fn maybe_start_auto(shared: &Arc<Shared>) {
         let _ = done.join();
     }
     // Set here, not in the new thread, so that the next batch does not start
-    // a second one before this one has taken the checkpoint lock.
+    // a second one before this one has begun.
     shared.checkpoint_running.store(true, Ordering::Release);
     let bg = Arc::clone(shared);
     let spawned = std::thread::Builder::new()
         .name("kv-checkpoint".into())
         .spawn(move || {
-            if let Err(e) = run(&bg) {
-                tracing::warn!(error = %e, "automatic checkpoint failed");
-                lock(&bg.auto_checkpoint).retry_after = Some(Instant::now() + AUTO_RETRY);
-            }
+            let outcome = run(&bg);
+            auto_ended(&bg, outcome);
         });
     match spawned {
         Ok(handle) => auto.thread = Some(handle),
         Err(e) => {
             shared.checkpoint_running.store(false, Ordering::Release);
-            tracing::warn!(error = %e, "could not start an automatic checkpoint");
-            auto.retry_after = Some(Instant::now() + AUTO_RETRY);
+            auto.failures = auto.failures.saturating_add(1);
+            let delay = auto_retry_delay(auto.failures);
+            tracing::warn!(
+                error = %e,
+                retry_in = ?delay,
+                "could not start an automatic checkpoint"
+            );
+            auto.retry_after = Some(Instant::now() + delay);
+        }
+    }
+}
+
+/// Records how an automatic checkpoint ended: a failure sets the back-off
+/// and is logged once (the next attempt comes only after the back-off, so
+/// this is one warning per back-off period); the first success after
+/// failures says so and resets it.
+fn auto_ended(shared: &Shared, outcome: Result<Lsn>) {
+    let mut auto = lock(&shared.auto_checkpoint);
+    match outcome {
+        Ok(_) => {
+            if auto.failures > 0 {
+                tracing::info!(
+                    failed_before = auto.failures,
+                    "automatic checkpoint succeeded after failing"
+                );
+            }
+            auto.failures = 0;
+            auto.retry_after = None;
+        }
+        Err(e) => {
+            auto.failures = auto.failures.saturating_add(1);
+            let delay = auto_retry_delay(auto.failures);
+            auto.retry_after = Some(Instant::now() + delay);
+            tracing::warn!(
+                error = %e,
+                failures_in_a_row = auto.failures,
+                retry_in = ?delay,
+                "automatic checkpoint failed; the log keeps growing until one succeeds"
+            );
         }
     }
 }
@@ -303,6 +473,16 @@ pub(crate) fn maybe_start_auto(shared: &Arc<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_retry_doubles_up_to_its_bound() {
+        assert_eq!(auto_retry_delay(1), AUTO_RETRY_MIN);
+        assert_eq!(auto_retry_delay(2), AUTO_RETRY_MIN * 2);
+        assert_eq!(auto_retry_delay(3), AUTO_RETRY_MIN * 4);
+        assert_eq!(auto_retry_delay(0), AUTO_RETRY_MIN);
+        assert_eq!(auto_retry_delay(30), AUTO_RETRY_MAX);
+        assert_eq!(auto_retry_delay(u32::MAX), AUTO_RETRY_MAX);
+    }
 
     #[test]
     fn pacer_holds_the_budget() {

@@ -2,14 +2,15 @@
 //! applied, acknowledged ones.
 //!
 //! Callers ([`KeyValueStore::submit_put`](crate::KeyValueStore::submit_put)
-//! and `submit_delete`) validate and encode their write in their own thread
-//! and queue it on a channel. The commit thread gathers a batch (below), and
-//! for that whole batch:
+//! and `submit_delete`) validate their write and build its map entry in their
+//! own thread, and queue it on a channel. The commit thread gathers a batch
+//! (below), and for that whole batch:
 //!
 //! 1. decides which deletes write anything (a delete of a key that is absent,
 //!    after the earlier writes of the same batch, writes nothing);
-//! 2. fills in the LSNs, which it can predict because it is the log's only
-//!    appender, and appends the batch with one `Wal::append_batch`: under
+//! 2. encodes the records with their LSNs, which it can predict because it
+//!    is the log's only appender, into one reused buffer, and appends the
+//!    batch with one `Wal::append_batch`: under
 //!    `SyncPolicy::Always` one write and one fdatasync for all writers queued
 //!    meanwhile, which is group commit across connections;
 //! 3. applies each record of the batch to the map in LSN order, under the
@@ -17,6 +18,10 @@
 //!    application of a durable log operation that replay shares (it applies
 //!    in bulk, with the same result; see the `state` module);
 //! 4. completes the callers' [`Pending`]s.
+//!
+//! The channel itself is unbounded: a caller must bound what it queues (the
+//! server charges every request against its in-flight byte budget until the
+//! request is answered).
 //!
 //! So the log comes first, then memory, then the acknowledgement, and a
 //! reader never sees a write that a crash could take back. Steps 2 and 3 run
@@ -102,20 +107,22 @@ pub(crate) fn log_options(wal: &WalOptions) -> (WalOptions, Option<Duration>) {
 }
 
 /// A message to the commit thread.
+///
+/// A put carries its value once, in the map entry it will become; the
+/// commit thread encodes the log record from it into a buffer it reuses
+/// ([`record::encode_with_seq`]). A queued put holding a ready-made record
+/// as well would hold its value twice, and what is queued is what a flood
+/// of large puts makes grow.
 pub(crate) enum Command {
     /// Set a key.
     Put {
-        /// The encoded `LogEntry`, `seq` still to be filled in.
-        record: Vec<u8>,
-        /// The map entry to apply.
+        /// The map entry to log and apply.
         entry: Entry,
         /// Completion.
         done: oneshot::Sender<Result<Lsn>>,
     },
     /// Remove a key.
     Delete {
-        /// The encoded `LogEntry`, `seq` still to be filled in.
-        record: Vec<u8>,
         /// The key.
         key: Box<[u8]>,
         /// Completion.
@@ -129,9 +136,11 @@ pub(crate) enum Command {
 }
 
 impl Command {
+    /// About the bytes of its log record, to bound a batch.
     fn record_len(&self) -> usize {
         match self {
-            Command::Put { record, .. } | Command::Delete { record, .. } => record.len(),
+            Command::Put { entry, .. } => entry.payload_len() as usize,
+            Command::Delete { key, .. } => key.len(),
             Command::Close { .. } => 0,
         }
     }
@@ -209,6 +218,7 @@ impl<T> Future for Pending<T> {
 /// window of `SyncPolicy::GroupCommit` ([`log_options`]).
 pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Command>, gather: Option<Duration>) {
     let mut batch: Vec<Command> = Vec::with_capacity(MAX_BATCH_OPS);
+    let mut records = RecordBuffer::default();
     let mut close = None;
     while let Ok(first) = rx.recv() {
         // `Some(None)`: a window too long to represent ends only when the
@@ -238,7 +248,7 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Command>, gather: Option<Dur
             };
         }
         if !batch.is_empty() {
-            commit(&shared, &mut batch);
+            commit(&shared, &mut batch, &mut records);
             checkpoint::maybe_start_auto(&shared);
         }
         if close.is_some() {
@@ -319,13 +329,55 @@ fn fail_batch(shared: &Shared, batch: &mut Vec<Command>, failure: AppendFailure)
     }
 }
 
+/// The log records of one batch, encoded into one buffer that is kept from
+/// batch to batch (given back when one large batch made it grow past
+/// [`MAX_BATCH_BYTES`] twice over), so that encoding allocates nothing.
+#[derive(Default)]
+struct RecordBuffer {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl RecordBuffer {
+    /// Encodes the record of each command of `batch` that writes (its LSN
+    /// in `lsns`), in order; returns them as slices for `append_batch`.
+    fn encode(&mut self, batch: &[Command], lsns: &[Option<Lsn>]) -> Vec<&[u8]> {
+        if self.bytes.capacity() > 2 * MAX_BATCH_BYTES {
+            self.bytes = Vec::new();
+        }
+        self.bytes.clear();
+        self.ends.clear();
+        let ts = record::now_ms();
+        for (cmd, lsn) in batch.iter().zip(lsns) {
+            let write = match cmd {
+                Command::Put { entry, .. } => record::Write::Put(entry.key(), entry.value()),
+                Command::Delete { key, .. } => record::Write::Delete(key),
+                Command::Close { .. } => continue,
+            };
+            if let Some(lsn) = lsn {
+                record::encode_with_seq(&mut self.bytes, *lsn, write, ts);
+                self.ends.push(self.bytes.len());
+            }
+        }
+        let mut start = 0;
+        self.ends
+            .iter()
+            .map(|&end| {
+                let record = &self.bytes[start..end];
+                start = end;
+                record
+            })
+            .collect()
+    }
+}
+
 /// What one command of a batch turned into.
 enum Done {
     Put(oneshot::Sender<Result<Lsn>>, Lsn),
     Delete(oneshot::Sender<Result<Option<Lsn>>>, Option<Lsn>),
 }
 
-fn commit(shared: &Shared, batch: &mut Vec<Command>) {
+fn commit(shared: &Shared, batch: &mut Vec<Command>, records: &mut RecordBuffer) {
     if let Some(reason) = shared.failure() {
         for cmd in batch.drain(..) {
             cmd.fail(|| Error::Unavailable(reason.to_string()));
@@ -374,26 +426,7 @@ fn commit(shared: &Shared, batch: &mut Vec<Command>) {
     }
 
     if next > first {
-        let mut starts = Vec::with_capacity((next - first) as usize);
-        for (cmd, lsn) in batch.iter_mut().zip(&lsns) {
-            if let (Some(lsn), Command::Put { record, .. } | Command::Delete { record, .. }) =
-                (lsn, cmd)
-            {
-                starts.push(record::fill_seq(record, *lsn));
-            }
-        }
-        let records: Vec<&[u8]> = batch
-            .iter()
-            .zip(&lsns)
-            .filter(|(_, lsn)| lsn.is_some())
-            .zip(&starts)
-            .filter_map(|((cmd, _), &start)| match cmd {
-                Command::Put { record, .. } | Command::Delete { record, .. } => {
-                    Some(&record[start..])
-                }
-                Command::Close { .. } => None,
-            })
-            .collect();
+        let records = records.encode(batch, &lsns);
         let appended = shared.wal.append_batch(&records);
         drop(records);
         let failure = match appended {

@@ -98,12 +98,26 @@ pub enum Error {
     /// else) already is.
     #[error("{} is not empty: restore makes a new data directory", .0.display())]
     DirectoryNotEmpty(PathBuf),
+    /// The failure of a checkpoint that several callers shared: one was
+    /// running when the others asked for one, and every one of them gets
+    /// this same error. [`Error::cause`] is the failure itself.
+    #[error("{0}")]
+    Shared(std::sync::Arc<Error>),
 }
 
 /// Result alias.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The error itself: for [`Error::Shared`], the shared failure, else
+    /// `self`. Match on this to tell failures apart.
+    pub fn cause(&self) -> &Error {
+        match self {
+            Error::Shared(inner) => inner.cause(),
+            other => other,
+        }
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             op,

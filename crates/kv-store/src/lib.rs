@@ -181,6 +181,11 @@ pub struct Stats {
     pub wal_bytes: u64,
     /// Snapshots written since open.
     pub snapshots_taken: u64,
+    /// Checkpoints (requested or automatic) that failed since open.
+    pub checkpoints_failed: u64,
+    /// Checkpoint requests that found one running and shared its outcome
+    /// instead of starting another, since open.
+    pub checkpoints_joined: u64,
 }
 
 /// One page of keys.

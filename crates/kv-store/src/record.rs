@@ -5,7 +5,7 @@
 //! caller's thread: [`encode_put`]/[`encode_delete`] write every field except
 //! `seq` after [`HEADROOM`] spare bytes, and the commit thread, which alone
 //! knows the LSN the log will assign, fills `seq` into the headroom with
-//! [`fill_seq`]. Field 1 (`seq`) then precedes fields 2..5, which is exactly
+//! `fill_seq`. Field 1 (`seq`) then precedes fields 2..5, which is exactly
 //! the byte sequence prost itself would produce for the same `LogEntry`.
 
 use bytes::Bytes;
@@ -28,7 +28,9 @@ pub(crate) fn max_encoded_len(key_len: usize, value_len: usize) -> usize {
     HEADROOM + 2 + (1 + 5 + key_len) + (1 + 5 + value_len) + 11
 }
 
-fn now_ms() -> u64 {
+/// The timestamp records get: ms since the Unix epoch (0 if the clock is
+/// before it).
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -37,35 +39,67 @@ fn now_ms() -> u64 {
 
 fn encode(op: Operation, key: &[u8], value: &[u8]) -> Vec<u8> {
     let ts = now_ms();
-    let len = HEADROOM
-        + 2
-        + 1
+    let mut buf = Vec::with_capacity(HEADROOM + body_len(key, value, ts));
+    buf.resize(HEADROOM, 0);
+    encode_body(&mut buf, op, key, value, ts);
+    buf
+}
+
+/// Bytes of fields 2..5 of an entry (everything but `seq`).
+fn body_len(key: &[u8], value: &[u8], ts: u64) -> usize {
+    2 + 1
         + encoded_len_varint(key.len() as u64)
         + key.len()
         + 1
         + encoded_len_varint(value.len() as u64)
         + value.len()
         + 1
-        + encoded_len_varint(ts);
-    let mut buf = Vec::with_capacity(len);
-    buf.resize(HEADROOM, 0);
+        + encoded_len_varint(ts)
+}
+
+/// Appends fields 2..5 of an entry to `buf`.
+fn encode_body(buf: &mut Vec<u8>, op: Operation, key: &[u8], value: &[u8], ts: u64) {
     // Fields in ascending tag order; proto3 defaults (empty value, zero
     // timestamp) are omitted, as prost omits them.
-    encode_key(2, WireType::Varint, &mut buf);
-    encode_varint(op as i32 as u64, &mut buf);
-    encode_key(3, WireType::LengthDelimited, &mut buf);
-    encode_varint(key.len() as u64, &mut buf);
+    encode_key(2, WireType::Varint, buf);
+    encode_varint(op as i32 as u64, buf);
+    encode_key(3, WireType::LengthDelimited, buf);
+    encode_varint(key.len() as u64, buf);
     buf.extend_from_slice(key);
     if !value.is_empty() {
-        encode_key(4, WireType::LengthDelimited, &mut buf);
-        encode_varint(value.len() as u64, &mut buf);
+        encode_key(4, WireType::LengthDelimited, buf);
+        encode_varint(value.len() as u64, buf);
         buf.extend_from_slice(value);
     }
     if ts != 0 {
-        encode_key(5, WireType::Varint, &mut buf);
-        encode_varint(ts, &mut buf);
+        encode_key(5, WireType::Varint, buf);
+        encode_varint(ts, buf);
     }
-    buf
+}
+
+/// What a record written by the commit thread does.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Write<'a> {
+    /// Set a key to a value.
+    Put(&'a [u8], &'a [u8]),
+    /// Remove a key.
+    Delete(&'a [u8]),
+}
+
+/// Appends the whole record of `write` at `seq`, stamped `ts`, to `out`:
+/// the bytes [`encode_put`]/[`encode_delete`] plus `fill_seq` give, without
+/// their own allocation. The commit thread encodes a batch this way into one
+/// reused buffer, so that a queued put holds its value once (in its map
+/// entry) rather than twice (entry and record).
+pub(crate) fn encode_with_seq(out: &mut Vec<u8>, seq: Lsn, write: Write<'_>, ts: u64) {
+    let (op, key, value) = match write {
+        Write::Put(key, value) => (Operation::Put, key, value),
+        Write::Delete(key) => (Operation::Delete, key, &[][..]),
+    };
+    out.reserve(1 + encoded_len_varint(seq) + body_len(key, value, ts));
+    encode_key(1, WireType::Varint, out);
+    encode_varint(seq, out);
+    encode_body(out, op, key, value, ts);
 }
 
 /// Encodes a PUT entry without its `seq`, after [`HEADROOM`] spare bytes.
@@ -79,7 +113,10 @@ pub(crate) fn encode_delete(key: &[u8]) -> Vec<u8> {
 }
 
 /// Writes field 1 (`seq`) into the headroom of `buf`, right before the body,
-/// and returns the offset at which the finished record starts.
+/// and returns the offset at which the finished record starts. (The commit
+/// thread writes whole records with [`encode_with_seq`] instead; this is
+/// kept for tests that build records the way a replica's are built.)
+#[cfg(test)]
 pub(crate) fn fill_seq(buf: &mut [u8], seq: Lsn) -> usize {
     let mut varint = [0u8; 10];
     let mut n = 0;
@@ -164,7 +201,7 @@ pub(crate) enum OpRef<'a> {
 /// to `apply`; refuses what [`decode`] refuses.
 ///
 /// Replay decodes a million records a second, so the layout that
-/// [`encode_put`]/[`encode_delete`] plus [`fill_seq`] write (fields 1, 2, 3,
+/// [`encode_put`]/[`encode_delete`] plus `fill_seq` write (fields 1, 2, 3,
 /// then optionally 4 and 5, each once, in that order) is parsed by hand
 /// without allocating, with prost's own varint decoder. Anything else,
 /// valid or not, goes to prost ([`decode`]), so this accepts exactly the
@@ -259,6 +296,38 @@ mod tests {
     fn finish(mut buf: Vec<u8>, seq: Lsn) -> Vec<u8> {
         let start = fill_seq(&mut buf, seq);
         buf.split_off(start)
+    }
+
+    #[test]
+    fn encode_with_seq_writes_what_encode_and_fill_seq_write() {
+        for (seq, write) in [
+            (1, Write::Put(b"k", b"value")),
+            (300, Write::Put(b"key", b"")),
+            (u64::MAX, Write::Delete(b"gone")),
+            (0, Write::Put(&[7u8; 200], &[9u8; 70_000])),
+        ] {
+            for ts in [0, 1, 1_700_000_000_000] {
+                let (op, key, value) = match write {
+                    Write::Put(k, v) => (Operation::Put, k, v),
+                    Write::Delete(k) => (Operation::Delete, k, &[][..]),
+                };
+                let mut headroom = vec![0; HEADROOM];
+                encode_body(&mut headroom, op, key, value, ts);
+                let expected = finish(headroom, seq);
+                let mut out = b"earlier record".to_vec();
+                encode_with_seq(&mut out, seq, write, ts);
+                assert_eq!(&out[..14], b"earlier record");
+                assert_eq!(out[14..], expected[..], "{seq} {write:?} {ts}");
+                let op = decode(seq, Bytes::copy_from_slice(&out[14..])).unwrap();
+                match (op, write) {
+                    (Op::Put { key, value }, Write::Put(k, v)) => {
+                        assert_eq!((&key[..], &value[..]), (k, v));
+                    }
+                    (Op::Delete { key }, Write::Delete(k)) => assert_eq!(&key[..], k),
+                    (op, write) => panic!("{op:?} for {write:?}"),
+                }
+            }
+        }
     }
 
     #[test]

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{
-    Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+    Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard,
+    RwLockWriteGuard,
 };
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -16,7 +17,8 @@ use crate::commit::{self, Command, Pending};
 use crate::error::{Error, Result};
 use crate::options::StoreOptions;
 use crate::state::{Entry, State};
-use crate::{KeysPage, RecoveryInfo, Stats, checkpoint, record, recovery};
+use crate::checkpoint::CheckpointState;
+use crate::{KeysPage, RecoveryInfo, Stats, checkpoint, recovery};
 
 // A panic while holding one of these locks is a bug in this crate; the data
 // they protect stays consistent (every mutation is a single map operation),
@@ -40,7 +42,10 @@ pub const KEY_LISTING_OVERHEAD: usize = 8;
 #[derive(Debug, Default)]
 pub(crate) struct AutoCheckpoint {
     pub(crate) thread: Option<JoinHandle<()>>,
+    /// No automatic checkpoint starts before this (after failures).
     pub(crate) retry_after: Option<Instant>,
+    /// Automatic checkpoints that failed in a row.
+    pub(crate) failures: u32,
 }
 
 /// What the commit thread, checkpoints and handles share.
@@ -54,13 +59,17 @@ pub(crate) struct Shared {
     /// Held by the commit thread from reading `next_lsn` until a batch is
     /// applied: whoever holds it sees a log and a map that agree.
     pub(crate) commit_lock: Mutex<()>,
-    /// One checkpoint at a time.
-    pub(crate) checkpoint_lock: Mutex<()>,
+    /// One checkpoint at a time, shared by concurrent callers.
+    pub(crate) checkpoints: Mutex<CheckpointState>,
+    /// Signalled when a checkpoint ends.
+    pub(crate) checkpoint_done: Condvar,
     /// A checkpoint is running or about to (automatic ones are flagged before
-    /// their thread starts).
+    /// their thread starts): the commit thread's cheap check.
     pub(crate) checkpoint_running: AtomicBool,
     pub(crate) auto_checkpoint: Mutex<AutoCheckpoint>,
     pub(crate) snapshots_taken: AtomicU64,
+    pub(crate) checkpoints_failed: AtomicU64,
+    pub(crate) checkpoints_joined: AtomicU64,
     /// Set once, when the log fails: the store is then read-only for good.
     failure: OnceLock<String>,
     /// The last append failed for a full disk (so that the commit thread
@@ -186,10 +195,13 @@ impl KeyValueStore {
             wal,
             state: RwLock::new(state),
             commit_lock: Mutex::new(()),
-            checkpoint_lock: Mutex::new(()),
+            checkpoints: Mutex::new(CheckpointState::default()),
+            checkpoint_done: Condvar::new(),
             checkpoint_running: AtomicBool::new(false),
             auto_checkpoint: Mutex::new(AutoCheckpoint::default()),
             snapshots_taken: AtomicU64::new(0),
+            checkpoints_failed: AtomicU64::new(0),
+            checkpoints_joined: AtomicU64::new(0),
             failure: OnceLock::new(),
             disk_full: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -257,12 +269,12 @@ impl KeyValueStore {
             });
         }
         self.inner.shared.check_writable()?;
-        // Encoding and copying happen here, in the caller's thread, so that
-        // many callers do this work in parallel and the commit thread only
-        // appends and applies.
+        // The copy into the map entry (and its allocation) happens here, in
+        // the caller's thread, so that many callers do it in parallel; the
+        // commit thread encodes the record from the entry into a buffer it
+        // reuses, so that a queued put holds its value once.
         let (done, rx) = oneshot::channel();
         self.send(Command::Put {
-            record: record::encode_put(key, value),
             entry: Entry::new(key, value),
             done,
         })?;
@@ -277,7 +289,6 @@ impl KeyValueStore {
         self.inner.shared.check_writable()?;
         let (done, rx) = oneshot::channel();
         self.send(Command::Delete {
-            record: record::encode_delete(key),
             key: key.into(),
             done,
         })?;
@@ -314,25 +325,43 @@ impl KeyValueStore {
     /// counting each key as its length plus [`KEY_LISTING_OVERHEAD`]: a
     /// server passes its maximum frame size, so that a listing always fits
     /// in one response (`truncated` then says that more keys match), and
-    /// the map's read lock is never held to copy more than that.
+    /// the listing is never larger than that.
+    ///
+    /// The keys are copied in chunks of a thousand or so, taking the map's
+    /// read lock once per chunk and resuming after the last key copied, so
+    /// that the commit thread, which needs the write lock to apply a batch,
+    /// never waits for a whole listing. So a listing is not a snapshot: a
+    /// key written or deleted while it runs may or may not be in it, but
+    /// every key present throughout is, once, in order.
     pub fn keys_within(&self, prefix: &[u8], limit: usize, max_bytes: usize) -> KeysPage {
         let limit = if limit == 0 { usize::MAX } else { limit };
-        let state = read(&self.inner.shared.state);
         let mut page = KeysPage::default();
         let mut bytes = 0usize;
-        for entry in state
-            .range_from(prefix, false)
-            .take_while(|e| e.key().starts_with(prefix))
-        {
-            let cost = entry.key().len().saturating_add(KEY_LISTING_OVERHEAD);
-            if page.keys.len() == limit || bytes.saturating_add(cost) > max_bytes {
-                page.truncated = true;
-                break;
+        loop {
+            let resume = page.keys.last().cloned();
+            let state = read(&self.inner.shared.state);
+            let entries = match &resume {
+                None => state.range_from(prefix, false),
+                Some(last) => state.range_from(last, true),
+            };
+            let mut copied = 0;
+            for entry in entries.take_while(|e| e.key().starts_with(prefix)) {
+                let cost = entry.key().len().saturating_add(KEY_LISTING_OVERHEAD);
+                if page.keys.len() == limit || bytes.saturating_add(cost) > max_bytes {
+                    page.truncated = true;
+                    return page;
+                }
+                bytes += cost;
+                page.keys.push(entry.key().to_vec());
+                copied += 1;
+                if copied == checkpoint::CHUNK {
+                    break;
+                }
             }
-            bytes += cost;
-            page.keys.push(entry.key().to_vec());
+            if copied < checkpoint::CHUNK {
+                return page;
+            }
         }
-        page
     }
 
     /// The state, read-locked (for exporting it whole).
@@ -342,8 +371,10 @@ impl KeyValueStore {
 
     /// Writes a snapshot and drops the WAL it covers; returns the LSN it
     /// covers. Writes keep being committed meanwhile. If another checkpoint
-    /// runs, waits for it and then takes a new one. Blocking (file I/O and
-    /// fsync): call it from a thread that may block.
+    /// is running (requested or automatic), does not start one: waits for
+    /// it and returns its outcome, as every caller that waited gets (a
+    /// failure as [`Error::Shared`]). Blocking (file I/O and fsync): call it
+    /// from a thread that may block.
     pub fn checkpoint(&self) -> Result<Lsn> {
         checkpoint::run(&self.inner.shared)
     }
@@ -402,6 +433,8 @@ impl KeyValueStore {
             last_lsn,
             wal_bytes: shared.wal.disk_size(),
             snapshots_taken: shared.snapshots_taken.load(Ordering::Relaxed),
+            checkpoints_failed: shared.checkpoints_failed.load(Ordering::Relaxed),
+            checkpoints_joined: shared.checkpoints_joined.load(Ordering::Relaxed),
         }
     }
 

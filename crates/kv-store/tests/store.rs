@@ -815,3 +815,84 @@ async fn pending_writes_are_awaited_from_async_code() {
     assert_eq!(all, (1..=400).collect::<Vec<u64>>());
     assert_eq!(store.stats().keys, 400);
 }
+
+/// A key listing copies the map in chunks (of 1024 keys, the checkpoint's
+/// chunk), letting the commit thread apply batches between them: it must
+/// still list every key present throughout exactly once, in order, and get
+/// `truncated` right at a chunk's edge.
+#[test]
+fn a_key_listing_in_chunks_lets_writes_in_and_lists_every_key_once() {
+    const CHUNK: usize = 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        wal: WalOptions {
+            segment_size: 8 << 20,
+            sync_policy: SyncPolicy::Never,
+            ..WalOptions::default()
+        },
+        checkpoint_after: None,
+        ..StoreOptions::default()
+    };
+    let store = KeyValueStore::open(dir.path(), options).unwrap();
+    let n = 20 * CHUNK;
+    let pending: Vec<_> = (0..n)
+        .map(|i| store.submit_put(format!("a{i:06}").as_bytes(), b"").unwrap())
+        .collect();
+    for p in pending {
+        p.wait().unwrap();
+    }
+
+    // At a chunk's edge: a limit of exactly two chunks, with more keys
+    // after them, is truncated; all keys with a limit of exactly all of them
+    // are not.
+    let two = store.keys(b"a", 2 * CHUNK);
+    assert_eq!((two.keys.len(), two.truncated), (2 * CHUNK, true));
+    assert_eq!(two.keys[2 * CHUNK - 1], format!("a{:06}", 2 * CHUNK - 1).into_bytes());
+    let all = store.keys(b"a", n);
+    assert_eq!((all.keys.len(), all.truncated), (n, false));
+    let per = "a000000".len() + kv_store::KEY_LISTING_OVERHEAD;
+    let by_bytes = store.keys_within(b"", 0, CHUNK * per);
+    assert_eq!((by_bytes.keys.len(), by_bytes.truncated), (CHUNK, true));
+
+    // A writer appends keys that sort after all of them, one at a time,
+    // while listings run. A listing taken under one read lock would see
+    // at most one more of them than were acknowledged when it began; one
+    // in chunks sees those written while it ran.
+    let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (store, acked, stop) = (store.clone(), Arc::clone(&acked), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let i = acked.load(Ordering::SeqCst);
+                store.put(format!("z{i:06}").as_bytes(), b"").unwrap();
+                acked.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut interleaved = false;
+    while !interleaved && Instant::now() < deadline {
+        let before = acked.load(Ordering::SeqCst);
+        let page = store.keys(b"", 0);
+        let after = acked.load(Ordering::SeqCst);
+        assert!(!page.truncated);
+        assert!(
+            page.keys.windows(2).all(|w| w[0] < w[1]),
+            "a listing out of order or with a key twice"
+        );
+        assert_eq!(page.keys.iter().filter(|k| k[0] == b'a').count(), n);
+        let late = page.keys.iter().filter(|k| k[0] == b'z').count();
+        assert!(
+            (before..=after + 1).contains(&late),
+            "{late} late keys, {before} acknowledged before the listing and {after} after"
+        );
+        interleaved = late >= before + 3;
+    }
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    assert!(
+        interleaved,
+        "no listing ever saw writes made while it ran: it holds the read lock throughout"
+    );
+}
