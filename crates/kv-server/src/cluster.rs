@@ -122,13 +122,18 @@ pub(crate) fn start(
                 pending: backend.node.submit(encode_delete(&delete.key)),
             }
         }
+        // Copied out of the frame, whose buffer a slice would pin while
+        // the reply is queued.
         Command::Get(get) => {
             check_key(&get.key)?;
-            ClusterReply::Get { id, key: get.key }
+            ClusterReply::Get {
+                id,
+                key: Bytes::copy_from_slice(&get.key),
+            }
         }
         Command::Keys(keys) => ClusterReply::Keys {
             id,
-            prefix: keys.prefix,
+            prefix: Bytes::copy_from_slice(&keys.prefix),
             limit: keys.limit,
         },
         Command::Checkpoint(_) => ClusterReply::Checkpoint { id },

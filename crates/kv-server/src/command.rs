@@ -10,6 +10,12 @@
 //! read may also see writes pipelined *after* it on the same connection,
 //! since those were submitted before its turn came: they are concurrent
 //! with it, as its answer had not been sent when they were.)
+//!
+//! A queued reply owns what it needs and nothing of the request's frame:
+//! decoding slices keys and values out of the frame's buffer, and a slice
+//! kept in the queue would keep that whole buffer alive, so deferred keys
+//! are copied out, and writes are copied by the store before the frame is
+//! dropped.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -149,10 +155,15 @@ impl Reply {
                 };
                 Reply::Ready(store_error(id, &err, shared))
             }
-            Command::Get(get) => Reply::Get { id, key: get.key },
+            // Copied out: a slice of the frame would pin the whole frame's
+            // buffer while the reply waits in the queue.
+            Command::Get(get) => Reply::Get {
+                id,
+                key: Bytes::copy_from_slice(&get.key),
+            },
             Command::Keys(keys) => Reply::Keys {
                 id,
-                prefix: keys.prefix,
+                prefix: Bytes::copy_from_slice(&keys.prefix),
                 limit: keys.limit,
             },
             Command::Checkpoint(_) => Reply::Checkpoint { id },
@@ -318,7 +329,7 @@ fn store_error(id: u64, err: &kv_store::Error, shared: &Shared) -> Response {
 /// The wire code of a store error.
 pub(crate) fn error_code(err: &kv_store::Error) -> ErrorCode {
     use kv_store::Error;
-    match err {
+    match err.cause() {
         Error::EmptyKey => ErrorCode::InvalidRequest,
         Error::KeyTooLarge { .. } | Error::ValueTooLarge { .. } => ErrorCode::TooLarge,
         Error::OutcomeUnknown(_) => ErrorCode::OutcomeUnknown,

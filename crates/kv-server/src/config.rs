@@ -30,6 +30,12 @@ pub const EXIT_USAGE: u8 = 2;
 /// panic in every connection task); a larger value is a usage error.
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// Default of `--max-in-flight-bytes`: 64 MiB per connection.
+pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
+
+/// Default of `--max-total-in-flight-bytes`: 1 GiB for the server.
+pub const DEFAULT_MAX_TOTAL_IN_FLIGHT_BYTES: usize = 1 << 30;
+
 /// Most runtime worker threads `--worker-threads` accepts.
 pub const MAX_WORKER_THREADS: u32 = 1024;
 
@@ -239,6 +245,25 @@ pub struct Args {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: u32,
 
+    /// Most bytes of requests (their frames) per connection read but not
+    /// yet answered; past this the server stops reading that connection
+    /// until replies drain. A single request larger than this (up to
+    /// --max-frame) is read once the connection has nothing else in flight.
+    /// More than 0.
+    #[arg(long, env = "KV_MAX_IN_FLIGHT_BYTES", default_value = "64MiB",
+          value_parser = parse_nonzero_size)]
+    pub max_in_flight_bytes: u64,
+
+    /// Most bytes of requests all connections together may have read but
+    /// not yet answered. Past this the server stops reading from the
+    /// connections that hold the most (TCP backpressure) until replies
+    /// drain; nothing read is dropped or refused. At least --max-frame. The
+    /// server's memory is about this plus the map plus per-connection
+    /// buffers (see the README).
+    #[arg(long, env = "KV_MAX_TOTAL_IN_FLIGHT_BYTES", default_value = "1GiB",
+          value_parser = parse_nonzero_size)]
+    pub max_total_in_flight_bytes: u64,
+
     /// On SIGINT/SIGTERM, how long to wait for connections to finish their
     /// in-flight requests before closing the store regardless (0: do not
     /// wait; at most one day).
@@ -408,6 +433,15 @@ pub struct ServerConfig {
     pub frame_timeout: Duration,
     /// Most unanswered requests per connection.
     pub max_in_flight: usize,
+    /// Most bytes of requests one connection may have read and not yet
+    /// answered; past it the server reads that connection's next frame once
+    /// earlier replies have resolved. A single frame larger than this is
+    /// read when the connection holds nothing else.
+    pub max_in_flight_bytes: usize,
+    /// Most bytes of requests all connections together may have read and not
+    /// yet answered; past it the server stops reading from the connections
+    /// that hold the most. Raised to `max_frame` if smaller.
+    pub max_total_in_flight_bytes: usize,
     /// Longest a graceful shutdown waits for connections to finish.
     pub shutdown_grace: Duration,
     /// The token every connection must present first; `None`: clients are
@@ -425,6 +459,8 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(300),
             frame_timeout: Duration::from_secs(10),
             max_in_flight: 1024,
+            max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
+            max_total_in_flight_bytes: DEFAULT_MAX_TOTAL_IN_FLIGHT_BYTES,
             shutdown_grace: Duration::from_secs(30),
             auth_token: None,
             tls: None,
@@ -554,6 +590,8 @@ impl Args {
             idle_timeout: self.idle_timeout,
             frame_timeout: self.frame_timeout,
             max_in_flight: self.max_in_flight as usize,
+            max_in_flight_bytes: usize_saturating(self.max_in_flight_bytes),
+            max_total_in_flight_bytes: usize_saturating(self.max_total_in_flight_bytes),
             shutdown_grace: self.shutdown_grace,
             auth_token: None,
             tls: None,
@@ -618,6 +656,19 @@ impl Args {
             Some(n) => n as usize,
             None => default_worker_threads(),
         }
+    }
+
+    /// Checks the limits that depend on each other; the error is the one
+    /// line of a usage error.
+    pub fn check_limits(&self) -> Result<(), String> {
+        if self.max_total_in_flight_bytes < self.max_frame {
+            return Err(format!(
+                "--max-total-in-flight-bytes {} is less than --max-frame {}: a frame that \
+                 large could never be read",
+                self.max_total_in_flight_bytes, self.max_frame
+            ));
+        }
+        Ok(())
     }
 
     /// Whether a request carrying a key and a value at their maximum sizes
@@ -689,6 +740,14 @@ pub fn parse_host_port(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// Parses a size as [`parse_size`] does, more than zero.
+pub fn parse_nonzero_size(s: &str) -> Result<u64, String> {
+    match parse_size(s)? {
+        0 => Err(format!("`{s}`: must be more than 0")),
+        n => Ok(n),
+    }
+}
+
 /// Parses a duration: a number with an optional unit `ms`, `s` or `m`
 /// (seconds when there is none), at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -746,6 +805,37 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Args, clap::Error> {
         Args::try_parse_from(std::iter::once("kv-server").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn in_flight_byte_budgets_default_parse_and_must_fit_a_frame() {
+        let args = parse(&[]).unwrap();
+        let config = args.server_config();
+        assert_eq!(config.max_in_flight_bytes, 64 << 20);
+        assert_eq!(config.max_total_in_flight_bytes, 1 << 30);
+        assert!(args.check_limits().is_ok());
+        let args = parse(&[
+            "--max-in-flight-bytes",
+            "1MiB",
+            "--max-total-in-flight-bytes",
+            "16MiB",
+        ])
+        .unwrap();
+        let config = args.server_config();
+        assert_eq!(
+            (config.max_in_flight_bytes, config.max_total_in_flight_bytes),
+            (1 << 20, 16 << 20)
+        );
+        for flag in ["--max-in-flight-bytes", "--max-total-in-flight-bytes"] {
+            assert!(parse(&[flag, "0"]).is_err(), "{flag} 0");
+        }
+        // The server's total must hold the largest frame, or such a frame
+        // could never be read.
+        let args = parse(&["--max-total-in-flight-bytes", "4MiB"]).unwrap();
+        let err = args.check_limits().expect_err("below --max-frame");
+        assert!(err.contains("--max-frame"), "{err}");
+        let args = parse(&["--max-total-in-flight-bytes", "4MiB", "--max-frame", "4MiB"]).unwrap();
+        assert!(args.check_limits().is_ok());
     }
 
     #[test]

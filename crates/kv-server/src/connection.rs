@@ -5,7 +5,7 @@
 use std::io;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use kv_proto::{CodecError, ErrorCode, Response, ServerCodec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
@@ -87,6 +87,47 @@ impl FrameReader {
         }
     }
 
+    /// The length of the next frame's body, once its 4-byte header has
+    /// arrived, reading the socket only until it has; `Ok(None)` when the
+    /// peer closed between frames. A length over the maximum frame is
+    /// [`ReadError::TooLarge`], with nothing of the body read. The caller
+    /// charges the length to the in-flight budget, then reads the frame with
+    /// [`FrameReader::next`].
+    ///
+    /// Cancel safe, as [`FrameReader::next`].
+    pub(crate) async fn next_len(&mut self) -> Result<Option<usize>, ReadError> {
+        loop {
+            if let Some(len) = self.buffered_len() {
+                if len > self.codec.max_frame_size() {
+                    return Err(ReadError::TooLarge {
+                        len,
+                        max: self.codec.max_frame_size(),
+                    });
+                }
+                return Ok(Some(len));
+            }
+            if !self.read_some().await? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The body length the next frame's header declares, if the header is
+    /// buffered.
+    pub(crate) fn buffered_len(&self) -> Option<usize> {
+        self.buffer
+            .first_chunk::<4>()
+            .map(|header| u32::from_be_bytes(*header) as usize)
+    }
+
+    /// Restarts the frame timeout of the frame now in the buffer: the time
+    /// the server spent waiting for its in-flight budget is not the peer's.
+    pub(crate) fn restart_frame_clock(&mut self) {
+        if self.frame_started.is_some() {
+            self.frame_started = Some(Instant::now());
+        }
+    }
+
     /// The next frame; `Ok(None)` when the peer closed between frames.
     ///
     /// Cancel safe: the only await is one socket read into the buffer, so a
@@ -96,39 +137,67 @@ impl FrameReader {
             if let Some(item) = self.next_buffered()? {
                 return Ok(Some(item));
             }
-            // `timeout` rather than `timeout_at(start + limit)`: a limit too
-            // large for the clock means no limit, not an overflow panic.
-            let read = match self.frame_started {
-                Some(started) => {
-                    let left = self.frame_timeout.saturating_sub(started.elapsed());
-                    tokio::time::timeout(left, self.socket.read_buf(&mut self.buffer))
-                }
-                None => {
-                    tokio::time::timeout(self.idle_timeout, self.socket.read_buf(&mut self.buffer))
-                }
-            };
-            match read.await {
-                Err(_elapsed) if self.frame_started.is_some() => return Err(ReadError::SlowFrame),
-                Err(_elapsed) => return Err(ReadError::Idle),
-                Ok(Ok(0)) if self.buffer.is_empty() => return Ok(None),
-                Ok(Ok(0)) => return Err(ReadError::Truncated),
-                // A TLS client that closed without a close_notify (one
-                // that exits or drops its connection) between frames has
-                // closed as a plain one does; inside a frame, truncated.
-                Ok(Err(err)) if err.kind() == io::ErrorKind::UnexpectedEof => {
-                    return if self.buffer.is_empty() {
-                        Ok(None)
-                    } else {
-                        Err(ReadError::Truncated)
-                    };
-                }
-                Ok(Ok(_)) => {
-                    if self.frame_started.is_none() {
-                        self.frame_started = Some(Instant::now());
-                    }
-                }
-                Ok(Err(err)) => return Err(ReadError::Io(err)),
+            if !self.read_some().await? {
+                return Ok(None);
             }
+        }
+    }
+
+    /// One socket read into the buffer, within the idle timeout (between
+    /// frames) or what is left of the frame timeout (inside one). `false`
+    /// when the peer closed between frames.
+    ///
+    /// The read is bounded: while no header is buffered, to [`READ_BUFFER`]
+    /// bytes in the buffer; once one is, to the whole frame (or
+    /// [`READ_BUFFER`] if that is more), with room reserved for exactly the
+    /// frame. So the buffer holds at most one frame plus [`READ_BUFFER`]
+    /// bytes that no one has charged to the in-flight budget yet, whatever
+    /// room an earlier, larger frame left in it.
+    async fn read_some(&mut self) -> Result<bool, ReadError> {
+        let max = self.codec.max_frame_size();
+        let frame_end = self
+            .buffered_len()
+            .map_or(0, |len| len.min(max).saturating_add(4));
+        let target = frame_end.max(READ_BUFFER);
+        if frame_end > self.buffer.capacity() {
+            self.buffer.reserve(frame_end - self.buffer.len());
+        }
+        // Never 0 here: a call comes only when the buffer lacks a whole
+        // frame, so it holds less than `frame_end` (and, with no header,
+        // fewer than 4 bytes).
+        let room = target.saturating_sub(self.buffer.len()).max(1);
+        let mut limited = (&mut self.buffer).limit(room);
+        // `timeout` rather than `timeout_at(start + limit)`: a limit too
+        // large for the clock means no limit, not an overflow panic.
+        let read = match self.frame_started {
+            Some(started) => {
+                let left = self.frame_timeout.saturating_sub(started.elapsed());
+                tokio::time::timeout(left, self.socket.read_buf(&mut limited))
+            }
+            None => tokio::time::timeout(self.idle_timeout, self.socket.read_buf(&mut limited)),
+        };
+        match read.await {
+            Err(_elapsed) if self.frame_started.is_some() => Err(ReadError::SlowFrame),
+            Err(_elapsed) => Err(ReadError::Idle),
+            Ok(Ok(0)) if self.buffer.is_empty() => Ok(false),
+            Ok(Ok(0)) => Err(ReadError::Truncated),
+            // A TLS client that closed without a close_notify (one that
+            // exits or drops its connection) between frames has closed as a
+            // plain one does; inside a frame, truncated.
+            Ok(Err(err)) if err.kind() == io::ErrorKind::UnexpectedEof => {
+                if self.buffer.is_empty() {
+                    Ok(false)
+                } else {
+                    Err(ReadError::Truncated)
+                }
+            }
+            Ok(Ok(_)) => {
+                if self.frame_started.is_none() {
+                    self.frame_started = Some(Instant::now());
+                }
+                Ok(true)
+            }
+            Ok(Err(err)) => Err(ReadError::Io(err)),
         }
     }
 
@@ -239,6 +308,83 @@ impl FrameWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kv_proto::{ClientCodec, PutRequest, Request, request::Command};
+
+    /// The frame of a put of `value_len` bytes.
+    fn put_frame(id: u64, value_len: usize) -> Vec<u8> {
+        let request = Request::new(
+            id,
+            Command::Put(PutRequest {
+                key: bytes::Bytes::from_static(b"k"),
+                value: vec![1u8; value_len].into(),
+            }),
+        );
+        let mut frame = BytesMut::new();
+        ClientCodec::new(8 << 20)
+            .encode(&request, &mut frame)
+            .unwrap();
+        frame.to_vec()
+    }
+
+    #[tokio::test]
+    async fn the_reader_reads_no_further_than_the_frame_it_was_given_room_for() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (read_half, _write_half) = crate::tls::split_plain(server);
+        let max = 8 << 20;
+        let mut reader = FrameReader::new(
+            read_half,
+            max,
+            Duration::from_secs(30),
+            Duration::from_secs(30),
+        );
+        // Three large frames and a small one, all sent before the server
+        // reads any: the socket always has more to give than asked for.
+        let big = 1 << 20;
+        let mut sent = Vec::new();
+        for id in 0..3 {
+            sent.extend(put_frame(id, big));
+        }
+        sent.extend(put_frame(3, 10));
+        let writing = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client
+        });
+        for id in 0..3u64 {
+            let len = reader.next_len().await.unwrap().expect("a header");
+            assert!(len > big);
+            assert!(
+                reader.buffer.len() <= READ_BUFFER,
+                "{} bytes read before the frame was charged",
+                reader.buffer.len()
+            );
+            let request = reader.next().await.unwrap().unwrap().unwrap();
+            assert_eq!(request.id, id);
+            assert!(
+                reader.buffer.len() <= READ_BUFFER,
+                "{} bytes of the next frame read with this one",
+                reader.buffer.len()
+            );
+            assert!(
+                reader.buffer.capacity() <= len + 4 + READ_BUFFER,
+                "capacity {} for a frame of {len}",
+                reader.buffer.capacity()
+            );
+        }
+        let len = reader.next_len().await.unwrap().unwrap();
+        assert!(len < 100);
+        assert_eq!(reader.next().await.unwrap().unwrap().unwrap().id, 3);
+        assert!(
+            reader.buffer.capacity() <= SHRINK_ABOVE,
+            "the buffer kept {} bytes after the large frames",
+            reader.buffer.capacity()
+        );
+        drop(writing.await.unwrap());
+        assert!(reader.next_len().await.unwrap().is_none(), "peer closed");
+    }
 
     #[test]
     fn a_buffer_grown_for_one_frame_shrinks_once_empty() {

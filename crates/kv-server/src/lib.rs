@@ -33,6 +33,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+mod budget;
 mod cluster;
 mod command;
 pub mod config;

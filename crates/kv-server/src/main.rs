@@ -18,7 +18,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     // The cluster flags are checked together; a bad combination is a usage
     // error, like a bad flag.
-    let cluster = match args.cluster_config() {
+    let cluster = match args.check_limits().and_then(|()| args.cluster_config()) {
         Ok(cluster) => cluster,
         Err(e) => {
             eprintln!("kv-server: error: {e}");

@@ -3,9 +3,11 @@
 //!
 //! Per connection, a reader turns frames into [`Reply`]s (submitting writes
 //! at once) and queues them; a writer resolves them in queue order and writes
-//! the responses. The queue is bounded (`max_in_flight`): when a client
-//! pipelines faster than its replies drain, the reader stops reading and TCP
-//! flow control pushes back on the client.
+//! the responses. The queue is bounded in requests (`max_in_flight`) and, with
+//! every other connection's, in bytes (the in-flight byte budget, see
+//! `budget`): when a client pipelines faster than its replies drain, or the
+//! server holds as many request bytes as it may, the reader stops reading
+//! and TCP flow control pushes back on the client.
 
 use std::future::Future;
 use std::io;
@@ -23,9 +25,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::Error;
 use crate::auth::{Admission, Gate};
+use crate::budget::{Charge, ConnectionBudget, InflightBudget};
 use crate::command::{Backend, Reply, Shared};
 use crate::config::ServerConfig;
-use crate::connection::{FLUSH_THRESHOLD, FrameReader, FrameWriter, ReadError};
+use crate::connection::{FLUSH_THRESHOLD, FrameReader, FrameWriter, Inbound, ReadError};
 use crate::tls::{ServerTls, answer_and_close, split_plain, split_tls};
 
 /// Pause after an accept error that is not about one connection (such as
@@ -55,6 +58,11 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let shared = Shared::new(backend.into(), config.max_frame);
+    let budget = InflightBudget::new(
+        config.max_total_in_flight_bytes,
+        config.max_in_flight_bytes,
+        config.max_frame,
+    );
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let connections = TaskTracker::new();
@@ -91,9 +99,10 @@ pub async fn run(
         at_limit = false;
         let shared = Arc::clone(&shared);
         let config = Arc::clone(&config);
+        let budget = budget.connection();
         let token = shutdown.child_token();
         connections.spawn(async move {
-            serve_connection(socket, peer, &shared, &config, token).await;
+            serve_connection(socket, peer, &shared, &config, &budget, token).await;
             drop(permit);
         });
     }
@@ -265,6 +274,7 @@ async fn serve_connection(
     peer: SocketAddr,
     shared: &Shared,
     config: &ServerConfig,
+    budget: &ConnectionBudget,
     token: CancellationToken,
 ) {
     // Responses are batched by the writer; Nagle would only add latency.
@@ -298,7 +308,7 @@ async fn serve_connection(
     tracing::debug!(%peer, "connection opened");
 
     let gate = Gate::new(config.auth_token.as_ref(), peer);
-    let read = read_requests(reader, gate, replies, shared, &token);
+    let read = read_requests(reader, gate, replies, shared, budget, &token);
     let write = async {
         let result = write_replies(writer, queue, shared).await;
         // The peer is gone or the socket failed: stop reading too.
@@ -312,9 +322,17 @@ async fn serve_connection(
     }
 }
 
+/// A reply in the connection's queue, with the in-flight bytes its request
+/// is charged until the reply has resolved.
+type Queued = (Reply, Charge);
+
 /// Reads requests and queues their replies until the connection ends;
 /// returns why it ended. Dropping `replies` on return tells the writer to
 /// finish the queue and close.
+///
+/// Each frame is charged to the in-flight byte budget once its header has
+/// arrived and before its body is read: while the budget is short, the
+/// reader waits and reads nothing from the socket (backpressure).
 ///
 /// Once `token` is cancelled it reads nothing more from the socket, but
 /// still queues the whole requests already in its buffer: they were read,
@@ -322,58 +340,33 @@ async fn serve_connection(
 async fn read_requests(
     mut reader: FrameReader,
     mut gate: Gate<'_>,
-    replies: mpsc::Sender<Reply>,
+    replies: mpsc::Sender<Queued>,
     shared: &Shared,
+    budget: &ConnectionBudget,
     token: &CancellationToken,
 ) -> &'static str {
     loop {
-        let inbound = tokio::select! {
+        let next = tokio::select! {
             biased;
             () = token.cancelled() => {
-                if replies.is_closed() {
-                    // The writer is gone: nobody would get these answers.
-                    return "writer stopped";
-                }
-                match reader.next_buffered() {
-                    Ok(None) => return "shutdown",
-                    buffered => buffered,
-                }
+                return drain_buffered(&mut reader, &mut gate, &replies, shared, budget).await;
             }
-            inbound = reader.next() => inbound,
+            next = next_request(&mut reader, budget) => next,
         };
-        let (reply, last) = match inbound {
-            Ok(Some(Ok(request))) => match gate.admit(request) {
-                Admission::Pass(request) => (Reply::start(request, shared), false),
-                Admission::Answer { response, delay } => {
-                    if !delay.is_zero() {
-                        // A failed authentication: read nothing more for
-                        // a while (the shutdown cuts the wait short).
-                        tokio::select! {
-                            () = token.cancelled() => {}
-                            () = tokio::time::sleep(delay) => {}
-                        }
-                    }
-                    (Reply::Ready(response), false)
-                }
-            },
-            Ok(Some(Err(err))) => (
-                // The id is inside the message that failed to decode.
-                Reply::error(
-                    0,
-                    ErrorCode::InvalidRequest,
-                    format!("undecodable request: {err}"),
-                ),
-                false,
-            ),
-            Err(ReadError::TooLarge { len, max }) => (
-                Reply::error(
+        let (inbound, charge) = match next {
+            Ok(Some(next)) => next,
+            Ok(None) => return "peer closed",
+            Err(ReadError::TooLarge { len, max }) => {
+                // Its body is never read; the writer sends TOO_LARGE after
+                // the earlier replies and closes.
+                let reply = Reply::error(
                     0,
                     ErrorCode::TooLarge,
                     format!("frame of {len} bytes exceeds the maximum of {max}"),
-                ),
-                true,
-            ),
-            Ok(None) => return "peer closed",
+                );
+                let _ = replies.send((reply, budget.nothing())).await;
+                return "frame too large";
+            }
             Err(ReadError::Idle) => return "idle timeout",
             Err(ReadError::SlowFrame) => return "frame timeout",
             Err(ReadError::Truncated) => return "peer closed mid-frame",
@@ -382,14 +375,101 @@ async fn read_requests(
                 return "read error";
             }
         };
-        if replies.send(reply).await.is_err() {
+        let (reply, delay) = reply_to(inbound, &mut gate, shared);
+        if !delay.is_zero() {
+            // A failed authentication: read nothing more for a while (the
+            // shutdown cuts the wait short).
+            tokio::select! {
+                () = token.cancelled() => {}
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+        if replies.send((reply, charge)).await.is_err() {
             return "writer stopped";
         }
-        if last {
-            // Oversized frame: its body is never read; the writer sends
-            // TOO_LARGE after the earlier replies and closes.
-            return "frame too large";
+    }
+}
+
+/// The next request and its charge: waits for the frame's header, for room
+/// in the budget, then for the body. Cancel safe: what was read stays in
+/// the reader's buffer, and a charge not returned is released.
+async fn next_request(
+    reader: &mut FrameReader,
+    budget: &ConnectionBudget,
+) -> Result<Option<(Inbound, Charge)>, ReadError> {
+    let Some(len) = reader.next_len().await? else {
+        return Ok(None);
+    };
+    let charge = budget.charge(len).await;
+    reader.restart_frame_clock();
+    match reader.next().await? {
+        Some(inbound) => Ok(Some((inbound, charge))),
+        // The header had arrived: the peer closed inside the frame.
+        None => Err(ReadError::Truncated),
+    }
+}
+
+/// At shutdown: queues the whole requests already in the buffer (charged
+/// like any other), reading nothing more; returns why the reader ended.
+async fn drain_buffered(
+    reader: &mut FrameReader,
+    gate: &mut Gate<'_>,
+    replies: &mpsc::Sender<Queued>,
+    shared: &Shared,
+    budget: &ConnectionBudget,
+) -> &'static str {
+    loop {
+        if replies.is_closed() {
+            // The writer is gone: nobody would get these answers.
+            return "writer stopped";
         }
+        let Some(len) = reader.buffered_len() else {
+            return "shutdown";
+        };
+        let charge = budget.charge(len).await;
+        let reply = match reader.next_buffered() {
+            Ok(Some(inbound)) => reply_to(inbound, gate, shared).0,
+            Ok(None) => return "shutdown",
+            Err(ReadError::TooLarge { len, max }) => {
+                let reply = Reply::error(
+                    0,
+                    ErrorCode::TooLarge,
+                    format!("frame of {len} bytes exceeds the maximum of {max}"),
+                );
+                let _ = replies.send((reply, charge)).await;
+                return "frame too large";
+            }
+            Err(_) => return "shutdown",
+        };
+        if replies.send((reply, charge)).await.is_err() {
+            return "writer stopped";
+        }
+    }
+}
+
+/// Starts the reply to one decoded frame, through the auth gate; also how
+/// long to wait before reading on (after a failed authentication).
+fn reply_to(
+    inbound: Inbound,
+    gate: &mut Gate<'_>,
+    shared: &Shared,
+) -> (Reply, std::time::Duration) {
+    match inbound {
+        Ok(request) => match gate.admit(request) {
+            Admission::Pass(request) => (Reply::start(request, shared), std::time::Duration::ZERO),
+            // Unauthenticated, or an auth attempt: answered by the gate,
+            // after `delay` when the attempt failed.
+            Admission::Answer { response, delay } => (Reply::Ready(response), delay),
+        },
+        // The id is inside the message that failed to decode.
+        Err(err) => (
+            Reply::error(
+                0,
+                ErrorCode::InvalidRequest,
+                format!("undecodable request: {err}"),
+            ),
+            std::time::Duration::ZERO,
+        ),
     }
 }
 
@@ -398,16 +478,16 @@ async fn read_requests(
 /// pipelined replies leaves in few writes.
 async fn write_replies(
     mut writer: FrameWriter,
-    mut queue: mpsc::Receiver<Reply>,
+    mut queue: mpsc::Receiver<Queued>,
     shared: &Shared,
 ) -> io::Result<()> {
     loop {
-        let reply = match queue.try_recv() {
-            Ok(reply) => reply,
+        let (reply, charge) = match queue.try_recv() {
+            Ok(queued) => queued,
             Err(mpsc::error::TryRecvError::Empty) => {
                 writer.flush().await?;
                 match queue.recv().await {
-                    Some(reply) => reply,
+                    Some(queued) => queued,
                     None => break,
                 }
             }
@@ -422,6 +502,9 @@ async fn write_replies(
                 resolving.await
             }
         };
+        // Resolved: what the request became is in the map (or answered);
+        // the response's own bytes are the writer's buffer's.
+        drop(charge);
         writer.push(&response)?;
         if writer.buffered() >= FLUSH_THRESHOLD {
             writer.flush().await?;
