@@ -2,9 +2,9 @@
 //! of the largest puts, without losing or failing any of them, and without
 //! starving a small client.
 //!
-//! 64 connections pipeline puts of the maximum value size (4 MiB) for 10 s
-//! without waiting for answers, overwriting 8 keys (so the map stays at
-//! 32 MiB). The server runs with `--max-total-in-flight-bytes 256MiB` (a
+//! 64 connections pipeline puts of the maximum value size (4 MiB) for 10 s,
+//! each keeping [`WINDOW`] unanswered (512 MiB outstanding in all, twice
+//! the budget), overwriting 8 keys (so the map stays at 32 MiB). The server runs with `--max-total-in-flight-bytes 256MiB` (a
 //! quarter of the default, so that the bound is reached within a second
 //! and the figures are small enough to read) and the default 64 MiB per
 //! connection. Meanwhile a separate client reads one small key, one get at
@@ -34,13 +34,19 @@ use e2e::{RawConnection, ServerProcess};
 use futures::StreamExt;
 use kv_proto::{ClientCodec, GetRequest, PutRequest, Request, request::Command, response};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::codec::FramedRead;
 
 const CONNECTIONS: u64 = 64;
 const KEYS: u64 = 8;
 const VALUE_SIZE: usize = 4 << 20;
 const LOAD: Duration = Duration::from_secs(10);
+/// Puts each connection has sent and not yet had answered, at most: 64 × 2
+/// × 4 MiB = 512 MiB outstanding, twice the budget, so the server must push
+/// back (without the budget it would hold all of it, over the bound); and a bound on what it still has to answer once the
+/// load stops (the kernel's socket buffers, which autotune up to 32 MiB a
+/// connection here, would otherwise hold gigabytes for it to drain).
+const WINDOW: usize = 2;
 const MIB: u64 = 1 << 20;
 /// The server's `--max-total-in-flight-bytes`.
 const BUDGET: u64 = 256 * MIB;
@@ -131,22 +137,27 @@ async fn writer(
     let stream = RawConnection::connect(addr).await.unwrap().into_inner();
     let (read_half, mut write_half) = stream.into_split();
     let (sent_tx, mut sent_rx) = mpsc::unbounded_channel::<(u64, u64, [u8; 16])>();
-    let sending = tokio::spawn(async move {
-        let mut id = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            let k = (conn + id) % KEYS;
-            let t = tag(conn, id);
-            let prefix = put_prefix(id, &key(k), t, VALUE_SIZE);
-            sent_tx.send((id, k, t)).unwrap();
-            // Whole frames only: a frame cut off halfway would be the
-            // client's fault, not the server's.
-            write_half.write_all(&prefix).await.unwrap();
-            write_half.write_all(&tail).await.unwrap();
-            sent_bytes.fetch_add((prefix.len() + tail.len()) as u64, Ordering::Relaxed);
-            id += 1;
-        }
-        write_half
-    });
+    let window = Arc::new(Semaphore::new(WINDOW));
+    let sending = {
+        let window = Arc::clone(&window);
+        tokio::spawn(async move {
+            let mut id = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                window.acquire().await.unwrap().forget();
+                let k = (conn + id) % KEYS;
+                let t = tag(conn, id);
+                let prefix = put_prefix(id, &key(k), t, VALUE_SIZE);
+                sent_tx.send((id, k, t)).unwrap();
+                // Whole frames only: a frame cut off halfway would be the
+                // client's fault, not the server's.
+                write_half.write_all(&prefix).await.unwrap();
+                write_half.write_all(&tail).await.unwrap();
+                sent_bytes.fetch_add((prefix.len() + tail.len()) as u64, Ordering::Relaxed);
+                id += 1;
+            }
+            write_half
+        })
+    };
     let mut responses = FramedRead::new(read_half, ClientCodec::new(8 << 20));
     let mut acked = Vec::new();
     let deadline = tokio::time::Instant::now() + LOAD + DRAIN;
@@ -157,6 +168,7 @@ async fn writer(
             .unwrap_or_else(|| panic!("connection {conn}: closed before answering put {id}"))
             .unwrap_or_else(|e| panic!("connection {conn}: {e}"))
             .unwrap_or_else(|e| panic!("connection {conn}: undecodable response: {e}"));
+        window.add_permits(1);
         assert_eq!(response.id, id, "connection {conn}: answers out of order");
         match response.result {
             Some(response::Result::Put(put)) => acked.push(Acked {
@@ -215,7 +227,12 @@ async fn a_flood_of_the_largest_puts_stays_within_the_in_flight_budget() {
     let budget = format!("{}MiB", BUDGET / MIB);
     let mut server = ServerProcess::start(
         dir.path(),
-        &["--max-total-in-flight-bytes", &budget, "--max-value-size", "4MiB"],
+        &[
+            "--max-total-in-flight-bytes",
+            &budget,
+            "--max-value-size",
+            "4MiB",
+        ],
     );
     let addr = server.addr();
     let pid = server.pid();
@@ -328,7 +345,10 @@ async fn a_flood_of_the_largest_puts_stays_within_the_in_flight_budget() {
             "key {k}: not the last acknowledged value (seq {})",
             expected.seq
         );
-        assert!(get.value[16..].iter().all(|&b| b == 0x5a), "key {k}: value damaged");
+        assert!(
+            get.value[16..].iter().all(|&b| b == 0x5a),
+            "key {k}: value damaged"
+        );
     }
 
     latencies.sort();
