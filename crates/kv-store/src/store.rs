@@ -13,11 +13,11 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 use wal_core::{Lsn, Vfs, Wal};
 
+use crate::checkpoint::CheckpointState;
 use crate::commit::{self, Command, Pending};
 use crate::error::{Error, Result};
 use crate::options::StoreOptions;
 use crate::state::{Entry, State};
-use crate::checkpoint::CheckpointState;
 use crate::{KeysPage, RecoveryInfo, Stats, checkpoint, recovery};
 
 // A panic while holding one of these locks is a bug in this crate; the data

@@ -71,9 +71,7 @@ impl SnapshotFaults {
 
 fn is_snapshot_temp(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "tmp")
-        && path
-            .parent()
-            .is_some_and(|p| p.ends_with("snapshots"))
+        && path.parent().is_some_and(|p| p.ends_with("snapshots"))
 }
 
 impl Vfs for SnapshotFaults {
@@ -244,8 +242,8 @@ fn a_failing_automatic_checkpoint_backs_off_and_rotates_once() {
     let faults = SnapshotFaults::new(fs.shared());
     faults.refuse.store(true, Ordering::SeqCst);
     // Automatic checkpoints from 4 KiB of log on.
-    let store = KeyValueStore::open_with_vfs("/db", options(Some(4 << 10)), faults.clone())
-        .unwrap();
+    let store =
+        KeyValueStore::open_with_vfs("/db", options(Some(4 << 10)), faults.clone()).unwrap();
     assert_eq!(segments(&fs), 1);
 
     // A writer keeps the log above the threshold, so that every batch

@@ -836,7 +836,11 @@ fn a_key_listing_in_chunks_lets_writes_in_and_lists_every_key_once() {
     let store = KeyValueStore::open(dir.path(), options).unwrap();
     let n = 20 * CHUNK;
     let pending: Vec<_> = (0..n)
-        .map(|i| store.submit_put(format!("a{i:06}").as_bytes(), b"").unwrap())
+        .map(|i| {
+            store
+                .submit_put(format!("a{i:06}").as_bytes(), b"")
+                .unwrap()
+        })
         .collect();
     for p in pending {
         p.wait().unwrap();
@@ -847,7 +851,10 @@ fn a_key_listing_in_chunks_lets_writes_in_and_lists_every_key_once() {
     // are not.
     let two = store.keys(b"a", 2 * CHUNK);
     assert_eq!((two.keys.len(), two.truncated), (2 * CHUNK, true));
-    assert_eq!(two.keys[2 * CHUNK - 1], format!("a{:06}", 2 * CHUNK - 1).into_bytes());
+    assert_eq!(
+        two.keys[2 * CHUNK - 1],
+        format!("a{:06}", 2 * CHUNK - 1).into_bytes()
+    );
     let all = store.keys(b"a", n);
     assert_eq!((all.keys.len(), all.truncated), (n, false));
     let per = "a000000".len() + kv_store::KEY_LISTING_OVERHEAD;
