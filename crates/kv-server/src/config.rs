@@ -197,7 +197,10 @@ pub struct Args {
 
     /// Take a checkpoint (snapshot, then drop the log it covers)
     /// automatically once the log exceeds this many bytes; 0 turns automatic
-    /// checkpoints off.
+    /// checkpoints off. One that fails is retried after 0.5 s, then twice as
+    /// long each time up to 60 s, with one warning per failure; only the
+    /// first failed attempt rotates the log. A checkpoint request while one
+    /// runs gets that one's outcome.
     #[arg(long, env = "KV_CHECKPOINT_AFTER", default_value = "256MiB", value_parser = parse_size)]
     pub checkpoint_after: u64,
 
