@@ -34,9 +34,6 @@ fn main() -> ExitCode {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => logs.json().with_ansi(false).init(),
     }
-    // Every flag as it took effect (defaults and environment included);
-    // files are named, never read here, so no secret is logged.
-    tracing::info!(config = ?args, "kv-server {} starting", env!("CARGO_PKG_VERSION"));
 
     let result = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.worker_threads())
@@ -120,6 +117,11 @@ async fn serve(args: Args, cluster: Option<kv_cluster::ClusterConfig>) -> anyhow
     let addr = listener
         .local_addr()
         .context("cannot read the bound address")?;
+    // Every flag as it took effect (defaults and environment included),
+    // once the flags have passed their checks, so that a refused start
+    // stays one line; files are named, never read here: no secret is
+    // logged.
+    tracing::info!(config = ?args, "kv-server {} starting", env!("CARGO_PKG_VERSION"));
 
     if let Some(config) = cluster {
         return serve_cluster(args, config, server_config, listener, addr).await;
