@@ -99,15 +99,6 @@ async fn serve(args: Args, cluster: Option<kv_cluster::ClusterConfig>) -> anyhow
         );
     }
     let mut server_config = args.server_config();
-    tracing::info!(
-        auth = if auth_token.is_some() {
-            "token"
-        } else {
-            "none"
-        },
-        tls = tls.is_some(),
-        "client security"
-    );
     server_config.auth_token = auth_token;
     server_config.tls = tls;
     // The first candidate that can be bound, as `TcpListener::bind` does.
@@ -122,6 +113,15 @@ async fn serve(args: Args, cluster: Option<kv_cluster::ClusterConfig>) -> anyhow
     // stays one line; files are named, never read here: no secret is
     // logged.
     tracing::info!(config = ?args, "kv-server {} starting", env!("CARGO_PKG_VERSION"));
+    tracing::info!(
+        auth = if server_config.auth_token.is_some() {
+            "token"
+        } else {
+            "none"
+        },
+        tls = server_config.tls.is_some(),
+        "client security"
+    );
 
     if let Some(config) = cluster {
         return serve_cluster(args, config, server_config, listener, addr).await;
