@@ -4,19 +4,17 @@
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
 
 /// The environment variable that may hold the auth token.
 pub const AUTH_TOKEN_ENV: &str = "KV_AUTH_TOKEN";
@@ -281,85 +279,21 @@ impl Stream {
         match self {
             Stream::Plain(s) => {
                 let (r, w) = s.into_split();
-                (ReadHalf::Plain(r), WriteHalf::Plain(w))
+                (Either::Left(r), Either::Left(w))
             }
             Stream::Tls(s) => {
                 let (r, w) = tokio::io::split(*s);
-                (ReadHalf::Tls(r), WriteHalf::Tls(w))
+                (Either::Right(r), Either::Right(w))
             }
         }
     }
 }
 
-/// The reading half of a connection.
-pub(crate) enum ReadHalf {
-    Plain(OwnedReadHalf),
-    Tls(tokio::io::ReadHalf<TlsStream<TcpStream>>),
-}
+/// The reading half of a connection: the socket's own half, or TLS's.
+pub(crate) type ReadHalf = Either<OwnedReadHalf, tokio::io::ReadHalf<TlsStream<TcpStream>>>;
 
 /// The writing half of a connection.
-pub(crate) enum WriteHalf {
-    Plain(OwnedWriteHalf),
-    Tls(tokio::io::WriteHalf<TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for ReadHalf {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ReadHalf::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ReadHalf::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for WriteHalf {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            WriteHalf::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            WriteHalf::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            WriteHalf::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            WriteHalf::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            WriteHalf::Plain(s) => s.is_write_vectored(),
-            WriteHalf::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WriteHalf::Plain(s) => Pin::new(s).poll_flush(cx),
-            WriteHalf::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WriteHalf::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            WriteHalf::Tls(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
+pub(crate) type WriteHalf = Either<OwnedWriteHalf, tokio::io::WriteHalf<TlsStream<TcpStream>>>;
 
 #[cfg(test)]
 mod tests {

@@ -177,7 +177,7 @@ impl PeerClient {
                 Some(tls) => tls.connect(&self.addr, stream).await.map_err(|e| {
                     io::Error::new(e.kind(), format!("TLS handshake with {}: {e}", self.addr))
                 })?,
-                None => PeerStream::Plain(stream),
+                None => tokio_util::either::Either::Left(stream),
             };
             self.conn = Some(Framed::new(
                 stream,
@@ -368,7 +368,7 @@ pub async fn serve_peers(listener: TcpListener, raft: Raft<TypeConfig>, identity
         let identity = identity.clone();
         connections.spawn(async move {
             let stream = match &identity.tls {
-                None => PeerStream::Plain(stream),
+                None => tokio_util::either::Either::Left(stream),
                 Some(tls) => match tokio::time::timeout(PEER_HANDSHAKE, tls.accept(stream)).await
                 {
                     Ok(Ok(stream)) => stream,

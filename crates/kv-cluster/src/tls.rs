@@ -16,18 +16,16 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_util::either::Either;
 
 /// Why TLS could not be set up from the files given.
 #[derive(Debug, thiserror::Error)]
@@ -208,7 +206,7 @@ impl PeerTls {
     /// unless the peer presents a certificate the CA signed.
     pub(crate) async fn accept(&self, stream: TcpStream) -> io::Result<PeerStream> {
         let tls = self.acceptor.accept(stream).await?;
-        Ok(PeerStream::Tls(Box::new(tls.into())))
+        Ok(Either::Right(Box::new(tls.into())))
     }
 
     /// The client side: the handshake with the peer at `addr` (HOST:PORT),
@@ -216,7 +214,7 @@ impl PeerTls {
     pub(crate) async fn connect(&self, addr: &str, stream: TcpStream) -> io::Result<PeerStream> {
         let name = server_name(addr)?;
         let tls = self.connector.connect(name, stream).await?;
-        Ok(PeerStream::Tls(Box::new(tls.into())))
+        Ok(Either::Right(Box::new(tls.into())))
     }
 }
 
@@ -233,53 +231,9 @@ pub fn server_name(addr: &str) -> io::Result<ServerName<'static>> {
     })
 }
 
-/// A peer connection: plain TCP, or TLS over it. An enum rather than a
-/// boxed trait object, so that a plain link costs one branch per call.
-#[derive(Debug)]
-pub(crate) enum PeerStream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for PeerStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            PeerStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            PeerStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for PeerStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            PeerStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            PeerStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            PeerStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            PeerStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            PeerStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            PeerStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+/// A peer connection: plain TCP, or TLS over it (boxed: a TLS stream is
+/// large, a plain one is not).
+pub(crate) type PeerStream = Either<TcpStream, Box<tokio_rustls::TlsStream<TcpStream>>>;
 
 #[cfg(test)]
 mod tests {

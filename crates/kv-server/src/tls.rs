@@ -16,21 +16,20 @@
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use kv_cluster::TlsError;
 use kv_cluster::tls::{PROTOCOL_VERSIONS, crypto_provider, load_certificates, load_private_key};
 use kv_proto::{ErrorCode, Response, ServerCodec};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::codec::Encoder;
+use tokio_util::either::Either;
 
 /// The first byte of every TLS connection: a handshake record.
 const TLS_HANDSHAKE_RECORD: u8 = 22;
@@ -182,86 +181,20 @@ where
     }
 }
 
-/// The reading half of a connection.
-#[derive(Debug)]
-pub(crate) enum ReadHalf {
-    Plain(OwnedReadHalf),
-    Tls(tokio::io::ReadHalf<TlsStream<TcpStream>>),
-}
+/// The reading half of a connection: the socket's own half, or TLS's.
+pub(crate) type ReadHalf = Either<OwnedReadHalf, tokio::io::ReadHalf<TlsStream<TcpStream>>>;
 
 /// The writing half of a connection.
-#[derive(Debug)]
-pub(crate) enum WriteHalf {
-    Plain(OwnedWriteHalf),
-    Tls(tokio::io::WriteHalf<TlsStream<TcpStream>>),
-}
+pub(crate) type WriteHalf = Either<OwnedWriteHalf, tokio::io::WriteHalf<TlsStream<TcpStream>>>;
 
 /// Splits a plain connection.
 pub(crate) fn split_plain(socket: TcpStream) -> (ReadHalf, WriteHalf) {
     let (read, write) = socket.into_split();
-    (ReadHalf::Plain(read), WriteHalf::Plain(write))
+    (Either::Left(read), Either::Left(write))
 }
 
 /// Splits a TLS connection.
 pub(crate) fn split_tls(stream: TlsStream<TcpStream>) -> (ReadHalf, WriteHalf) {
     let (read, write) = tokio::io::split(stream);
-    (ReadHalf::Tls(read), WriteHalf::Tls(write))
-}
-
-impl AsyncRead for ReadHalf {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ReadHalf::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ReadHalf::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for WriteHalf {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            WriteHalf::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            WriteHalf::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            WriteHalf::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            WriteHalf::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            WriteHalf::Plain(s) => s.is_write_vectored(),
-            WriteHalf::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WriteHalf::Plain(s) => Pin::new(s).poll_flush(cx),
-            WriteHalf::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WriteHalf::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            WriteHalf::Tls(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
+    (Either::Right(read), Either::Right(write))
 }
