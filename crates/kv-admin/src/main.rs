@@ -95,7 +95,7 @@ enum Command {
         /// The data directory.
         dir: PathBuf,
         /// Where to save what is cut (must not exist); default
-        /// DIR/cut-<unix seconds>.
+        /// DIR/cut-SECONDS (SECONDS since the Unix epoch).
         #[arg(long, value_name = "DIR")]
         side_dir: Option<PathBuf>,
     },

@@ -1,7 +1,7 @@
 //! Client authentication with a shared token (`--auth-token-file` or
 //! `KV_AUTH_TOKEN`).
 //!
-//! Each connection starts unauthenticated. An [`AuthRequest`] carrying the
+//! Each connection starts unauthenticated. An [`AuthRequest`](kv_proto::AuthRequest) carrying the
 //! right token authenticates it for the rest of its life; until then every
 //! other request is answered UNAUTHENTICATED and does nothing. A wrong
 //! token is answered UNAUTHENTICATED too, logged with the client's address,

@@ -1,8 +1,8 @@
 //! TLS on the client listener (`--tls-cert`, `--tls-key`) and the stream
 //! types a connection is served over.
 //!
-//! A connection is plain TCP or TLS over it. [`ReadHalf`] and
-//! [`WriteHalf`] are enums over the two, so the plain path stays what it
+//! A connection is plain TCP or TLS over it. Its reading and writing
+//! halves are `Either`s over the two, so the plain path stays what it
 //! was (the socket's own owned halves, no lock, no copy) and TLS costs only
 //! on TLS connections.
 //!
