@@ -253,6 +253,11 @@ fn take(shared: &Shared, rotate: bool) -> Result<Lsn> {
 
     let removed = remove_older_snapshots(shared, n);
     shared.snapshots_taken.fetch_add(1, Ordering::Relaxed);
+    let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    shared
+        .checkpoint_micros_total
+        .fetch_add(took, Ordering::Relaxed);
+    shared.last_checkpoint_micros.store(took, Ordering::Relaxed);
     tracing::info!(
         seq = n,
         entries,

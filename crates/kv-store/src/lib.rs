@@ -149,7 +149,7 @@ pub use commit::Pending;
 pub use error::{Error, Result};
 pub use options::StoreOptions;
 pub use store::{KEY_LISTING_OVERHEAD, KeyValueStore};
-pub use wal_core::{Lsn, RecoveryMode, SyncPolicy, Vfs, WalOptions};
+pub use wal_core::{Lsn, RecoveryMode, SyncPolicy, Vfs, WalOptions, WalStats};
 
 /// What recovery did at open.
 #[derive(Debug, Clone, Default)]
@@ -181,11 +181,18 @@ pub struct Stats {
     pub wal_bytes: u64,
     /// Snapshots written since open.
     pub snapshots_taken: u64,
+    /// Wall time of those checkpoints together.
+    pub checkpoint_duration_total: Duration,
+    /// Wall time of the last of them (zero before the first).
+    pub last_checkpoint_duration: Duration,
     /// Checkpoints (requested or automatic) that failed since open.
     pub checkpoints_failed: u64,
     /// Checkpoint requests that found one running and shared its outcome
     /// instead of starting another, since open.
     pub checkpoints_joined: u64,
+    /// The write-ahead log's own counters: records, group commit sizes,
+    /// fdatasync latencies, segments.
+    pub wal: WalStats,
 }
 
 /// One page of keys.

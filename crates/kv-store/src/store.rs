@@ -8,7 +8,7 @@ use std::sync::{
     RwLockWriteGuard,
 };
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use wal_core::{Lsn, Vfs, Wal};
@@ -68,6 +68,10 @@ pub(crate) struct Shared {
     pub(crate) checkpoint_running: AtomicBool,
     pub(crate) auto_checkpoint: Mutex<AutoCheckpoint>,
     pub(crate) snapshots_taken: AtomicU64,
+    /// Wall time of the checkpoints counted in `snapshots_taken`, in µs.
+    pub(crate) checkpoint_micros_total: AtomicU64,
+    /// Wall time of the last of them, in µs.
+    pub(crate) last_checkpoint_micros: AtomicU64,
     pub(crate) checkpoints_failed: AtomicU64,
     pub(crate) checkpoints_joined: AtomicU64,
     /// Set once, when the log fails: the store is then read-only for good.
@@ -200,6 +204,8 @@ impl KeyValueStore {
             checkpoint_running: AtomicBool::new(false),
             auto_checkpoint: Mutex::new(AutoCheckpoint::default()),
             snapshots_taken: AtomicU64::new(0),
+            checkpoint_micros_total: AtomicU64::new(0),
+            last_checkpoint_micros: AtomicU64::new(0),
             checkpoints_failed: AtomicU64::new(0),
             checkpoints_joined: AtomicU64::new(0),
             failure: OnceLock::new(),
@@ -440,6 +446,13 @@ impl KeyValueStore {
             last_lsn,
             wal_bytes: shared.wal.disk_size(),
             snapshots_taken: shared.snapshots_taken.load(Ordering::Relaxed),
+            checkpoint_duration_total: Duration::from_micros(
+                shared.checkpoint_micros_total.load(Ordering::Relaxed),
+            ),
+            last_checkpoint_duration: Duration::from_micros(
+                shared.last_checkpoint_micros.load(Ordering::Relaxed),
+            ),
+            wal: shared.wal.stats(),
             checkpoints_failed: shared.checkpoints_failed.load(Ordering::Relaxed),
             checkpoints_joined: shared.checkpoints_joined.load(Ordering::Relaxed),
         }

@@ -18,7 +18,7 @@ pub const GROUP_BUCKETS: usize = 16;
 pub const SYNC_BUCKETS: usize = 24;
 
 /// A snapshot of the log's counters since it was opened.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WalStats {
     /// Records appended (written to the segment files).
     pub records: u64,
