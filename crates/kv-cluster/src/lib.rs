@@ -46,7 +46,9 @@ pub mod upgrade;
 pub use error::{ClusterError, Result};
 pub use log_store::{LogStore, MAX_HOLE};
 pub use members::parse_initial_cluster;
-pub use node::{ClusterConfig, ClusterNode, MemberStatus, PendingWrite, RequestError};
+pub use node::{
+    ClusterConfig, ClusterNode, MemberMetrics, MemberStatus, PendingWrite, RequestError,
+};
 pub use state_machine::StateMachine;
 pub use tls::{PeerTls, TlsError};
 pub use types::{Command, CommandResult, Node, NodeId, TypeConfig};

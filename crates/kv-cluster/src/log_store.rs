@@ -133,6 +133,16 @@ impl LogStore {
         &self.inner.wal
     }
 
+    /// The index of the last entry known committed, as openraft last saved
+    /// it; `None` before the first commit.
+    pub fn committed_index(&self) -> Option<u64> {
+        lock(&self.inner.meta)
+            .state
+            .committed
+            .as_ref()
+            .map(|id| decode_log_id(id).index)
+    }
+
     fn save_state(&self, change: impl FnOnce(&mut RaftState)) -> Result<()> {
         let mut meta = lock(&self.inner.meta);
         let mut state = meta.state;

@@ -167,6 +167,24 @@ impl std::fmt::Debug for ClusterNode {
     }
 }
 
+/// What [`ClusterNode::metrics`] reports about this member.
+#[derive(Debug, Clone)]
+pub struct MemberMetrics {
+    /// Role, term, leader, last log and applied index, members.
+    pub status: MemberStatus,
+    /// The last index known committed (`None` before the first commit).
+    pub committed_index: Option<u64>,
+    /// On the leader, each other member's last index known replicated
+    /// (`None`: none yet); empty on every other member.
+    pub replication: BTreeMap<NodeId, Option<u64>>,
+    /// Keys in the state machine.
+    pub keys: u64,
+    /// Key and value bytes in the state machine.
+    pub bytes: u64,
+    /// The Raft log's wal-core counters.
+    pub log: wal_core::WalStats,
+}
+
 /// What `status` reports about this member.
 #[derive(Debug, Clone)]
 pub struct MemberStatus {
@@ -475,6 +493,32 @@ impl ClusterNode {
     /// This member's view of the cluster.
     pub fn status(&self) -> MemberStatus {
         let m = self.raft.metrics().borrow().clone();
+        self.status_from(&m)
+    }
+
+    /// What the metrics endpoint shows of this member: its status, how far
+    /// the log is committed, the followers' replication (on the leader),
+    /// the state machine's size and the Raft log's counters.
+    pub fn metrics(&self) -> MemberMetrics {
+        let m = self.raft.metrics().borrow().clone();
+        let (keys, bytes) = self.state.read(|replica| (replica.len(), replica.bytes()));
+        MemberMetrics {
+            status: self.status_from(&m),
+            committed_index: self.log.committed_index(),
+            replication: m
+                .replication
+                .iter()
+                .flatten()
+                .filter(|(id, _)| **id != self.config.node_id)
+                .map(|(id, matched)| (*id, matched.map(|l| l.index)))
+                .collect(),
+            keys,
+            bytes,
+            log: self.log.wal().stats(),
+        }
+    }
+
+    fn status_from(&self, m: &openraft::RaftMetrics<NodeId, Node>) -> MemberStatus {
         MemberStatus {
             node_id: self.config.node_id,
             role: match m.state {
