@@ -100,9 +100,13 @@ impl InflightBudget {
     }
 
     /// Bytes charged now, over all connections.
-    #[cfg(test)]
-    fn used(&self) -> usize {
+    pub(crate) fn used(&self) -> usize {
         self.lock().used
+    }
+
+    /// The server's budget, in bytes.
+    pub(crate) fn total(&self) -> usize {
+        self.total
     }
 
     fn lock(&self) -> MutexGuard<'_, BudgetState> {

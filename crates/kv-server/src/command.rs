@@ -29,8 +29,9 @@ use kv_store::{KeyValueStore, Lsn, Pending};
 
 use crate::cluster::{ClusterBackend, ClusterReply};
 
-/// What the server serves: one node's store, or a cluster member.
-#[derive(Debug)]
+/// What the server serves: one node's store, or a cluster member. Clones
+/// share it.
+#[derive(Debug, Clone)]
 pub enum Backend {
     /// A single node: the store and its own write-ahead log.
     Single(KeyValueStore),

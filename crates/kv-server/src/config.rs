@@ -104,6 +104,20 @@ pub struct Args {
           value_name = "HOST:PORT", value_parser = parse_host_port)]
     pub addr: String,
 
+    /// Serve metrics over HTTP on HOST:PORT: Prometheus text on /metrics
+    /// (requests by command and outcome, latencies, fsync latency, group
+    /// commit sizes, the log, checkpoints, connections, bytes in flight,
+    /// keys and memory; in a cluster the Raft role, term, indexes and
+    /// replication lag), /healthz (200 while the process runs) and /readyz
+    /// (200 once recovered and, in a cluster, a leader is known; 503 with
+    /// the reason otherwise). Plain HTTP without authentication, showing
+    /// counts and sizes, never keys or values: bind it where only the
+    /// monitoring system reaches it. Port 0 picks a free port (the log line
+    /// `metrics: listening on ...` gives it). Off unless given.
+    #[arg(long, env = "KV_METRICS_ADDR", value_name = "HOST:PORT",
+          value_parser = parse_host_port)]
+    pub metrics_addr: Option<String>,
+
     /// Listen on an address that is not a loopback address although
     /// clients are not authenticated (no auth token). Without it, such an
     /// --addr (0.0.0.0 included) is refused at start-up (protected mode):
@@ -452,6 +466,9 @@ pub struct ServerConfig {
     pub auth_token: Option<AuthToken>,
     /// TLS on the client listener; `None`: plain TCP.
     pub tls: Option<ServerTls>,
+    /// Where requests and connections are counted (see [`crate::metrics`]);
+    /// `None`: not counted.
+    pub metrics: Option<std::sync::Arc<crate::Metrics>>,
 }
 
 impl Default for ServerConfig {
@@ -467,6 +484,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             auth_token: None,
             tls: None,
+            metrics: None,
         }
     }
 }
@@ -598,6 +616,7 @@ impl Args {
             shutdown_grace: self.shutdown_grace,
             auth_token: None,
             tls: None,
+            metrics: None,
         }
     }
 

@@ -28,7 +28,7 @@
 //! Layout: [`config`] holds the flags; `connection` is the only code that
 //! turns bytes into frames and back; `command` maps a request to the store
 //! call that answers it; `server` is the accept loop, the limits and
-//! shutdown.
+//! shutdown; [`metrics`] counts what is served and shows it over HTTP.
 
 #![warn(missing_docs)]
 
@@ -38,6 +38,7 @@ mod cluster;
 mod command;
 pub mod config;
 mod connection;
+pub mod metrics;
 mod server;
 pub mod tls;
 
@@ -45,6 +46,7 @@ pub use auth::AuthToken;
 pub use cluster::ClusterBackend;
 pub use command::Backend;
 pub use config::{Args, ServerConfig};
+pub use metrics::Metrics;
 pub use server::{refuse_until_ready, run};
 pub use tls::ServerTls;
 

@@ -108,6 +108,14 @@ async fn serve(args: Args, cluster: Option<kv_cluster::ClusterConfig>) -> anyhow
     let addr = listener
         .local_addr()
         .context("cannot read the bound address")?;
+    let metrics_listener = match &args.metrics_addr {
+        Some(metrics_addr) => Some(
+            tokio::net::TcpListener::bind(metrics_addr.as_str())
+                .await
+                .with_context(|| format!("cannot listen for metrics on {metrics_addr}"))?,
+        ),
+        None => None,
+    };
     // Every flag as it took effect (defaults and environment included),
     // once the flags have passed their checks, so that a refused start
     // stays one line; files are named, never read here: no secret is
@@ -122,6 +130,23 @@ async fn serve(args: Args, cluster: Option<kv_cluster::ClusterConfig>) -> anyhow
         tls = server_config.tls.is_some(),
         "client security"
     );
+    // The endpoint serves from now on: /healthz answers during recovery,
+    // /readyz says 503 until the server is ready.
+    let stop_metrics = CancellationToken::new();
+    if let Some(metrics_listener) = metrics_listener {
+        let metrics = kv_server::Metrics::new();
+        let metrics_addr = metrics_listener
+            .local_addr()
+            .context("cannot read the bound metrics address")?;
+        tracing::info!("metrics: listening on http://{metrics_addr}/metrics");
+        tokio::spawn(serve_metrics(
+            metrics_listener,
+            std::sync::Arc::clone(&metrics),
+            stop_metrics.clone(),
+        ));
+        server_config.metrics = Some(metrics);
+    }
+    let _stop_metrics = stop_metrics.drop_guard();
 
     if let Some(config) = cluster {
         return serve_cluster(args, config, server_config, listener, addr).await;
@@ -162,10 +187,14 @@ async fn serve(args: Args, cluster: Option<kv_cluster::ClusterConfig>) -> anyhow
 
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let backend = kv_server::Backend::from(store);
+    if let Some(metrics) = &server_config.metrics {
+        metrics.ready(&backend);
+    }
     // Tests and scripts read the real port from this line, and take it to
     // mean that the server is ready.
     tracing::info!("ready: listening on {addr}");
-    run(listener, store, server_config, shutdown).await?;
+    run(listener, backend, server_config, shutdown).await?;
     tracing::info!("shut down cleanly");
     Ok(())
 }
@@ -217,6 +246,10 @@ async fn serve_cluster(
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let backend = kv_server::Backend::from(backend);
+    if let Some(metrics) = &server_config.metrics {
+        metrics.ready(&backend);
+    }
     tracing::info!("ready: listening on {addr} (cluster member {node_id}, peers on {peer_addr})");
     run(listener, backend, server_config, shutdown).await?;
     if let Ok(node) = std::sync::Arc::try_unwrap(node) {
@@ -262,6 +295,18 @@ fn open_error(
         }
         err => anyhow::Error::new(err)
             .context(format!("cannot open the store in {}", data_dir.display())),
+    }
+}
+
+/// Serves the metrics endpoint until `stop`; a failure is logged, and the
+/// store serves on without it.
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: std::sync::Arc<kv_server::Metrics>,
+    stop: CancellationToken,
+) {
+    if let Err(err) = kv_server::metrics::serve(listener, metrics, stop).await {
+        tracing::error!(error = %err, "the metrics endpoint failed; serving on without it");
     }
 }
 

@@ -29,6 +29,7 @@ use crate::budget::{Charge, ConnectionBudget, InflightBudget};
 use crate::command::{Backend, Reply, Shared};
 use crate::config::ServerConfig;
 use crate::connection::{FLUSH_THRESHOLD, FrameReader, FrameWriter, Inbound, ReadError};
+use crate::metrics::{Metrics, Started};
 use crate::tls::{ServerTls, answer_and_close, split_plain, split_tls};
 
 /// Pause after an accept error that is not about one connection (such as
@@ -63,6 +64,9 @@ pub async fn run(
         config.max_in_flight_bytes,
         config.max_frame,
     );
+    if let Some(metrics) = &config.metrics {
+        metrics.serving(&shared, &budget);
+    }
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let connections = TaskTracker::new();
@@ -86,6 +90,9 @@ pub async fn run(
                 );
                 at_limit = true;
             }
+            if let Some(metrics) = &config.metrics {
+                metrics.connection_refused();
+            }
             refuser.refuse(
                 socket,
                 peer,
@@ -102,11 +109,20 @@ pub async fn run(
         let budget = budget.connection();
         let token = shutdown.child_token();
         connections.spawn(async move {
+            if let Some(metrics) = &config.metrics {
+                metrics.connection_opened();
+            }
             serve_connection(socket, peer, &shared, &config, &budget, token).await;
+            if let Some(metrics) = &config.metrics {
+                metrics.connection_closed();
+            }
             drop(permit);
         });
     }
 
+    if let Some(metrics) = &config.metrics {
+        metrics.stopping();
+    }
     drop(listener);
     tracing::info!(
         connections = connections.len(),
@@ -126,6 +142,9 @@ pub async fn run(
         );
     }
 
+    if let Some(metrics) = &config.metrics {
+        metrics.stopped();
+    }
     let store = match &shared.backend {
         Backend::Single(store) => store.clone(),
         Backend::Cluster(cluster) => {
@@ -310,7 +329,7 @@ async fn serve_connection(
     let gate = Gate::new(config.auth_token.as_ref(), peer);
     let read = read_requests(reader, gate, replies, shared, budget, &token);
     let write = async {
-        let result = write_replies(writer, queue, shared).await;
+        let result = write_replies(writer, queue, shared, config.metrics.as_deref()).await;
         // The peer is gone or the socket failed: stop reading too.
         token.cancel();
         result
@@ -323,8 +342,8 @@ async fn serve_connection(
 }
 
 /// A reply in the connection's queue, with the in-flight bytes its request
-/// is charged until the reply has resolved.
-type Queued = (Reply, Charge);
+/// is charged until the reply has resolved, and when it was read.
+type Queued = (Reply, Charge, Started);
 
 /// Reads requests and queues their replies until the connection ends;
 /// returns why it ended. Dropping `replies` on return tells the writer to
@@ -364,7 +383,9 @@ async fn read_requests(
                     ErrorCode::TooLarge,
                     format!("frame of {len} bytes exceeds the maximum of {max}"),
                 );
-                let _ = replies.send((reply, budget.nothing())).await;
+                let _ = replies
+                    .send((reply, budget.nothing(), Started::now(UNKNOWN_COMMAND)))
+                    .await;
                 return "frame too large";
             }
             Err(ReadError::Idle) => return "idle timeout",
@@ -375,7 +396,7 @@ async fn read_requests(
                 return "read error";
             }
         };
-        let (reply, delay) = reply_to(inbound, &mut gate, shared);
+        let (reply, started, delay) = reply_to(inbound, &mut gate, shared);
         if !delay.is_zero() {
             // A failed authentication: read nothing more for a while (the
             // shutdown cuts the wait short).
@@ -384,7 +405,7 @@ async fn read_requests(
                 () = tokio::time::sleep(delay) => {}
             }
         }
-        if replies.send((reply, charge)).await.is_err() {
+        if replies.send((reply, charge, started)).await.is_err() {
             return "writer stopped";
         }
     }
@@ -427,8 +448,11 @@ async fn drain_buffered(
             return "shutdown";
         };
         let charge = budget.charge(len).await;
-        let reply = match reader.next_buffered() {
-            Ok(Some(inbound)) => reply_to(inbound, gate, shared).0,
+        let (reply, started) = match reader.next_buffered() {
+            Ok(Some(inbound)) => {
+                let (reply, started, _) = reply_to(inbound, gate, shared);
+                (reply, started)
+            }
             Ok(None) => return "shutdown",
             Err(ReadError::TooLarge { len, max }) => {
                 let reply = Reply::error(
@@ -436,31 +460,48 @@ async fn drain_buffered(
                     ErrorCode::TooLarge,
                     format!("frame of {len} bytes exceeds the maximum of {max}"),
                 );
-                let _ = replies.send((reply, charge)).await;
+                let _ = replies
+                    .send((reply, charge, Started::now(UNKNOWN_COMMAND)))
+                    .await;
                 return "frame too large";
             }
             Err(_) => return "shutdown",
         };
-        if replies.send((reply, charge)).await.is_err() {
+        if replies.send((reply, charge, started)).await.is_err() {
             return "writer stopped";
         }
     }
 }
 
-/// Starts the reply to one decoded frame, through the auth gate; also how
-/// long to wait before reading on (after a failed authentication).
+/// The command label of a frame that did not decode into a request.
+const UNKNOWN_COMMAND: &str = "unknown";
+
+/// Starts the reply to one decoded frame, through the auth gate; also when
+/// and what it asked for, and how long to wait before reading on (after a
+/// failed authentication).
 fn reply_to(
     inbound: Inbound,
     gate: &mut Gate<'_>,
     shared: &Shared,
-) -> (Reply, std::time::Duration) {
+) -> (Reply, Started, std::time::Duration) {
     match inbound {
-        Ok(request) => match gate.admit(request) {
-            Admission::Pass(request) => (Reply::start(request, shared), std::time::Duration::ZERO),
-            // Unauthenticated, or an auth attempt: answered by the gate,
-            // after `delay` when the attempt failed.
-            Admission::Answer { response, delay } => (Reply::Ready(response), delay),
-        },
+        Ok(request) => {
+            let command = request
+                .command
+                .as_ref()
+                .map_or(UNKNOWN_COMMAND, |c| c.name());
+            let started = Started::now(command);
+            match gate.admit(request) {
+                Admission::Pass(request) => (
+                    Reply::start(request, shared),
+                    started,
+                    std::time::Duration::ZERO,
+                ),
+                // Unauthenticated, or an auth attempt: answered by the gate,
+                // after `delay` when the attempt failed.
+                Admission::Answer { response, delay } => (Reply::Ready(response), started, delay),
+            }
+        }
         // The id is inside the message that failed to decode.
         Err(err) => (
             Reply::error(
@@ -468,6 +509,7 @@ fn reply_to(
                 ErrorCode::InvalidRequest,
                 format!("undecodable request: {err}"),
             ),
+            Started::now(UNKNOWN_COMMAND),
             std::time::Duration::ZERO,
         ),
     }
@@ -480,9 +522,10 @@ async fn write_replies(
     mut writer: FrameWriter,
     mut queue: mpsc::Receiver<Queued>,
     shared: &Shared,
+    metrics: Option<&Metrics>,
 ) -> io::Result<()> {
     loop {
-        let (reply, charge) = match queue.try_recv() {
+        let (reply, charge, started) = match queue.try_recv() {
             Ok(queued) => queued,
             Err(mpsc::error::TryRecvError::Empty) => {
                 writer.flush().await?;
@@ -505,6 +548,9 @@ async fn write_replies(
         // Resolved: what the request became is in the map (or answered);
         // the response's own bytes are the writer's buffer's.
         drop(charge);
+        if let Some(metrics) = metrics {
+            metrics.answered(started, &response);
+        }
         writer.push(&response)?;
         if writer.buffered() >= FLUSH_THRESHOLD {
             writer.flush().await?;
