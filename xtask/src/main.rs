@@ -3,9 +3,9 @@
 //! - `ci`: everything CI checks: formatting, clippy (warnings denied), the
 //!   tests (`test` below) and the docs (warnings denied).
 //! - `test [CARGO_TEST_ARGS]... [-- TEST_ARGS...]`: builds the binaries the
-//!   end-to-end tests drive, then runs every test in the workspace, handing
-//!   its arguments on to `cargo test` as given. This is the test command
-//!   README.md gives.
+//!   end-to-end tests drive, then runs every test in the workspace (or of
+//!   the packages `-p` names), handing its arguments on to `cargo test` as
+//!   given. This is the test command README.md gives.
 //! - `bench [--quick] [--vs-redis] [--cluster] [--only-cluster]`: builds
 //!   release binaries and measures the disk floor, wal-core, recovery, the
 //!   server, memory and checkpoint interference (with `--cluster`, a
@@ -48,7 +48,8 @@ enum Task {
     /// Builds the binaries the end-to-end tests drive (`cargo build
     /// --workspace --bins`), then runs `cargo test --workspace` with the
     /// arguments given, in their order: `cargo xtask test --release`, `cargo
-    /// xtask test -- --nocapture`.
+    /// xtask test -- --nocapture`. With `-p PACKAGE` the tests are those of
+    /// the packages named, not `--workspace`.
     Test(TestArgs),
     Bench(bench::BenchArgs),
     FloorModes(bench::FloorModesArgs),
@@ -58,7 +59,8 @@ enum Task {
 /// order given.
 #[derive(clap::Args)]
 struct TestArgs {
-    /// Flags for `cargo test`, e.g. `--release` or `--test cluster`.
+    /// Flags for `cargo test`, e.g. `-p wal-core`, `--release` or `--test
+    /// cluster`.
     #[arg(value_name = "CARGO_TEST_ARGS", allow_hyphen_values = true)]
     cargo_args: Vec<String>,
     /// After `--`: arguments for the test binaries, e.g. `--nocapture` or a
@@ -119,9 +121,21 @@ fn test(extra: &[String]) -> Result<(), String> {
     // The end-to-end tests in tests/ drive the real binaries, which
     // `cargo test` does not build for another package.
     cargo(&["build", "--workspace", "--bins"], &[])?;
-    let mut args = vec!["test", "--workspace"];
+    let mut args = vec!["test"];
+    // Cargo ignores `-p` beside `--workspace`: `cargo xtask test -p
+    // wal-core` would run every test.
+    if !names_packages(extra) {
+        args.push("--workspace");
+    }
     args.extend(extra.iter().map(String::as_str));
     cargo(&args, &[])
+}
+
+/// Whether the cargo flags in `args` (those before a `--`) choose packages.
+fn names_packages(args: &[String]) -> bool {
+    args.iter()
+        .take_while(|a| *a != "--")
+        .any(|a| a.starts_with("-p") || a == "--package" || a.starts_with("--package="))
 }
 
 fn ci() -> Result<(), String> {
