@@ -2,33 +2,95 @@
 //!
 //! - `ci`: everything CI checks: formatting, clippy (warnings denied), the
 //!   tests (`test` below) and the docs (warnings denied).
-//! - `test`: builds the binaries the end-to-end tests drive, then runs every
-//!   test in the workspace. This is the test command README.md gives.
-//! - `bench [--quick] [--vs-redis]`: builds release binaries and measures
-//!   the disk floor, wal-core, recovery, the server, memory and checkpoint
-//!   interference; writes `target/bench/report.md` (see `bench/mod.rs`).
+//! - `test [CARGO_TEST_ARGS]... [-- TEST_ARGS...]`: builds the binaries the
+//!   end-to-end tests drive, then runs every test in the workspace (or of
+//!   the packages `-p` names), handing its arguments on to `cargo test` as
+//!   given. This is the test command README.md gives.
+//! - `bench [--quick] [--vs-redis] [--cluster] [--only-cluster]`: builds
+//!   release binaries and measures the disk floor, wal-core, recovery, the
+//!   server, memory and checkpoint interference (with `--cluster`, a
+//!   3-member cluster too); writes `target/bench/report.md` (see
+//!   `bench/mod.rs`).
 //! - `floor-modes [--secs S] [--dir DIR]`: durable small writes into a log
 //!   segment prepared each possible way (append, sparse, fallocate,
 //!   zero-filled, recycled) for 1 and 64 writers, and what each preparation
-//!   costs; prints a table (see `bench/floor.rs`).
+//!   costs; prints a table (see `bench/mod.rs` and `bench/floor.rs`).
+//!
+//! Arguments are parsed with clap: `cargo xtask help` and `--help` on each
+//! command say what it takes. A usage error exits 2 with clap's message;
+//! a failing command prints one line, `xtask: ...`, and exits 1.
 
 mod bench;
 
 use std::env;
 use std::process::{Command, ExitCode};
 
-fn main() -> ExitCode {
-    let args: Vec<String> = env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("ci") => ci(),
-        Some("test") => test(&args[1..]),
-        Some("bench") => bench::run(&args[1..]),
-        Some("floor-modes") => bench::floor_modes(&args[1..]),
-        Some("help") | Some("--help") | Some("-h") | None => {
-            print_help();
-            Ok(())
+use clap::{Parser, Subcommand};
+
+/// Project automation for this workspace.
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// What CI runs: fmt --check, clippy -D warnings, the tests, the docs.
+    ///
+    /// `cargo fmt --all --check`, `cargo clippy --workspace --all-targets --
+    /// -D warnings`, `cargo xtask test`, then `cargo doc --workspace
+    /// --no-deps` with warnings denied; stops at the first that fails.
+    Ci,
+    /// Build the binaries, then run every test in the workspace.
+    ///
+    /// Builds the binaries the end-to-end tests drive (`cargo build
+    /// --workspace --bins`), then runs `cargo test --workspace` with the
+    /// arguments given, in their order: `cargo xtask test --release`, `cargo
+    /// xtask test -- --nocapture`. With `-p PACKAGE` the tests are those of
+    /// the packages named, not `--workspace`.
+    Test(TestArgs),
+    Bench(bench::BenchArgs),
+    FloorModes(bench::FloorModesArgs),
+}
+
+/// What `cargo xtask test` hands on to `cargo test --workspace`, in the
+/// order given.
+#[derive(clap::Args)]
+struct TestArgs {
+    /// Flags for `cargo test`, e.g. `-p wal-core`, `--release` or `--test
+    /// cluster`.
+    #[arg(value_name = "CARGO_TEST_ARGS", allow_hyphen_values = true)]
+    cargo_args: Vec<String>,
+    /// After `--`: arguments for the test binaries, e.g. `--nocapture` or a
+    /// test name filter.
+    #[arg(value_name = "TEST_ARGS", last = true)]
+    test_args: Vec<String>,
+}
+
+impl TestArgs {
+    /// The arguments as given: an unknown flag or a `--` that follows one
+    /// is taken by `cargo_args` verbatim, a leading `--` splits off
+    /// `test_args`.
+    fn to_vec(&self) -> Vec<String> {
+        let mut args = self.cargo_args.clone();
+        if !self.test_args.is_empty() {
+            args.push("--".into());
+            args.extend(self.test_args.iter().cloned());
         }
-        Some(other) => Err(format!("unknown command `{other}`; run `cargo xtask help`")),
+        args
+    }
+}
+
+fn main() -> ExitCode {
+    // Usage errors and --help are clap's (a usage error exits 2).
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Task::Ci => ci(),
+        Task::Test(args) => test(&args.to_vec()),
+        Task::Bench(args) => bench::run(&args),
+        Task::FloorModes(args) => bench::floor_modes(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -37,17 +99,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn print_help() {
-    println!(
-        "usage: cargo xtask <command>\n\n\
-         commands:\n  \
-         ci     fmt --check, clippy -D warnings, tests, docs (what CI runs)\n  \
-         test   build the binaries, then run every test in the workspace\n  \
-         bench  [--quick] [--vs-redis]: measure on this machine, write target/bench/report.md\n  \
-         floor-modes  [--secs S] [--dir DIR]: fdatasync rate per way of preparing a segment\n"
-    );
 }
 
 /// Runs `cargo` with `args`, failing with a clear message if it fails.
@@ -70,9 +121,21 @@ fn test(extra: &[String]) -> Result<(), String> {
     // The end-to-end tests in tests/ drive the real binaries, which
     // `cargo test` does not build for another package.
     cargo(&["build", "--workspace", "--bins"], &[])?;
-    let mut args = vec!["test", "--workspace"];
+    let mut args = vec!["test"];
+    // Cargo ignores `-p` beside `--workspace`: `cargo xtask test -p
+    // wal-core` would run every test.
+    if !names_packages(extra) {
+        args.push("--workspace");
+    }
     args.extend(extra.iter().map(String::as_str));
     cargo(&args, &[])
+}
+
+/// Whether the cargo flags in `args` (those before a `--`) choose packages.
+fn names_packages(args: &[String]) -> bool {
+    args.iter()
+        .take_while(|a| *a != "--")
+        .any(|a| a.starts_with("-p") || a == "--package" || a.starts_with("--package="))
 }
 
 fn ci() -> Result<(), String> {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use kv_store::{KeyValueStore, StoreOptions, SyncPolicy, WalOptions};
 
 const VALUE_LEN: usize = 100;
@@ -80,8 +81,8 @@ fn recovery(dir: &Path, entries: u64) -> Result<(), Box<dyn std::error::Error>> 
     // only what recovery builds, not the allocator's leftovers from filling.
     let started = Instant::now();
     let status = std::process::Command::new(std::env::current_exe()?)
-        .arg("--fill")
         .arg(entries.to_string())
+        .arg("--fill")
         .arg(dir)
         .status()?;
     if !status.success() {
@@ -173,32 +174,66 @@ fn throughput(dir: &Path, writers: usize, seconds: f64) -> Result<(), Box<dyn st
     Ok(())
 }
 
+/// Measures the figures kv-store reports: recovery time from the log alone
+/// and from a snapshot, memory per key, and durable put throughput.
+#[derive(Parser)]
+struct Args {
+    /// Keys to load before measuring recovery.
+    #[arg(default_value_t = 1_000_000)]
+    entries: u64,
+    /// Writer thread counts to measure durable puts with, separated by
+    /// commas.
+    #[arg(default_value = "1,64", value_parser = writer_counts)]
+    writers: WriterCounts,
+    /// Seconds each put measurement runs.
+    #[arg(default_value_t = 5.0, value_parser = positive_secs)]
+    seconds: f64,
+    /// A directory on the disk being measured (not a tmpfs); its
+    /// `kv-figures` subdirectory is deleted and recreated.
+    #[arg(default_value = "target/figures")]
+    dir: PathBuf,
+    /// Only fill the store in this directory with ENTRIES keys, then exit:
+    /// what the child process that `recovery` starts does.
+    #[arg(long, value_name = "STORE_DIR", hide = true)]
+    fill: Option<PathBuf>,
+}
+
+/// One positional argument holding a list: a `Vec` field would be several
+/// arguments to clap, and then the positionals after it could not be told
+/// apart.
+#[derive(Clone)]
+struct WriterCounts(Vec<usize>);
+
+fn writer_counts(s: &str) -> Result<WriterCounts, String> {
+    s.split(',')
+        .map(|n| match n.parse::<usize>() {
+            Ok(0) | Err(_) => Err(format!("`{n}` is not a positive thread count")),
+            Ok(n) => Ok(n),
+        })
+        .collect::<Result<_, _>>()
+        .map(WriterCounts)
+}
+
+fn positive_secs(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|secs| secs.is_finite() && *secs > 0.0)
+        .ok_or_else(|| "must be a positive number of seconds".to_string())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("--fill") {
-        let entries: u64 = args.get(1).ok_or("--fill ENTRIES DIR")?.parse()?;
-        return Ok(fill(
-            Path::new(args.get(2).ok_or("--fill ENTRIES DIR")?),
-            entries,
-        )?);
+    let args = Args::parse();
+    if let Some(dir) = &args.fill {
+        return Ok(fill(dir, args.entries)?);
     }
-    let entries: u64 = args.first().map_or(Ok(1_000_000), |s| s.parse())?;
-    let writers: Vec<usize> = args
-        .get(1)
-        .map_or("1,64", String::as_str)
-        .split(',')
-        .map(str::parse)
-        .collect::<Result<_, _>>()?;
-    let seconds: f64 = args.get(2).map_or(Ok(5.0), |s| s.parse())?;
-    let base =
-        PathBuf::from(args.get(3).map_or("target/figures", String::as_str)).join("kv-figures");
+    let base = args.dir.join("kv-figures");
     if base.exists() {
         std::fs::remove_dir_all(&base)?;
     }
 
-    recovery(&base.join("recovery"), entries)?;
-    for &w in &writers {
-        throughput(&base.join(format!("puts-{w}")), w, seconds)?;
+    recovery(&base.join("recovery"), args.entries)?;
+    for &w in &args.writers.0 {
+        throughput(&base.join(format!("puts-{w}")), w, args.seconds)?;
     }
     std::fs::remove_dir_all(&base)?;
     Ok(())

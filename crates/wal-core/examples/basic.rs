@@ -4,14 +4,25 @@
 //! `cargo run -p wal-core --example basic [DIR]` (default: a fresh temporary
 //! directory).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use clap::Parser;
 use wal_core::{SyncPolicy, Wal, WalOptions};
+
+/// Open a log, append from several threads, read it back, truncate as a
+/// checkpoint would, reopen.
+#[derive(Parser)]
+struct Args {
+    /// Where the log lives; reopened if it exists (default: a fresh
+    /// temporary directory).
+    dir: Option<PathBuf>,
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tmp;
-    let dir = match std::env::args_os().nth(1) {
-        Some(dir) => std::path::PathBuf::from(dir),
+    let dir = match Args::parse().dir {
+        Some(dir) => dir,
         None => {
             tmp = tempfile::tempdir()?;
             tmp.path().join("wal")

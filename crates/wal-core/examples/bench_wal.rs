@@ -10,7 +10,8 @@
 //! afterwards. `--policy` is `always` (fdatasync before every `append`
 //! returns, shared by concurrent appenders) or `never` (no sync on append).
 //! The run also stops once `--max-bytes` (default 2 GiB) have been
-//! appended, so that an unsynced run cannot fill the disk.
+//! appended, so that an unsynced run cannot fill the disk. `--help` lists
+//! the flags and their defaults.
 //!
 //! Output (MB are 10^6 bytes of record payload):
 //! `{"threads":16,"record_size":128,"policy":"always","appends":..,"secs":..,
@@ -21,53 +22,69 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use clap::{Parser, ValueEnum};
 use wal_core::{SyncPolicy, Wal, WalOptions};
 
+/// Append throughput and latency of one wal-core configuration, printed as
+/// one JSON line.
+#[derive(Parser)]
 struct Config {
+    /// A directory that does not exist or is empty; it is filled with a
+    /// fresh log and removed afterwards.
+    #[arg(long)]
     dir: PathBuf,
+    /// Bytes of each record.
+    #[arg(long, default_value_t = 128)]
     record_size: usize,
+    /// Threads appending at once.
+    #[arg(long, default_value_t = 1, value_parser = positive_count)]
     threads: usize,
-    policy: String,
-    duration: Duration,
+    /// When an append is synced.
+    #[arg(long, value_enum, default_value_t = Policy::Always)]
+    policy: Policy,
+    /// Seconds to append for.
+    #[arg(long, value_name = "SECS", default_value_t = 2.0, value_parser = positive_secs)]
+    duration: f64,
+    /// Stop once this many bytes have been appended, so that an unsynced
+    /// run cannot fill the disk.
+    #[arg(long, default_value_t = 2 << 30)]
     max_bytes: u64,
 }
 
-fn parse_args() -> Result<Config, String> {
-    let mut dir = None;
-    let mut record_size = 128usize;
-    let mut threads = 1usize;
-    let mut policy = "always".to_string();
-    let mut duration = 2.0f64;
-    let mut max_bytes = 2u64 << 30;
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let bad = |e: &dyn std::fmt::Display| format!("bad value `{value}` for {flag}: {e}");
-        match flag.as_str() {
-            "--dir" => dir = Some(PathBuf::from(&value)),
-            "--record-size" => record_size = value.parse().map_err(|e| bad(&e))?,
-            "--threads" => threads = value.parse().map_err(|e| bad(&e))?,
-            "--policy" => policy = value.clone(),
-            "--duration" => duration = value.parse().map_err(|e| bad(&e))?,
-            "--max-bytes" => max_bytes = value.parse().map_err(|e| bad(&e))?,
-            _ => return Err(format!("unknown flag {flag}")),
+#[derive(Clone, Copy, ValueEnum)]
+enum Policy {
+    /// fdatasync before every `append` returns, shared by concurrent
+    /// appenders.
+    Always,
+    /// No sync on append.
+    Never,
+}
+
+impl Policy {
+    fn name(self) -> &'static str {
+        match self {
+            Policy::Always => "always",
+            Policy::Never => "never",
         }
     }
-    if threads == 0 || !duration.is_finite() || duration <= 0.0 {
-        return Err("--threads and --duration must be positive".into());
+}
+
+fn positive_count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) | Err(_) => Err("must be a whole number, at least 1".to_string()),
+        Ok(n) => Ok(n),
     }
-    Ok(Config {
-        dir: dir.ok_or("--dir is required")?,
-        record_size,
-        threads,
-        policy,
-        duration: Duration::from_secs_f64(duration),
-        max_bytes,
-    })
+}
+
+fn positive_secs(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|secs| secs.is_finite() && *secs > 0.0)
+        .ok_or_else(|| "must be a positive number of seconds".to_string())
 }
 
 fn main() -> ExitCode {
-    match parse_args().and_then(|config| run(&config)) {
+    match run(&Config::parse()) {
         Ok(line) => {
             println!("{line}");
             ExitCode::SUCCESS
@@ -80,10 +97,9 @@ fn main() -> ExitCode {
 }
 
 fn run(config: &Config) -> Result<String, String> {
-    let sync_policy = match config.policy.as_str() {
-        "always" => SyncPolicy::Always,
-        "never" => SyncPolicy::Never,
-        other => return Err(format!("--policy must be always or never, not {other}")),
+    let sync_policy = match config.policy {
+        Policy::Always => SyncPolicy::Always,
+        Policy::Never => SyncPolicy::Never,
     };
     let options = WalOptions {
         sync_policy,
@@ -94,7 +110,7 @@ fn run(config: &Config) -> Result<String, String> {
     let stop = AtomicBool::new(false);
     let appended_bytes = AtomicU64::new(0);
     let start = Instant::now();
-    let deadline = start + config.duration;
+    let deadline = start + Duration::from_secs_f64(config.duration);
 
     // Each thread keeps its own latencies; merged once all have stopped.
     let per_thread: Vec<Result<Vec<u32>, String>> = std::thread::scope(|scope| {
@@ -148,7 +164,7 @@ fn run(config: &Config) -> Result<String, String> {
          \"max_us\":{:.2}}}",
         config.threads,
         config.record_size,
-        config.policy,
+        config.policy.name(),
         latencies.len(),
         secs,
         appends / secs,

@@ -15,18 +15,48 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use wal_core::{SyncPolicy, Wal, WalOptions};
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.len() != 4 {
-        eprintln!("usage: throughput THREADS RECORD_BYTES SECONDS DIR");
-        std::process::exit(2);
+/// Appends/s under `SyncPolicy::Always` for THREADS threads, next to a
+/// plain write + fdatasync loop of the same record size in the same
+/// directory.
+#[derive(Parser)]
+struct Args {
+    /// Threads appending at once.
+    #[arg(value_parser = positive_count)]
+    threads: usize,
+    /// Bytes of each record.
+    record_bytes: usize,
+    /// Seconds each of the two loops runs.
+    #[arg(value_parser = positive_secs)]
+    seconds: f64,
+    /// A directory on the disk under test (not a tmpfs); the example
+    /// creates and removes DIR/wal-throughput and DIR/plain-fdatasync.bin.
+    dir: PathBuf,
+}
+
+fn positive_count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) | Err(_) => Err("must be a whole number, at least 1".to_string()),
+        Ok(n) => Ok(n),
     }
-    let threads: usize = args[0].parse()?;
-    let record_bytes: usize = args[1].parse()?;
-    let seconds: f64 = args[2].parse()?;
-    let dir = PathBuf::from(&args[3]);
+}
+
+fn positive_secs(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|secs| secs.is_finite() && *secs > 0.0)
+        .ok_or_else(|| "must be a positive number of seconds".to_string())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let Args {
+        threads,
+        record_bytes,
+        seconds,
+        dir,
+    } = Args::parse();
     let duration = Duration::from_secs_f64(seconds);
 
     let wal_rate = wal_appends(&dir.join("wal-throughput"), threads, record_bytes, duration)?;

@@ -1,7 +1,8 @@
-//! `cargo xtask bench [--quick] [--vs-redis]`: builds the release binaries
-//! once, measures the disk floor, wal-core, recovery, the server end to end,
-//! memory and checkpoint interference on this machine, and writes
-//! `target/bench/report.md` with every figure and the targets of issue 5.
+//! `cargo xtask bench [--quick] [--vs-redis] [--cluster] [--only-cluster]`
+//! ([`BenchArgs`]): builds the release binaries once, measures the disk
+//! floor, wal-core, recovery, the server end to end, memory and checkpoint
+//! interference on this machine, and writes `target/bench/report.md` with
+//! every figure and the targets of issue 5.
 //!
 //! The measuring programs are separate processes (`kv-server`,
 //! `kv-client bench`, the `bench_wal` and `bench_recovery` examples), each
@@ -97,44 +98,34 @@ impl Paths {
     }
 }
 
-pub fn run(args: &[String]) -> Result<(), String> {
-    let mut quick = false;
-    let mut vs_redis = false;
-    let mut with_cluster = false;
-    let mut only_cluster = false;
-    for arg in args {
-        match arg.as_str() {
-            "--quick" => quick = true,
-            "--vs-redis" => vs_redis = true,
-            "--cluster" => with_cluster = true,
-            "--only-cluster" => {
-                with_cluster = true;
-                only_cluster = true;
-            }
-            "--help" | "-h" => {
-                println!(
-                    "usage: cargo xtask bench [--quick] [--vs-redis]\n\n\
-                     Builds release binaries and measures, on this machine: the disk's\n\
-                     write+fdatasync floor, wal-core appends, recovery of 1M entries, the\n\
-                     server end to end, memory per key and write latency during a\n\
-                     checkpoint. Writes target/bench/report.md.\n\n  \
-                     --quick     shorter runs (about 3 minutes, build included)\n  \
-                     --vs-redis  also measure redis-server (appendonly yes, appendfsync\n              \
-                     always) with redis-benchmark, if both are installed\n  \
-                     --cluster   also a 3-member cluster: durable puts against the leader, and\n              \
-                     failover over 20 leader kills (writes target/bench/cluster.md)\n  \
-                     --only-cluster  the server end to end and the cluster only"
-                );
-                return Ok(());
-            }
-            other => {
-                return Err(format!(
-                    "unknown bench flag `{other}` (try --quick, --vs-redis)"
-                ));
-            }
-        }
-    }
-    let params = Params::new(quick);
+/// Measure this machine, write target/bench/report.md.
+///
+/// Builds release binaries and measures, on this machine: the disk's
+/// write+fdatasync floor, wal-core appends, recovery of 1M entries, the
+/// server end to end, memory per key and write latency during a
+/// checkpoint. Writes target/bench/report.md.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Shorter runs (about 3 minutes, build included).
+    #[arg(long)]
+    quick: bool,
+    /// Also measure redis-server (appendonly yes, appendfsync always) with
+    /// redis-benchmark, if both are installed.
+    #[arg(long)]
+    vs_redis: bool,
+    /// Also a 3-member cluster: durable puts against the leader, and
+    /// failover over 20 leader kills (writes target/bench/cluster.md).
+    #[arg(long)]
+    cluster: bool,
+    /// The server end to end and the cluster only.
+    #[arg(long)]
+    only_cluster: bool,
+}
+
+pub fn run(args: &BenchArgs) -> Result<(), String> {
+    let only_cluster = args.only_cluster;
+    let with_cluster = args.cluster || only_cluster;
+    let params = Params::new(args.quick);
     let root = workspace_root();
     let build_start = Instant::now();
     build(&root)?;
@@ -176,7 +167,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             cluster::write(&paths.bench, &text)
         });
     }
-    if vs_redis {
+    if args.vs_redis {
         step(&mut results, "redis", |r| redis(&paths, &params, r));
     } else {
         results.redis_note = Some("not run (pass --vs-redis)".into());
@@ -306,56 +297,45 @@ fn disk_floor(paths: &Paths, params: &Params, results: &mut Results) -> Result<(
     Ok(())
 }
 
+/// fdatasync rate per way of preparing a log segment; prints a table.
+///
+/// Measures durable 128 B writes (pwrite + fdatasync, sequential from offset
+/// 0) into a file prepared each way a log segment can be: append (new empty
+/// file), sparse (set_len), fallocate, zero-filled, recycled (old non-zero
+/// data). Writers: 1; 64 batched (group commit: one pwrite of 64 records +
+/// one fdatasync); 64 threads each doing its own pwrite + fdatasync
+/// concurrently. Also times preparing a 64 MiB segment each way (untimed in
+/// the runs). Prints a table; needs no release build.
+#[derive(clap::Args)]
+pub struct FloorModesArgs {
+    /// Seconds per measurement.
+    #[arg(long, value_name = "S", default_value_t = 3.0, value_parser = positive_secs)]
+    secs: f64,
+    /// Directory on the filesystem to measure (default: target/bench, beside
+    /// the bench's data directories).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+fn positive_secs(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|secs| secs.is_finite() && *secs > 0.0)
+        .ok_or_else(|| "must be a positive number of seconds".to_string())
+}
+
 /// `cargo xtask floor-modes [--secs S] [--dir DIR]`: the disk floor under
 /// each way of preparing a log segment ([`Mode`]), for one writer, for 64
 /// writers under group commit (one `pwrite` of their 64 records, one
 /// `fdatasync`) and for 64 threads syncing concurrently, with what each
 /// preparation of a 64 MiB segment costs. Needs no release build; prints a
 /// table on stdout.
-pub fn floor_modes(args: &[String]) -> Result<(), String> {
+pub fn floor_modes(args: &FloorModesArgs) -> Result<(), String> {
+    // FloorModesArgs' help repeats these two figures.
     const RECORD: usize = 128;
     const WRITERS: usize = 64;
-    let mut secs_per_cell = 3.0;
-    let mut parent = None;
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        let mut value = |name: &str| {
-            args.next()
-                .cloned()
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        match arg.as_str() {
-            "--secs" => {
-                secs_per_cell = value("--secs")?
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|s| s.is_finite() && *s > 0.0)
-                    .ok_or("--secs needs a positive number of seconds")?;
-            }
-            "--dir" => parent = Some(PathBuf::from(value("--dir")?)),
-            "--help" | "-h" => {
-                println!(
-                    "usage: cargo xtask floor-modes [--secs S] [--dir DIR]\n\n\
-                     Measures durable {RECORD} B writes (pwrite + fdatasync, sequential from\n\
-                     offset 0) into a file prepared each way a log segment can be: append\n\
-                     (new empty file), sparse (set_len), fallocate, zero-filled, recycled\n\
-                     (old non-zero data). Writers: 1; {WRITERS} batched (group commit: one\n\
-                     pwrite of {WRITERS} records + one fdatasync); {WRITERS} threads each doing\n\
-                     its own pwrite + fdatasync concurrently. Also times preparing a\n\
-                     64 MiB segment each way (untimed in the runs). Prints a table.\n\n  \
-                     --secs S   seconds per measurement (default 3)\n  \
-                     --dir DIR  directory on the filesystem to measure (default\n             \
-                     target/bench, beside the bench's data directories)"
-                );
-                return Ok(());
-            }
-            other => {
-                return Err(format!(
-                    "unknown floor-modes flag `{other}` (try --secs, --dir)"
-                ));
-            }
-        }
-    }
+    let secs_per_cell = args.secs;
+    let parent = args.dir.clone();
     let root = workspace_root();
     let parent = parent.unwrap_or_else(|| root.join("target").join("bench"));
     let dir = TempDir::fresh(parent.join("floor-modes"))?;
