@@ -19,6 +19,7 @@ use crate::network::{Network, PeerIdentity, cluster_id, serve_peers};
 use crate::state_machine::StateMachine;
 use crate::types::{Command, CommandResult, Node, NodeId, TypeConfig};
 use kv_store::replica::Replica;
+use kv_store::{KeyListing, KeysPage};
 
 /// How a member is started (kv-server's cluster flags).
 #[derive(Debug, Clone)]
@@ -333,8 +334,34 @@ impl ClusterNode {
         &self,
         f: impl FnOnce(&Replica) -> T,
     ) -> std::result::Result<T, RequestError> {
+        self.linearize().await?;
+        Ok(self.state.read(f))
+    }
+
+    /// A linearizable key listing (as [`ClusterNode::read`]), copied a
+    /// chunk at a time: the state's lock is taken once per chunk, so
+    /// applying committed entries waits for one chunk, never for a whole
+    /// listing (see [`KeyListing`]).
+    pub async fn keys(
+        &self,
+        prefix: &[u8],
+        limit: usize,
+        max_bytes: usize,
+    ) -> std::result::Result<KeysPage, RequestError> {
+        self.linearize().await?;
+        let mut listing = KeyListing::new(prefix, limit, max_bytes);
+        while !listing.is_done() {
+            self.state.read(|replica| replica.list_keys(&mut listing));
+        }
+        Ok(listing.into_page())
+    }
+
+    /// Returns once this member has confirmed with a quorum that it is
+    /// still the leader and has applied everything committed before the
+    /// call (openraft's read index).
+    async fn linearize(&self) -> std::result::Result<(), RequestError> {
         match self.raft.ensure_linearizable().await {
-            Ok(_) => Ok(self.state.read(f)),
+            Ok(_) => Ok(()),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(fwd))) => {
                 Err(RequestError::NotLeader {
                     leader: fwd

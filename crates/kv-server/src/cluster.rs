@@ -230,15 +230,12 @@ impl ClusterReply {
             },
             ClusterReply::Keys { id, prefix, limit } => {
                 let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-                match node
-                    .read(|s| s.keys_within(&prefix, limit, keys_budget))
-                    .await
-                {
-                    Ok((keys, truncated)) => Response::new(
+                match node.keys(&prefix, limit, keys_budget).await {
+                    Ok(page) => Response::new(
                         id,
                         response::Result::Keys(KeysResponse {
-                            keys: keys.into_iter().map(Bytes::from).collect(),
-                            truncated,
+                            keys: page.keys.into_iter().map(Bytes::from).collect(),
+                            truncated: page.truncated,
                         }),
                     ),
                     Err(e) => request_error(id, e, false),

@@ -135,6 +135,7 @@ mod checkpoint;
 mod commit;
 mod error;
 pub mod inspect;
+mod listing;
 mod options;
 mod record;
 mod recovery;
@@ -147,6 +148,7 @@ use std::time::Duration;
 
 pub use commit::Pending;
 pub use error::{Error, Result};
+pub use listing::KeyListing;
 pub use options::StoreOptions;
 pub use store::{KEY_LISTING_OVERHEAD, KeyValueStore};
 pub use wal_core::{Lsn, RecoveryMode, SyncPolicy, Vfs, WalOptions, WalStats};

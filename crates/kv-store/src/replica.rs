@@ -15,6 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use wal_core::{Lsn, Vfs};
 
+use crate::KeyListing;
 use crate::error::{Error, Result};
 use crate::record::{self, HEADROOM};
 use crate::snapshot::{self, SnapshotWriter};
@@ -122,32 +123,28 @@ impl Replica {
     /// Keys starting with `prefix`, ascending, at most `limit` (0: no
     /// limit) and at most `max_bytes` of listing (as
     /// [`crate::KeyValueStore::keys_within`] counts it); whether more
-    /// matched.
+    /// matched. All in one go: a caller that holds a lock around the
+    /// replica while other threads wait for it should use
+    /// [`Replica::list_keys`] instead.
     pub fn keys_within(
         &self,
         prefix: &[u8],
         limit: usize,
         max_bytes: usize,
     ) -> (Vec<Vec<u8>>, bool) {
-        let limit = if limit == 0 { usize::MAX } else { limit };
-        let mut keys = Vec::new();
-        let mut bytes = 0usize;
-        for entry in self
-            .state
-            .range_from(prefix, false)
-            .take_while(|e| e.key().starts_with(prefix))
-        {
-            let cost = entry
-                .key()
-                .len()
-                .saturating_add(crate::store::KEY_LISTING_OVERHEAD);
-            if keys.len() == limit || bytes.saturating_add(cost) > max_bytes {
-                return (keys, true);
-            }
-            bytes += cost;
-            keys.push(entry.key().to_vec());
+        let mut listing = KeyListing::new(prefix, limit, max_bytes);
+        while !listing.is_done() {
+            self.list_keys(&mut listing);
         }
-        (keys, false)
+        let page = listing.into_page();
+        (page.keys, page.truncated)
+    }
+
+    /// Copies the next chunk of `listing` (up to a thousand or so keys):
+    /// call it under the lock around the replica, releasing the lock in
+    /// between, until [`KeyListing::is_done`].
+    pub fn list_keys(&self, listing: &mut KeyListing) {
+        listing.step(&self.state);
     }
 
     /// Writes the state as a snapshot file of the store's format at `path`

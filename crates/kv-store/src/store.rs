@@ -18,7 +18,7 @@ use crate::commit::{self, Command, Pending};
 use crate::error::{Error, Result};
 use crate::options::StoreOptions;
 use crate::state::{Entry, State};
-use crate::{KeysPage, RecoveryInfo, Stats, checkpoint, recovery};
+use crate::{KeyListing, KeysPage, RecoveryInfo, Stats, checkpoint, recovery};
 
 // A panic while holding one of these locks is a bug in this crate; the data
 // they protect stays consistent (every mutation is a single map operation),
@@ -340,34 +340,11 @@ impl KeyValueStore {
     /// key written or deleted while it runs may or may not be in it, but
     /// every key present throughout is, once, in order.
     pub fn keys_within(&self, prefix: &[u8], limit: usize, max_bytes: usize) -> KeysPage {
-        let limit = if limit == 0 { usize::MAX } else { limit };
-        let mut page = KeysPage::default();
-        let mut bytes = 0usize;
-        loop {
-            let resume = page.keys.last().cloned();
-            let state = read(&self.inner.shared.state);
-            let entries = match &resume {
-                None => state.range_from(prefix, false),
-                Some(last) => state.range_from(last, true),
-            };
-            let mut copied = 0;
-            for entry in entries.take_while(|e| e.key().starts_with(prefix)) {
-                let cost = entry.key().len().saturating_add(KEY_LISTING_OVERHEAD);
-                if page.keys.len() == limit || bytes.saturating_add(cost) > max_bytes {
-                    page.truncated = true;
-                    return page;
-                }
-                bytes += cost;
-                page.keys.push(entry.key().to_vec());
-                copied += 1;
-                if copied == checkpoint::CHUNK {
-                    break;
-                }
-            }
-            if copied < checkpoint::CHUNK {
-                return page;
-            }
+        let mut listing = KeyListing::new(prefix, limit, max_bytes);
+        while !listing.is_done() {
+            listing.step(&read(&self.inner.shared.state));
         }
+        listing.into_page()
     }
 
     /// The state, read-locked (for exporting it whole).
