@@ -166,7 +166,14 @@ impl LogStore {
         let Some(offset) = meta.offset else {
             return Ok(Vec::new());
         };
-        let purged_end = meta.state.purged.as_ref().map_or(0, |p| p.index + 1);
+        // The purged id comes from `raft/state`: a damaged one must not
+        // overflow.
+        let purged_end = match &meta.state.purged {
+            None => 0,
+            Some(p) => p.index.checked_add(1).ok_or_else(|| {
+                ClusterError::Corrupt(format!("purged Raft index {} is past the last", p.index))
+            })?,
+        };
         let start = start.max(purged_end);
         let last_index = meta.last.map_or(0, |l| l.index);
         let end = end.min(last_index.saturating_add(1));
@@ -369,7 +376,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut records: Vec<Vec<u8>> = Vec::with_capacity(entries.len());
         match (meta.offset, meta.last) {
             (Some(offset), Some(last)) => {
-                let expected = last.index + 1;
+                let expected = last.index.checked_add(1).ok_or_else(|| {
+                    storage_error(ClusterError::Corrupt(format!(
+                        "the log's last Raft index {} is past the last one it can hold",
+                        last.index
+                    )))
+                })?;
                 if first.log_id.index < expected {
                     return Err(storage_error(ClusterError::Corrupt(format!(
                         "append at index {} over the log's last {}: truncate first",

@@ -75,9 +75,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The store position of a Raft index: `index + 1`, so that index 0 (a
-/// membership entry) is a position too.
-pub(crate) fn position(index: u64) -> u64 {
-    index + 1
+/// membership entry) is a position too. Fails with
+/// [`ClusterError::Corrupt`] for `u64::MAX`, which has no position: such an
+/// index comes from a damaged file or a peer's message, never from a log
+/// (wal-core gives no LSN past `u64::MAX - 1`).
+pub(crate) fn position(index: u64) -> Result<u64> {
+    index.checked_add(1).ok_or_else(|| {
+        ClusterError::Corrupt(format!(
+            "Raft index {index} is past the last store position"
+        ))
+    })
 }
 
 fn sm_error(e: ClusterError) -> StorageError<NodeId> {
@@ -101,7 +108,7 @@ impl StateMachine {
             let snapshot_meta = decode_meta(&meta);
             if let Some(last) = snapshot_meta.last_log_id {
                 let vfs: Arc<dyn Vfs> = StdFs::shared();
-                replica = Replica::load_snapshot(&vfs, &dir.join(SNAPSHOT), position(last.index))?;
+                replica = Replica::load_snapshot(&vfs, &dir.join(SNAPSHOT), position(last.index)?)?;
             }
             applied = Applied {
                 last: snapshot_meta.last_log_id,
@@ -134,7 +141,10 @@ impl StateMachine {
         lock(&self.inner.applied).last
     }
 
-    fn apply_entries(&self, entries: Vec<Entry>) -> Vec<CommandResult> {
+    /// Applies `entries` in order; an index without a store position
+    /// stops the state machine there (openraft treats it as a storage
+    /// error), after the entries before it.
+    fn apply_entries(&self, entries: Vec<Entry>) -> Result<Vec<CommandResult>> {
         let mut replica = self
             .inner
             .replica
@@ -143,7 +153,7 @@ impl StateMachine {
         let mut applied = lock(&self.inner.applied);
         let mut results = Vec::with_capacity(entries.len());
         for entry in entries {
-            let pos = position(entry.log_id.index);
+            let pos = position(entry.log_id.index)?;
             let result = match &entry.payload {
                 EntryPayload::Normal(cmd) => match replica.apply(pos, &cmd.0) {
                     Ok(a) => CommandResult {
@@ -174,7 +184,7 @@ impl StateMachine {
             applied.last = Some(entry.log_id);
             results.push(result);
         }
-        results
+        Ok(results)
     }
 
     /// Writes the current state as the snapshot (data, then meta) and
@@ -235,7 +245,7 @@ impl StateMachine {
         std::fs::File::open(&tmp)
             .and_then(|f| f.sync_all())
             .map_err(ClusterError::io("sync", &tmp))?;
-        let seq = meta.last_log_id.map_or(0, |l| position(l.index));
+        let seq = meta.last_log_id.map_or(Ok(0), |l| position(l.index))?;
         let vfs: Arc<dyn Vfs> = StdFs::shared();
         // Verified before it replaces anything.
         let replica = Replica::load_snapshot(&vfs, &tmp, seq)?;
@@ -324,7 +334,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        Ok(self.apply_entries(entries.into_iter().collect()))
+        self.apply_entries(entries.into_iter().collect())
+            .map_err(sm_error)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -355,5 +366,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         blocking(self, |sm| sm.current())
             .await
             .map_err(|e| StorageIOError::read_snapshot(None, &e.into_io()).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_raft_index_has_no_position() {
+        assert_eq!(position(0).unwrap(), 1);
+        assert_eq!(position(u64::MAX - 1).unwrap(), u64::MAX);
+        assert!(matches!(position(u64::MAX), Err(ClusterError::Corrupt(_))));
     }
 }

@@ -299,8 +299,9 @@ fn import(
         "single-node store recovered; writing it as the member's snapshot"
     );
     let tmp = raft.join(IMPORT_TMP);
-    let keys = kv_store::replica::write_store_snapshot(&store, &StdFs, &tmp, position(0), now_ms())
-        .map_err(single_node)?;
+    let keys =
+        kv_store::replica::write_store_snapshot(&store, &StdFs, &tmp, position(0)?, now_ms())
+            .map_err(single_node)?;
     store.close().map_err(single_node)?;
     drop(store);
     if stop(Step::SnapshotWritten) {

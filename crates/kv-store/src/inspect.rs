@@ -258,6 +258,13 @@ pub fn restore(backup: &Path, dir: &Path) -> Result<Restored> {
     let loaded = snapshot::load_any(&vfs, backup)?;
     let seq = loaded.state.last_applied();
     drop(loaded);
+    // `load_any` refuses a header of `Lsn::MAX`; checked all the same, as
+    // the log must continue at the LSN after it.
+    let next = seq.checked_add(1).ok_or_else(|| Error::CorruptSnapshot {
+        path: backup.to_path_buf(),
+        offset: 0,
+        reason: format!("the backup covers LSN {seq}, past the last LSN a log gives"),
+    })?;
     match std::fs::read_dir(dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
@@ -284,7 +291,7 @@ pub fn restore(backup: &Path, dir: &Path) -> Result<Restored> {
     drop(Wal::create_at(
         dir.join("wal"),
         WalOptions::default(),
-        seq + 1,
+        next,
     )?);
     let store = crate::KeyValueStore::open(dir, crate::StoreOptions::default())?;
     let stats = store.stats();

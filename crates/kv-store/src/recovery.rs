@@ -81,21 +81,28 @@ impl LogView for ReadOnlyWal {
 fn log_gap(wal: &impl LogView, seq: Lsn) -> Option<String> {
     let next = wal.next_lsn();
     let first = wal.first_lsn();
-    if next < seq + 1 {
+    // A snapshot file named for `Lsn::MAX` has no LSN after it for the
+    // log to go on at (no log gives `Lsn::MAX`).
+    let Some(after) = seq.checked_add(1) else {
+        return Some(format!(
+            "the snapshot's LSN {seq} is past the last LSN a log gives"
+        ));
+    };
+    if next < after {
         return Some(format!(
             "the log ends at LSN {}, before the snapshot's LSN {seq}",
             next.saturating_sub(1)
         ));
     }
     match first {
-        Some(first) if first > seq + 1 => Some(format!(
+        Some(first) if first > after => Some(format!(
             "the log begins at LSN {first}, but replay from the snapshot of LSN {seq} needs LSN {}",
-            seq + 1
+            after
         )),
-        None if next > seq + 1 => Some(format!(
+        None if next > after => Some(format!(
             "the log holds no records and continues at LSN {next}, but replay from the snapshot of \
              LSN {seq} needs LSN {}",
-            seq + 1
+            after
         )),
         _ => None,
     }

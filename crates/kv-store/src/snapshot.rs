@@ -60,6 +60,9 @@ const HEADER_PREFIX: usize = 8 + 4 + 4;
 /// Small enough that one buffer's writeback delays a concurrent log sync by
 /// well under a millisecond on a disk that writes a few hundred MB/s.
 const WRITE_BUFFER: usize = 256 << 10;
+/// The fewest bytes an entry takes in the file: its 8-byte frame header
+/// and a `SnapshotEntry` of a one-byte key (tag, length, byte).
+const MIN_ENTRY_LEN: u64 = 8 + 3;
 /// The reader fetches the file in chunks of this size.
 const READ_CHUNK: usize = 8 << 20;
 
@@ -389,6 +392,17 @@ pub(crate) fn read_header(
             ),
         ));
     }
+    // The log goes on at `seq + 1`, which must be an LSN: a log never
+    // gives `Lsn::MAX` (wal-core's `Error::LsnExhausted`).
+    if header.seq == Lsn::MAX {
+        return Err(corrupt(
+            HEADER_PREFIX as u64,
+            format!(
+                "header says seq {}, past the last LSN a log gives",
+                header.seq
+            ),
+        ));
+    }
     Ok((region, header))
 }
 
@@ -449,7 +463,11 @@ fn load_checked(vfs: &Arc<dyn Vfs>, path: &Path, expect: Option<Lsn>) -> Result<
         next_read: HEADER_REGION as u64,
         end: trailer_at,
     };
-    let mut entries: Vec<Entry> = Vec::with_capacity(header.entry_count.min(1 << 24) as usize);
+    // The header's count is not trusted until the trailer's checksum
+    // agrees: reserve no more entries than the bytes between header and
+    // trailer can hold, so a lying count costs nothing.
+    let fit = (trailer_at - HEADER_REGION as u64) / MIN_ENTRY_LEN;
+    let mut entries: Vec<Entry> = Vec::with_capacity(header.entry_count.min(fit) as usize);
     let mut prev_key = Bytes::new();
     while reader.buf_offset < trailer_at {
         let at = reader.buf_offset;

@@ -128,6 +128,16 @@ pub enum Error {
         /// The first LSN the iterator could not read.
         lsn: Lsn,
     },
+    /// An append would give a record an LSN past the last one the log can
+    /// express: LSNs are never reused, and the next LSN after a record
+    /// (`u64::MAX` at most) must itself be representable. Nothing of the
+    /// append was queued; the log stays open for reads.
+    LsnExhausted {
+        /// The LSN the next record would have got.
+        next: Lsn,
+        /// How many records the append asked for.
+        records: usize,
+    },
 }
 
 impl Error {
@@ -242,6 +252,12 @@ impl fmt::Display for Error {
             Error::Truncated { lsn } => write!(
                 f,
                 "record {lsn} was removed (truncate_before or truncate_after) while it was being read"
+            ),
+            Error::LsnExhausted { next, records } => write!(
+                f,
+                "cannot append {records} records from LSN {next}: the log's LSNs would pass \
+                 {}, the last one it can give",
+                Lsn::MAX - 1
             ),
         }
     }

@@ -285,8 +285,9 @@ impl Wal {
     /// Fails with [`Error::RecordTooLarge`] beyond `max_record_size`, with
     /// [`Error::DiskFull`] if the disk is full (nothing of this append was
     /// written; the log goes on), with the I/O error if this call's group
-    /// failed otherwise, and with [`Error::Poisoned`] once any earlier sync
-    /// failed.
+    /// failed otherwise, with [`Error::Poisoned`] once any earlier sync
+    /// failed, and with [`Error::LsnExhausted`] once the log has given
+    /// `Lsn::MAX - 1`, the last LSN it can (the next LSN must exist).
     pub fn append(&self, record: &[u8]) -> Result<Lsn> {
         Ok(self.core.append(&[record])?.start)
     }

@@ -500,7 +500,8 @@ fn highest_intact_lsn(
     let mut last = None;
     let mut expected = first_lsn;
     while let Ok(Step::Record { lsn, .. }) = reader.next_step() {
-        if lsn != expected {
+        // `Lsn::MAX` is never given (see `scan_segment`): not intact.
+        if lsn != expected || lsn == Lsn::MAX {
             break;
         }
         last = Some(lsn);
@@ -735,6 +736,15 @@ fn scan_segment(
                     });
                     return Ok(scan);
                 }
+                // No append gives `Lsn::MAX` (the LSN after a record must
+                // exist), so a record carrying it was not written by us.
+                if lsn == Lsn::MAX {
+                    scan.problem = Some(Problem::Corrupt {
+                        offset,
+                        reason: format!("record carries LSN {lsn}, past the last LSN a log gives"),
+                    });
+                    return Ok(scan);
+                }
                 let continues = flags & FLAG_BATCH_CONTINUES != 0;
                 match (scan.open_batch, continues) {
                     (None, true) => scan.open_batch = Some((offset, lsn)),
@@ -837,7 +847,7 @@ fn valid_record_after(
         let mut h = [0u8; RECORD_HEADER_LEN];
         h.copy_from_slice(raw);
         let header = format::RecordHeader::parse(&h);
-        if header.lsn < expected || header.lsn > expected + most_records {
+        if header.lsn < expected || header.lsn > expected.saturating_add(most_records) {
             continue;
         }
         if format::decode_record(&rest[start..], max_record_size).is_ok() {

@@ -388,6 +388,15 @@ impl LogCore {
         }
         let mut st = lock(&self.state);
         check_poisoned(&st)?;
+        // The LSN after the batch must itself be an LSN (it is the next
+        // append's, and every range is half-open), so the last record may
+        // get `Lsn::MAX - 1` at most.
+        if st.next_lsn.checked_add(records.len() as u64).is_none() {
+            return Err(Error::LsnExhausted {
+                next: st.next_lsn,
+                records: records.len(),
+            });
+        }
         if records.is_empty() {
             let next = st.next_lsn;
             return Ok((st, next..next));
@@ -1069,7 +1078,9 @@ impl LogCore {
             self.wait_for(st, ticket)?;
             st = lock(&self.state);
         }
-        if lsn + 1 >= st.next_lsn {
+        // Saturating: `truncate_after(Lsn::MAX)` keeps everything, as any
+        // bound at or past the end does.
+        if lsn.saturating_add(1) >= st.next_lsn {
             return Ok(());
         }
         let mut w = lock(&self.writer);
