@@ -19,7 +19,10 @@ const HEADER_LEN: usize = 4;
 /// While a frame is incomplete, the decoder asks for at most this much room
 /// beyond what has arrived. The buffer thus grows with the bytes the peer
 /// actually sends, never with the length it merely claims: a peer that
-/// announces 8 MiB and then stalls costs 64 KiB, not 8 MiB.
+/// announces 8 MiB and then stalls costs about 64 KiB, not 8 MiB. (The
+/// buffer may grow to twice what it holds plus this, since `BytesMut`
+/// rounds a reservation up by doubling: at most about 2 × (bytes received
+/// + 64 KiB).)
 const MAX_RESERVE_AHEAD: usize = 64 * 1024;
 
 /// Fatal errors of a frame stream: after one, the connection cannot be
