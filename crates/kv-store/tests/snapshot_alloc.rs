@@ -5,41 +5,14 @@
 //!
 //! The test binary counts its heap through a global allocator.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kv_proto::SnapshotHeader;
 use kv_store::{KeyValueStore, StoreOptions};
 use prost::Message;
 
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded to `System` with the same arguments;
-// the counters only observe sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as `System.alloc`, with the caller's layout.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by `alloc` above with this layout.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: heap_peak::Counting = heap_peak::Counting;
 
 /// A stopped store with one snapshot of a few small keys; returns the
 /// snapshot's path.
@@ -87,10 +60,12 @@ fn a_lying_entry_count_reserves_nothing_for_it() {
     let dir = tempfile::tempdir().unwrap();
     let snapshot = store_with_snapshot(dir.path());
     rewrite_header(&snapshot, |h| h.entry_count = u64::MAX);
-    let base = LIVE.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
-    let opened = KeyValueStore::open(dir.path(), StoreOptions::default());
-    let peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
+    let _serial = heap_peak::serial();
+    let mut opened = None;
+    let peak = heap_peak::peak_during(|| {
+        opened = Some(KeyValueStore::open(dir.path(), StoreOptions::default()));
+    });
+    let opened = opened.expect("the open ran");
     // The damaged snapshot is skipped with a warning; the log no longer
     // holds what it covered, so the open refuses, with a typed error.
     match opened {

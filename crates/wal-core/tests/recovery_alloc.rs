@@ -7,52 +7,13 @@
 //! test measures the peak above what was live when it started. The tests
 //! take a lock so that one's allocations do not count in another's peak.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use wal_core::bench_support::encode_record;
 use wal_core::{RecoveryMode, SyncPolicy, Wal, WalOptions};
 
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded to `System` with the same arguments;
-// the counters only observe sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as `System.alloc`, with the caller's layout.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by `alloc` above with this layout.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Runs `f` and returns the most heap it held at once beyond what was live
-/// before (other threads of this test binary are kept out by `SERIAL`).
-fn peak_during(f: impl FnOnce()) -> usize {
-    let base = LIVE.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
-    f();
-    PEAK.load(Ordering::Relaxed).saturating_sub(base)
-}
+static ALLOCATOR: heap_peak::Counting = heap_peak::Counting;
 
 const SEGMENT_HEADER_LEN: usize = 32;
 
@@ -102,7 +63,7 @@ const BOUND: usize = FILE + (64 << 10) + (1 << 20) + (256 << 10);
 
 #[test]
 fn a_record_claiming_the_format_limit_is_not_allocated() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = heap_peak::serial();
     for mode in [
         RecoveryMode::Absolute,
         RecoveryMode::Strict,
@@ -112,7 +73,7 @@ fn a_record_claiming_the_format_limit_is_not_allocated() {
         // Within the limit (1 GiB, the format's most), but past the file.
         write_segment(dir.path(), 1 << 30, FILE);
         let mut outcome = None;
-        let peak = peak_during(|| {
+        let peak = heap_peak::peak_during(|| {
             outcome = Some(Wal::open(dir.path(), options(mode, 1 << 30)).map(|w| w.next_lsn()));
         });
         assert!(
@@ -129,14 +90,14 @@ fn a_record_claiming_the_format_limit_is_not_allocated() {
 
 #[test]
 fn a_record_claiming_more_than_the_limit_is_not_allocated() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = heap_peak::serial();
     // Over the configured limit: recovery checks whether it is intact (a
     // log written under a larger limit) in 1 MiB chunks, only when the
     // file is long enough to hold it.
     for claimed in [(1 << 20) + 1, 900 << 20, u32::MAX] {
         let dir = tempfile::tempdir().unwrap();
         write_segment(dir.path(), claimed, FILE);
-        let peak = peak_during(|| {
+        let peak = heap_peak::peak_during(|| {
             let _ = Wal::open(dir.path(), options(RecoveryMode::Strict, 1 << 20));
             let _ = Wal::open_read_only(dir.path(), options(RecoveryMode::Strict, 1 << 20));
         });
@@ -149,12 +110,12 @@ fn a_record_claiming_more_than_the_limit_is_not_allocated() {
 
 #[test]
 fn a_damaged_record_inside_a_long_file_costs_the_file_not_the_claim() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = heap_peak::serial();
     // The claim fits in the file (so the reader may read it), and is
     // within the limit: what is read is what the file holds.
     let dir = tempfile::tempdir().unwrap();
     write_segment(dir.path(), (FILE / 2) as u32, FILE);
-    let peak = peak_during(|| {
+    let peak = heap_peak::peak_during(|| {
         let _ = Wal::open(dir.path(), options(RecoveryMode::Tolerant, 1 << 30));
     });
     assert!(peak < BOUND + FILE, "open held {peak} bytes at once");
