@@ -719,7 +719,7 @@ mod tests {
                                     response::Result::Error(kv_proto::Error {
                                         code: ErrorCode::Unavailable as i32,
                                         message: "log failed".into(),
-                                        leader_addr: String::new(),
+                                        ..Default::default()
                                     })
                                 } else {
                                     response::Result::Put(PutResponse { seq: 1 })

@@ -414,6 +414,13 @@ pub(crate) mod ops {
             response::Result::ClusterStatus(_) => "cluster status",
             response::Result::Backup(_) => "backup",
             response::Result::Auth(_) => "auth",
+            response::Result::Batch(_) => "batch",
+            response::Result::Incr(_) => "incr",
+            response::Result::Expire(_) => "expire",
+            response::Result::Ttl(_) => "ttl",
+            response::Result::Scan(_) => "scan",
+            response::Result::Mget(_) => "mget",
+            response::Result::Stats(_) => "stats",
         };
         ClientError::Protocol(format!("{command} request answered with a {kind} result"))
     }

@@ -435,6 +435,10 @@ fn safe_to_resend(command: &request::Command) -> bool {
     match command {
         request::Command::Get(_)
         | request::Command::Keys(_)
+        | request::Command::Ttl(_)
+        | request::Command::Scan(_)
+        | request::Command::Mget(_)
+        | request::Command::Stats(_)
         | request::Command::ClusterStatus(_) => true,
         // A second snapshot is only a newer snapshot, and a backup piece
         // is a read.
@@ -445,6 +449,9 @@ fn safe_to_resend(command: &request::Command) -> bool {
         // applied on top of the first.
         request::Command::Put(_)
         | request::Command::Delete(_)
+        | request::Command::Batch(_)
+        | request::Command::Incr(_)
+        | request::Command::Expire(_)
         | request::Command::ClusterAdd(_)
         | request::Command::ClusterRemove(_) => false,
     }

@@ -73,6 +73,7 @@ fn apply(
             response::Result::Get(GetResponse {
                 found: value.is_some(),
                 value: value.unwrap_or_default(),
+                ..GetResponse::default()
             })
         }
         request::Command::Delete(delete) => {
@@ -108,6 +109,15 @@ fn apply(
         | request::Command::ClusterAdd(_)
         | request::Command::ClusterRemove(_)
         | request::Command::Backup(_) => return None,
+        // Not faked (yet): the CLI tests for these run against the real
+        // server.
+        request::Command::Batch(_)
+        | request::Command::Incr(_)
+        | request::Command::Expire(_)
+        | request::Command::Ttl(_)
+        | request::Command::Scan(_)
+        | request::Command::Mget(_)
+        | request::Command::Stats(_) => return None,
     })
 }
 

@@ -105,6 +105,7 @@ fn apply(map: &Mutex<BTreeMap<Bytes, Bytes>>, seq: &AtomicUsize, request: &Reque
             response::Result::Get(GetResponse {
                 found: value.is_some(),
                 value: value.unwrap_or_default(),
+                ..GetResponse::default()
             })
         }
         Some(request::Command::Delete(delete)) => {

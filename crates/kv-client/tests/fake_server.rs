@@ -49,6 +49,7 @@ fn answer(request: &Request) -> Response {
             response::Result::Get(GetResponse {
                 found: false,
                 value: Bytes::new(),
+                ..GetResponse::default()
             })
         }
         Some(request::Command::Get(get)) => {
@@ -57,6 +58,7 @@ fn answer(request: &Request) -> Response {
             response::Result::Get(GetResponse {
                 found: true,
                 value: value.into(),
+                ..GetResponse::default()
             })
         }
         Some(request::Command::Delete(delete)) => {
@@ -82,7 +84,14 @@ fn answer(request: &Request) -> Response {
             request::Command::ClusterStatus(_)
             | request::Command::ClusterAdd(_)
             | request::Command::ClusterRemove(_)
-            | request::Command::Backup(_),
+            | request::Command::Backup(_)
+            | request::Command::Batch(_)
+            | request::Command::Incr(_)
+            | request::Command::Expire(_)
+            | request::Command::Ttl(_)
+            | request::Command::Scan(_)
+            | request::Command::Mget(_)
+            | request::Command::Stats(_),
         ) => {
             return Response::error(request.id, ErrorCode::InvalidRequest, "a single node");
         }

@@ -88,6 +88,13 @@ impl request::Command {
             request::Command::ClusterRemove(_) => "cluster_remove",
             request::Command::Backup(_) => "backup",
             request::Command::Auth(_) => "auth",
+            request::Command::Batch(_) => "batch",
+            request::Command::Incr(_) => "incr",
+            request::Command::Expire(_) => "expire",
+            request::Command::Ttl(_) => "ttl",
+            request::Command::Scan(_) => "scan",
+            request::Command::Mget(_) => "mget",
+            request::Command::Stats(_) => "stats",
         }
     }
 }
@@ -117,7 +124,7 @@ impl Response {
             response::Result::Error(Error {
                 code: code as i32,
                 message: message.into(),
-                leader_addr: String::new(),
+                ..Error::default()
             }),
         )
     }

@@ -4,10 +4,11 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use kv_proto::{
-    CheckpointRequest, CheckpointResponse, ClientCodec, CodecError, DeleteRequest, DeleteResponse,
-    Error, ErrorCode, FrameCodec, GetRequest, GetResponse, KeysRequest, KeysResponse, LogEntry,
-    Operation, PutRequest, PutResponse, Request, Response, ServerCodec, SnapshotEntry,
-    SnapshotHeader, request, response,
+    CheckpointRequest, CheckpointResponse, ClientCodec, CodecError, Condition, ConditionKind,
+    DeleteRequest, DeleteResponse, Error, ErrorCode, FrameCodec, GetRequest, GetResponse,
+    KeysRequest, KeysResponse, LogEntry, Mutation, MutationKind, Operation, PutRequest,
+    PutResponse, Request, Response, ServerCodec, SnapshotEntry, SnapshotHeader, Txn, request,
+    response,
 };
 use proptest::prelude::*;
 use prost::Message;
@@ -52,10 +53,17 @@ fn result_strategy() -> impl Strategy<Value = response::Result> {
                 code,
                 message,
                 leader_addr,
+                ..Error::default()
             })
         }),
-        (any::<bool>(), bytes_strategy())
-            .prop_map(|(found, value)| response::Result::Get(GetResponse { found, value })),
+        (any::<bool>(), bytes_strategy(), any::<u64>(), any::<u64>()).prop_map(
+            |(found, value, seq, expires_at_ms)| response::Result::Get(GetResponse {
+                found,
+                value,
+                seq,
+                expires_at_ms
+            })
+        ),
         any::<u64>().prop_map(|seq| response::Result::Put(PutResponse { seq })),
         (any::<bool>(), any::<u64>())
             .prop_map(|(existed, seq)| response::Result::Delete(DeleteResponse { existed, seq })),
@@ -79,12 +87,29 @@ proptest! {
     #[test]
     fn log_entry_round_trips(
         seq in any::<u64>(),
-        op in 0..3i32,
+        op in 0..4i32,
         key in bytes_strategy(),
         value in bytes_strategy(),
         timestamp_ms in any::<u64>(),
+        expires_at_ms in any::<u64>(),
+        delta in any::<i64>(),
     ) {
-        round_trip(&LogEntry { seq, op, key, value, timestamp_ms });
+        let txn = (op == Operation::Txn as i32).then(|| Txn {
+            conditions: vec![Condition {
+                kind: ConditionKind::SeqEquals as i32,
+                seq,
+                value: value.clone(),
+                key: key.clone(),
+            }],
+            writes: vec![Mutation {
+                kind: MutationKind::MutationIncr as i32,
+                key: key.clone(),
+                delta,
+                expires_at_ms,
+                ..Mutation::default()
+            }],
+        });
+        round_trip(&LogEntry { seq, op, key, value, timestamp_ms, expires_at_ms, txn });
     }
 
     #[test]
@@ -95,9 +120,10 @@ proptest! {
         created_ms in any::<u64>(),
         key in bytes_strategy(),
         value in bytes_strategy(),
+        expires_at_ms in any::<u64>(),
     ) {
         round_trip(&SnapshotHeader { version, seq, entry_count, created_ms });
-        round_trip(&SnapshotEntry { key, value });
+        round_trip(&SnapshotEntry { key, value, seq, expires_at_ms });
     }
 
     /// Frames split at arbitrary points decode to the same messages: the
@@ -151,6 +177,7 @@ fn every_message_type_round_trips_with_fixed_contents() {
         key: Bytes::from_static(b"gone"),
         value: Bytes::new(),
         timestamp_ms: 1_700_000_000_000,
+        ..LogEntry::default()
     });
     round_trip(&SnapshotHeader {
         version: 1,
@@ -194,6 +221,7 @@ fn length_one_over_the_max_is_refused_and_the_max_itself_accepted() {
     let entry = SnapshotEntry {
         key: Bytes::new(),
         value: Bytes::from(vec![7u8; 98]),
+        ..SnapshotEntry::default()
     };
     assert_eq!(entry.encoded_len(), max);
     let mut wire = BytesMut::new();
@@ -386,6 +414,7 @@ fn error_codes_keep_their_numbers() {
         code: ErrorCode::NotLeader as i32,
         message: String::new(),
         leader_addr: "h:1".into(),
+        ..Error::default()
     };
     assert_eq!(
         error.encode_to_vec(),

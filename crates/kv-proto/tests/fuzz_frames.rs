@@ -254,10 +254,10 @@ proptest! {
     ) {
         let seeds = [
             request.encode_to_vec(),
-            LogEntry { seq, op: 1, key: key.clone(), value: value.clone(), timestamp_ms: seq }
+            LogEntry { seq, op: 1, key: key.clone(), value: value.clone(), timestamp_ms: seq, ..LogEntry::default() }
                 .encode_to_vec(),
             SnapshotHeader { version: 1, seq, entry_count: seq, created_ms: 0 }.encode_to_vec(),
-            SnapshotEntry { key, value }.encode_to_vec(),
+            SnapshotEntry { key, value, ..SnapshotEntry::default() }.encode_to_vec(),
         ];
         for seed in seeds {
             let mut bytes = seed;

@@ -163,6 +163,19 @@ pub(crate) fn start(
         // The connection's gate answers every auth request before it gets
         // here; one that did get here was let through, so it is accepted.
         Command::Auth(_) => return Err(crate::auth::accepted(id)),
+        Command::Batch(_)
+        | Command::Incr(_)
+        | Command::Expire(_)
+        | Command::Ttl(_)
+        | Command::Scan(_)
+        | Command::Mget(_)
+        | Command::Stats(_) => {
+            return Err(Response::error(
+                id,
+                ErrorCode::InvalidRequest,
+                format!("{} is not supported yet", command.name()),
+            ));
+        }
     })
 }
 
@@ -224,6 +237,7 @@ impl ClusterReply {
                     response::Result::Get(GetResponse {
                         found: value.is_some(),
                         value: value.map(Bytes::from).unwrap_or_default(),
+                        ..GetResponse::default()
                     }),
                 ),
                 Err(e) => request_error(id, e, false),

@@ -172,6 +172,17 @@ impl Reply {
             // The connection's gate answers every auth request before it
             // gets here; one that did get here was let through.
             Command::Auth(_) => Reply::Ready(crate::auth::accepted(id)),
+            Command::Batch(_)
+            | Command::Incr(_)
+            | Command::Expire(_)
+            | Command::Ttl(_)
+            | Command::Scan(_)
+            | Command::Mget(_)
+            | Command::Stats(_) => Reply::error(
+                id,
+                ErrorCode::InvalidRequest,
+                format!("{} is not supported yet", command.name()),
+            ),
             Command::ClusterStatus(_) | Command::ClusterAdd(_) | Command::ClusterRemove(_) => {
                 Reply::error(
                     id,
@@ -233,6 +244,7 @@ impl Reply {
                     response::Result::Get(GetResponse {
                         found: value.is_some(),
                         value: value.map(Bytes::from).unwrap_or_default(),
+                        ..GetResponse::default()
                     }),
                 )
             }

@@ -103,7 +103,8 @@ async fn every_command_maps_to_its_response() {
         call(&mut conn, 3, get("a")).await,
         response::Result::Get(kv_proto::GetResponse {
             found: true,
-            value: Bytes::from_static(b"1")
+            value: Bytes::from_static(b"1"),
+            ..Default::default()
         })
     );
     let keys = call(

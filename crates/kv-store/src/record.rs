@@ -380,6 +380,7 @@ mod tests {
             key: Bytes::from_static(b"a"),
             value: Bytes::new(),
             timestamp_ms: 0,
+            ..LogEntry::default()
         };
         assert!(matches!(
             decode(3, Bytes::from(bad.encode_to_vec())),
@@ -435,6 +436,7 @@ mod tests {
                         key: Bytes::copy_from_slice(key),
                         value: Bytes::copy_from_slice(value),
                         timestamp_ms: ts,
+                        ..LogEntry::default()
                     };
                     records.push((seq, entry.encode_to_vec()));
                 }
