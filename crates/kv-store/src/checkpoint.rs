@@ -372,7 +372,7 @@ fn write_snapshot(shared: &Shared, tmp: &std::path::Path, n: Lsn) -> Result<u64>
                 Some(key) => state.range_from(key, true),
             };
             for entry in iter {
-                writer.add(entry.key(), entry.value())?;
+                writer.add(entry)?;
                 copied += 1;
                 // End the chunk by count, or by bytes so that large values
                 // never pile up in memory.

@@ -65,7 +65,6 @@
 //!
 //! Reads keep working on the state that was acknowledged throughout.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -74,14 +73,16 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::oneshot;
 use wal_core::{Lsn, SyncPolicy, WalOptions};
 
 use crate::checkpoint;
 use crate::error::{Error, Result};
 use crate::record;
-use crate::state::{Entry, Op};
+use crate::state::{Entry, Op, State};
 use crate::store::{Shared, lock, read, write};
+use crate::txn::{self, Decided, Overlay, Txn, TxnOutcome, WriteResult};
 
 /// Most writes in one batch.
 const MAX_BATCH_OPS: usize = 4096;
@@ -128,6 +129,22 @@ pub(crate) enum Command {
         /// Completion.
         done: oneshot::Sender<Result<Option<Lsn>>>,
     },
+    /// A transaction, decided here against the state plus the writes
+    /// before it in the batch ([`txn::decide`]).
+    Txn {
+        /// What to decide.
+        txn: Txn,
+        /// Completion.
+        done: oneshot::Sender<Result<TxnOutcome>>,
+    },
+    /// Remove these keys if they still have these versions and have
+    /// expired (the sweeper's batch); resolves to how many were removed.
+    Sweep {
+        /// Keys and the versions they had when found expired.
+        keys: Vec<(Box<[u8]>, Lsn)>,
+        /// Completion.
+        done: oneshot::Sender<Result<u64>>,
+    },
     /// Finish what was queued before, sync the log, and stop.
     Close {
         /// Completion.
@@ -141,6 +158,8 @@ impl Command {
         match self {
             Command::Put { entry, .. } => entry.payload_len() as usize,
             Command::Delete { key, .. } => key.len(),
+            Command::Txn { txn, .. } => txn_len(txn),
+            Command::Sweep { keys, .. } => keys.iter().map(|(k, _)| k.len() + 8).sum(),
             Command::Close { .. } => 0,
         }
     }
@@ -155,11 +174,47 @@ impl Command {
             Command::Delete { done, .. } => {
                 let _ = done.send(Err(error()));
             }
+            Command::Txn { done, .. } => {
+                let _ = done.send(Err(error()));
+            }
+            Command::Sweep { done, .. } => {
+                let _ = done.send(Err(error()));
+            }
             Command::Close { done } => {
                 let _ = done.send(Err(error()));
             }
         }
     }
+}
+
+/// About the bytes a transaction's record takes: its keys and values (and
+/// those of its conditions) plus the per-write overhead.
+pub(crate) fn txn_len(txn: &Txn) -> usize {
+    let writes: usize = txn
+        .writes
+        .iter()
+        .map(|w| {
+            w.key().len()
+                + record::TXN_WRITE_OVERHEAD
+                + match w {
+                    crate::txn::Write::Put { value, .. } => value.len(),
+                    _ => 0,
+                }
+        })
+        .sum();
+    let conditions: usize = txn
+        .conditions
+        .iter()
+        .map(|(k, c)| {
+            k.len()
+                + record::TXN_WRITE_OVERHEAD
+                + match c {
+                    crate::txn::Condition::ValueEquals(v) => v.len(),
+                    _ => 0,
+                }
+        })
+        .sum();
+    writes + conditions + record::HEADROOM + 16
 }
 
 /// A write submitted to the commit pipeline; resolves once it is durable (as
@@ -339,25 +394,61 @@ struct RecordBuffer {
 }
 
 impl RecordBuffer {
-    /// Encodes the record of each command of `batch` that writes (its LSN
-    /// in `lsns`), in order; returns them as slices for `append_batch`.
-    fn encode(&mut self, batch: &[Command], lsns: &[Option<Lsn>]) -> Vec<&[u8]> {
+    /// Encodes the record of each command of `batch` that writes (its plan
+    /// says at which LSN), in order, stamped `ts`; returns them as slices
+    /// for `append_batch`.
+    fn encode(&mut self, batch: &[Command], plans: &[Plan], ts: u64) -> Vec<&[u8]> {
         if self.bytes.capacity() > 2 * MAX_BATCH_BYTES {
             self.bytes = Vec::new();
         }
         self.bytes.clear();
         self.ends.clear();
-        let ts = record::now_ms();
-        for (cmd, lsn) in batch.iter().zip(lsns) {
-            let write = match cmd {
-                Command::Put { entry, .. } => record::Write::Put(entry.key(), entry.value()),
-                Command::Delete { key, .. } => record::Write::Delete(key),
-                Command::Close { .. } => continue,
-            };
-            if let Some(lsn) = lsn {
-                record::encode_with_seq(&mut self.bytes, *lsn, write, ts);
-                self.ends.push(self.bytes.len());
+        for (cmd, plan) in batch.iter().zip(plans) {
+            match (cmd, plan) {
+                (Command::Put { entry, .. }, Plan::At(Some(lsn))) => record::encode_with_seq(
+                    &mut self.bytes,
+                    *lsn,
+                    record::Write::Put(entry.key(), entry.value(), entry.deadline()),
+                    ts,
+                ),
+                (Command::Delete { key, .. }, Plan::At(Some(lsn))) => {
+                    record::encode_with_seq(&mut self.bytes, *lsn, record::Write::Delete(key), ts)
+                }
+                (
+                    _,
+                    Plan::Decided {
+                        lsn: Some(lsn),
+                        writes,
+                        ..
+                    },
+                ) => match &writes[..] {
+                    // One write: the plain record, which replay decodes
+                    // fastest.
+                    [
+                        Decided::Put {
+                            key,
+                            value,
+                            deadline,
+                        },
+                    ] => record::encode_with_seq(
+                        &mut self.bytes,
+                        *lsn,
+                        record::Write::Put(key, value, *deadline),
+                        ts,
+                    ),
+                    [Decided::Delete { key }] => record::encode_with_seq(
+                        &mut self.bytes,
+                        *lsn,
+                        record::Write::Delete(key),
+                        ts,
+                    ),
+                    writes => {
+                        record::encode_txn(&mut self.bytes, *lsn, txn::decided_proto(writes), ts)
+                    }
+                },
+                _ => continue,
             }
+            self.ends.push(self.bytes.len());
         }
         let mut start = 0;
         self.ends
@@ -371,10 +462,108 @@ impl RecordBuffer {
     }
 }
 
+/// What the commit thread decided for one command of a batch.
+enum Plan {
+    /// A put or delete: its record's LSN, or `None` when it writes nothing
+    /// (a delete of a missing key). For a delete, `existed` says whether the
+    /// key was there to the caller (not expired).
+    At(Option<Lsn>),
+    /// A transaction or sweep, decided: its writes (written as one record
+    /// at `lsn`, or nothing when there are none) and its results.
+    Decided {
+        lsn: Option<Lsn>,
+        writes: Vec<Decided>,
+        results: Vec<WriteResult>,
+    },
+    /// A transaction that does not apply: why (nothing written).
+    Refused(Error),
+}
+
 /// What one command of a batch turned into.
 enum Done {
     Put(oneshot::Sender<Result<Lsn>>, Lsn),
     Delete(oneshot::Sender<Result<Option<Lsn>>>, Option<Lsn>),
+    Txn(oneshot::Sender<Result<TxnOutcome>>, Result<TxnOutcome>),
+    Sweep(oneshot::Sender<Result<u64>>, u64),
+}
+
+/// Decides every command of `batch` against `state` (and the commands
+/// before it), assigning LSNs from `first`; returns the plans, whether each
+/// delete's key existed, and the next LSN.
+fn plan(state: &State, batch: &[Command], first: Lsn, now: u64) -> (Vec<Plan>, Vec<bool>, Lsn) {
+    let mut plans = Vec::with_capacity(batch.len());
+    let mut existed = Vec::new();
+    let mut next = first;
+    let take = |writes: bool, next: &mut Lsn| {
+        writes.then(|| {
+            *next += 1;
+            *next - 1
+        })
+    };
+    if batch
+        .iter()
+        .all(|c| matches!(c, Command::Put { .. } | Command::Close { .. }))
+    {
+        // Only puts: each writes, and none needs the map.
+        for cmd in batch {
+            plans.push(Plan::At(take(
+                matches!(cmd, Command::Put { .. }),
+                &mut next,
+            )));
+        }
+        return (plans, existed, next);
+    }
+    let mut view = Overlay::new(state);
+    for cmd in batch {
+        plans.push(match cmd {
+            Command::Put { entry, .. } => {
+                let lsn = take(true, &mut next);
+                view.record_put(entry, next - 1);
+                Plan::At(lsn)
+            }
+            Command::Delete { key, .. } => {
+                // A key that expired but is still in the map is removed
+                // too (that frees its memory), though to the caller it did
+                // not exist.
+                existed.push(view.is_live(key, now));
+                let lsn = take(view.contains(key), &mut next);
+                if lsn.is_some() {
+                    view.record_delete(key);
+                }
+                Plan::At(lsn)
+            }
+            Command::Txn { txn, .. } => match txn::decide(&mut view, txn, now, next) {
+                Ok((writes, results)) => Plan::Decided {
+                    lsn: take(!writes.is_empty(), &mut next),
+                    writes,
+                    results,
+                },
+                Err(e) => Plan::Refused(e),
+            },
+            Command::Sweep { keys, .. } => {
+                let mut writes = Vec::new();
+                for (key, seq) in keys {
+                    let still = view
+                        .raw(key)
+                        .is_some_and(|c| c.seq == *seq && c.deadline.is_some_and(|d| d <= now));
+                    if still {
+                        let write = Decided::Delete {
+                            key: Bytes::copy_from_slice(key),
+                        };
+                        view.record(&write, next);
+                        writes.push(write);
+                    }
+                }
+                Plan::Decided {
+                    lsn: take(!writes.is_empty(), &mut next),
+                    writes,
+                    results: Vec::new(),
+                }
+            }
+            Command::Close { .. } => Plan::At(None),
+        });
+    }
+    (plans, existed, next)
 }
 
 fn commit(shared: &Shared, batch: &mut Vec<Command>, records: &mut RecordBuffer) {
@@ -387,46 +576,18 @@ fn commit(shared: &Shared, batch: &mut Vec<Command>, records: &mut RecordBuffer)
     let commit_guard = lock(&shared.commit_lock);
     let first = shared.wal.next_lsn();
 
-    // Which commands write, and at which LSN. Only deletes need the map: a
-    // put always writes.
-    let mut lsns: Vec<Option<Lsn>> = Vec::with_capacity(batch.len());
-    let mut next = first;
-    if batch.iter().any(|c| matches!(c, Command::Delete { .. })) {
+    // Which commands write, and at which LSN, decided against the map and
+    // the commands before them in the batch. The clock that expiry is
+    // judged by never goes back (see `txn`), and it is the records' stamp.
+    let (plans, existed, next, now) = {
         let state = read(&shared.state);
-        // Existence of keys as changed by earlier commands of this batch.
-        let mut overlay: HashMap<&[u8], bool> = HashMap::new();
-        for cmd in batch.iter() {
-            match cmd {
-                Command::Put { entry, .. } => {
-                    overlay.insert(entry.key(), true);
-                    lsns.push(Some(next));
-                    next += 1;
-                }
-                Command::Delete { key, .. } => {
-                    let exists = overlay
-                        .get(&**key)
-                        .copied()
-                        .unwrap_or_else(|| state.contains(key));
-                    if exists {
-                        overlay.insert(key, false);
-                        lsns.push(Some(next));
-                        next += 1;
-                    } else {
-                        lsns.push(None);
-                    }
-                }
-                Command::Close { .. } => lsns.push(None),
-            }
-        }
-    } else {
-        for _ in batch.iter() {
-            lsns.push(Some(next));
-            next += 1;
-        }
-    }
+        let now = state.clock_for(record::now_ms());
+        let (plans, existed, next) = plan(&state, batch, first, now);
+        (plans, existed, next, now)
+    };
 
     if next > first {
-        let records = records.encode(batch, &lsns);
+        let records = records.encode(batch, &plans, now);
         let appended = shared.wal.append_batch(&records);
         drop(records);
         let failure = match appended {
@@ -451,33 +612,71 @@ fn commit(shared: &Shared, batch: &mut Vec<Command>, records: &mut RecordBuffer)
 
     // Durable: apply in LSN order, then acknowledge.
     let mut done = Vec::with_capacity(batch.len());
+    let mut swept = 0;
     {
         let mut state = write(&shared.state);
-        for (cmd, lsn) in batch.drain(..).zip(lsns) {
-            match cmd {
-                Command::Put {
-                    entry, done: tx, ..
-                } => {
-                    // Every put has an LSN (it always writes); without one,
-                    // dropping `tx` would fail it as unavailable.
-                    if let Some(lsn) = lsn {
-                        state.apply(Op::Put(entry), lsn);
-                        done.push(Done::Put(tx, lsn));
-                    }
+        state.advance_clock(now);
+        let mut existed = existed.into_iter();
+        for (cmd, plan) in batch.drain(..).zip(plans) {
+            match (cmd, plan) {
+                (
+                    Command::Put {
+                        mut entry,
+                        done: tx,
+                    },
+                    Plan::At(Some(lsn)),
+                ) => {
+                    entry.set_seq(lsn);
+                    state.apply(Op::Put(entry), lsn);
+                    done.push(Done::Put(tx, lsn));
                 }
-                Command::Delete { key, done: tx, .. } => {
+                (Command::Delete { key, done: tx }, Plan::At(lsn)) => {
                     if let Some(lsn) = lsn {
                         state.apply(Op::Delete(&key), lsn);
                     }
-                    done.push(Done::Delete(tx, lsn));
+                    let existed = existed.next().unwrap_or(false);
+                    done.push(Done::Delete(tx, lsn.filter(|_| existed)));
                 }
-                Command::Close { done: tx } => {
+                (
+                    Command::Txn { done: tx, .. },
+                    Plan::Decided {
+                        lsn,
+                        writes,
+                        results,
+                    },
+                ) => {
+                    if let Some(lsn) = lsn {
+                        let changes = writes.iter().map(|w| w.change(lsn)).collect();
+                        state.apply(Op::Batch(changes), lsn);
+                    }
+                    let seq = lsn.unwrap_or(0);
+                    done.push(Done::Txn(tx, Ok(TxnOutcome { seq, results })));
+                }
+                (Command::Txn { done: tx, .. }, Plan::Refused(e)) => {
+                    done.push(Done::Txn(tx, Err(e)));
+                }
+                (Command::Sweep { done: tx, .. }, Plan::Decided { lsn, writes, .. }) => {
+                    if let Some(lsn) = lsn {
+                        let changes = writes.iter().map(|w| w.change(lsn)).collect();
+                        state.apply(Op::Batch(changes), lsn);
+                    }
+                    swept += writes.len() as u64;
+                    done.push(Done::Sweep(tx, writes.len() as u64));
+                }
+                (Command::Close { done: tx }, _) => {
                     let _ = tx.send(Ok(()));
                 }
+                // Every command has the plan `plan` made for its kind; a
+                // mismatch would be a bug, and dropping the sender fails
+                // the write as unavailable rather than acknowledge it.
+                _ => {}
             }
         }
     }
     drop(commit_guard);
+    if swept > 0 {
+        shared.expired_swept.fetch_add(swept, Ordering::Relaxed);
+    }
     for d in done {
         match d {
             Done::Put(tx, lsn) => {
@@ -485,6 +684,12 @@ fn commit(shared: &Shared, batch: &mut Vec<Command>, records: &mut RecordBuffer)
             }
             Done::Delete(tx, lsn) => {
                 let _ = tx.send(Ok(lsn));
+            }
+            Done::Txn(tx, outcome) => {
+                let _ = tx.send(outcome);
+            }
+            Done::Sweep(tx, n) => {
+                let _ = tx.send(Ok(n));
             }
         }
     }

@@ -27,6 +27,30 @@ pub enum Error {
         /// The limit.
         max: usize,
     },
+    /// A batch whose log record would exceed the log's maximum record size.
+    #[error("batch of about {size} bytes exceeds the maximum record of {max} bytes")]
+    BatchTooLarge {
+        /// About its encoded size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The request is malformed: a time to live of zero or a deadline past
+    /// the year 9999, an empty batch, a counter on a value that is not a
+    /// decimal 64-bit integer or that would overflow. Nothing was written.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// A conditional write's condition did not hold: nothing was written.
+    #[error("condition failed: key {} {}", crate::txn::quote(key), match current {
+        Some(seq) => format!("has version {seq}"),
+        None => "does not exist".to_string(),
+    })]
+    ConditionFailed {
+        /// The key whose condition failed.
+        key: Vec<u8>,
+        /// Its current version, `None` if it does not exist.
+        current: Option<Lsn>,
+    },
     /// The log refuses writes (fail-stop after a failed sync) or the store is
     /// closed: nothing was written.
     #[error("store unavailable: {0}")]

@@ -140,9 +140,12 @@ mod options;
 mod record;
 mod recovery;
 pub mod replica;
+mod scan;
 mod snapshot;
 mod state;
 mod store;
+mod sweep;
+pub mod txn;
 
 use std::time::Duration;
 
@@ -150,7 +153,13 @@ pub use commit::Pending;
 pub use error::{Error, Result};
 pub use listing::KeyListing;
 pub use options::StoreOptions;
+pub use record::now_ms;
+pub use scan::{SCAN_ITEM_OVERHEAD, ScanItem, ScanPage, ScanRange, Versioned};
 pub use store::{KEY_LISTING_OVERHEAD, KeyValueStore};
+pub use txn::{
+    Condition, Expiry, MAX_DEADLINE_MS, Txn, TxnOutcome, Write, WriteResult, check_deadline,
+    condition_from_request, deadline_after, expiry_from_request, txn_from_request,
+};
 pub use wal_core::{Lsn, RecoveryMode, SyncPolicy, Vfs, WalOptions, WalStats};
 
 /// What recovery did at open.
@@ -193,8 +202,14 @@ pub struct Stats {
     /// instead of starting another, since open.
     pub checkpoints_joined: u64,
     /// The write-ahead log's own counters: records, group commit sizes,
-    /// fdatasync latencies, segments.
+    /// fdatasync latencies, segments, the durable LSN.
     pub wal: WalStats,
+    /// Keys with an expiry deadline (expired ones not yet swept included).
+    pub expiring_keys: u64,
+    /// Expired keys the sweeper removed since open.
+    pub expired_swept: u64,
+    /// Time since the store was opened.
+    pub uptime: Duration,
 }
 
 /// One page of keys.

@@ -24,6 +24,11 @@ pub struct KeyListing {
     bytes: usize,
     page: KeysPage,
     done: bool,
+    /// The last key looked at (listed, or skipped as expired).
+    after: Option<Vec<u8>>,
+    /// Keys whose deadline is at or before this (ms since the Unix epoch)
+    /// have expired and are left out.
+    now_ms: u64,
 }
 
 impl KeyListing {
@@ -36,6 +41,8 @@ impl KeyListing {
             bytes: 0,
             page: KeysPage::default(),
             done: false,
+            after: None,
+            now_ms: crate::record::now_ms(),
         }
     }
 
@@ -54,13 +61,23 @@ impl KeyListing {
         if self.done {
             return;
         }
-        let entries = match self.page.keys.last() {
+        let entries = match &self.after {
             None => state.range_from(&self.prefix, false),
             Some(last) => state.range_from(last, true),
         };
         let mut copied = Vec::new();
         let mut finished = true;
-        for entry in entries.take_while(|e| e.key().starts_with(&self.prefix)) {
+        let mut last = None;
+        let matching = entries.take_while(|e| e.key().starts_with(&self.prefix));
+        for (looked, entry) in matching.enumerate() {
+            if looked == CHUNK {
+                finished = false;
+                break;
+            }
+            if entry.expired_at(self.now_ms) {
+                last = Some(entry.key());
+                continue;
+            }
             let cost = entry.key().len().saturating_add(KEY_LISTING_OVERHEAD);
             if self.page.keys.len() + copied.len() == self.limit
                 || self.bytes.saturating_add(cost) > self.max_bytes
@@ -69,11 +86,11 @@ impl KeyListing {
                 break;
             }
             self.bytes += cost;
+            last = Some(entry.key());
             copied.push(entry.key().to_vec());
-            if copied.len() == CHUNK {
-                finished = false;
-                break;
-            }
+        }
+        if let Some(last) = last {
+            self.after = Some(last.to_vec());
         }
         self.page.keys.append(&mut copied);
         self.done = finished;

@@ -38,6 +38,12 @@ pub struct StoreOptions {
     /// a longer checkpoint: at the default of 32 MiB/s, a snapshot of 1M keys
     /// with 100-byte values (128 MB) takes about 4 s. Must not be `Some(0)`.
     pub checkpoint_write_rate: Option<u64>,
+    /// Most expired keys per second the sweeper removes (with ordinary
+    /// delete records, in batches ten times a second); 0 disables it, and
+    /// expired keys then stay invisible but take memory until overwritten
+    /// or deleted. Bounding it keeps a mass expiry from taking the log and
+    /// the commit thread away from writers.
+    pub expiry_sweep_rate: u64,
 }
 
 impl Default for StoreOptions {
@@ -48,6 +54,7 @@ impl Default for StoreOptions {
             max_value_size: 4 << 20,
             checkpoint_after: Some(256 << 20),
             checkpoint_write_rate: Some(32 << 20),
+            expiry_sweep_rate: 20_000,
         }
     }
 }
@@ -62,11 +69,11 @@ impl StoreOptions {
                 "max_key_size must be at least 1".into(),
             ));
         }
-        if self.max_key_size > u32::MAX as usize {
+        if self.max_key_size > crate::state::MAX_KEY_LEN {
             return Err(Error::InvalidOptions(format!(
                 "max_key_size {} exceeds {}",
                 self.max_key_size,
-                u32::MAX
+                crate::state::MAX_KEY_LEN
             )));
         }
         if self.checkpoint_write_rate == Some(0) {

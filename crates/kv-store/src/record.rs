@@ -24,29 +24,34 @@ pub(crate) const HEADROOM: usize = 11;
 /// produce, headroom included.
 pub(crate) fn max_encoded_len(key_len: usize, value_len: usize) -> usize {
     // seq: tag + 10; op: tag + 1; key, value: tag + 5-byte length + bytes;
-    // timestamp: tag + 10.
-    HEADROOM + 2 + (1 + 5 + key_len) + (1 + 5 + value_len) + 11
+    // timestamp, deadline: tag + 10.
+    HEADROOM + 2 + (1 + 5 + key_len) + (1 + 5 + value_len) + 11 + 11
 }
 
-/// The timestamp records get: ms since the Unix epoch (0 if the clock is
-/// before it).
-pub(crate) fn now_ms() -> u64 {
+/// The most bytes one write of a transaction record adds to it besides its
+/// key and value: the write's tag and length, its kind, its key's and
+/// value's tags and lengths, its deadline.
+pub(crate) const TXN_WRITE_OVERHEAD: usize = (1 + 5) + 2 + (1 + 5) + (1 + 5) + 11;
+
+/// The wall clock as records and deadlines use it: ms since the Unix epoch
+/// (0 if the clock is before it).
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
-fn encode(op: Operation, key: &[u8], value: &[u8]) -> Vec<u8> {
+fn encode(op: Operation, key: &[u8], value: &[u8], deadline: Option<u64>) -> Vec<u8> {
     let ts = now_ms();
-    let mut buf = Vec::with_capacity(HEADROOM + body_len(key, value, ts));
+    let mut buf = Vec::with_capacity(HEADROOM + body_len(key, value, ts, deadline));
     buf.resize(HEADROOM, 0);
-    encode_body(&mut buf, op, key, value, ts);
+    encode_body(&mut buf, op, key, value, ts, deadline);
     buf
 }
 
-/// Bytes of fields 2..5 of an entry (everything but `seq`).
-fn body_len(key: &[u8], value: &[u8], ts: u64) -> usize {
+/// Bytes of fields 2..6 of an entry (everything but `seq`).
+fn body_len(key: &[u8], value: &[u8], ts: u64, deadline: Option<u64>) -> usize {
     2 + 1
         + encoded_len_varint(key.len() as u64)
         + key.len()
@@ -55,10 +60,18 @@ fn body_len(key: &[u8], value: &[u8], ts: u64) -> usize {
         + value.len()
         + 1
         + encoded_len_varint(ts)
+        + deadline.map_or(0, |d| 1 + encoded_len_varint(d))
 }
 
-/// Appends fields 2..5 of an entry to `buf`.
-fn encode_body(buf: &mut Vec<u8>, op: Operation, key: &[u8], value: &[u8], ts: u64) {
+/// Appends fields 2..6 of an entry to `buf`.
+fn encode_body(
+    buf: &mut Vec<u8>,
+    op: Operation,
+    key: &[u8],
+    value: &[u8],
+    ts: u64,
+    deadline: Option<u64>,
+) {
     // Fields in ascending tag order; proto3 defaults (empty value, zero
     // timestamp) are omitted, as prost omits them.
     encode_key(2, WireType::Varint, buf);
@@ -75,13 +88,17 @@ fn encode_body(buf: &mut Vec<u8>, op: Operation, key: &[u8], value: &[u8], ts: u
         encode_key(5, WireType::Varint, buf);
         encode_varint(ts, buf);
     }
+    if let Some(d) = deadline.filter(|&d| d != 0) {
+        encode_key(6, WireType::Varint, buf);
+        encode_varint(d, buf);
+    }
 }
 
 /// What a record written by the commit thread does.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Write<'a> {
-    /// Set a key to a value.
-    Put(&'a [u8], &'a [u8]),
+    /// Set a key to a value, with a deadline.
+    Put(&'a [u8], &'a [u8], Option<u64>),
     /// Remove a key.
     Delete(&'a [u8]),
 }
@@ -92,24 +109,39 @@ pub(crate) enum Write<'a> {
 /// reused buffer, so that a queued put holds its value once (in its map
 /// entry) rather than twice (entry and record).
 pub(crate) fn encode_with_seq(out: &mut Vec<u8>, seq: Lsn, write: Write<'_>, ts: u64) {
-    let (op, key, value) = match write {
-        Write::Put(key, value) => (Operation::Put, key, value),
-        Write::Delete(key) => (Operation::Delete, key, &[][..]),
+    let (op, key, value, deadline) = match write {
+        Write::Put(key, value, deadline) => (Operation::Put, key, value, deadline),
+        Write::Delete(key) => (Operation::Delete, key, &[][..], None),
     };
-    out.reserve(1 + encoded_len_varint(seq) + body_len(key, value, ts));
+    out.reserve(1 + encoded_len_varint(seq) + body_len(key, value, ts, deadline));
     encode_key(1, WireType::Varint, out);
     encode_varint(seq, out);
-    encode_body(out, op, key, value, ts);
+    encode_body(out, op, key, value, ts, deadline);
+}
+
+/// Appends the whole TXN record of `txn` at `seq` (0: without a seq, as a
+/// cluster's commands are), stamped `ts`, to `out`.
+pub(crate) fn encode_txn(out: &mut Vec<u8>, seq: Lsn, txn: kv_proto::Txn, ts: u64) {
+    let entry = LogEntry {
+        seq,
+        op: Operation::Txn as i32,
+        timestamp_ms: ts,
+        txn: Some(txn),
+        ..LogEntry::default()
+    };
+    out.reserve(entry.encoded_len());
+    // Encoding into a Vec cannot run out of room: it grows.
+    let _ = entry.encode(out);
 }
 
 /// Encodes a PUT entry without its `seq`, after [`HEADROOM`] spare bytes.
-pub(crate) fn encode_put(key: &[u8], value: &[u8]) -> Vec<u8> {
-    encode(Operation::Put, key, value)
+pub(crate) fn encode_put(key: &[u8], value: &[u8], deadline: Option<u64>) -> Vec<u8> {
+    encode(Operation::Put, key, value, deadline)
 }
 
 /// Encodes a DELETE entry without its `seq`, after [`HEADROOM`] spare bytes.
 pub(crate) fn encode_delete(key: &[u8]) -> Vec<u8> {
-    encode(Operation::Delete, key, &[])
+    encode(Operation::Delete, key, &[], None)
 }
 
 /// Writes field 1 (`seq`) into the headroom of `buf`, right before the body,
@@ -140,7 +172,7 @@ pub(crate) fn fill_seq(buf: &mut [u8], seq: Lsn) -> usize {
 }
 
 /// A decoded log entry: what it does to the state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Op {
     /// Set `key` to `value`.
     Put {
@@ -148,11 +180,20 @@ pub(crate) enum Op {
         key: Bytes,
         /// The value.
         value: Bytes,
+        /// Its deadline.
+        deadline: Option<u64>,
     },
     /// Remove `key`.
     Delete {
         /// The key.
         key: Bytes,
+    },
+    /// Apply a transaction, judged at the record's timestamp.
+    Txn {
+        /// What to apply.
+        txn: kv_proto::Txn,
+        /// The record's timestamp.
+        timestamp_ms: u64,
     },
 }
 
@@ -171,8 +212,13 @@ pub(crate) fn decode(lsn: Lsn, data: Bytes) -> Result<Op> {
         Ok(Operation::Put) => Ok(Op::Put {
             key: entry.key,
             value: entry.value,
+            deadline: (entry.expires_at_ms != 0).then_some(entry.expires_at_ms),
         }),
         Ok(Operation::Delete) => Ok(Op::Delete { key: entry.key }),
+        Ok(Operation::Txn) => Ok(Op::Txn {
+            txn: entry.txn.unwrap_or_default(),
+            timestamp_ms: entry.timestamp_ms,
+        }),
         _ => Err(Error::CorruptLogEntry {
             lsn,
             reason: format!("unknown operation {}", entry.op),
@@ -181,7 +227,7 @@ pub(crate) fn decode(lsn: Lsn, data: Bytes) -> Result<Op> {
 }
 
 /// A decoded log entry borrowing key and value from the record's bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum OpRef<'a> {
     /// Set `key` to `value`.
     Put {
@@ -189,12 +235,16 @@ pub(crate) enum OpRef<'a> {
         key: &'a [u8],
         /// The value.
         value: &'a [u8],
+        /// Its deadline.
+        deadline: Option<u64>,
     },
     /// Remove `key`.
     Delete {
         /// The key.
         key: &'a [u8],
     },
+    /// A transaction (decoded by prost), and the record's timestamp.
+    Txn(&'a kv_proto::Txn, u64),
 }
 
 /// Decodes the record at `lsn` from borrowed bytes and hands the operation
@@ -218,11 +268,17 @@ pub(crate) fn decode_with<R>(
         return Ok(apply(op));
     }
     Ok(match decode(lsn, Bytes::copy_from_slice(data))? {
-        Op::Put { key, value } => apply(OpRef::Put {
+        Op::Put {
+            key,
+            value,
+            deadline,
+        } => apply(OpRef::Put {
             key: &key,
             value: &value,
+            deadline,
         }),
         Op::Delete { key } => apply(OpRef::Delete { key: &key }),
+        Op::Txn { txn, timestamp_ms } => apply(OpRef::Txn(&txn, timestamp_ms)),
     })
 }
 
@@ -253,11 +309,24 @@ fn decode_fast(data: &[u8]) -> Option<(Lsn, OpRef<'_>)> {
         // The timestamp is not part of the state, but must be well formed.
         decode_varint(&mut buf).ok()?;
     }
+    let mut deadline = None;
+    if let Some((&0x30, rest)) = buf.split_first() {
+        buf = rest;
+        // prost reads a zero deadline as none, and so does this.
+        deadline = Some(decode_varint(&mut buf).ok()?).filter(|&d| d != 0);
+    }
     if !buf.is_empty() {
         return None;
     }
     if op == Operation::Put as u8 {
-        Some((seq, OpRef::Put { key, value }))
+        Some((
+            seq,
+            OpRef::Put {
+                key,
+                value,
+                deadline,
+            },
+        ))
     } else if op == Operation::Delete as u8 {
         Some((seq, OpRef::Delete { key }))
     } else {
@@ -301,18 +370,18 @@ mod tests {
     #[test]
     fn encode_with_seq_writes_what_encode_and_fill_seq_write() {
         for (seq, write) in [
-            (1, Write::Put(b"k", b"value")),
-            (300, Write::Put(b"key", b"")),
+            (1, Write::Put(b"k", b"value", None)),
+            (300, Write::Put(b"key", b"", Some(1))),
             (u64::MAX, Write::Delete(b"gone")),
-            (0, Write::Put(&[7u8; 200], &[9u8; 70_000])),
+            (0, Write::Put(&[7u8; 200], &[9u8; 70_000], Some(u64::MAX))),
         ] {
             for ts in [0, 1, 1_700_000_000_000] {
-                let (op, key, value) = match write {
-                    Write::Put(k, v) => (Operation::Put, k, v),
-                    Write::Delete(k) => (Operation::Delete, k, &[][..]),
+                let (op, key, value, deadline) = match write {
+                    Write::Put(k, v, d) => (Operation::Put, k, v, d),
+                    Write::Delete(k) => (Operation::Delete, k, &[][..], None),
                 };
                 let mut headroom = vec![0; HEADROOM];
-                encode_body(&mut headroom, op, key, value, ts);
+                encode_body(&mut headroom, op, key, value, ts, deadline);
                 let expected = finish(headroom, seq);
                 let mut out = b"earlier record".to_vec();
                 encode_with_seq(&mut out, seq, write, ts);
@@ -320,8 +389,15 @@ mod tests {
                 assert_eq!(out[14..], expected[..], "{seq} {write:?} {ts}");
                 let op = decode(seq, Bytes::copy_from_slice(&out[14..])).unwrap();
                 match (op, write) {
-                    (Op::Put { key, value }, Write::Put(k, v)) => {
-                        assert_eq!((&key[..], &value[..]), (k, v));
+                    (
+                        Op::Put {
+                            key,
+                            value,
+                            deadline,
+                        },
+                        Write::Put(k, v, d),
+                    ) => {
+                        assert_eq!((&key[..], &value[..], deadline), (k, v, d));
                     }
                     (Op::Delete { key }, Write::Delete(k)) => assert_eq!(&key[..], k),
                     (op, write) => panic!("{op:?} for {write:?}"),
@@ -334,13 +410,17 @@ mod tests {
     fn matches_prost_encoding_for_every_varint_length() {
         let mut seq = 1u64;
         loop {
-            for (op, value) in [(Operation::Put, &b"value"[..]), (Operation::Put, &b""[..])] {
-                let ours = finish(encode(op, b"key", value), seq);
+            for (op, value, deadline) in [
+                (Operation::Put, &b"value"[..], None),
+                (Operation::Put, &b""[..], Some(seq)),
+            ] {
+                let ours = finish(encode(op, b"key", value, deadline), seq);
                 let decoded = LogEntry::decode(&ours[..]).unwrap();
                 assert_eq!(decoded.seq, seq);
                 assert_eq!(decoded.op, op as i32);
                 assert_eq!(&decoded.key[..], b"key");
                 assert_eq!(&decoded.value[..], value);
+                assert_eq!(decoded.expires_at_ms, deadline.unwrap_or(0));
                 // Same bytes as prost's own encoding of the same entry.
                 assert_eq!(decoded.encode_to_vec(), ours);
             }
@@ -362,14 +442,35 @@ mod tests {
     fn max_encoded_len_bounds_real_records() {
         let key = vec![7u8; 300];
         let value = vec![9u8; 70_000];
-        let rec = finish(encode_put(&key, &value), u64::MAX);
+        let rec = finish(encode_put(&key, &value, Some(u64::MAX)), u64::MAX);
         assert!(rec.len() + HEADROOM <= max_encoded_len(key.len(), value.len()) + HEADROOM);
-        assert!(encode_put(&key, &value).len() <= max_encoded_len(key.len(), value.len()));
+        assert!(
+            encode_put(&key, &value, Some(u64::MAX)).len()
+                <= max_encoded_len(key.len(), value.len())
+        );
+        // One write of a transaction: its key and value plus the overhead.
+        let mut out = Vec::new();
+        let one = kv_proto::Txn {
+            conditions: vec![],
+            writes: vec![kv_proto::Mutation {
+                kind: kv_proto::MutationKind::MutationPut as i32,
+                key: key.clone().into(),
+                value: value.clone().into(),
+                expires_at_ms: u64::MAX,
+                ..Default::default()
+            }],
+        };
+        encode_txn(&mut out, 0, one.clone(), 0);
+        let mut two = Vec::new();
+        let mut pair = one.clone();
+        pair.writes.push(one.writes[0].clone());
+        encode_txn(&mut two, 0, pair, 0);
+        assert!(two.len() - out.len() <= key.len() + value.len() + TXN_WRITE_OVERHEAD);
     }
 
     #[test]
     fn decode_refuses_wrong_seq_and_unknown_op() {
-        let rec = finish(encode_put(b"a", b"b"), 5);
+        let rec = finish(encode_put(b"a", b"b", None), 5);
         assert!(matches!(
             decode(6, Bytes::from(rec)),
             Err(Error::CorruptLogEntry { lsn: 6, .. })
@@ -392,12 +493,21 @@ mod tests {
     /// What [`decode_with`] makes of a record, in owned form.
     fn fast(lsn: Lsn, data: &[u8]) -> Result<Op> {
         decode_with(lsn, data, |op| match op {
-            OpRef::Put { key, value } => Op::Put {
+            OpRef::Put {
+                key,
+                value,
+                deadline,
+            } => Op::Put {
                 key: Bytes::copy_from_slice(key),
                 value: Bytes::copy_from_slice(value),
+                deadline,
             },
             OpRef::Delete { key } => Op::Delete {
                 key: Bytes::copy_from_slice(key),
+            },
+            OpRef::Txn(txn, timestamp_ms) => Op::Txn {
+                txn: txn.clone(),
+                timestamp_ms,
             },
         })
     }
@@ -424,12 +534,13 @@ mod tests {
                 (b"k", b""),
                 (&[0u8; 200][..], &[1u8; 300][..]),
             ] {
-                records.push((seq, finish(encode_put(key, value), seq)));
+                records.push((seq, finish(encode_put(key, value, None), seq)));
+                records.push((seq, finish(encode_put(key, value, Some(seq)), seq)));
                 records.push((seq, finish(encode_delete(key), seq)));
                 // prost's own encodings, including ones this module never
                 // writes: unknown ops, a delete with a value, no timestamp,
                 // fields prost omits when empty.
-                for (op, ts) in [(0, 0), (1, 0), (2, 5), (3, 1 << 40)] {
+                for (op, ts) in [(0, 0), (1, 0), (2, 5), (3, 1 << 40), (4, 1)] {
                     let entry = LogEntry {
                         seq,
                         op,
@@ -464,16 +575,19 @@ mod tests {
             }
         }
         // The fast path is the one taken for this module's own records.
-        let rec = finish(encode_put(b"key", b"value"), 9);
-        assert!(matches!(
-            decode_fast(&rec),
-            Some((
-                9,
-                OpRef::Put {
-                    key: b"key",
-                    value: b"value"
-                }
-            ))
-        ));
+        for deadline in [None, Some(77)] {
+            let rec = finish(encode_put(b"key", b"value", deadline), 9);
+            assert_eq!(
+                decode_fast(&rec),
+                Some((
+                    9,
+                    OpRef::Put {
+                        key: b"key",
+                        value: b"value",
+                        deadline
+                    }
+                ))
+            );
+        }
     }
 }

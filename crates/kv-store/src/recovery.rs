@@ -245,7 +245,7 @@ fn replay(wal: &impl LogView, seq: Lsn, state: &mut State) -> Result<u64> {
     let mut parts = Vec::with_capacity(decoded.len());
     for part in decoded {
         let part = part?;
-        if part.entries.is_empty() {
+        if part.records == 0 {
             continue;
         }
         if part.first != expected {
@@ -254,7 +254,7 @@ fn replay(wal: &impl LogView, seq: Lsn, state: &mut State) -> Result<u64> {
                 reason: format!("expected LSN {expected} next"),
             });
         }
-        expected += part.entries.len() as u64;
+        expected += part.records;
         parts.push(part);
     }
     let count = expected - 1 - seq;
@@ -276,7 +276,7 @@ fn replay(wal: &impl LogView, seq: Lsn, state: &mut State) -> Result<u64> {
         for part in parts {
             entries.extend(part.entries);
         }
-        state.apply_ascending_puts(seq + 1, entries, bytes);
+        state.apply_ascending_puts(seq + count, entries, bytes);
     } else {
         let mut changes = Vec::with_capacity(count as usize);
         for part in parts {
@@ -289,17 +289,20 @@ fn replay(wal: &impl LogView, seq: Lsn, state: &mut State) -> Result<u64> {
                 });
             }
         }
-        state.apply_batch(seq + 1, changes);
+        state.apply_batch(seq + count, changes);
     }
     Ok(count)
 }
 
 /// One segment's records, decoded.
 struct Decoded {
-    /// LSN of the first entry (meaningless if there is none).
+    /// LSN of the first record (meaningless if there is none).
     first: Lsn,
-    /// One entry per record, dense LSNs from `first`, in order: a put's key
-    /// and value, or a delete's key with an empty value.
+    /// Records decoded: dense LSNs from `first`.
+    records: u64,
+    /// The records' changes in log order, each entry with its record's LSN
+    /// as its seq: a put's key and value, or a delete's key with an empty
+    /// value. A record is one change, a batch record several.
     entries: Vec<Entry>,
     /// Indices in `entries` of the deletes, ascending.
     deletes: Vec<usize>,
@@ -312,6 +315,7 @@ struct Decoded {
 fn decode_part(mut iter: WalIter) -> Result<Decoded> {
     let mut part = Decoded {
         first: 0,
+        records: 0,
         entries: Vec::new(),
         deletes: Vec::new(),
         ascending_puts: true,
@@ -321,7 +325,7 @@ fn decode_part(mut iter: WalIter) -> Result<Decoded> {
     while let Some(rec) = iter.next_ref() {
         let rec = rec?;
         let want = *expected.get_or_insert(rec.lsn);
-        if part.entries.is_empty() {
+        if part.records == 0 {
             part.first = rec.lsn;
         }
         if rec.lsn != want {
@@ -332,21 +336,36 @@ fn decode_part(mut iter: WalIter) -> Result<Decoded> {
         }
         // The entry is kept past this record's buffer, so a delete's key is
         // copied too (as an entry with an empty value): one allocation per
-        // record either way.
-        let (entry, delete) = record::decode_with(rec.lsn, rec.data, |op| match Op::from(op) {
-            Op::Put(entry) => (entry, false),
-            Op::Delete(key) => (Entry::new(key, &[]), true),
-        })?;
-        if delete {
-            part.deletes.push(part.entries.len());
-            part.ascending_puts = false;
-        } else if part.ascending_puts
-            && let Some(last) = part.entries.last()
-        {
-            part.ascending_puts = last.key() < entry.key();
+        // change either way.
+        // One change for most records (without a Vec of its own), several
+        // for a batch.
+        let (one, many) = record::decode_with(rec.lsn, rec.data, |op| -> Result<_> {
+            Ok(match Op::of(op, rec.lsn)? {
+                Op::Put(entry) => (Some(Change::Put(entry)), Vec::new()),
+                Op::Delete(key) => (
+                    Some(Change::Delete(Entry::new(key, &[], rec.lsn, None))),
+                    Vec::new(),
+                ),
+                Op::Batch(changes) => (None, changes),
+            })
+        })??;
+        for change in one.into_iter().chain(many) {
+            let (entry, delete) = match change {
+                Change::Put(entry) => (entry, false),
+                Change::Delete(entry) => (entry, true),
+            };
+            if delete {
+                part.deletes.push(part.entries.len());
+                part.ascending_puts = false;
+            } else if part.ascending_puts
+                && let Some(last) = part.entries.last()
+            {
+                part.ascending_puts = last.key() < entry.key();
+            }
+            part.bytes += entry.payload_len();
+            part.entries.push(entry);
         }
-        part.bytes += entry.payload_len();
-        part.entries.push(entry);
+        part.records += 1;
         expected = Some(want + 1);
     }
     Ok(part)
@@ -394,9 +413,12 @@ mod tests {
 
     use super::*;
 
-    fn dump(s: &State) -> Vec<(Vec<u8>, Vec<u8>)> {
+    /// Key, value, seq, deadline.
+    type Row = (Vec<u8>, Vec<u8>, Lsn, Option<u64>);
+
+    fn dump(s: &State) -> Vec<Row> {
         s.range_from(b"", false)
-            .map(|e| (e.key().to_vec(), e.value().to_vec()))
+            .map(|e| (e.key().to_vec(), e.value().to_vec(), e.seq(), e.deadline()))
             .collect()
     }
 
@@ -427,7 +449,9 @@ mod tests {
                 let snapshot = || {
                     State::from_sorted(
                         (0..initial)
-                            .map(|i| Entry::new(format!("k{:03}", i * 2).as_bytes(), b"old"))
+                            .map(|i| {
+                                Entry::new(format!("k{:03}", i * 2).as_bytes(), b"old", 0, None)
+                            })
                             .collect(),
                     )
                 };
@@ -435,9 +459,12 @@ mod tests {
                 let mut replayed = snapshot();
                 for (n, (put, key)) in (1..).zip(&ops) {
                     let value = format!("v{n}");
+                    // Every fifth put expires, so deadlines replay too.
+                    let deadline = (n % 5 == 0).then_some(n * 1_000);
                     let mut buf = if *put {
-                        expected.apply(Op::Put(Entry::new(key.as_bytes(), value.as_bytes())), n);
-                        record::encode_put(key.as_bytes(), value.as_bytes())
+                        let entry = Entry::new(key.as_bytes(), value.as_bytes(), n, deadline);
+                        expected.apply(Op::Put(entry), n);
+                        record::encode_put(key.as_bytes(), value.as_bytes(), deadline)
                     } else {
                         expected.apply(Op::Delete(key.as_bytes()), n);
                         record::encode_delete(key.as_bytes())
@@ -449,6 +476,7 @@ mod tests {
                 assert_eq!(replay(&wal, 0, &mut replayed).unwrap(), ops.len() as u64);
                 assert_eq!(dump(&replayed), dump(&expected));
                 assert_eq!(replayed.bytes(), expected.bytes());
+                assert_eq!(replayed.expiring(), expected.expiring());
                 assert_eq!(replayed.last_applied(), ops.len() as u64);
             }
         }

@@ -6,8 +6,12 @@
 //! is not used: a [`Replica`] is the same ordered map, changed by the same
 //! `State::apply` as the single node's commit thread and replay, and
 //! snapshotted into the same snapshot file format. Commands are the store's
-//! own log records ([`encode_put`], [`encode_delete`]); the position they
-//! are applied at (the Raft index) becomes each key's version.
+//! own log records ([`encode_put`], [`encode_delete`], [`encode_txn`]); the
+//! position they are applied at (the Raft index) becomes each key's
+//! version. A transaction is decided when it is applied, by the same
+//! [`txn`](crate::txn) function the single node's commit thread uses,
+//! against the state at that position and the proposer's clock carried in
+//! the command, so every replica decides alike.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,16 +19,31 @@ use std::sync::Arc;
 use bytes::Bytes;
 use wal_core::{Lsn, Vfs};
 
-use crate::KeyListing;
 use crate::error::{Error, Result};
 use crate::record::{self, HEADROOM};
 use crate::snapshot::{self, SnapshotWriter};
-use crate::state::{Op, State};
+use crate::state::{Entry, Op, State};
 use crate::store::KeyValueStore;
+use crate::txn::{Overlay, Txn, TxnOutcome};
+use crate::{KeyListing, ScanPage, ScanRange, Versioned};
 
 /// A put command: the store's log record for it, without a position.
 pub fn encode_put(key: &[u8], value: &[u8]) -> Vec<u8> {
-    strip_headroom(record::encode_put(key, value))
+    encode_put_expiring(key, value, None)
+}
+
+/// A put command for a key that expires at `deadline` (ms since the Unix
+/// epoch).
+pub fn encode_put_expiring(key: &[u8], value: &[u8], deadline: Option<u64>) -> Vec<u8> {
+    strip_headroom(record::encode_put(key, value, deadline))
+}
+
+/// A transaction command, stamped with this node's clock: the clock its
+/// expiry conditions are judged by when it is applied.
+pub fn encode_txn(txn: &Txn) -> Vec<u8> {
+    let mut out = Vec::new();
+    record::encode_txn(&mut out, 0, txn.to_proto(), record::now_ms());
+    out
 }
 
 /// A delete command, likewise.
@@ -40,12 +59,38 @@ fn strip_headroom(mut buf: Vec<u8>) -> Vec<u8> {
 }
 
 /// What applying a command did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
     /// The position it was applied at (the key's new version).
     pub seq: Lsn,
-    /// Whether the key existed before.
+    /// For a put or delete: whether the key existed before.
     pub existed: bool,
+    /// For a transaction: what it did, or why it did not apply.
+    pub txn: Option<std::result::Result<TxnOutcome, Refused>>,
+}
+
+/// Why a transaction did not apply (it changed nothing, on every replica).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// A condition did not hold: the key, and its current version.
+    ConditionFailed {
+        /// The key.
+        key: Vec<u8>,
+        /// Its version, `None` if it does not exist.
+        current: Option<Lsn>,
+    },
+    /// A counter on a non-integer, or one that would overflow.
+    Invalid(String),
+}
+
+impl Refused {
+    /// The store error it stands for.
+    pub fn into_error(self) -> Error {
+        match self {
+            Refused::ConditionFailed { key, current } => Error::ConditionFailed { key, current },
+            Refused::Invalid(m) => Error::InvalidRequest(m),
+        }
+    }
 }
 
 /// The replicated state machine: the ordered map of the store.
@@ -78,13 +123,62 @@ impl Replica {
             Error::CorruptLogEntry { reason, .. } => Error::CorruptLogEntry { lsn: seq, reason },
             other => other,
         })?;
-        let (key, op) = match &op {
-            record::Op::Put { key, value } => (key, Op::Put(crate::state::Entry::new(key, value))),
-            record::Op::Delete { key } => (key, Op::Delete(key)),
-        };
-        let existed = self.state.contains(key);
-        self.state.apply(op, seq);
-        Ok(Applied { seq, existed })
+        let clock = self.state.clock_for(0);
+        let live = |state: &State, key: &[u8]| state.get(key).is_some_and(|e| !e.expired_at(clock));
+        match op {
+            record::Op::Put {
+                key,
+                value,
+                deadline,
+            } => {
+                let existed = live(&self.state, &key);
+                self.state
+                    .apply(Op::Put(Entry::new(&key, &value, seq, deadline)), seq);
+                Ok(Applied {
+                    seq,
+                    existed,
+                    txn: None,
+                })
+            }
+            record::Op::Delete { key } => {
+                let existed = live(&self.state, &key);
+                self.state.apply(Op::Delete(&key), seq);
+                Ok(Applied {
+                    seq,
+                    existed,
+                    txn: None,
+                })
+            }
+            record::Op::Txn { txn, timestamp_ms } => {
+                let txn = Txn::from_proto(&txn)
+                    .map_err(|reason| Error::CorruptLogEntry { lsn: seq, reason })?;
+                let now = self.state.advance_clock(timestamp_ms);
+                let mut view = Overlay::new(&self.state);
+                let decided = crate::txn::decide(&mut view, &txn, now, seq);
+                drop(view);
+                let outcome = match decided {
+                    Ok((writes, results)) => {
+                        let changes = writes.iter().map(|w| w.change(seq)).collect();
+                        self.state.apply(Op::Batch(changes), seq);
+                        Ok(TxnOutcome { seq, results })
+                    }
+                    Err(e) => {
+                        self.state.set_applied(seq);
+                        Err(match e {
+                            Error::ConditionFailed { key, current } => {
+                                Refused::ConditionFailed { key, current }
+                            }
+                            other => Refused::Invalid(other.to_string()),
+                        })
+                    }
+                };
+                Ok(Applied {
+                    seq,
+                    existed: false,
+                    txn: Some(outcome),
+                })
+            }
+        }
     }
 
     /// Notes that everything up to `seq` is applied (for Raft entries that
@@ -97,7 +191,58 @@ impl Replica {
 
     /// The value of `key`.
     pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.state.get(key).map(|e| e.value().to_vec())
+        self.get_versioned(key).map(|v| v.value)
+    }
+
+    /// A key's value, version and deadline, if it is there and has not
+    /// expired (by the wall clock).
+    pub fn get_versioned(&self, key: &[u8]) -> Option<Versioned> {
+        crate::scan::get(&self.state, key, record::now_ms())
+    }
+
+    /// [`Replica::get_versioned`] of each key.
+    pub fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Vec<Option<Versioned>> {
+        let now = record::now_ms();
+        keys.iter()
+            .map(|k| crate::scan::get(&self.state, k.as_ref(), now))
+            .collect()
+    }
+
+    /// One page of a scan, as
+    /// [`KeyValueStore::scan`](crate::KeyValueStore::scan) gives it.
+    pub fn scan(
+        &self,
+        range: &ScanRange,
+        after: Option<&[u8]>,
+        limit: usize,
+        max_bytes: usize,
+        values: bool,
+    ) -> ScanPage {
+        crate::scan::scan(
+            &self.state,
+            range,
+            after,
+            limit,
+            max_bytes,
+            values,
+            record::now_ms(),
+        )
+    }
+
+    /// Keys with an expiry deadline (expired ones not yet removed
+    /// included).
+    pub fn expiring(&self) -> u64 {
+        self.state.expiring()
+    }
+
+    /// Up to `max` keys expired by the wall clock, with their versions:
+    /// what a leader's sweeper removes (with a conditional delete each).
+    pub fn expired(&self, max: usize) -> Vec<(Vec<u8>, Lsn)> {
+        self.state
+            .expired(record::now_ms(), max)
+            .into_iter()
+            .map(|(k, seq)| (k.into_vec(), seq))
+            .collect()
     }
 
     /// Keys held.
@@ -197,7 +342,7 @@ fn write_state(
 ) -> Result<u64> {
     let mut writer = SnapshotWriter::create(vfs, path)?;
     for entry in state.range_from(&[], false) {
-        writer.add(entry.key(), entry.value())?;
+        writer.add(entry)?;
         if writer.buffer_full() {
             writer.flush()?;
         }

@@ -17,7 +17,8 @@
 //! offset 64  entries, each:
 //!              payload length L                           u32
 //!              crc32 of (L as u32 LE ++ payload)          u32
-//!              kv.v1.SnapshotEntry {key, value}           L bytes
+//!              kv.v1.SnapshotEntry {key, value, seq,
+//!                expires_at_ms}                           L bytes
 //!            keys strictly ascending
 //! end - 20   trailer:
 //!              magic "KVSNAPND"                           8 bytes
@@ -47,8 +48,12 @@ use crate::state::{Entry, State};
 pub(crate) const MAGIC: &[u8; 8] = b"KVSNAP\0\x01";
 /// First bytes of the trailer.
 pub(crate) const TRAILER_MAGIC: &[u8; 8] = b"KVSNAPND";
-/// The `SnapshotHeader.version` this code writes and reads.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// The `SnapshotHeader.version` this code writes: 2 adds each entry's
+/// version and deadline.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+/// The oldest version this code reads: in format 1 every entry takes the
+/// snapshot's seq as its version, and has no deadline.
+pub(crate) const OLDEST_FORMAT_VERSION: u32 = 1;
 /// Size of the fixed header region.
 pub(crate) const HEADER_REGION: usize = 64;
 /// Size of the trailer.
@@ -170,7 +175,18 @@ impl SnapshotWriter {
     /// Appends one entry to the buffer. Keys must come in strictly ascending
     /// order (the caller copies the ordered map): a violation is a bug, and is
     /// refused here rather than written into a file the reader would reject.
-    pub(crate) fn add(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+    pub(crate) fn add(&mut self, entry: &Entry) -> Result<()> {
+        self.add_parts(entry.key(), entry.value(), entry.seq(), entry.deadline())
+    }
+
+    /// [`SnapshotWriter::add`] from the parts of an entry.
+    pub(crate) fn add_parts(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        seq: Lsn,
+        deadline: Option<u64>,
+    ) -> Result<()> {
         if let Some(last) = &self.last_key
             && **last >= *key
         {
@@ -188,6 +204,14 @@ impl SnapshotWriter {
             encode_key(2, WireType::LengthDelimited, &mut self.buf);
             encode_varint(value.len() as u64, &mut self.buf);
             self.buf.extend_from_slice(value);
+        }
+        if seq != 0 {
+            encode_key(3, WireType::Varint, &mut self.buf);
+            encode_varint(seq, &mut self.buf);
+        }
+        if let Some(d) = deadline.filter(|&d| d != 0) {
+            encode_key(4, WireType::Varint, &mut self.buf);
+            encode_varint(d, &mut self.buf);
         }
         let len = (self.buf.len() - start - 8) as u32;
         let mut crc = crc32fast::Hasher::new();
@@ -383,11 +407,12 @@ pub(crate) fn read_header(
     }
     let header = SnapshotHeader::decode(header_bytes)
         .map_err(|e| corrupt(HEADER_PREFIX as u64, format!("undecodable header: {e}")))?;
-    if header.version != FORMAT_VERSION {
+    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&header.version) {
         return Err(corrupt(
             HEADER_PREFIX as u64,
             format!(
-                "format version {} is not supported (this build reads {FORMAT_VERSION})",
+                "format version {} is not supported (this build reads \
+                 {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION})",
                 header.version
             ),
         ));
@@ -495,7 +520,15 @@ fn load_checked(vfs: &Arc<dyn Vfs>, path: &Path, expect: Option<Lsn>) -> Result<
         if entry.key.is_empty() || (!entries.is_empty() && entry.key <= prev_key) {
             return Err(corrupt(at, "keys not strictly ascending".into()));
         }
-        entries.push(Entry::new(&entry.key, &entry.value));
+        let (version, deadline) = if header.version == 1 {
+            (seq, None)
+        } else {
+            (
+                entry.seq,
+                (entry.expires_at_ms != 0).then_some(entry.expires_at_ms),
+            )
+        };
+        entries.push(Entry::new(&entry.key, &entry.value, version, deadline));
         prev_key = entry.key;
     }
     drop(prev_key);

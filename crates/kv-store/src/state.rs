@@ -24,49 +24,105 @@ use wal_core::Lsn;
 
 use crate::record::OpRef;
 
-/// One key and its value in a single heap allocation:
-/// `[key length: u32 LE][key][value]`.
+/// One key, its value, its version and its deadline in a single heap
+/// allocation:
+/// `[header: u32 LE][seq: u64 LE][deadline: u64 LE, if flagged][key][value]`,
+/// where the header's low 31 bits are the key's length and its top bit says
+/// that a deadline follows.
 ///
 /// Why not `BTreeMap<Vec<u8>, Vec<u8>>`: two `Vec`s cost 48 bytes of B-tree
 /// slot plus two allocations per entry, close to 100% overhead on a 100-byte
-/// value. A boxed slice is a 16-byte slot and one allocation, and the length
-/// prefix costs 4 bytes. The set is ordered by the key part alone, and
-/// `Borrow<[u8]>` lets it be searched with a plain key slice.
+/// value. A boxed slice is a 16-byte slot and one allocation, and the header
+/// and version cost 12 bytes (20 with a deadline). The set is ordered by the
+/// key part alone, and `Borrow<[u8]>` lets it be searched with a plain key
+/// slice.
 #[derive(Clone)]
 pub(crate) struct Entry(Box<[u8]>);
 
-const LEN: usize = 4;
+const HEADER: usize = 4;
+const SEQ: usize = 8;
+const DEADLINE_FLAG: u32 = 1 << 31;
+/// The longest key an entry can hold (the header's 31 bits).
+pub(crate) const MAX_KEY_LEN: usize = (DEADLINE_FLAG - 1) as usize;
 
 impl Entry {
-    /// Builds an entry; the caller guarantees `key.len() <= u32::MAX`
-    /// (enforced by option validation).
-    pub(crate) fn new(key: &[u8], value: &[u8]) -> Entry {
-        let mut buf = Vec::with_capacity(LEN + key.len() + value.len());
-        buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    /// Builds an entry of version `seq`, expiring at `deadline` (ms since
+    /// the Unix epoch) if given; the caller guarantees
+    /// `key.len() <= MAX_KEY_LEN` (enforced by option validation).
+    pub(crate) fn new(key: &[u8], value: &[u8], seq: Lsn, deadline: Option<u64>) -> Entry {
+        let extra = if deadline.is_some() { 8 } else { 0 };
+        let mut buf = Vec::with_capacity(HEADER + SEQ + extra + key.len() + value.len());
+        let flag = if deadline.is_some() { DEADLINE_FLAG } else { 0 };
+        buf.extend_from_slice(&(key.len() as u32 | flag).to_le_bytes());
+        buf.extend_from_slice(&seq.to_le_bytes());
+        if let Some(d) = deadline {
+            buf.extend_from_slice(&d.to_le_bytes());
+        }
         buf.extend_from_slice(key);
         buf.extend_from_slice(value);
         Entry(buf.into_boxed_slice())
     }
 
+    fn header(&self) -> u32 {
+        let mut h = [0u8; HEADER];
+        h.copy_from_slice(&self.0[..HEADER]);
+        u32::from_le_bytes(h)
+    }
+
     fn key_len(&self) -> usize {
-        let mut len = [0u8; LEN];
-        len.copy_from_slice(&self.0[..LEN]);
-        u32::from_le_bytes(len) as usize
+        (self.header() & !DEADLINE_FLAG) as usize
+    }
+
+    /// Where the key starts.
+    fn key_start(&self) -> usize {
+        if self.header() & DEADLINE_FLAG != 0 {
+            HEADER + SEQ + 8
+        } else {
+            HEADER + SEQ
+        }
     }
 
     /// The key.
     pub(crate) fn key(&self) -> &[u8] {
-        &self.0[LEN..LEN + self.key_len()]
+        let start = self.key_start();
+        &self.0[start..start + self.key_len()]
     }
 
     /// The value.
     pub(crate) fn value(&self) -> &[u8] {
-        &self.0[LEN + self.key_len()..]
+        &self.0[self.key_start() + self.key_len()..]
+    }
+
+    /// The version: the LSN (or Raft position) of the write that set it.
+    pub(crate) fn seq(&self) -> Lsn {
+        let mut b = [0u8; SEQ];
+        b.copy_from_slice(&self.0[HEADER..HEADER + SEQ]);
+        u64::from_le_bytes(b)
+    }
+
+    /// Sets the version (the commit thread learns the LSN after the entry
+    /// was built).
+    pub(crate) fn set_seq(&mut self, seq: Lsn) {
+        self.0[HEADER..HEADER + SEQ].copy_from_slice(&seq.to_le_bytes());
+    }
+
+    /// The expiry deadline, ms since the Unix epoch.
+    pub(crate) fn deadline(&self) -> Option<u64> {
+        (self.header() & DEADLINE_FLAG != 0).then(|| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&self.0[HEADER + SEQ..HEADER + SEQ + 8]);
+            u64::from_le_bytes(b)
+        })
+    }
+
+    /// Whether it has expired at `now_ms`.
+    pub(crate) fn expired_at(&self, now_ms: u64) -> bool {
+        self.deadline().is_some_and(|d| d <= now_ms)
     }
 
     /// Key plus value bytes, as counted in [`Stats::bytes`](crate::Stats).
     pub(crate) fn payload_len(&self) -> u64 {
-        (self.0.len() - LEN) as u64
+        (self.0.len() - self.key_start()) as u64
     }
 }
 
@@ -102,29 +158,42 @@ impl Borrow<[u8]> for Entry {
     }
 }
 
-/// A durable log operation: what one log record does to the state.
+/// A durable log operation: what one log record does to the state, decided
+/// (a conditional or computed write is turned into these by
+/// [`txn::decide`](crate::txn::decide) before it is applied).
 #[derive(Debug)]
 pub(crate) enum Op<'a> {
-    /// Set the entry's key to its value (replacing any old value).
+    /// Set the entry's key to its value (replacing any old value); the
+    /// entry's seq is the record's LSN.
     Put(Entry),
     /// Remove the key, if present.
     Delete(&'a [u8]),
+    /// Several changes at the one LSN of a batch record, in order.
+    Batch(Vec<Change>),
 }
 
-impl<'a> From<OpRef<'a>> for Op<'a> {
-    /// The operation of a decoded log record. A put's key and value are
-    /// copied into the one allocation the map keeps; a delete borrows its
-    /// key.
-    fn from(op: OpRef<'a>) -> Op<'a> {
-        match op {
-            OpRef::Put { key, value } => Op::Put(Entry::new(key, value)),
+impl<'a> Op<'a> {
+    /// The operation of a decided log record at `lsn`. A put's key and value
+    /// are copied into the one allocation the map keeps; a delete borrows
+    /// its key. A transaction is taken as decided (a single node logs only
+    /// decided ones): conditions or computed writes in it are refused as
+    /// damage by [`txn::decided_changes`](crate::txn::decided_changes).
+    pub(crate) fn of(op: OpRef<'a>, lsn: Lsn) -> crate::Result<Op<'a>> {
+        Ok(match op {
+            OpRef::Put {
+                key,
+                value,
+                deadline,
+            } => Op::Put(Entry::new(key, value, lsn, deadline)),
             OpRef::Delete { key } => Op::Delete(key),
-        }
+            OpRef::Txn(txn, _) => Op::Batch(crate::txn::decided_changes(txn, lsn)?),
+        })
     }
 }
 
 /// An [`Op`] that owns its key, as [`State::apply_batch`] takes a run of
-/// them (replay keeps a whole log's operations before applying them).
+/// them (replay keeps a whole log's operations before applying them). Each
+/// entry carries its record's LSN as its seq.
 #[derive(Debug)]
 pub(crate) enum Change {
     /// [`Op::Put`].
@@ -141,13 +210,21 @@ impl Change {
     }
 }
 
-/// The state: entries, their byte total, and the LSN of the last applied
-/// write.
+/// The state: entries, their byte total, the LSN of the last applied write,
+/// and an index of the keys that have a deadline.
 #[derive(Debug, Default)]
 pub(crate) struct State {
     entries: BTreeSet<Entry>,
     bytes: u64,
     last_applied: Lsn,
+    /// `(deadline, key)` of every entry with a deadline: what the expiry
+    /// sweeper walks, oldest deadline first.
+    deadlines: BTreeSet<(u64, Box<[u8]>)>,
+    /// The latest clock (ms since the Unix epoch) a decided record was
+    /// judged against: conditional records are decided against the larger
+    /// of this and their own timestamp, so decisions never see time go
+    /// back, on any replica.
+    clock_ms: u64,
 }
 
 impl State {
@@ -164,16 +241,23 @@ impl State {
     /// a million heap allocations).
     pub(crate) fn from_sorted_with_bytes(entries: Vec<Entry>, bytes: u64) -> State {
         debug_assert_eq!(bytes, entries.iter().map(Entry::payload_len).sum::<u64>());
+        let deadlines = entries
+            .iter()
+            .filter_map(|e| e.deadline().map(|d| (d, Box::from(e.key()))))
+            .collect();
         State {
             entries: entries.into_iter().collect(),
             bytes,
             last_applied: 0,
+            deadlines,
+            clock_ms: 0,
         }
     }
 
     /// Applies the durable log operation at `lsn`, the next LSN after
     /// [`State::last_applied`]: a put sets the key, a delete removes it (if
-    /// present), and `lsn` becomes the last applied LSN.
+    /// present), a batch does its changes in order, and `lsn` becomes the
+    /// last applied LSN.
     pub(crate) fn apply(&mut self, op: Op<'_>, lsn: Lsn) {
         debug_assert!(
             lsn > self.last_applied,
@@ -183,25 +267,78 @@ impl State {
         match op {
             Op::Put(entry) => self.put(entry),
             Op::Delete(key) => self.delete(key),
+            Op::Batch(changes) => {
+                for change in changes {
+                    match change {
+                        Change::Put(entry) => self.put(entry),
+                        Change::Delete(entry) => self.delete(entry.key()),
+                    }
+                }
+            }
         }
         self.last_applied = lsn;
     }
 
     fn put(&mut self, entry: Entry) {
         self.bytes += entry.payload_len();
+        let indexed = entry
+            .deadline()
+            .map(|d| (d, Box::<[u8]>::from(entry.key())));
         if let Some(old) = self.entries.replace(entry) {
+            self.unindex(&old);
             self.bytes -= old.payload_len();
+        }
+        if let Some(indexed) = indexed {
+            self.deadlines.insert(indexed);
         }
     }
 
     fn delete(&mut self, key: &[u8]) {
         if let Some(old) = self.entries.take(key) {
+            self.unindex(&old);
             self.bytes -= old.payload_len();
         }
     }
 
-    /// Applies `changes`, the operations of the log records at LSNs
-    /// `first`, `first + 1`, ...: the same state as [`State::apply`] on each
+    fn unindex(&mut self, old: &Entry) {
+        if let Some(d) = old.deadline() {
+            self.deadlines.remove(&(d, Box::from(old.key())));
+        }
+    }
+
+    /// Keys with a deadline.
+    pub(crate) fn expiring(&self) -> u64 {
+        self.deadlines.len() as u64
+    }
+
+    /// Up to `max` keys whose deadline is at or before `now_ms`, oldest
+    /// deadline first, with the version each has.
+    pub(crate) fn expired(&self, now_ms: u64, max: usize) -> Vec<(Box<[u8]>, Lsn)> {
+        self.deadlines
+            .iter()
+            .take_while(|(d, _)| *d <= now_ms)
+            .take(max)
+            .filter_map(|(_, key)| self.entries.get(&**key).map(|e| (key.clone(), e.seq())))
+            .collect()
+    }
+
+    /// The clock to decide a record stamped `stamp_ms` against: never
+    /// earlier than one already used. Moves the state's clock forward.
+    pub(crate) fn advance_clock(&mut self, stamp_ms: u64) -> u64 {
+        self.clock_ms = self.clock_ms.max(stamp_ms);
+        self.clock_ms
+    }
+
+    /// The clock as [`State::advance_clock`] would give it, without moving
+    /// it.
+    pub(crate) fn clock_for(&self, stamp_ms: u64) -> u64 {
+        self.clock_ms.max(stamp_ms)
+    }
+
+    /// Applies `changes`, the operations of the log records after
+    /// [`State::last_applied`] up to and including `last`, in log order (a
+    /// batch record contributes several, each entry carrying its record's
+    /// LSN as its seq): the same state as [`State::apply`] on each record
     /// in turn.
     ///
     /// Replay uses this because inserting a million entries one by one into
@@ -211,21 +348,22 @@ impl State {
     /// one kept), merged with the current entries, and the tree is
     /// bulk-built from the merged run. Keys written in ascending order, the
     /// common case, make the sort linear.
-    pub(crate) fn apply_batch(&mut self, first: Lsn, mut changes: Vec<Change>) {
+    pub(crate) fn apply_batch(&mut self, last: Lsn, mut changes: Vec<Change>) {
+        debug_assert!(last >= self.last_applied);
         if changes.len() < self.entries.len() / 8 {
-            for (lsn, change) in (first..).zip(changes) {
+            for change in changes {
                 match change {
-                    Change::Put(entry) => self.apply(Op::Put(entry), lsn),
-                    Change::Delete(entry) => self.apply(Op::Delete(entry.key()), lsn),
+                    Change::Put(entry) => self.put(entry),
+                    Change::Delete(entry) => self.delete(entry.key()),
                 }
             }
+            self.last_applied = last;
             return;
         }
         if changes.is_empty() {
+            self.last_applied = last;
             return;
         }
-        debug_assert!(first > self.last_applied);
-        let last = first + (changes.len() as u64 - 1);
         changes.sort_by(|a, b| a.key().cmp(b.key()));
         let old = std::mem::take(&mut self.entries).into_iter();
         let mut merged = Vec::with_capacity(old.len() + changes.len());
@@ -252,6 +390,7 @@ impl State {
         merged.extend(old);
         *self = State {
             last_applied: last,
+            clock_ms: self.clock_ms,
             ..State::from_sorted(merged)
         };
     }
@@ -261,20 +400,21 @@ impl State {
     /// state as they are, and the tree is bulk-built from them without a
     /// sort or a merge. `bytes` is the sum of their
     /// [`Entry::payload_len`], which replay has already counted.
-    pub(crate) fn apply_ascending_puts(&mut self, first: Lsn, entries: Vec<Entry>, bytes: u64) {
+    pub(crate) fn apply_ascending_puts(&mut self, last: Lsn, entries: Vec<Entry>, bytes: u64) {
         if self.len() != 0 {
             // Not the case this is for: the generic way gives the same state.
-            self.apply_batch(first, entries.into_iter().map(Change::Put).collect());
+            self.apply_batch(last, entries.into_iter().map(Change::Put).collect());
             return;
         }
         debug_assert!(entries.windows(2).all(|w| w[0].key() < w[1].key()));
         if entries.is_empty() {
+            self.last_applied = self.last_applied.max(last);
             return;
         }
-        debug_assert!(first > self.last_applied);
-        let last = first + (entries.len() as u64 - 1);
+        debug_assert!(last > self.last_applied);
         *self = State {
             last_applied: last,
+            clock_ms: self.clock_ms,
             ..State::from_sorted_with_bytes(entries, bytes)
         };
     }
@@ -307,6 +447,17 @@ impl State {
         self.bytes
     }
 
+    /// Entries with keys within the bounds, ascending (reversible). The
+    /// caller makes sure the bounds are not inverted.
+    pub(crate) fn range<'a>(
+        &'a self,
+        lower: Bound<&'a [u8]>,
+        upper: Bound<&'a [u8]>,
+    ) -> std::collections::btree_set::Range<'a, Entry> {
+        self.entries
+            .range::<[u8], (Bound<&[u8]>, Bound<&[u8]>)>((lower, upper))
+    }
+
     /// Entries with keys >= `from` (or > `from` when `exclusive`), ascending.
     pub(crate) fn range_from<'a>(
         &'a self,
@@ -329,44 +480,67 @@ mod tests {
 
     #[test]
     fn entry_layout_and_ordering() {
-        let e = Entry::new(b"abc", b"value");
+        let e = Entry::new(b"abc", b"value", 7, None);
         assert_eq!(e.key(), b"abc");
         assert_eq!(e.value(), b"value");
-        let empty_value = Entry::new(b"k", b"");
+        assert_eq!((e.seq(), e.deadline()), (7, None));
+        let expiring = Entry::new(b"abc", b"value", 8, Some(1_000));
+        assert_eq!(expiring.key(), b"abc");
+        assert_eq!(expiring.value(), b"value");
+        assert_eq!((expiring.seq(), expiring.deadline()), (8, Some(1_000)));
+        assert!(!expiring.expired_at(999));
+        assert!(expiring.expired_at(1_000));
+        assert!(!e.expired_at(u64::MAX));
+        let empty_value = Entry::new(b"k", b"", 1, None);
         assert_eq!(empty_value.value(), b"");
-        assert!(Entry::new(b"a", b"zzz") < Entry::new(b"ab", b""));
+        assert!(Entry::new(b"a", b"zzz", 1, None) < Entry::new(b"ab", b"", 1, None));
     }
 
     #[test]
     fn apply_tracks_bytes_lsn_and_replaces() {
         let mut s = State::default();
-        s.apply(Op::Put(Entry::new(b"a", b"12345")), 1);
-        s.apply(Op::Put(Entry::new(b"b", b"1")), 2);
+        s.apply(Op::Put(Entry::new(b"a", b"12345", 1, None)), 1);
+        s.apply(Op::Put(Entry::new(b"b", b"1", 2, Some(50))), 2);
         assert_eq!((s.len(), s.bytes(), s.last_applied()), (2, 8, 2));
-        s.apply(Op::Put(Entry::new(b"a", b"1")), 3);
+        assert_eq!(s.expiring(), 1);
+        s.apply(Op::Put(Entry::new(b"a", b"1", 3, None)), 3);
         assert_eq!((s.len(), s.bytes()), (2, 4));
         assert_eq!(s.get(b"a").map(|e| e.value()), Some(&b"1"[..]));
         s.apply(Op::Delete(b"a"), 4);
         assert!(!s.contains(b"a"));
         // A delete of a missing key changes nothing but the LSN.
-        s.apply(Op::from(OpRef::Delete { key: b"a" }), 5);
+        s.apply(Op::of(OpRef::Delete { key: b"a" }, 5).unwrap(), 5);
         assert_eq!((s.len(), s.bytes(), s.last_applied()), (1, 2, 5));
         let keys: Vec<&[u8]> = s.range_from(b"", false).map(|e| e.key()).collect();
         assert_eq!(keys, vec![&b"b"[..]]);
         assert_eq!(s.range_from(b"b", true).count(), 0);
         s.apply(
-            Op::from(OpRef::Put {
-                key: b"c",
-                value: b"xy",
-            }),
+            Op::of(
+                OpRef::Put {
+                    key: b"c",
+                    value: b"xy",
+                    deadline: None,
+                },
+                6,
+            )
+            .unwrap(),
             6,
         );
-        assert_eq!(s.get(b"c").map(|e| e.value()), Some(&b"xy"[..]));
+        assert_eq!(
+            s.get(b"c").map(|e| (e.value(), e.seq())),
+            Some((&b"xy"[..], 6))
+        );
+        // Deleting the expiring key drops it from the deadline index.
+        s.apply(Op::Delete(b"b"), 7);
+        assert_eq!(s.expiring(), 0);
     }
 
-    fn dump(s: &State) -> Vec<(Vec<u8>, Vec<u8>)> {
+    /// Key, value, seq, deadline.
+    type Row = (Vec<u8>, Vec<u8>, Lsn, Option<u64>);
+
+    fn dump(s: &State) -> Vec<Row> {
         s.range_from(b"", false)
-            .map(|e| (e.key().to_vec(), e.value().to_vec()))
+            .map(|e| (e.key().to_vec(), e.value().to_vec(), e.seq(), e.deadline()))
             .collect()
     }
 
@@ -375,7 +549,10 @@ mod tests {
         let mut s = State::default();
         for i in 0..n {
             let key = format!("k{i:02}");
-            s.apply(Op::Put(Entry::new(key.as_bytes(), b"old")), i + 1);
+            s.apply(
+                Op::Put(Entry::new(key.as_bytes(), b"old", i + 1, None)),
+                i + 1,
+            );
         }
         s
     }
@@ -404,13 +581,16 @@ mod tests {
                 let value = vec![b'v'; (r >> 8) as usize % 9];
                 if (r >> 16) % 3 == 0 {
                     one_by_one.apply(Op::Delete(key.as_bytes()), lsn);
-                    changes.push(Change::Delete(Entry::new(key.as_bytes(), b"")));
+                    changes.push(Change::Delete(Entry::new(key.as_bytes(), b"", lsn, None)));
                 } else {
-                    one_by_one.apply(Op::Put(Entry::new(key.as_bytes(), &value)), lsn);
-                    changes.push(Change::Put(Entry::new(key.as_bytes(), &value)));
+                    let deadline = (r % 5 == 0).then_some(r >> 40);
+                    let entry = Entry::new(key.as_bytes(), &value, lsn, deadline);
+                    one_by_one.apply(Op::Put(entry.clone()), lsn);
+                    changes.push(Change::Put(entry));
                 }
             }
-            batched.apply_batch(initial_keys + 1, changes);
+            batched.apply_batch(initial_keys + batch, changes);
+            assert_eq!(batched.expiring(), one_by_one.expiring());
             assert_eq!(dump(&batched), dump(&one_by_one));
             assert_eq!(batched.len(), one_by_one.len());
             assert_eq!(batched.bytes(), one_by_one.bytes());
@@ -432,12 +612,12 @@ mod tests {
                 // k00.., interleaved with and replacing the initial keys.
                 let key = format!("k{:02}{}", i / 2, if i % 2 == 0 { "" } else { "x" });
                 let value = vec![b'v'; i as usize % 5];
-                one_by_one.apply(Op::Put(Entry::new(key.as_bytes(), &value)), lsn);
-                let entry = Entry::new(key.as_bytes(), &value);
+                let entry = Entry::new(key.as_bytes(), &value, lsn, None);
+                one_by_one.apply(Op::Put(entry.clone()), lsn);
                 bytes += entry.payload_len();
                 entries.push(entry);
             }
-            bulk.apply_ascending_puts(initial_keys + 1, entries, bytes);
+            bulk.apply_ascending_puts(initial_keys + 20, entries, bytes);
             assert_eq!(dump(&bulk), dump(&one_by_one));
             assert_eq!(bulk.bytes(), one_by_one.bytes());
             assert_eq!(bulk.last_applied(), initial_keys + 20);

@@ -18,7 +18,10 @@ use crate::commit::{self, Command, Pending};
 use crate::error::{Error, Result};
 use crate::options::StoreOptions;
 use crate::state::{Entry, State};
-use crate::{KeyListing, KeysPage, RecoveryInfo, Stats, checkpoint, recovery};
+use crate::txn::{Condition, Expiry, Txn, TxnOutcome, Write};
+use crate::{
+    KeyListing, KeysPage, RecoveryInfo, ScanPage, ScanRange, Stats, Versioned, checkpoint, recovery,
+};
 
 // A panic while holding one of these locks is a bug in this crate; the data
 // they protect stays consistent (every mutation is a single map operation),
@@ -74,6 +77,10 @@ pub(crate) struct Shared {
     pub(crate) last_checkpoint_micros: AtomicU64,
     pub(crate) checkpoints_failed: AtomicU64,
     pub(crate) checkpoints_joined: AtomicU64,
+    /// Expired keys the sweeper removed since open.
+    pub(crate) expired_swept: AtomicU64,
+    /// When the store was opened.
+    pub(crate) opened: Instant,
     /// Set once, when the log fails: the store is then read-only for good.
     failure: OnceLock<String>,
     /// The last append failed for a full disk (so that the commit thread
@@ -111,6 +118,8 @@ struct Inner {
     shared: Arc<Shared>,
     tx: Sender<Command>,
     commit_thread: Mutex<Option<JoinHandle<()>>>,
+    /// The expiry sweeper: dropping the sender stops it.
+    sweeper: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
     recovery: RecoveryInfo,
 }
 
@@ -120,6 +129,11 @@ impl Drop for Inner {
         // wait for a running automatic checkpoint, so that once the last handle
         // is gone the log's directory lock is released and the store can be
         // reopened.
+        // The sweeper first: it submits to the commit thread.
+        if let Some((stop, t)) = lock(&self.sweeper).take() {
+            drop(stop);
+            let _ = t.join();
+        }
         let (done, _) = oneshot::channel();
         let _ = self.tx.send(Command::Close { done });
         if let Some(t) = lock(&self.commit_thread).take() {
@@ -208,6 +222,8 @@ impl KeyValueStore {
             last_checkpoint_micros: AtomicU64::new(0),
             checkpoints_failed: AtomicU64::new(0),
             checkpoints_joined: AtomicU64::new(0),
+            expired_swept: AtomicU64::new(0),
+            opened: started,
             failure: OnceLock::new(),
             disk_full: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -218,11 +234,19 @@ impl KeyValueStore {
             .name("kv-commit".into())
             .spawn(move || commit::run(for_thread, rx, gather))
             .map_err(|e| Error::io("start commit thread", dir, e))?;
+        let sweeper = match shared.options.expiry_sweep_rate {
+            0 => None,
+            rate => Some(
+                crate::sweep::start(Arc::clone(&shared), tx.clone(), rate)
+                    .map_err(|e| Error::io("start expiry sweeper", dir, e))?,
+            ),
+        };
         Ok(KeyValueStore {
             inner: Arc::new(Inner {
                 shared,
                 tx,
                 commit_thread: Mutex::new(Some(commit_thread)),
+                sweeper: Mutex::new(sweeper),
                 recovery,
             }),
         })
@@ -266,13 +290,23 @@ impl KeyValueStore {
     /// the returned [`Pending`] resolves to the write's LSN once it is durable
     /// and applied.
     pub fn submit_put(&self, key: &[u8], value: &[u8]) -> Result<Pending<Lsn>> {
+        self.submit_put_expiring(key, value, None)
+    }
+
+    /// [`submit_put`](KeyValueStore::submit_put) of a key that expires at
+    /// `deadline` (ms since the Unix epoch; see [`crate::deadline_after`]),
+    /// or never. A deadline past the year 9999 is
+    /// [`Error::InvalidRequest`].
+    pub fn submit_put_expiring(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        deadline: Option<u64>,
+    ) -> Result<Pending<Lsn>> {
         self.check_key(key)?;
-        let max = self.inner.shared.options.max_value_size;
-        if value.len() > max {
-            return Err(Error::ValueTooLarge {
-                size: value.len(),
-                max,
-            });
+        self.check_value(value)?;
+        if let Some(at) = deadline {
+            crate::txn::check_deadline(at)?;
         }
         self.inner.shared.check_writable()?;
         // The copy into the map entry (and its allocation) happens here, in
@@ -281,9 +315,86 @@ impl KeyValueStore {
         // reuses, so that a queued put holds its value once.
         let (done, rx) = oneshot::channel();
         self.send(Command::Put {
-            entry: Entry::new(key, value),
+            // The seq is set by the commit thread, which assigns the LSN.
+            entry: Entry::new(key, value, 0, deadline),
             done,
         })?;
+        Ok(Pending::new(rx))
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<()> {
+        let max = self.inner.shared.options.max_value_size;
+        if value.len() > max {
+            return Err(Error::ValueTooLarge {
+                size: value.len(),
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Submits a transaction: its conditions are checked, and its writes
+    /// decided, against the state at its point in the log (after every
+    /// write submitted before it), by the commit thread; all its writes are
+    /// then logged as one record and applied at one LSN, or none is. An
+    /// unmet condition resolves to [`Error::ConditionFailed`] with the key's
+    /// current version, a counter on a non-integer or one that would
+    /// overflow to [`Error::InvalidRequest`]; nothing is written then. A
+    /// transaction that changes nothing writes nothing (its seq is 0).
+    /// Invalid input fails here at once: no writes, an empty or too long
+    /// key, a value over the maximum, a deadline past the year 9999, a
+    /// record over the log's maximum ([`Error::BatchTooLarge`]).
+    pub fn submit_txn(&self, txn: Txn) -> Result<Pending<TxnOutcome>> {
+        if txn.writes.is_empty() {
+            return Err(Error::InvalidRequest(
+                "a batch needs at least one write".into(),
+            ));
+        }
+        for write in &txn.writes {
+            self.check_key(write.key())?;
+            match write {
+                Write::Put { value, expiry, .. } => {
+                    self.check_value(value)?;
+                    if let Expiry::At(at) = expiry {
+                        crate::txn::check_deadline(*at)?;
+                    }
+                }
+                Write::SetDeadline { at: Some(at), .. } => {
+                    crate::txn::check_deadline(*at)?;
+                }
+                _ => {}
+            }
+        }
+        for (key, condition) in &txn.conditions {
+            self.check_key(key)?;
+            if let Condition::ValueEquals(value) = condition {
+                self.check_value(value)?;
+            }
+        }
+        let size = commit::txn_len(&txn);
+        let max = self.inner.shared.options.wal.max_record_size as usize;
+        if size > max {
+            return Err(Error::BatchTooLarge { size, max });
+        }
+        self.inner.shared.check_writable()?;
+        let (done, rx) = oneshot::channel();
+        self.send(Command::Txn { txn, done })?;
+        Ok(Pending::new(rx))
+    }
+
+    /// Blocking [`submit_txn`](KeyValueStore::submit_txn).
+    pub fn txn(&self, txn: Txn) -> Result<TxnOutcome> {
+        self.submit_txn(txn)?.wait()
+    }
+
+    /// Submits the removal of expired keys (the sweeper's batch).
+    pub(crate) fn submit_sweep(
+        tx: &Sender<Command>,
+        keys: Vec<(Box<[u8]>, Lsn)>,
+    ) -> Result<Pending<u64>> {
+        let (done, rx) = oneshot::channel();
+        tx.send(Command::Sweep { keys, done })
+            .map_err(|_| Error::Unavailable("the store is closed".into()))?;
         Ok(Pending::new(rx))
     }
 
@@ -316,9 +427,55 @@ impl KeyValueStore {
     /// The value of `key`, if present. Sees every acknowledged write and
     /// nothing that is not yet durable. Never blocks on I/O.
     pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let now = crate::record::now_ms();
         read(&self.inner.shared.state)
             .get(key)
+            .filter(|e| !e.expired_at(now))
             .map(|e| e.value().to_vec())
+    }
+
+    /// The value of `key` with its version and deadline, if present (and
+    /// not expired).
+    pub fn get_versioned(&self, key: &[u8]) -> Option<Versioned> {
+        crate::scan::get(
+            &read(&self.inner.shared.state),
+            key,
+            crate::record::now_ms(),
+        )
+    }
+
+    /// [`get_versioned`](KeyValueStore::get_versioned) of each key, all as
+    /// of one moment (under one read lock).
+    pub fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Vec<Option<Versioned>> {
+        let now = crate::record::now_ms();
+        let state = read(&self.inner.shared.state);
+        keys.iter()
+            .map(|k| crate::scan::get(&state, k.as_ref(), now))
+            .collect()
+    }
+
+    /// One page of a scan of `range` after `after` (see [`ScanPage`]): at
+    /// most `limit` keys (0: no limit) and about `max_bytes` of keys and
+    /// values (each counted with [`crate::SCAN_ITEM_OVERHEAD`]), with their
+    /// values if `values`. Expired keys are left out. Never blocks on I/O;
+    /// holds the map's read lock for one page.
+    pub fn scan(
+        &self,
+        range: &ScanRange,
+        after: Option<&[u8]>,
+        limit: usize,
+        max_bytes: usize,
+        values: bool,
+    ) -> ScanPage {
+        crate::scan::scan(
+            &read(&self.inner.shared.state),
+            range,
+            after,
+            limit,
+            max_bytes,
+            values,
+            crate::record::now_ms(),
+        )
     }
 
     /// Keys starting with `prefix`, ascending, at most `limit` (0 = no
@@ -413,9 +570,14 @@ impl KeyValueStore {
     /// Counters and sizes.
     pub fn stats(&self) -> Stats {
         let shared = &self.inner.shared;
-        let (keys, bytes, last_lsn) = {
+        let (keys, bytes, last_lsn, expiring_keys) = {
             let state = read(&shared.state);
-            (state.len(), state.bytes(), state.last_applied())
+            (
+                state.len(),
+                state.bytes(),
+                state.last_applied(),
+                state.expiring(),
+            )
         };
         Stats {
             keys,
@@ -432,6 +594,9 @@ impl KeyValueStore {
             wal: shared.wal.stats(),
             checkpoints_failed: shared.checkpoints_failed.load(Ordering::Relaxed),
             checkpoints_joined: shared.checkpoints_joined.load(Ordering::Relaxed),
+            expiring_keys,
+            expired_swept: shared.expired_swept.load(Ordering::Relaxed),
+            uptime: shared.opened.elapsed(),
         }
     }
 

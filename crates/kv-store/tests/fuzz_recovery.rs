@@ -33,6 +33,7 @@ fn options() -> StoreOptions {
         max_value_size: 1024,
         checkpoint_after: None,
         checkpoint_write_rate: None,
+        expiry_sweep_rate: StoreOptions::default().expiry_sweep_rate,
     }
 }
 

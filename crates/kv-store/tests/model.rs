@@ -43,6 +43,8 @@ fn options() -> StoreOptions {
         max_value_size: 512,
         checkpoint_after: None,
         checkpoint_write_rate: StoreOptions::default().checkpoint_write_rate,
+        // Off: the model predicts every LSN, and sweeps would take some.
+        expiry_sweep_rate: 0,
     }
 }
 

@@ -144,6 +144,7 @@ fn options(sync_policy: SyncPolicy) -> StoreOptions {
         max_value_size: 64 << 10,
         checkpoint_after: None,
         checkpoint_write_rate: None,
+        expiry_sweep_rate: StoreOptions::default().expiry_sweep_rate,
     }
 }
 

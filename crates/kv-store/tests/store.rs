@@ -21,6 +21,7 @@ fn options() -> StoreOptions {
         max_value_size: 1024,
         checkpoint_after: None,
         checkpoint_write_rate: StoreOptions::default().checkpoint_write_rate,
+        expiry_sweep_rate: StoreOptions::default().expiry_sweep_rate,
     }
 }
 
