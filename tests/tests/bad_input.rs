@@ -16,6 +16,7 @@ fn put(id: u64, key: &str, value: &str) -> Request {
         Command::Put(PutRequest {
             key: Bytes::copy_from_slice(key.as_bytes()),
             value: Bytes::copy_from_slice(value.as_bytes()),
+            ..Default::default()
         }),
     )
 }

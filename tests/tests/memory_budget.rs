@@ -243,6 +243,7 @@ async fn a_flood_of_the_largest_puts_stays_within_the_in_flight_budget() {
             Command::Put(PutRequest {
                 key: Bytes::from_static(b"probe"),
                 value: Bytes::from_static(b"small"),
+                ..Default::default()
             }),
         ))
         .await

@@ -31,6 +31,7 @@ async fn thousands_of_pipelined_requests_are_answered_in_order() {
                 Command::Put(PutRequest {
                     key: key(id),
                     value: Bytes::from(format!("value-{id}")),
+                    ..Default::default()
                 })
             };
             Request::new(id, command)
@@ -84,6 +85,7 @@ async fn pipelined_connections_interleave_without_mixing_answers() {
                         Command::Put(PutRequest {
                             key: Bytes::from(format!("conn{conn_id}-{i}")),
                             value: Bytes::from_static(b"v"),
+                            ..Default::default()
                         }),
                     )
                 })

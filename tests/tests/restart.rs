@@ -104,6 +104,7 @@ async fn sigterm_answers_every_request_already_read() {
                 Command::Put(PutRequest {
                     key: Bytes::from(format!("inflight-{i}")),
                     value: Bytes::from_static(b"v"),
+                    ..Default::default()
                 }),
             )
         })

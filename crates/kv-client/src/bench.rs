@@ -220,6 +220,7 @@ impl Workload {
             Command::Put(PutRequest {
                 key,
                 value: self.value.clone(),
+                ..Default::default()
             })
         } else {
             Command::Get(GetRequest { key })

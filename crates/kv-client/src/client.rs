@@ -346,7 +346,11 @@ pub(crate) mod ops {
     use crate::error::{ClientError, Result};
 
     pub(crate) fn put_command(key: Bytes, value: Bytes) -> request::Command {
-        request::Command::Put(PutRequest { key, value })
+        request::Command::Put(PutRequest {
+            key,
+            value,
+            ..Default::default()
+        })
     }
 
     pub(crate) fn put(result: response::Result) -> Result<u64> {
@@ -368,7 +372,10 @@ pub(crate) mod ops {
     }
 
     pub(crate) fn delete_command(key: Bytes) -> request::Command {
-        request::Command::Delete(DeleteRequest { key })
+        request::Command::Delete(DeleteRequest {
+            key,
+            ..Default::default()
+        })
     }
 
     pub(crate) fn delete(result: response::Result) -> Result<Option<u64>> {

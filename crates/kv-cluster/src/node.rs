@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
@@ -158,6 +158,7 @@ pub struct ClusterNode {
     log: LogStore,
     config: ClusterConfig,
     peers: JoinHandle<()>,
+    started: Instant,
 }
 
 impl std::fmt::Debug for ClusterNode {
@@ -182,8 +183,16 @@ pub struct MemberMetrics {
     pub keys: u64,
     /// Key and value bytes in the state machine.
     pub bytes: u64,
+    /// Keys in the state machine with an expiry deadline.
+    pub expiring_keys: u64,
     /// The Raft log's wal-core counters.
     pub log: wal_core::WalStats,
+    /// Bytes of the Raft log's segment files on disk.
+    pub log_bytes: u64,
+    /// Snapshots built on this member since it started.
+    pub snapshots: u64,
+    /// Time since this member started.
+    pub uptime: Duration,
 }
 
 /// What `status` reports about this member.
@@ -212,6 +221,7 @@ impl ClusterNode {
     /// cluster forms with no further step and a restarted member simply
     /// rejoins from its log).
     pub async fn start(config: ClusterConfig, peer_listener: TcpListener) -> Result<ClusterNode> {
+        let started = Instant::now();
         let dir = config.data_dir.join("raft");
         let (log, state) = {
             let dir = dir.clone();
@@ -263,6 +273,7 @@ impl ClusterNode {
                 log,
                 config,
                 peers,
+                started,
             });
         }
         match raft.initialize(config.members.clone()).await {
@@ -283,6 +294,7 @@ impl ClusterNode {
             log,
             config,
             peers,
+            started,
         })
     }
 
@@ -528,7 +540,9 @@ impl ClusterNode {
     /// the state machine's size and the Raft log's counters.
     pub fn metrics(&self) -> MemberMetrics {
         let m = self.raft.metrics().borrow().clone();
-        let (keys, bytes) = self.state.read(|replica| (replica.len(), replica.bytes()));
+        let (keys, bytes, expiring_keys) = self
+            .state
+            .read(|replica| (replica.len(), replica.bytes(), replica.expiring()));
         MemberMetrics {
             status: self.status_from(&m),
             committed_index: self.log.committed_index(),
@@ -541,7 +555,11 @@ impl ClusterNode {
                 .collect(),
             keys,
             bytes,
+            expiring_keys,
             log: self.log.wal().stats(),
+            log_bytes: self.log.wal().disk_size(),
+            snapshots: self.state.snapshots_built(),
+            uptime: self.started.elapsed(),
         }
     }
 

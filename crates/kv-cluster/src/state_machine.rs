@@ -19,6 +19,7 @@
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -61,6 +62,8 @@ struct Inner {
     applied: Mutex<Applied>,
     /// Serialises snapshot building and installing.
     snapshots: Mutex<()>,
+    /// Snapshots built here since open.
+    built: AtomicU64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -122,6 +125,7 @@ impl StateMachine {
                 replica: RwLock::new(replica),
                 applied: Mutex::new(applied),
                 snapshots: Mutex::new(()),
+                built: AtomicU64::new(0),
             }),
         })
     }
@@ -134,6 +138,12 @@ impl StateMachine {
             .replica
             .read()
             .unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Snapshots built on this member since it started (checkpoints and
+    /// openraft's own, not received ones).
+    pub fn snapshots_built(&self) -> u64 {
+        self.inner.built.load(Ordering::Relaxed)
     }
 
     /// The last applied log id.
@@ -160,6 +170,7 @@ impl StateMachine {
                         seq: a.seq,
                         existed: a.existed,
                         error: None,
+                        txn: a.txn,
                     },
                     // Decided identically on every replica: the entry
                     // changes nothing anywhere.
@@ -217,6 +228,7 @@ impl StateMachine {
         };
         self.publish(&tmp, &meta)?;
         lock(&self.inner.applied).snapshot = Some(meta.clone());
+        self.inner.built.fetch_add(1, Ordering::Relaxed);
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),

@@ -43,6 +43,8 @@ pub struct CommandResult {
     /// Why the command could not be applied, if it could not (an
     /// undecodable command changes nothing on any replica).
     pub error: Option<String>,
+    /// For a transaction: what it did, or why it did not apply.
+    pub txn: Option<Result<kv_store::TxnOutcome, kv_store::replica::Refused>>,
 }
 
 openraft::declare_raft_types!(

@@ -23,7 +23,7 @@
 //!
 //! let request = Request::new(
 //!     7,
-//!     Command::Put(PutRequest { key: "greeting".into(), value: "hello".into() }),
+//!     Command::Put(PutRequest { key: "greeting".into(), value: "hello".into(), ..Default::default() }),
 //! );
 //!
 //! // The client encodes a frame...

@@ -37,9 +37,17 @@ fn bytes_strategy() -> impl Strategy<Value = Bytes> {
 fn command_strategy() -> impl Strategy<Value = request::Command> {
     prop_oneof![
         bytes_strategy().prop_map(|key| request::Command::Get(GetRequest { key })),
-        (bytes_strategy(), bytes_strategy())
-            .prop_map(|(key, value)| request::Command::Put(PutRequest { key, value })),
-        bytes_strategy().prop_map(|key| request::Command::Delete(DeleteRequest { key })),
+        (bytes_strategy(), bytes_strategy()).prop_map(|(key, value)| request::Command::Put(
+            PutRequest {
+                key,
+                value,
+                ..Default::default()
+            }
+        )),
+        bytes_strategy().prop_map(|key| request::Command::Delete(DeleteRequest {
+            key,
+            ..Default::default()
+        })),
         (bytes_strategy(), any::<u32>())
             .prop_map(|(prefix, limit)| request::Command::Keys(KeysRequest { prefix, limit })),
         Just(request::Command::Checkpoint(CheckpointRequest {})),
@@ -168,6 +176,7 @@ fn every_message_type_round_trips_with_fixed_contents() {
         request::Command::Put(PutRequest {
             key: Bytes::from_static(b"k"),
             value: Bytes::from_static(&[0, 255, 10, 13]),
+            ..Default::default()
         }),
     ));
     round_trip(&Response::error(2, ErrorCode::TooLarge, "too large"));
@@ -254,6 +263,7 @@ fn encoding_a_message_over_the_max_fails_and_writes_nothing() {
         request::Command::Put(PutRequest {
             key: Bytes::from_static(b"key"),
             value: Bytes::from(vec![1u8; 32]),
+            ..Default::default()
         }),
     );
     let mut wire = BytesMut::new();
@@ -308,6 +318,7 @@ fn garbage_body_is_an_item_error_and_the_next_frame_decodes() {
         5,
         request::Command::Delete(DeleteRequest {
             key: Bytes::from_static(b"k"),
+            ..Default::default()
         }),
     );
     ClientCodec::default().encode(&next, &mut buf).unwrap();

@@ -106,7 +106,11 @@ fn request_strategy() -> impl Strategy<Value = Request> {
     )
         .prop_map(|(id, key, value, put)| {
             let command = if put {
-                request::Command::Put(PutRequest { key, value })
+                request::Command::Put(PutRequest {
+                    key,
+                    value,
+                    ..Default::default()
+                })
             } else {
                 request::Command::Get(GetRequest { key })
             };

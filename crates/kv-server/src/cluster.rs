@@ -13,9 +13,11 @@ use bytes::Bytes;
 use kv_cluster::{ClusterNode, CommandResult, Node, PendingWrite, RequestError};
 use kv_proto::{
     CheckpointResponse, ClusterMember, ClusterStatusResponse, DeleteResponse, ErrorCode,
-    GetResponse, KeysResponse, PutResponse, Response, request::Command, response,
+    KeysResponse, PutResponse, Response, StatsResponse, request::Command, response,
 };
-use kv_store::replica::{encode_delete, encode_put};
+use kv_store::replica::{encode_delete, encode_put_expiring, encode_txn};
+
+use crate::ops::{self, ScanAsk, TxnKind, WriteAsk};
 
 /// A member and the request limits the single node's store would enforce.
 #[derive(Debug, Clone)]
@@ -39,9 +41,29 @@ pub(crate) enum ClusterReply {
         id: u64,
         pending: PendingWrite,
     },
+    Txn {
+        id: u64,
+        kind: TxnKind,
+        pending: PendingWrite,
+    },
     Get {
         id: u64,
         key: Bytes,
+    },
+    Ttl {
+        id: u64,
+        key: Bytes,
+    },
+    Mget {
+        id: u64,
+        keys: Vec<Bytes>,
+    },
+    Scan {
+        id: u64,
+        ask: ScanAsk,
+    },
+    Stats {
+        id: u64,
     },
     Keys {
         id: u64,
@@ -96,32 +118,97 @@ pub(crate) fn start(
             Ok(())
         }
     };
-    Ok(match command {
-        Command::Put(put) => {
-            check_key(&put.key)?;
-            if put.value.len() > backend.max_value_size {
-                return Err(Response::error(
+    let check_value = |value: &[u8]| {
+        if value.len() > backend.max_value_size {
+            Err(Response::error(
+                id,
+                ErrorCode::TooLarge,
+                format!(
+                    "value of {} bytes exceeds the maximum of {}",
+                    value.len(),
+                    backend.max_value_size
+                ),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let refused =
+        |err: kv_store::Error| ops::error_response(id, crate::command::error_code(&err), &err);
+    let write = |ask: kv_store::Result<WriteAsk>| -> Result<ClusterReply, Response> {
+        Ok(match ask.map_err(refused)? {
+            WriteAsk::Put {
+                key,
+                value,
+                deadline,
+            } => {
+                check_key(&key)?;
+                check_value(&value)?;
+                ClusterReply::Put {
                     id,
-                    ErrorCode::TooLarge,
-                    format!(
-                        "value of {} bytes exceeds the maximum of {}",
-                        put.value.len(),
-                        backend.max_value_size
-                    ),
-                ));
+                    pending: backend
+                        .node
+                        .submit(encode_put_expiring(&key, &value, deadline)),
+                }
             }
-            ClusterReply::Put {
+            WriteAsk::Delete { key } => {
+                check_key(&key)?;
+                ClusterReply::Delete {
+                    id,
+                    pending: backend.node.submit(encode_delete(&key)),
+                }
+            }
+            WriteAsk::Txn(kind, txn) => {
+                for w in &txn.writes {
+                    check_key(w.key())?;
+                    if let kv_store::Write::Put { value, .. } = w {
+                        check_value(value)?;
+                    }
+                }
+                for (key, c) in &txn.conditions {
+                    check_key(key)?;
+                    if let kv_store::Condition::ValueEquals(value) = c {
+                        check_value(value)?;
+                    }
+                }
+                ClusterReply::Txn {
+                    id,
+                    kind,
+                    pending: backend.node.submit(encode_txn(&txn)),
+                }
+            }
+        })
+    };
+    let now = kv_store::now_ms();
+    Ok(match command {
+        Command::Put(put) => write(ops::put(put, now))?,
+        Command::Delete(delete) => write(ops::delete(delete))?,
+        Command::Batch(batch) => write(ops::batch(&batch, now))?,
+        Command::Incr(incr) => write(Ok(ops::incr(&incr)))?,
+        Command::Expire(expire) => write(ops::expire(&expire, now))?,
+        Command::Ttl(ttl) => {
+            check_key(&ttl.key)?;
+            ClusterReply::Ttl {
                 id,
-                pending: backend.node.submit(encode_put(&put.key, &put.value)),
+                key: Bytes::copy_from_slice(&ttl.key),
             }
         }
-        Command::Delete(delete) => {
-            check_key(&delete.key)?;
-            ClusterReply::Delete {
+        Command::Mget(mget) => {
+            mget.keys.iter().try_for_each(|k| check_key(k))?;
+            ClusterReply::Mget {
                 id,
-                pending: backend.node.submit(encode_delete(&delete.key)),
+                keys: mget
+                    .keys
+                    .iter()
+                    .map(|k| Bytes::copy_from_slice(k))
+                    .collect(),
             }
         }
+        Command::Scan(scan) => ClusterReply::Scan {
+            id,
+            ask: ops::scan(&scan).map_err(refused)?,
+        },
+        Command::Stats(_) => ClusterReply::Stats { id },
         // Copied out of the frame, whose buffer a slice would pin while
         // the reply is queued.
         Command::Get(get) => {
@@ -163,19 +250,6 @@ pub(crate) fn start(
         // The connection's gate answers every auth request before it gets
         // here; one that did get here was let through, so it is accepted.
         Command::Auth(_) => return Err(crate::auth::accepted(id)),
-        Command::Batch(_)
-        | Command::Incr(_)
-        | Command::Expire(_)
-        | Command::Ttl(_)
-        | Command::Scan(_)
-        | Command::Mget(_)
-        | Command::Stats(_) => {
-            return Err(Response::error(
-                id,
-                ErrorCode::InvalidRequest,
-                format!("{} is not supported yet", command.name()),
-            ));
-        }
     })
 }
 
@@ -231,17 +305,89 @@ impl ClusterReply {
                 },
                 Err(e) => request_error(id, e, true),
             },
-            ClusterReply::Get { id, key } => match node.read(|s| s.get(&key)).await {
-                Ok(value) => Response::new(
+            ClusterReply::Txn { id, kind, pending } => match pending.wait().await {
+                Ok(r) => match applied(id, r) {
+                    Ok(CommandResult {
+                        txn: Some(Ok(outcome)),
+                        ..
+                    }) => Response::new(id, ops::txn_result(kind, &outcome)),
+                    Ok(CommandResult {
+                        txn: Some(Err(refused)),
+                        ..
+                    }) => {
+                        let err = refused.into_error();
+                        ops::error_response(id, crate::command::error_code(&err), &err)
+                    }
+                    Ok(_) => Response::error(
+                        id,
+                        ErrorCode::Internal,
+                        "internal error: a transaction applied without an outcome",
+                    ),
+                    Err(resp) => resp,
+                },
+                Err(e) => request_error(id, e, true),
+            },
+            ClusterReply::Get { id, key } => match node.read(|s| s.get_versioned(&key)).await {
+                Ok(found) => Response::new(id, response::Result::Get(ops::get_response(found))),
+                Err(e) => request_error(id, e, false),
+            },
+            ClusterReply::Ttl { id, key } => match node.read(|s| s.get_versioned(&key)).await {
+                Ok(found) => Response::new(
                     id,
-                    response::Result::Get(GetResponse {
-                        found: value.is_some(),
-                        value: value.map(Bytes::from).unwrap_or_default(),
-                        ..GetResponse::default()
-                    }),
+                    response::Result::Ttl(ops::ttl_response(found, kv_store::now_ms())),
                 ),
                 Err(e) => request_error(id, e, false),
             },
+            ClusterReply::Mget { id, keys } => match node.read(|s| s.get_many(&keys)).await {
+                Ok(found) => match ops::mget_response(id, found, keys_budget) {
+                    Ok(mget) => Response::new(id, response::Result::Mget(mget)),
+                    Err(resp) => resp,
+                },
+                Err(e) => request_error(id, e, false),
+            },
+            ClusterReply::Scan { id, ask } => {
+                let page = node
+                    .read(|s| {
+                        s.scan(
+                            &ask.range,
+                            ask.after.as_deref(),
+                            ask.limit,
+                            keys_budget,
+                            ask.values,
+                        )
+                    })
+                    .await;
+                match page {
+                    Ok(page) => Response::new(id, response::Result::Scan(ops::scan_response(page))),
+                    Err(e) => request_error(id, e, false),
+                }
+            }
+            ClusterReply::Stats { id } => {
+                // After a read barrier, so last_seq is at least every write
+                // acknowledged before the request.
+                let last = node.read(|s| s.last_applied()).await;
+                match last {
+                    Ok(last_seq) => {
+                        let m = node.metrics();
+                        Response::new(
+                            id,
+                            response::Result::Stats(StatsResponse {
+                                keys: m.keys,
+                                bytes: m.bytes,
+                                last_seq,
+                                durable_seq: m.log.durable_lsn,
+                                wal_bytes: m.log_bytes,
+                                wal_segments: m.log.segments,
+                                snapshots: m.snapshots,
+                                expiring_keys: m.expiring_keys,
+                                uptime_ms: u64::try_from(m.uptime.as_millis()).unwrap_or(u64::MAX),
+                                expired_keys: 0,
+                            }),
+                        )
+                    }
+                    Err(e) => request_error(id, e, false),
+                }
+            }
             ClusterReply::Keys { id, prefix, limit } => {
                 let limit = usize::try_from(limit).unwrap_or(usize::MAX);
                 match node.keys(&prefix, limit, keys_budget).await {

@@ -22,12 +22,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use kv_proto::{
-    BackupRequest, BackupResponse, CheckpointResponse, DeleteResponse, ErrorCode, GetResponse,
-    KeysResponse, PutResponse, Request, Response, request::Command, response,
+    BackupRequest, BackupResponse, CheckpointResponse, DeleteResponse, ErrorCode, KeysResponse,
+    PutResponse, Request, Response, StatsResponse, request::Command, response,
 };
-use kv_store::{KeyValueStore, Lsn, Pending};
+use kv_store::{KeyValueStore, Lsn, Pending, TxnOutcome};
 
 use crate::cluster::{ClusterBackend, ClusterReply};
+use crate::ops::{self, ScanAsk, TxnKind, WriteAsk};
 
 /// What the server serves: one node's store, or a cluster member. Clones
 /// share it.
@@ -112,8 +113,23 @@ pub(crate) enum Reply {
         id: u64,
         pending: Pending<Option<Lsn>>,
     },
+    /// A transaction (conditional write, batch, counter, deadline change)
+    /// submitted to the store, answered as the request of `kind`.
+    Txn {
+        id: u64,
+        kind: TxnKind,
+        pending: Pending<TxnOutcome>,
+    },
     /// A get, read when its turn comes.
     Get { id: u64, key: Bytes },
+    /// A key's remaining time, read when its turn comes.
+    Ttl { id: u64, key: Bytes },
+    /// A multi-get, read when its turn comes.
+    Mget { id: u64, keys: Vec<Bytes> },
+    /// A page of a scan, read when its turn comes.
+    Scan { id: u64, ask: ScanAsk },
+    /// The store's counters, read when their turn comes.
+    Stats { id: u64 },
     /// A key listing, read when its turn comes.
     Keys { id: u64, prefix: Bytes, limit: u32 },
     /// A checkpoint, started when its turn comes.
@@ -140,15 +156,45 @@ impl Reply {
                 };
             }
         };
+        let now = kv_store::now_ms();
+        let write = |ask: kv_store::Result<WriteAsk>| {
+            let submitted = ask.and_then(|ask| match ask {
+                WriteAsk::Put {
+                    key,
+                    value,
+                    deadline,
+                } => store
+                    .submit_put_expiring(&key, &value, deadline)
+                    .map(|pending| Reply::Put { id, pending }),
+                WriteAsk::Delete { key } => store
+                    .submit_delete(&key)
+                    .map(|pending| Reply::Delete { id, pending }),
+                WriteAsk::Txn(kind, txn) => {
+                    store
+                        .submit_txn(txn)
+                        .map(|pending| Reply::Txn { id, kind, pending })
+                }
+            });
+            submitted.unwrap_or_else(|err| Reply::Ready(store_error(id, &err, shared)))
+        };
+        let check_key = |key: &[u8]| {
+            if key.is_empty() {
+                Err(kv_store::Error::EmptyKey)
+            } else if key.len() > store.max_key_size() {
+                Err(kv_store::Error::KeyTooLarge {
+                    size: key.len(),
+                    max: store.max_key_size(),
+                })
+            } else {
+                Ok(())
+            }
+        };
         match command {
-            Command::Put(put) => match store.submit_put(&put.key, &put.value) {
-                Ok(pending) => Reply::Put { id, pending },
-                Err(err) => Reply::Ready(store_error(id, &err, shared)),
-            },
-            Command::Delete(delete) => match store.submit_delete(&delete.key) {
-                Ok(pending) => Reply::Delete { id, pending },
-                Err(err) => Reply::Ready(store_error(id, &err, shared)),
-            },
+            Command::Put(put) => write(ops::put(put, now)),
+            Command::Delete(delete) => write(ops::delete(delete)),
+            Command::Batch(batch) => write(ops::batch(&batch, now)),
+            Command::Incr(incr) => write(Ok(ops::incr(&incr))),
+            Command::Expire(expire) => write(ops::expire(&expire, now)),
             Command::Get(get) if get.key.len() > store.max_key_size() => {
                 let err = kv_store::Error::KeyTooLarge {
                     size: get.key.len(),
@@ -172,17 +218,29 @@ impl Reply {
             // The connection's gate answers every auth request before it
             // gets here; one that did get here was let through.
             Command::Auth(_) => Reply::Ready(crate::auth::accepted(id)),
-            Command::Batch(_)
-            | Command::Incr(_)
-            | Command::Expire(_)
-            | Command::Ttl(_)
-            | Command::Scan(_)
-            | Command::Mget(_)
-            | Command::Stats(_) => Reply::error(
-                id,
-                ErrorCode::InvalidRequest,
-                format!("{} is not supported yet", command.name()),
-            ),
+            Command::Ttl(ttl) => match check_key(&ttl.key) {
+                Ok(()) => Reply::Ttl {
+                    id,
+                    key: Bytes::copy_from_slice(&ttl.key),
+                },
+                Err(err) => Reply::Ready(store_error(id, &err, shared)),
+            },
+            Command::Mget(mget) => match mget.keys.iter().try_for_each(|k| check_key(k)) {
+                Ok(()) => Reply::Mget {
+                    id,
+                    keys: mget
+                        .keys
+                        .iter()
+                        .map(|k| Bytes::copy_from_slice(k))
+                        .collect(),
+                },
+                Err(err) => Reply::Ready(store_error(id, &err, shared)),
+            },
+            Command::Scan(scan) => match ops::scan(&scan) {
+                Ok(ask) => Reply::Scan { id, ask },
+                Err(err) => Reply::Ready(store_error(id, &err, shared)),
+            },
+            Command::Stats(_) => Reply::Stats { id },
             Command::ClusterStatus(_) | Command::ClusterAdd(_) | Command::ClusterRemove(_) => {
                 Reply::error(
                     id,
@@ -237,17 +295,38 @@ impl Reply {
                 ),
                 Err(err) => return store_error(id, &err, shared),
             },
-            Reply::Get { id, key } => {
-                let value = store.get(&key);
-                (
-                    id,
-                    response::Result::Get(GetResponse {
-                        found: value.is_some(),
-                        value: value.map(Bytes::from).unwrap_or_default(),
-                        ..GetResponse::default()
-                    }),
-                )
+            Reply::Txn { id, kind, pending } => match pending.await {
+                Ok(outcome) => (id, ops::txn_result(kind, &outcome)),
+                Err(err) => return store_error(id, &err, shared),
+            },
+            Reply::Get { id, key } => (
+                id,
+                response::Result::Get(ops::get_response(store.get_versioned(&key))),
+            ),
+            Reply::Ttl { id, key } => (
+                id,
+                response::Result::Ttl(ops::ttl_response(
+                    store.get_versioned(&key),
+                    kv_store::now_ms(),
+                )),
+            ),
+            Reply::Mget { id, keys } => {
+                match ops::mget_response(id, store.get_many(&keys), shared.keys_budget) {
+                    Ok(mget) => (id, response::Result::Mget(mget)),
+                    Err(response) => return response,
+                }
             }
+            Reply::Scan { id, ask } => {
+                let page = store.scan(
+                    &ask.range,
+                    ask.after.as_deref(),
+                    ask.limit,
+                    shared.keys_budget,
+                    ask.values,
+                );
+                (id, response::Result::Scan(ops::scan_response(page)))
+            }
+            Reply::Stats { id } => (id, response::Result::Stats(single_stats(store))),
             Reply::Keys { id, prefix, limit } => {
                 let page = store.keys_within(
                     &prefix,
@@ -303,6 +382,23 @@ impl Reply {
     }
 }
 
+/// A single node's counters as their response.
+fn single_stats(store: &KeyValueStore) -> StatsResponse {
+    let stats = store.stats();
+    StatsResponse {
+        keys: stats.keys,
+        bytes: stats.bytes,
+        last_seq: stats.last_lsn,
+        durable_seq: stats.wal.durable_lsn,
+        wal_bytes: stats.wal_bytes,
+        wal_segments: stats.wal.segments,
+        snapshots: stats.snapshots_taken,
+        expiring_keys: stats.expiring_keys,
+        uptime_ms: u64::try_from(stats.uptime.as_millis()).unwrap_or(u64::MAX),
+        expired_keys: stats.expired_swept,
+    }
+}
+
 /// How much of a backup one response carries: 1 MiB, or less if the frame
 /// limit is smaller (`budget` is what a response may carry).
 pub(crate) fn backup_chunk_size(budget: usize) -> usize {
@@ -336,15 +432,18 @@ fn store_error(id: u64, err: &kv_store::Error, shared: &Shared) -> Response {
     ) {
         shared.note_write_failure(err);
     }
-    error_response(id, code, err.to_string())
+    ops::error_response(id, code, err)
 }
 
 /// The wire code of a store error.
 pub(crate) fn error_code(err: &kv_store::Error) -> ErrorCode {
     use kv_store::Error;
     match err.cause() {
-        Error::EmptyKey => ErrorCode::InvalidRequest,
-        Error::KeyTooLarge { .. } | Error::ValueTooLarge { .. } => ErrorCode::TooLarge,
+        Error::EmptyKey | Error::InvalidRequest(_) => ErrorCode::InvalidRequest,
+        Error::KeyTooLarge { .. } | Error::ValueTooLarge { .. } | Error::BatchTooLarge { .. } => {
+            ErrorCode::TooLarge
+        }
+        Error::ConditionFailed { .. } => ErrorCode::ConditionFailed,
         Error::OutcomeUnknown(_) => ErrorCode::OutcomeUnknown,
         // Nothing was written, and the server may take it later (space freed)
         // or never (fail-stop, shutting down): the message says which.

@@ -224,6 +224,14 @@ pub struct Args {
     #[arg(long, env = "KV_CHECKPOINT_RATE", default_value = "32MiB", value_parser = parse_size)]
     pub checkpoint_rate: u64,
 
+    /// Most expired keys per second the sweeper removes, with ordinary
+    /// delete records in batches ten times a second, so that their memory
+    /// comes back without a mass expiry taking the log from writers. An
+    /// expired key is invisible at once either way; 0 turns the sweeper
+    /// off (expired keys then take memory until overwritten or deleted).
+    #[arg(long, env = "KV_EXPIRY_SWEEP_RATE", default_value_t = 20_000)]
+    pub expiry_sweep_rate: u64,
+
     /// Most connections served at once. A client over the limit gets an
     /// UNAVAILABLE error ("max number of clients reached") and is closed at
     /// once.
@@ -600,6 +608,7 @@ impl Args {
             max_value_size: usize_saturating(self.max_value_size),
             checkpoint_after: (self.checkpoint_after > 0).then_some(self.checkpoint_after),
             checkpoint_write_rate: (self.checkpoint_rate > 0).then_some(self.checkpoint_rate),
+            expiry_sweep_rate: self.expiry_sweep_rate,
         }
     }
 

@@ -317,6 +317,7 @@ mod tests {
             Command::Put(PutRequest {
                 key: bytes::Bytes::from_static(b"k"),
                 value: vec![1u8; value_len].into(),
+                ..Default::default()
             }),
         );
         let mut frame = BytesMut::new();

@@ -39,6 +39,7 @@ mod command;
 pub mod config;
 mod connection;
 pub mod metrics;
+mod ops;
 mod server;
 pub mod tls;
 

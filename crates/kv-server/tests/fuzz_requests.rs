@@ -70,8 +70,12 @@ fn command(rng: &mut Rng) -> Command {
         1 => Command::Put(PutRequest {
             key: rng.bytes(40),
             value: rng.bytes(200),
+            ..Default::default()
         }),
-        2 => Command::Delete(DeleteRequest { key: rng.bytes(40) }),
+        2 => Command::Delete(DeleteRequest {
+            key: rng.bytes(40),
+            ..Default::default()
+        }),
         3 => Command::Keys(KeysRequest {
             prefix: rng.bytes(3),
             limit: rng.next() as u32,

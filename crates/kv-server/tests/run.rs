@@ -9,8 +9,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use kv_proto::{
-    CheckpointRequest, ClientCodec, DeleteRequest, ErrorCode, GetRequest, KeysRequest, PutRequest,
-    Request, Response, request::Command, response,
+    BatchRequest, CheckpointRequest, ClientCodec, Condition, ConditionKind, DeleteRequest,
+    ErrorCode, ExpireRequest, GetRequest, IncrRequest, KeysRequest, MgetRequest, Mutation,
+    MutationKind, PutRequest, Request, Response, ScanRequest, StatsRequest, TtlRequest,
+    request::Command, response,
 };
 use kv_server::{ServerConfig, run};
 use kv_store::{KeyValueStore, StoreOptions};
@@ -69,6 +71,7 @@ fn put(key: &'static str, value: &'static str) -> Command {
     Command::Put(PutRequest {
         key: Bytes::from_static(key.as_bytes()),
         value: Bytes::from_static(value.as_bytes()),
+        ..Default::default()
     })
 }
 
@@ -104,7 +107,8 @@ async fn every_command_maps_to_its_response() {
         response::Result::Get(kv_proto::GetResponse {
             found: true,
             value: Bytes::from_static(b"1"),
-            ..Default::default()
+            seq: first.seq,
+            expires_at_ms: 0,
         })
     );
     let keys = call(
@@ -126,6 +130,7 @@ async fn every_command_maps_to_its_response() {
     let delete = |key: &'static str| {
         Command::Delete(DeleteRequest {
             key: Bytes::from_static(key.as_bytes()),
+            ..Default::default()
         })
     };
     let response::Result::Delete(deleted) = call(&mut conn, 5, delete("a")).await else {
@@ -147,6 +152,281 @@ async fn every_command_maps_to_its_response() {
         error_code(&call(&mut conn, 8, put("", "empty key")).await),
         ErrorCode::InvalidRequest
     );
+
+    server.shutdown.cancel();
+    tokio::time::timeout(DEADLINE, server.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn condition(kind: ConditionKind, seq: u64, value: &str) -> Option<Condition> {
+    Some(Condition {
+        kind: kind as i32,
+        seq,
+        value: b(value),
+        key: Bytes::new(),
+    })
+}
+
+fn mutation(kind: MutationKind, key: &str, value: &str) -> Mutation {
+    Mutation {
+        kind: kind as i32,
+        key: b(key),
+        value: b(value),
+        ..Default::default()
+    }
+}
+
+/// The store features through the wire: conditional puts and deletes
+/// (CONDITION_FAILED with the current version), batches with conditions,
+/// counters, expiry, scans, multi-get and stats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_features_map_to_their_responses() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = KeyValueStore::open(dir.path(), StoreOptions::default()).unwrap();
+    let server = serve(store).await;
+    let mut conn = connect(server.addr).await;
+    let mut id = 0;
+    let mut ask = async |command: Command| {
+        id += 1;
+        call(&mut conn, id, command).await
+    };
+
+    // Conditional puts.
+    let put_if = |key: &str, value: &str, c: Option<Condition>| {
+        Command::Put(PutRequest {
+            key: b(key),
+            value: b(value),
+            condition: c,
+            ..Default::default()
+        })
+    };
+    let response::Result::Put(created) =
+        ask(put_if("k", "v1", condition(ConditionKind::Absent, 0, ""))).await
+    else {
+        panic!("put if absent")
+    };
+    let refused = ask(put_if("k", "v2", condition(ConditionKind::Absent, 0, ""))).await;
+    let response::Result::Error(err) = &refused else {
+        panic!("expected CONDITION_FAILED, got {refused:?}")
+    };
+    assert_eq!(err.code, ErrorCode::ConditionFailed as i32);
+    assert_eq!(
+        (&err.key[..], err.current_seq, err.current_exists),
+        (&b"k"[..], created.seq, true)
+    );
+    let stale = ask(put_if(
+        "k",
+        "v2",
+        condition(ConditionKind::SeqEquals, created.seq + 100, ""),
+    ))
+    .await;
+    assert_eq!(error_code(&stale), ErrorCode::ConditionFailed);
+    let response::Result::Put(swapped) = ask(put_if(
+        "k",
+        "v2",
+        condition(ConditionKind::ValueEquals, 0, "v1"),
+    ))
+    .await
+    else {
+        panic!("compare-and-swap")
+    };
+    assert!(swapped.seq > created.seq);
+    // A conditional delete that fails leaves the key.
+    let del = ask(Command::Delete(DeleteRequest {
+        key: b("k"),
+        condition: condition(ConditionKind::SeqEquals, created.seq, ""),
+    }))
+    .await;
+    assert_eq!(error_code(&del), ErrorCode::ConditionFailed);
+
+    // A batch: all or none, at one seq.
+    let batch = |conditions: Vec<Condition>| {
+        Command::Batch(BatchRequest {
+            writes: vec![
+                mutation(MutationKind::MutationPut, "x", "1"),
+                mutation(MutationKind::MutationPut, "y", "2"),
+                mutation(MutationKind::MutationDelete, "k", ""),
+            ],
+            conditions,
+        })
+    };
+    let failed = ask(batch(vec![Condition {
+        key: b("k"),
+        ..condition(ConditionKind::Absent, 0, "").unwrap()
+    }]))
+    .await;
+    assert_eq!(error_code(&failed), ErrorCode::ConditionFailed);
+    let response::Result::Mget(before) = ask(Command::Mget(MgetRequest {
+        keys: vec![b("x"), b("y"), b("k")],
+    }))
+    .await
+    else {
+        panic!("mget")
+    };
+    let found: Vec<bool> = before.values.iter().map(|v| v.found).collect();
+    assert_eq!(found, [false, false, true], "a failed batch writes nothing");
+    let response::Result::Batch(applied) = ask(batch(vec![Condition {
+        key: b("k"),
+        ..condition(ConditionKind::SeqEquals, swapped.seq, "").unwrap()
+    }]))
+    .await
+    else {
+        panic!("batch")
+    };
+    let response::Result::Mget(after) = ask(Command::Mget(MgetRequest {
+        keys: vec![b("x"), b("y"), b("k")],
+    }))
+    .await
+    else {
+        panic!("mget")
+    };
+    let got: Vec<(bool, &[u8], u64)> = after
+        .values
+        .iter()
+        .map(|v| (v.found, &v.value[..], v.seq))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (true, &b"1"[..], applied.seq),
+            (true, &b"2"[..], applied.seq),
+            (false, &b""[..], 0)
+        ]
+    );
+    let empty = ask(Command::Batch(BatchRequest::default())).await;
+    assert_eq!(error_code(&empty), ErrorCode::InvalidRequest);
+
+    // Counters.
+    let incr = |key: &str, delta: i64| Command::Incr(IncrRequest { key: b(key), delta });
+    let response::Result::Incr(one) = ask(incr("n", 5)).await else {
+        panic!("incr")
+    };
+    let response::Result::Incr(two) = ask(incr("n", -7)).await else {
+        panic!("incr")
+    };
+    assert_eq!((one.value, two.value), (5, -2));
+    assert!(two.seq > one.seq);
+    // "x" holds 1: adding i64::MAX overflows.
+    assert_eq!(
+        error_code(&ask(incr("x", i64::MAX)).await),
+        ErrorCode::InvalidRequest
+    );
+    ask(put("s", "abc")).await;
+    assert_eq!(
+        error_code(&ask(incr("s", 1)).await),
+        ErrorCode::InvalidRequest
+    );
+
+    // Expiry: a put with a time to live, its remaining time, persist.
+    let response::Result::Put(_) = ask(Command::Put(PutRequest {
+        key: b("t"),
+        value: b("v"),
+        ttl_ms: 60_000,
+        ..Default::default()
+    }))
+    .await
+    else {
+        panic!("put with ttl")
+    };
+    let response::Result::Ttl(ttl) = ask(Command::Ttl(TtlRequest { key: b("t") })).await else {
+        panic!("ttl")
+    };
+    assert!(ttl.found && ttl.has_deadline);
+    assert!(
+        ttl.remaining_ms > 0 && ttl.remaining_ms <= 60_000,
+        "{ttl:?}"
+    );
+    let expire = |key: &str, ttl_ms: u64, expires_at_ms: u64, persist: bool| {
+        Command::Expire(ExpireRequest {
+            key: b(key),
+            ttl_ms,
+            expires_at_ms,
+            persist,
+        })
+    };
+    let response::Result::Expire(persisted) = ask(expire("t", 0, 0, true)).await else {
+        panic!("persist")
+    };
+    assert!(persisted.found && persisted.changed);
+    let response::Result::Ttl(ttl) = ask(Command::Ttl(TtlRequest { key: b("t") })).await else {
+        panic!("ttl")
+    };
+    assert!(ttl.found && !ttl.has_deadline);
+    let response::Result::Expire(missing) = ask(expire("nope", 1_000, 0, false)).await else {
+        panic!("expire")
+    };
+    assert!(!missing.found && !missing.changed);
+    // Zero, and past the year 9999, are refused as Redis refuses them.
+    let zero = ask(expire("t", 0, 0, false)).await;
+    assert_eq!(error_code(&zero), ErrorCode::InvalidRequest);
+    let far = ask(expire("t", 0, kv_store::MAX_DEADLINE_MS + 1, false)).await;
+    assert_eq!(error_code(&far), ErrorCode::InvalidRequest);
+    // A deadline already past: the key is gone at once.
+    let response::Result::Expire(gone) = ask(expire("t", 0, 1, false)).await else {
+        panic!("expire in the past")
+    };
+    assert!(gone.found && gone.changed);
+    let response::Result::Get(t) = ask(get("t")).await else {
+        panic!("get")
+    };
+    assert!(!t.found);
+
+    // Scans: a prefix, pages of one, both directions.
+    for key in ["p1", "p2", "p3"] {
+        ask(put(key, "pv")).await;
+    }
+    for reverse in [false, true] {
+        let mut seen = Vec::new();
+        let mut after = Bytes::new();
+        loop {
+            let response::Result::Scan(page) = ask(Command::Scan(ScanRequest {
+                prefix: b("p"),
+                limit: 1,
+                values: true,
+                reverse,
+                after: after.clone(),
+                ..Default::default()
+            }))
+            .await
+            else {
+                panic!("scan")
+            };
+            assert!(page.items.len() <= 1);
+            seen.extend(page.items.iter().map(|i| (i.key.clone(), i.value.clone())));
+            if !page.more {
+                break;
+            }
+            after = page.resume_after;
+        }
+        let mut want: Vec<(Bytes, Bytes)> =
+            ["p1", "p2", "p3"].iter().map(|k| (b(k), b("pv"))).collect();
+        if reverse {
+            want.reverse();
+        }
+        assert_eq!(seen, want);
+    }
+    let both = ask(Command::Scan(ScanRequest {
+        prefix: b("p"),
+        start: b("a"),
+        ..Default::default()
+    }))
+    .await;
+    assert_eq!(error_code(&both), ErrorCode::InvalidRequest);
+
+    let response::Result::Stats(stats) = ask(Command::Stats(StatsRequest {})).await else {
+        panic!("stats")
+    };
+    // k deleted, t expired: x y n s p1 p2 p3.
+    assert_eq!(stats.keys, 7);
+    assert!(stats.last_seq >= applied.seq && stats.durable_seq == stats.last_seq);
+    assert!(stats.wal_bytes > 0 && stats.wal_segments >= 1);
 
     server.shutdown.cancel();
     tokio::time::timeout(DEADLINE, server.task)
@@ -264,6 +544,7 @@ async fn full_disk_gets_unavailable_and_writes_resume_once_space_is_freed() {
         let command = Command::Put(PutRequest {
             key: Bytes::from(format!("k{id}")),
             value: value.clone(),
+            ..Default::default()
         });
         match call(&mut conn, id, command).await {
             response::Result::Put(_) => {}
