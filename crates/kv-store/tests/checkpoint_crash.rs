@@ -8,9 +8,15 @@
 //!   and succeeds (with a warning) if only the old snapshot's deletion is
 //!   lost.
 //! - A power cut during a concurrent write workload with automatic
-//!   checkpoints loses no acknowledged write.
+//!   checkpoints loses no acknowledged write: plain puts, puts with a
+//!   deadline (kept exactly), and transactions of two puts and a counter
+//!   increment (all or none: the counter always equals the number of
+//!   transactions whose puts survived).
+//!
+//! The state checkpointed holds expiring keys and transaction records too,
+//! so snapshots and replay of every record type are cut at every step.
 
-use kv_store::{KeyValueStore, StoreOptions, SyncPolicy, WalOptions};
+use kv_store::{Expiry, KeyValueStore, StoreOptions, SyncPolicy, Txn, WalOptions, Write};
 use std::collections::BTreeMap;
 use wal_core::sim::{Op, SimFs};
 
@@ -29,7 +35,13 @@ fn options() -> StoreOptions {
     }
 }
 
-type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+/// Value and deadline of each key.
+type Model = BTreeMap<Vec<u8>, (Vec<u8>, Option<u64>)>;
+
+/// A deadline that holds through the test: an hour from now.
+fn later() -> u64 {
+    kv_store::now_ms() + 3_600_000
+}
 
 /// A store with an earlier snapshot (so the checkpoint under test deletes an
 /// old one), several sealed segments after it, and enough keys that the
@@ -40,8 +52,9 @@ fn prepare() -> (SimFs, KeyValueStore, Model) {
     let mut model = Model::new();
     let put = |model: &mut Model, store: &KeyValueStore, k: String, v: Vec<u8>| {
         store.put(k.as_bytes(), &v).unwrap();
-        model.insert(k.into_bytes(), v);
+        model.insert(k.into_bytes(), (v, None));
     };
+    let deadline = later();
     for i in 0..300u32 {
         put(&mut model, &store, format!("a{i:04}"), vec![i as u8; 20]);
     }
@@ -54,6 +67,43 @@ fn prepare() -> (SimFs, KeyValueStore, Model) {
         store.delete(k.as_bytes()).unwrap();
         model.remove(k.as_bytes());
     }
+    // Keys with deadlines, and transaction records (several writes, a
+    // counter) in the log the checkpoint covers.
+    for i in 0..20u32 {
+        let k = format!("e{i:04}");
+        let v = vec![i as u8; 30];
+        store
+            .submit_put_expiring(k.as_bytes(), &v, Some(deadline))
+            .unwrap()
+            .wait()
+            .unwrap();
+        model.insert(k.into_bytes(), (v, Some(deadline)));
+    }
+    for i in 0..10u32 {
+        let (t, gone) = (format!("t{i:04}"), format!("a{:04}", i + 10));
+        store
+            .txn(Txn {
+                conditions: Vec::new(),
+                writes: vec![
+                    Write::Put {
+                        key: t.clone().into_bytes(),
+                        value: b"tv".to_vec(),
+                        expiry: Expiry::At(deadline),
+                    },
+                    Write::Delete {
+                        key: gone.clone().into_bytes(),
+                    },
+                    Write::Incr {
+                        key: b"counter".to_vec(),
+                        delta: 2,
+                    },
+                ],
+            })
+            .unwrap();
+        model.insert(t.into_bytes(), (b"tv".to_vec(), Some(deadline)));
+        model.remove(gone.as_bytes());
+    }
+    model.insert(b"counter".to_vec(), (b"20".to_vec(), None));
     // Enough bytes that the snapshot needs several write buffers, in few
     // writes (sequential writes keep segment boundaries, and so the number
     // of steps, the same in every run).
@@ -73,8 +123,10 @@ fn check(fs: &SimFs, model: &Model, what: &str) {
         .unwrap_or_else(|e| panic!("{what}: reopen failed: {e}"));
     let keys = store.keys(b"", 0).keys;
     assert_eq!(keys.len(), model.len(), "{what}: key count");
-    for (k, v) in model {
-        assert_eq!(store.get(k).as_ref(), Some(v), "{what}: key {k:?}");
+    for (k, (v, deadline)) in model {
+        let got = store.get_versioned(k);
+        let got = got.as_ref().map(|g| (&g.value, g.expires_at_ms));
+        assert_eq!(got, Some((v, *deadline)), "{what}: key {k:?}");
     }
     // The recovered store takes writes and checkpoints, and recovers again.
     store.put(b"after", b"crash").unwrap();
@@ -161,10 +213,42 @@ fn power_loss_during_concurrent_writes_loses_no_acknowledged_write() {
                 std::thread::spawn(move || {
                     // Keys of one writer are committed in its order, so the
                     // acknowledged ones are a prefix 0..acked.
+                    // Writer 0 writes transactions, writer 1 puts with a
+                    // deadline, the others plain puts.
+                    let deadline = later();
                     let mut acked = 0;
                     for i in 0..PUTS {
-                        let key = format!("w{t}-{i:04}");
-                        if store.put(key.as_bytes(), &[t as u8; 64]).is_err() {
+                        let key = format!("w{t}-{i:04}").into_bytes();
+                        let value = vec![t as u8; 64];
+                        let done = match t {
+                            0 => store
+                                .txn(Txn {
+                                    conditions: Vec::new(),
+                                    writes: vec![
+                                        Write::Put {
+                                            key: key.clone(),
+                                            value: value.clone(),
+                                            expiry: Expiry::Clear,
+                                        },
+                                        Write::Put {
+                                            key: [&key[..], b"-pair"].concat(),
+                                            value,
+                                            expiry: Expiry::Clear,
+                                        },
+                                        Write::Incr {
+                                            key: b"counter".to_vec(),
+                                            delta: 1,
+                                        },
+                                    ],
+                                })
+                                .map(drop),
+                            1 => store
+                                .submit_put_expiring(&key, &value, Some(deadline))
+                                .and_then(|p| p.wait())
+                                .map(drop),
+                            _ => store.put(&key, &value).map(drop),
+                        };
+                        if done.is_err() {
                             break;
                         }
                         acked = i + 1;
@@ -218,10 +302,23 @@ fn power_loss_during_concurrent_writes_loses_no_acknowledged_write() {
                 (0..present.len() as u32).collect::<Vec<_>>(),
                 "cut {cut}"
             );
-            for i in present {
+            for &i in &present {
+                let key = format!("w{t}-{i:04}");
+                let got = store.get_versioned(key.as_bytes()).unwrap();
+                assert_eq!(got.value, vec![t as u8; 64]);
+                assert_eq!(got.expires_at_ms.is_some(), t == 1, "cut {cut}: {key}");
+                if t == 0 {
+                    // All or none: both puts and the increment.
+                    let pair = store.get(format!("{key}-pair").as_bytes());
+                    assert_eq!(pair, Some(vec![0; 64]), "cut {cut}: {key}");
+                }
+            }
+            if t == 0 {
+                let counter = store.get(b"counter").unwrap_or_else(|| b"0".to_vec());
                 assert_eq!(
-                    store.get(format!("w{t}-{i:04}").as_bytes()),
-                    Some(vec![t as u8; 64])
+                    counter,
+                    present.len().to_string().into_bytes(),
+                    "cut {cut}: the counter counts the transactions that survived"
                 );
             }
         }
