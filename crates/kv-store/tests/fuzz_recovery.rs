@@ -2,7 +2,9 @@
 //! snapshots with bytes overwritten, cut or extended, snapshots renamed to
 //! other LSNs (the edge of the range included). Open returns `Ok` or a
 //! typed error, never panics; an opened store holds only values that were
-//! written under their keys, and takes writes.
+//! written under their keys, and takes writes. Every third write is a
+//! transaction record (two puts, one with a deadline), so damaged TXN
+//! records and snapshot entries with deadlines are in the mix.
 //!
 //! Cases: `KV_FUZZ_CASES` (default 64).
 
@@ -158,7 +160,30 @@ proptest! {
         for (i, (k, n)) in writes.iter().enumerate() {
             let key = format!("key{k}").into_bytes();
             let value = vec![i as u8; *n];
-            store.put(&key, &value).unwrap();
+            if i % 3 == 0 {
+                let twin = format!("twin{k}").into_bytes();
+                let later = kv_store::now_ms() + 3_600_000;
+                store
+                    .txn(kv_store::Txn {
+                        conditions: Vec::new(),
+                        writes: vec![
+                            kv_store::Write::Put {
+                                key: key.clone(),
+                                value: value.clone(),
+                                expiry: kv_store::Expiry::At(later),
+                            },
+                            kv_store::Write::Put {
+                                key: twin.clone(),
+                                value: value.clone(),
+                                expiry: kv_store::Expiry::Clear,
+                            },
+                        ],
+                    })
+                    .unwrap();
+                written.entry(twin).or_default().insert(value.clone());
+            } else {
+                store.put(&key, &value).unwrap();
+            }
             written.entry(key).or_default().insert(value);
             if checkpoints.contains(&i) {
                 store.checkpoint().unwrap();
