@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
@@ -50,6 +51,9 @@ pub struct ClusterConfig {
     /// Build a snapshot (and purge the log) after this many applied
     /// entries since the last one.
     pub snapshot_every: u64,
+    /// Most expired keys per second the leader's sweeper removes (0: no
+    /// sweeper); see [`kv_store::StoreOptions::expiry_sweep_rate`].
+    pub expiry_sweep_rate: u64,
     /// This member is not in `members`: it joins a running cluster, which
     /// adds it (as a learner, then a voter) with [`ClusterNode::add_member`]
     /// on the leader. It proposes no membership of its own. `members` is
@@ -74,6 +78,7 @@ impl ClusterConfig {
             heartbeat: Duration::from_millis(100),
             max_frame: 64 << 20,
             snapshot_every: 100_000,
+            expiry_sweep_rate: 20_000,
             join: false,
         }
     }
@@ -158,6 +163,8 @@ pub struct ClusterNode {
     log: LogStore,
     config: ClusterConfig,
     peers: JoinHandle<()>,
+    sweeper: Option<JoinHandle<()>>,
+    swept: Arc<AtomicU64>,
     started: Instant,
 }
 
@@ -193,6 +200,8 @@ pub struct MemberMetrics {
     pub snapshots: u64,
     /// Time since this member started.
     pub uptime: Duration,
+    /// Expired keys this member's sweeper removed while it led.
+    pub expired_swept: u64,
 }
 
 /// What `status` reports about this member.
@@ -262,6 +271,16 @@ impl ClusterNode {
         .await
         .map_err(|e| ClusterError::Corrupt(format!("Raft failed to start: {e}")))?;
         let peers = tokio::spawn(serve_peers(peer_listener, raft.clone(), identity));
+        let swept = Arc::new(AtomicU64::new(0));
+        let sweeper = (config.expiry_sweep_rate > 0).then(|| {
+            tokio::spawn(sweep_expired(
+                raft.clone(),
+                state.clone(),
+                config.node_id,
+                config.expiry_sweep_rate,
+                Arc::clone(&swept),
+            ))
+        });
         if config.join {
             tracing::info!(
                 node = config.node_id,
@@ -273,6 +292,8 @@ impl ClusterNode {
                 log,
                 config,
                 peers,
+                sweeper,
+                swept,
                 started,
             });
         }
@@ -294,6 +315,8 @@ impl ClusterNode {
             log,
             config,
             peers,
+            sweeper,
+            swept,
             started,
         })
     }
@@ -560,6 +583,7 @@ impl ClusterNode {
             log_bytes: self.log.wal().disk_size(),
             snapshots: self.state.snapshots_built(),
             uptime: self.started.elapsed(),
+            expired_swept: self.swept.load(Ordering::Relaxed),
         }
     }
 
@@ -594,6 +618,64 @@ impl ClusterNode {
     /// Stops Raft and the peer listener.
     pub async fn shutdown(self) {
         self.peers.abort();
+        if let Some(sweeper) = &self.sweeper {
+            sweeper.abort();
+        }
         let _ = self.raft.shutdown().await;
+    }
+}
+
+/// How often the leader's sweeper looks for expired keys.
+const SWEEP_TICK: Duration = Duration::from_millis(100);
+
+/// The expiry sweeper of a cluster: while this member leads, ten times a
+/// second it proposes the removal of up to a tenth of `rate` expired keys
+/// as one transaction of SWEEP writes, each of which removes its key only
+/// if the key still has the version it had when found and has expired by
+/// the entry's clock, so that a key written again meanwhile survives and
+/// every replica decides alike. Followers only apply what it proposes.
+async fn sweep_expired(
+    raft: Raft<TypeConfig>,
+    state: StateMachine,
+    node_id: NodeId,
+    rate: u64,
+    swept: Arc<AtomicU64>,
+) {
+    let per_tick = usize::try_from((rate / 10).max(1)).unwrap_or(usize::MAX);
+    let mut tick = tokio::time::interval(SWEEP_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if raft.metrics().borrow().current_leader != Some(node_id) {
+            continue;
+        }
+        let expired = state.read(|replica| replica.expired(per_tick));
+        if expired.is_empty() {
+            continue;
+        }
+        let txn = kv_store::Txn {
+            conditions: Vec::new(),
+            writes: expired
+                .into_iter()
+                .map(|(key, seq)| kv_store::Write::Sweep { key, seq })
+                .collect(),
+        };
+        let command = kv_store::replica::encode_txn(&txn);
+        match raft.client_write(Command(command)).await {
+            Ok(response) => {
+                let removed = match &response.data.txn {
+                    Some(Ok(outcome)) => outcome
+                        .results
+                        .iter()
+                        .filter(|r| matches!(r, kv_store::WriteResult::Sweep { removed: true }))
+                        .count(),
+                    _ => 0,
+                };
+                swept.fetch_add(removed as u64, Ordering::Relaxed);
+                tracing::debug!(removed, "expired keys swept");
+            }
+            // Lost the lead or shutting down: the next leader sweeps.
+            Err(e) => tracing::debug!(error = %e, "sweeping expired keys failed"),
+        }
     }
 }

@@ -381,7 +381,7 @@ impl ClusterReply {
                                 snapshots: m.snapshots,
                                 expiring_keys: m.expiring_keys,
                                 uptime_ms: u64::try_from(m.uptime.as_millis()).unwrap_or(u64::MAX),
-                                expired_keys: 0,
+                                expired_keys: m.expired_swept,
                             }),
                         )
                     }

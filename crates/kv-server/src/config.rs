@@ -229,6 +229,7 @@ pub struct Args {
     /// comes back without a mass expiry taking the log from writers. An
     /// expired key is invisible at once either way; 0 turns the sweeper
     /// off (expired keys then take memory until overwritten or deleted).
+    /// In a cluster the leader sweeps, through the Raft log.
     #[arg(long, env = "KV_EXPIRY_SWEEP_RATE", default_value_t = 20_000)]
     pub expiry_sweep_rate: u64,
 
@@ -557,6 +558,7 @@ impl Args {
             Duration::from_millis(self.election_timeout_ms * 2),
         );
         config.heartbeat = Duration::from_millis(self.heartbeat_ms);
+        config.expiry_sweep_rate = self.expiry_sweep_rate;
         // A peer frame carries up to 64 entries of the largest put.
         let largest_put = self.max_key_size as usize + self.max_value_size as usize + 256;
         config.max_frame = largest_put.saturating_mul(64).max(self.max_frame as usize);

@@ -104,6 +104,15 @@ pub enum Write {
         /// The deadline, ms since the Unix epoch.
         at: Option<u64>,
     },
+    /// Remove `key` if it still has version `seq` and has expired by the
+    /// decision's clock (a key written again since is left alone): what an
+    /// expiry sweeper writes.
+    Sweep {
+        /// The key.
+        key: Vec<u8>,
+        /// The version it had when found expired.
+        seq: Lsn,
+    },
 }
 
 impl Write {
@@ -113,7 +122,8 @@ impl Write {
             Write::Put { key, .. }
             | Write::Delete { key }
             | Write::Incr { key, .. }
-            | Write::SetDeadline { key, .. } => key,
+            | Write::SetDeadline { key, .. }
+            | Write::Sweep { key, .. } => key,
         }
     }
 }
@@ -149,6 +159,11 @@ pub enum WriteResult {
         /// Whether anything changed (false for a missing key, and for
         /// clearing the deadline of a key without one).
         changed: bool,
+    },
+    /// A sweep of an expired key.
+    Sweep {
+        /// Whether it was removed (false: gone, or written again).
+        removed: bool,
     },
 }
 
@@ -346,6 +361,15 @@ pub(crate) fn decide(
         let raw = lookup(&local, &key);
         let live = raw.clone().filter(|c| c.live_at(now));
         let (out, result) = match write {
+            Write::Sweep { seq, .. } => {
+                let expired = raw
+                    .as_ref()
+                    .is_some_and(|c| c.seq == *seq && !c.live_at(now));
+                (
+                    expired.then(|| Decided::Delete { key: key.clone() }),
+                    WriteResult::Sweep { removed: expired },
+                )
+            }
             Write::Put { value, expiry, .. } => {
                 let deadline = match expiry {
                     Expiry::Clear => None,
@@ -563,6 +587,11 @@ pub fn txn_from_request(
                     Expiry::Clear | Expiry::Keep => None,
                 },
             },
+            Ok(MutationKind::MutationSweep) => {
+                return Err(Error::InvalidRequest(
+                    "SWEEP writes are the expiry sweeper's, not a client's".into(),
+                ));
+            }
             Ok(MutationKind::MutationUnspecified) | Err(_) => {
                 return Err(Error::InvalidRequest(format!(
                     "unknown write kind {}",
@@ -626,6 +655,10 @@ impl Txn {
                             m.kind = MutationKind::MutationSetDeadline as i32;
                             m.expires_at_ms = at.unwrap_or(0);
                         }
+                        Write::Sweep { seq, .. } => {
+                            m.kind = MutationKind::MutationSweep as i32;
+                            m.seq = *seq;
+                        }
                     }
                     m
                 })
@@ -674,6 +707,7 @@ impl Txn {
                         key,
                         at: (m.expires_at_ms != 0).then_some(m.expires_at_ms),
                     },
+                    Ok(MutationKind::MutationSweep) => Write::Sweep { key, seq: m.seq },
                     _ => return Err(format!("unknown write kind {}", m.kind)),
                 })
             })
@@ -915,6 +949,55 @@ mod tests {
             assert!(parse_integer(bad.as_bytes()).is_err(), "{bad:?}");
         }
         assert!(parse_integer(b"\xff").is_err());
+    }
+
+    /// A sweep removes a key only if it still has the version it was found
+    /// with and has expired by the decision's clock.
+    #[test]
+    fn sweeps_remove_only_expired_keys_of_the_version_found() {
+        let s = state_with(&[
+            (b"old", b"v", 1, Some(50)),
+            (b"new", b"v", 2, Some(50)),
+            (b"live", b"v", 3, Some(500)),
+        ]);
+        let mut view = Overlay::new(&s);
+        let sweep = Txn {
+            conditions: vec![],
+            writes: vec![
+                Write::Sweep {
+                    key: b"old".to_vec(),
+                    seq: 1,
+                },
+                // Written again since it was found: seq 2, not 1.
+                Write::Sweep {
+                    key: b"new".to_vec(),
+                    seq: 1,
+                },
+                Write::Sweep {
+                    key: b"live".to_vec(),
+                    seq: 3,
+                },
+                Write::Sweep {
+                    key: b"missing".to_vec(),
+                    seq: 4,
+                },
+            ],
+        };
+        let (w, r) = decide(&mut view, &sweep, 100, 5).unwrap();
+        assert_eq!(w, vec![Decided::Delete { key: "old".into() }]);
+        let removed: Vec<bool> = r
+            .iter()
+            .map(|r| matches!(r, WriteResult::Sweep { removed: true }))
+            .collect();
+        assert_eq!(removed, [true, false, false, false]);
+        // The log form carries it (a cluster entry), and clients cannot.
+        let back = Txn::from_proto(&sweep.to_proto()).unwrap();
+        assert_eq!(back, sweep);
+        let proto = sweep.to_proto();
+        assert!(matches!(
+            txn_from_request(&proto.conditions, &proto.writes, 0),
+            Err(Error::InvalidRequest(_))
+        ));
     }
 
     #[test]

@@ -242,6 +242,7 @@ fn model_txn(
                 wrote = true;
                 results.push(WriteResult::Incr { value });
             }
+            Write::Sweep { .. } => unreachable!("the model generates no sweeps"),
             Write::SetDeadline { at, .. } => {
                 let (found, changed) = match (cur, at) {
                     (None, _) => (false, false),
