@@ -45,6 +45,7 @@ mod client;
 mod cluster;
 mod connection;
 mod error;
+mod model;
 mod tls;
 
 pub use backup::BackupInfo;
@@ -52,4 +53,8 @@ pub use client::{Client, ClientOptions, KeysPage};
 pub use cluster::{ClusterClient, ClusterOptions};
 pub use error::{ClientError, Result};
 pub use kv_proto;
+pub use model::{
+    Condition, Counter, DeadlineChange, KeyCondition, PutOptions, ScanItem, ScanOptions, ScanPage,
+    Stats, Ttl, Versioned, Write,
+};
 pub use tls::{AUTH_TOKEN_ENV, AuthToken, ClientTls, SetupError};
