@@ -1065,3 +1065,31 @@ async fn new_writes_are_never_resent_and_reads_are() {
     }
     expect(&addrs, &["ttl", "k"], 1).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_takes_the_new_commands() {
+    let addr = map_server().await;
+    let script = b"put a 1\n\
+        put b 2\n\
+        put c x\n\
+        put d 4\n\
+        mget a zz b\n\
+        incr n\n\
+        incr n -5\n\
+        expire a 10s\n\
+        persist a\n\
+        ttl a\n\
+        ttl zz\n\
+        scan\n\
+        scan \"\" 2\n\
+        expire a never\n";
+    let output = kv(&addr, &[], script).await;
+    assert_eq!(
+        stdout(&output),
+        "OK\nOK\nOK\nOK\n1\n(nil)\n2\n1\n-4\nOK\nOK\nno expiry\n(not found)\n\
+         a\nb\nc\nd\nn\na\nb\n"
+    );
+    let errors = stderr(&output);
+    assert_eq!(errors.lines().count(), 1, "{errors}");
+    assert!(errors.contains("not a duration"), "{errors}");
+}
