@@ -325,7 +325,8 @@ impl Model {
     /// One page of at most [`SCAN_PAGE`] keys (fewer if the request's
     /// limit says so), as the server pages.
     fn scan(&self, scan: ScanRequest) -> Result<response::Result, response::Result> {
-        if !scan.prefix.is_empty() && !(scan.start.is_empty() && scan.end.is_empty()) {
+        let range_given = !scan.start.is_empty() || !scan.end.is_empty();
+        if !scan.prefix.is_empty() && range_given {
             return Err(invalid("a prefix or a range, not both"));
         }
         let in_range = |key: &Bytes| {
