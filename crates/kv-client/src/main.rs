@@ -1,7 +1,8 @@
 //! `kv-client`: the command line of the key-value store.
 //!
 //! One-shot commands (`put`, `get`, ...) exit 0 on success, 1 when the key
-//! is missing (get, delete), 3 when a write's outcome is unknown (the server
+//! is missing (get, delete, ttl, expire, persist) or a condition failed,
+//! 3 when a write's outcome is unknown (the server
 //! said so, or the connection failed after the write was sent), 2 on any
 //! other failure, with one line on stderr. Without a command, an
 //! interactive prompt (`cli::repl`).
@@ -60,6 +61,8 @@ use cli::output::{self, Failure, Format, Json};
         kv-client get greeting\n  \
         kv-client put photo - < photo.jpg\n  \
         kv-client keys --prefix user: --limit 10\n  \
+        kv-client put lock:job me --if-absent --ttl 30s\n  \
+        kv-client -o json scan --prefix user: --values\n  \
         KV_ADDR=10.0.0.5:7878 kv-client checkpoint\n  \
         KV_AUTH_TOKEN=$(cat token) kv-client --tls-ca ca.pem --addr db.example:7878 get greeting\n  \
         kv-client --addr 10.0.0.1:7001,10.0.0.2:7001,10.0.0.3:7001 put greeting hello"
@@ -73,7 +76,14 @@ struct Cli {
     /// are base64 (standard, padded) in `key_base64` and `value_base64`
     /// instead. Errors still go to stderr as one line, with the same exit
     /// codes.
-    #[arg(short = 'o', long, value_enum, default_value_t = Format::Text, global = true)]
+    #[arg(
+        short = 'o',
+        long,
+        value_enum,
+        default_value_t = Format::Text,
+        global = true,
+        help_heading = "Output"
+    )]
     output: Format,
     #[command(subcommand)]
     command: Option<Command>,
@@ -81,6 +91,7 @@ struct Cli {
 
 /// Where and how to connect; shared by every command.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Connection")]
 struct ConnectionArgs {
     /// Address of the kv-server; for a cluster, members' addresses
     /// separated by commas (the leader is found and followed).
