@@ -14,6 +14,187 @@ use crate::connection::{self, Call, Shared};
 use crate::error::{ClientError, Result};
 use crate::tls::{AuthToken, ClientTls, Stream};
 
+/// The typed calls of the store's features, the same on [`Client`] and
+/// [`crate::ClusterClient`] (both have `call`). A [`crate::ClusterClient`]
+/// resends the reads (versioned get, ttl, scan, mget, stats) after a lost
+/// connection, never the writes: a write whose connection failed after it
+/// was sent fails with [`ClientError::OutcomeUnknown`].
+macro_rules! feature_calls {
+    () => {
+        /// The value of `key` with its version and deadline, or `None` if
+        /// it does not exist.
+        pub async fn get_versioned(
+            &self,
+            key: impl Into<bytes::Bytes>,
+        ) -> $crate::Result<Option<$crate::Versioned>> {
+            ops::get_versioned(self.call(ops::get_command(key.into())).await?)
+        }
+
+        /// Sets `key` to `value` as `options` say (a condition, a
+        /// deadline); returns the write's seq, the key's new version.
+        ///
+        /// # Errors
+        /// [`ClientError::ConditionFailed`] when the condition did not
+        /// hold (nothing was written).
+        pub async fn put_with(
+            &self,
+            key: impl Into<bytes::Bytes>,
+            value: impl Into<bytes::Bytes>,
+            options: $crate::PutOptions,
+        ) -> $crate::Result<u64> {
+            let command = ops::put_with_command(key.into(), value.into(), options);
+            ops::put(self.call(command).await?)
+        }
+
+        /// Removes `key` if `condition` holds of it. Returns the seq of
+        /// the delete, or `None` if the key did not exist (possible only
+        /// with a condition a missing key meets: [`Condition::Absent`]).
+        ///
+        /// # Errors
+        /// [`ClientError::ConditionFailed`] when the condition did not
+        /// hold (nothing was written).
+        ///
+        /// [`Condition::Absent`]: crate::Condition::Absent
+        pub async fn delete_if(
+            &self,
+            key: impl Into<bytes::Bytes>,
+            condition: $crate::Condition,
+        ) -> $crate::Result<Option<u64>> {
+            ops::delete(
+                self.call(ops::delete_if_command(key.into(), condition))
+                    .await?,
+            )
+        }
+
+        /// Applies `writes` in order, all or none, if every one of
+        /// `conditions` holds (as etcd's Txn: compare, then write). Returns
+        /// the batch's one seq: every key it put has this version.
+        ///
+        /// # Errors
+        /// [`ClientError::ConditionFailed`] naming the first condition that
+        /// did not hold; INVALID_REQUEST ([`ClientError::Server`]) for an
+        /// empty batch, or an increment of a value that is not an integer.
+        pub async fn batch(
+            &self,
+            writes: impl IntoIterator<Item = $crate::Write>,
+            conditions: impl IntoIterator<Item = $crate::KeyCondition>,
+        ) -> $crate::Result<u64> {
+            ops::batch(self.call(ops::batch_command(writes, conditions)).await?)
+        }
+
+        /// Adds `delta` (may be negative) to the decimal integer in `key`,
+        /// a missing key counting as 0; the key keeps its deadline.
+        ///
+        /// # Errors
+        /// INVALID_REQUEST ([`ClientError::Server`]) when the value is not
+        /// a signed 64-bit decimal integer or the sum overflows; nothing is
+        /// written then.
+        pub async fn incr(
+            &self,
+            key: impl Into<bytes::Bytes>,
+            delta: i64,
+        ) -> $crate::Result<$crate::Counter> {
+            ops::incr(self.call(ops::incr_command(key.into(), delta)).await?)
+        }
+
+        /// Makes `key` expire `ttl` from now (rounded up to milliseconds).
+        /// `None` if the key does not exist.
+        ///
+        /// # Errors
+        /// INVALID_REQUEST ([`ClientError::Server`]) for a zero `ttl`.
+        pub async fn expire(
+            &self,
+            key: impl Into<bytes::Bytes>,
+            ttl: std::time::Duration,
+        ) -> $crate::Result<Option<$crate::DeadlineChange>> {
+            let command = ops::expire_command(key.into(), ops::Deadline::After(ttl));
+            ops::expire(self.call(command).await?)
+        }
+
+        /// Makes `key` expire at `expires_at_ms` (milliseconds since the
+        /// Unix epoch; a time already past removes it at once). `None` if
+        /// the key does not exist.
+        ///
+        /// # Errors
+        /// INVALID_REQUEST ([`ClientError::Server`]) for 0 or a time past
+        /// the year 9999.
+        pub async fn expire_at(
+            &self,
+            key: impl Into<bytes::Bytes>,
+            expires_at_ms: u64,
+        ) -> $crate::Result<Option<$crate::DeadlineChange>> {
+            let command = ops::expire_command(key.into(), ops::Deadline::At(expires_at_ms));
+            ops::expire(self.call(command).await?)
+        }
+
+        /// Clears `key`'s deadline: it lives until deleted. `None` if the
+        /// key does not exist; [`DeadlineChange::seq`] is `None` if it had
+        /// no deadline.
+        ///
+        /// [`DeadlineChange::seq`]: crate::DeadlineChange::seq
+        pub async fn persist(
+            &self,
+            key: impl Into<bytes::Bytes>,
+        ) -> $crate::Result<Option<$crate::DeadlineChange>> {
+            let command = ops::expire_command(key.into(), ops::Deadline::Never);
+            ops::expire(self.call(command).await?)
+        }
+
+        /// `key`'s remaining time to live, or `None` if it does not exist.
+        pub async fn ttl(
+            &self,
+            key: impl Into<bytes::Bytes>,
+        ) -> $crate::Result<Option<$crate::Ttl>> {
+            ops::ttl(self.call(ops::ttl_command(key.into())).await?)
+        }
+
+        /// One page of the scan `options` describe. To read on, call again
+        /// with [`ScanOptions::after`] set to the page's
+        /// [`ScanPage::resume_after`] while [`ScanPage::more`] holds, or use
+        /// `scan_all`.
+        ///
+        /// [`ScanOptions::after`]: crate::ScanOptions::after
+        /// [`ScanPage::resume_after`]: crate::ScanPage::resume_after
+        /// [`ScanPage::more`]: crate::ScanPage::more
+        pub async fn scan(
+            &self,
+            options: &$crate::ScanOptions,
+        ) -> $crate::Result<$crate::ScanPage> {
+            ops::scan(self.call(ops::scan_command(options)).await?, options.values)
+        }
+
+        /// Every key of the scan `options` describe, page after page
+        /// ([`ScanOptions::limit`] is the page size), collected in memory:
+        /// for ranges that fit it; page with `scan` otherwise. Each page is
+        /// a consistent view, the whole is not (writes between pages show).
+        ///
+        /// [`ScanOptions::limit`]: crate::ScanOptions::limit
+        pub async fn scan_all(
+            &self,
+            options: $crate::ScanOptions,
+        ) -> $crate::Result<Vec<$crate::ScanItem>> {
+            ops::scan_all(options, |command| self.call(command)).await
+        }
+
+        /// The values of `keys`, in their order (`None` for a missing key),
+        /// read in one request.
+        pub async fn mget<K: Into<bytes::Bytes>>(
+            &self,
+            keys: impl IntoIterator<Item = K>,
+        ) -> $crate::Result<Vec<Option<$crate::Versioned>>> {
+            let keys: Vec<bytes::Bytes> = keys.into_iter().map(Into::into).collect();
+            let asked = keys.len();
+            ops::mget(self.call(ops::mget_command(keys)).await?, asked)
+        }
+
+        /// The store's counters and sizes.
+        pub async fn stats(&self) -> $crate::Result<$crate::Stats> {
+            ops::stats(self.call(ops::stats_command()).await?)
+        }
+    };
+}
+pub(crate) use feature_calls;
+
 /// How a [`Client`] connects and what it allows.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -214,6 +395,8 @@ impl Client {
         ops::keys(self.call(ops::keys_command(prefix.into(), limit)).await?)
     }
 
+    feature_calls!();
+
     /// Makes the server write a snapshot and drop the log it makes
     /// redundant; returns the sequence number the snapshot covers.
     pub async fn checkpoint(&self) -> Result<u64> {
@@ -338,12 +521,19 @@ fn connect_error(addr: Option<SocketAddr>, err: io::Error) -> ClientError {
 /// by [`Client`] and [`crate::ClusterClient`].
 pub(crate) mod ops {
     use bytes::Bytes;
+    use std::time::Duration;
+
     use kv_proto::{
-        CheckpointRequest, DeleteRequest, GetRequest, KeysRequest, PutRequest, request, response,
+        BatchRequest, CheckpointRequest, DeleteRequest, ExpireRequest, GetRequest, IncrRequest,
+        KeysRequest, MgetRequest, PutRequest, StatsRequest, TtlRequest, request, response,
     };
 
     use super::KeysPage;
     use crate::error::{ClientError, Result};
+    use crate::model::{
+        Condition, Counter, DeadlineChange, KeyCondition, PutOptions, ScanItem, ScanOptions,
+        ScanPage, Stats, Ttl, Versioned, Write, duration_ms,
+    };
 
     pub(crate) fn put_command(key: Bytes, value: Bytes) -> request::Command {
         request::Command::Put(PutRequest {
@@ -407,6 +597,203 @@ pub(crate) mod ops {
         match result {
             response::Result::Checkpoint(checkpoint) => Ok(checkpoint.seq),
             other => Err(unexpected("checkpoint", &other)),
+        }
+    }
+
+    pub(crate) fn get_versioned(result: response::Result) -> Result<Option<Versioned>> {
+        match result {
+            response::Result::Get(get) => Ok(Versioned::from_get(get)),
+            other => Err(unexpected("get", &other)),
+        }
+    }
+
+    pub(crate) fn put_with_command(
+        key: Bytes,
+        value: Bytes,
+        options: PutOptions,
+    ) -> request::Command {
+        request::Command::Put(PutRequest {
+            key,
+            value,
+            condition: options.condition.map(|c| c.to_proto(Bytes::new())),
+            ttl_ms: options.ttl.map_or(0, duration_ms),
+            expires_at_ms: options.expires_at_ms.unwrap_or(0),
+            keep_ttl: options.keep_ttl,
+        })
+    }
+
+    pub(crate) fn delete_if_command(key: Bytes, condition: Condition) -> request::Command {
+        request::Command::Delete(DeleteRequest {
+            key,
+            condition: Some(condition.to_proto(Bytes::new())),
+        })
+    }
+
+    pub(crate) fn batch_command(
+        writes: impl IntoIterator<Item = Write>,
+        conditions: impl IntoIterator<Item = KeyCondition>,
+    ) -> request::Command {
+        request::Command::Batch(BatchRequest {
+            writes: writes.into_iter().map(Write::into_proto).collect(),
+            conditions: conditions
+                .into_iter()
+                .map(|c| c.condition.to_proto(c.key))
+                .collect(),
+        })
+    }
+
+    pub(crate) fn batch(result: response::Result) -> Result<u64> {
+        match result {
+            response::Result::Batch(batch) => Ok(batch.seq),
+            other => Err(unexpected("batch", &other)),
+        }
+    }
+
+    pub(crate) fn incr_command(key: Bytes, delta: i64) -> request::Command {
+        request::Command::Incr(IncrRequest { key, delta })
+    }
+
+    pub(crate) fn incr(result: response::Result) -> Result<Counter> {
+        match result {
+            response::Result::Incr(incr) => Ok(Counter {
+                value: incr.value,
+                seq: incr.seq,
+            }),
+            other => Err(unexpected("incr", &other)),
+        }
+    }
+
+    /// How an expire request sets or clears the deadline.
+    pub(crate) enum Deadline {
+        After(Duration),
+        At(u64),
+        Never,
+    }
+
+    pub(crate) fn expire_command(key: Bytes, deadline: Deadline) -> request::Command {
+        let (ttl_ms, expires_at_ms, persist) = match deadline {
+            Deadline::After(ttl) => (duration_ms(ttl), 0, false),
+            Deadline::At(at) => (0, at, false),
+            Deadline::Never => (0, 0, true),
+        };
+        request::Command::Expire(ExpireRequest {
+            key,
+            ttl_ms,
+            expires_at_ms,
+            persist,
+        })
+    }
+
+    pub(crate) fn expire(result: response::Result) -> Result<Option<DeadlineChange>> {
+        match result {
+            response::Result::Expire(expire) => Ok(expire.found.then_some(DeadlineChange {
+                seq: expire.changed.then_some(expire.seq),
+            })),
+            other => Err(unexpected("expire", &other)),
+        }
+    }
+
+    pub(crate) fn ttl_command(key: Bytes) -> request::Command {
+        request::Command::Ttl(TtlRequest { key })
+    }
+
+    pub(crate) fn ttl(result: response::Result) -> Result<Option<Ttl>> {
+        match result {
+            response::Result::Ttl(ttl) if !ttl.found => Ok(None),
+            response::Result::Ttl(ttl) if !ttl.has_deadline => Ok(Some(Ttl::Persistent)),
+            response::Result::Ttl(ttl) => Ok(Some(Ttl::Expires {
+                remaining: Duration::from_millis(ttl.remaining_ms),
+                expires_at_ms: ttl.expires_at_ms,
+            })),
+            other => Err(unexpected("ttl", &other)),
+        }
+    }
+
+    pub(crate) fn scan_command(options: &ScanOptions) -> request::Command {
+        request::Command::Scan(options.to_proto())
+    }
+
+    pub(crate) fn scan(result: response::Result, values: bool) -> Result<ScanPage> {
+        match result {
+            response::Result::Scan(page) => {
+                let items = page
+                    .items
+                    .into_iter()
+                    .map(|item| ScanItem {
+                        key: item.key,
+                        value: values.then_some(item.value),
+                        seq: item.seq,
+                    })
+                    .collect();
+                // A page that says "more" must say where from, or paging
+                // would start over and never end.
+                let resume_after = match (page.more, page.resume_after) {
+                    (false, _) => None,
+                    (true, after) if after.is_empty() => {
+                        return Err(ClientError::Protocol(
+                            "a scan page with more keys to come has no resume_after".into(),
+                        ));
+                    }
+                    (true, after) => Some(after),
+                };
+                Ok(ScanPage {
+                    items,
+                    more: page.more,
+                    resume_after,
+                })
+            }
+            other => Err(unexpected("scan", &other)),
+        }
+    }
+
+    /// Every page of the scan `options` describes, through `call`: the
+    /// keys of all of them, in order.
+    pub(crate) async fn scan_all<F, Fut>(mut options: ScanOptions, call: F) -> Result<Vec<ScanItem>>
+    where
+        F: Fn(request::Command) -> Fut,
+        Fut: std::future::Future<Output = Result<response::Result>>,
+    {
+        let mut items = Vec::new();
+        loop {
+            let page = scan(call(scan_command(&options)).await?, options.values)?;
+            items.extend(page.items);
+            match page.resume_after {
+                Some(after) if after != options.after => options.after = after,
+                Some(_) => {
+                    return Err(ClientError::Protocol(
+                        "a scan page resumed where it began; the scan would not end".into(),
+                    ));
+                }
+                None => return Ok(items),
+            }
+        }
+    }
+
+    pub(crate) fn mget_command(keys: Vec<Bytes>) -> request::Command {
+        request::Command::Mget(MgetRequest { keys })
+    }
+
+    pub(crate) fn mget(result: response::Result, asked: usize) -> Result<Vec<Option<Versioned>>> {
+        match result {
+            response::Result::Mget(mget) if mget.values.len() == asked => {
+                Ok(mget.values.into_iter().map(Versioned::from_get).collect())
+            }
+            response::Result::Mget(mget) => Err(ClientError::Protocol(format!(
+                "a multi-get of {asked} keys answered with {} values",
+                mget.values.len()
+            ))),
+            other => Err(unexpected("mget", &other)),
+        }
+    }
+
+    pub(crate) fn stats_command() -> request::Command {
+        request::Command::Stats(StatsRequest {})
+    }
+
+    pub(crate) fn stats(result: response::Result) -> Result<Stats> {
+        match result {
+            response::Result::Stats(stats) => Ok(stats.into()),
+            other => Err(unexpected("stats", &other)),
         }
     }
 

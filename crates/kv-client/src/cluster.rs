@@ -57,12 +57,15 @@ impl Default for ClusterOptions {
 /// connection in a round, there is no cluster to wait for, and the call
 /// fails at once with that connect error.
 ///
-/// A write (put, delete, a membership change) whose connection fails after
-/// it was sent (I/O error, closed, timeout) is *not* sent again: it may
-/// have been applied, and sending it again could apply it twice. It fails
-/// with [`ClientError::OutcomeUnknown`]. Reads (get, keys, cluster status)
-/// and checkpoints, which change no key, are tried again on another
-/// connection.
+/// A write (put, delete, conditional or not, batch, incr, expire, persist,
+/// a membership change) whose connection fails after it was sent (I/O
+/// error, closed, timeout) is *not* sent again: it may have been applied,
+/// and sending it again could apply it twice (or, for a conditional write,
+/// report a condition failure caused by its own first copy). It fails
+/// with [`ClientError::OutcomeUnknown`]. Reads (get, keys, ttl, scan, mget,
+/// stats, cluster status) and checkpoints, which change no key, are tried
+/// again on another connection. A CONDITION_FAILED answer is final
+/// ([`ClientError::ConditionFailed`]).
 ///
 /// Why a type of its own rather than more constructors of [`Client`]: a
 /// `Client` is one connection, and its errors say so (after a connection
@@ -209,6 +212,8 @@ impl ClusterClient {
     pub async fn keys(&self, prefix: impl Into<Bytes>, limit: u32) -> Result<KeysPage> {
         ops::keys(self.call(ops::keys_command(prefix.into(), limit)).await?)
     }
+
+    crate::client::feature_calls!();
 
     /// Makes the member that takes it write a snapshot; returns the
     /// sequence number the snapshot covers.

@@ -289,6 +289,13 @@ fn into_result(response: Response) -> Result<response::Result> {
 /// A server's `Error` as the caller sees it.
 fn server_error(error: kv_proto::Error) -> ClientError {
     let code = error.code();
+    if code == kv_proto::ErrorCode::ConditionFailed {
+        return ClientError::ConditionFailed {
+            current: error.current_exists.then_some(error.current_seq),
+            key: error.key,
+            message: error.message,
+        };
+    }
     ClientError::Server {
         code,
         message: error.message,

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use kv_proto::ErrorCode;
 
 /// Result alias of the client.
@@ -41,7 +42,8 @@ pub enum ClientError {
     /// closed.
     #[error("connection failed: {0}")]
     Io(#[source] Arc<io::Error>),
-    /// The server answered with an error. For an error about one request
+    /// The server answered with an error (other than CONDITION_FAILED,
+    /// which is [`ClientError::ConditionFailed`]). For an error about one request
     /// (a key too large, say) the connection goes on; for an error about the
     /// connection itself (a frame over the server's maximum) the server
     /// closes it, and every call then in flight gets this error.
@@ -55,6 +57,28 @@ pub enum ClientError {
         /// when the server knows it (the `Error`'s `leader_addr`; `None`
         /// when it is empty, as it is for every other code).
         leader_addr: Option<String>,
+    },
+    /// A conditional write (a put or delete with a [`Condition`], a batch)
+    /// was refused because a condition did not hold: nothing was written.
+    /// The server's CONDITION_FAILED answer, with what it said of the key
+    /// that failed; every other server error is [`ClientError::Server`].
+    ///
+    /// [`Condition`]: crate::Condition
+    #[error(
+        "condition failed on \"{}\": {}",
+        key.escape_ascii(),
+        match current {
+            Some(seq) => format!("current version {seq}"),
+            None => "the key does not exist".to_string(),
+        }
+    )]
+    ConditionFailed {
+        /// The key whose condition failed.
+        key: Bytes,
+        /// Its current version; `None`: it does not exist.
+        current: Option<u64>,
+        /// The server's explanation.
+        message: String,
     },
     /// The server's answers do not follow the protocol (an undecodable
     /// frame, an id that does not match the request, a result of the wrong
@@ -79,7 +103,7 @@ pub enum ClientError {
     /// after an earlier error.
     #[error("the connection is closed")]
     Closed,
-    /// A write (put, delete, a membership change) was sent, and then its connection failed
+    /// A write (put, delete, batch, incr, expire, a membership change) was sent, and then its connection failed
     /// before the answer came (`source`: I/O error, closed, timeout): it
     /// may or may not have taken effect. A [`ClusterClient`] never sends
     /// such a write again, since that could apply it twice; read the key

@@ -1,7 +1,8 @@
 //! `kv-client`: the command line of the key-value store.
 //!
 //! One-shot commands (`put`, `get`, ...) exit 0 on success, 1 when the key
-//! is missing (get, delete), 3 when a write's outcome is unknown (the server
+//! is missing (get, delete, ttl, expire, persist) or a condition failed,
+//! 3 when a write's outcome is unknown (the server
 //! said so, or the connection failed after the write was sent), 2 on any
 //! other failure, with one line on stderr. Without a command, an
 //! interactive prompt (`cli::repl`).
@@ -19,7 +20,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use kv_client::kv_proto;
-use kv_client::{AuthToken, ClientOptions, ClientTls, ClusterClient, ClusterOptions};
+use kv_client::{
+    AuthToken, ClientOptions, ClientTls, ClusterClient, ClusterOptions, Condition, PutOptions,
+    ScanOptions, Ttl, Write,
+};
 use kv_proto::{
     ClusterAddRequest, ClusterMember, ClusterRemoveRequest, ClusterStatusRequest,
     ClusterStatusResponse, request, response,
@@ -31,7 +35,7 @@ mod cli {
     pub mod repl;
 }
 
-use cli::output::{self, Failure};
+use cli::output::{self, Failure, Format, Json};
 
 /// Command-line client for kv-server, a durable key-value store.
 #[derive(Debug, Parser)]
@@ -40,7 +44,8 @@ use cli::output::{self, Failure};
     version,
     long_about = "Command-line client for kv-server, a durable key-value store.\n\n\
         With a command, runs it and exits: 0 on success, 1 when the key does not \
-        exist (get, delete), 3 when a write's outcome is unknown (it may or may \
+        exist (get, delete, ttl, expire, persist) or a condition failed (the key's \
+        current version on stderr), 3 when a write's outcome is unknown (it may or may \
         not have taken effect: the server answered OUTCOME_UNKNOWN, or the \
         connection failed after the write was sent; such a write is never sent \
         again), 2 on any other failure, with one line on stderr.\n\
@@ -56,6 +61,8 @@ use cli::output::{self, Failure};
         kv-client get greeting\n  \
         kv-client put photo - < photo.jpg\n  \
         kv-client keys --prefix user: --limit 10\n  \
+        kv-client put lock:job me --if-absent --ttl 30s\n  \
+        kv-client -o json scan --prefix user: --values\n  \
         KV_ADDR=10.0.0.5:7878 kv-client checkpoint\n  \
         KV_AUTH_TOKEN=$(cat token) kv-client --tls-ca ca.pem --addr db.example:7878 get greeting\n  \
         kv-client --addr 10.0.0.1:7001,10.0.0.2:7001,10.0.0.3:7001 put greeting hello"
@@ -63,12 +70,28 @@ use cli::output::{self, Failure};
 struct Cli {
     #[command(flatten)]
     connection: ConnectionArgs,
+    /// Output format: `text`, or `json` for scripts: one JSON object a
+    /// line per result (scan and mget: one per key). Keys and values that
+    /// are valid UTF-8 are strings in the fields `key` and `value`; others
+    /// are base64 (standard, padded) in `key_base64` and `value_base64`
+    /// instead. Errors still go to stderr as one line, with the same exit
+    /// codes.
+    #[arg(
+        short = 'o',
+        long,
+        value_enum,
+        default_value_t = Format::Text,
+        global = true,
+        help_heading = "Output"
+    )]
+    output: Format,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
 /// Where and how to connect; shared by every command.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Connection")]
 struct ConnectionArgs {
     /// Address of the kv-server; for a cluster, members' addresses
     /// separated by commas (the leader is found and followed).
@@ -199,7 +222,14 @@ impl ConnectionArgs {
 /// The commands. Each variant is run by `run_command`.
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Set KEY to VALUE, durably; prints OK.
+    /// Set KEY to VALUE, durably; prints OK. With a condition, writes only
+    /// if it holds (else exit 1, the key's current version on stderr).
+    #[command(after_help = "Examples:\n  \
+        kv-client put greeting hello\n  \
+        kv-client put session:42 data --ttl 30m\n  \
+        kv-client put lock:job me --if-absent\n  \
+        kv-client put config v2 --if-seq 17\n  \
+        kv-client put state done --if-value running")]
     Put {
         /// The key (any bytes but empty).
         key: OsString,
@@ -207,18 +237,131 @@ enum Command {
         /// `-3` are taken as values; use `--` before a key starting with `-`.)
         #[arg(allow_hyphen_values = true)]
         value: OsString,
+        /// Expire the key after this long: 500ms, 10s, 5m, 1h, 2d, or a
+        /// number of seconds. Without it, a deadline the key had is cleared.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        #[command(flatten)]
+        condition: PutCondition,
     },
     /// Print the value of KEY (raw bytes unless stdout is a terminal).
+    #[command(after_help = "Examples:\n  \
+        kv-client get greeting\n  \
+        kv-client get greeting --seq\n  \
+        kv-client -o json get greeting")]
     Get {
         /// The key.
         key: OsString,
+        /// Also print the key's version (the seq of its last write) on a
+        /// line of its own before the value: the N of `put --if-seq N`.
+        #[arg(long)]
+        seq: bool,
     },
-    /// Remove KEY, durably; prints OK.
-    #[command(visible_alias = "del")]
+    /// Remove KEY, durably; prints OK. Exit 1 if it does not exist.
+    #[command(
+        visible_alias = "del",
+        after_help = "Examples:\n  kv-client delete greeting\n  kv-client delete config --if-seq 17"
+    )]
     Delete {
         /// The key.
         key: OsString,
+        /// Delete only if the key's version is SEQ (see `get --seq`).
+        #[arg(long, value_name = "SEQ")]
+        if_seq: Option<u64>,
     },
+    /// Set several keys at once, atomically (all or none, at one version);
+    /// prints OK.
+    #[command(after_help = "Example:\n  kv-client mput user:1 alice user:2 bob")]
+    Mput {
+        /// KEY VALUE pairs (an even number of arguments).
+        #[arg(required = true, value_name = "KEY VALUE", allow_hyphen_values = true)]
+        pairs: Vec<OsString>,
+    },
+    /// Remove several keys at once, atomically; prints OK (missing keys
+    /// are no error).
+    #[command(after_help = "Example:\n  kv-client mdelete user:1 user:2")]
+    Mdelete {
+        /// The keys.
+        #[arg(required = true)]
+        keys: Vec<OsString>,
+    },
+    /// Print the values of several keys, read at once: one line each, in
+    /// order, `(nil)` for a missing key (exit 0 still).
+    #[command(
+        after_help = "Examples:\n  kv-client mget user:1 user:2\n  kv-client -o json mget user:1 user:2"
+    )]
+    Mget {
+        /// The keys.
+        #[arg(required = true)]
+        keys: Vec<OsString>,
+    },
+    /// Add DELTA (default 1, may be negative) to the decimal integer in
+    /// KEY (a missing key counts as 0); prints the new value.
+    #[command(after_help = "Examples:\n  kv-client incr visits\n  kv-client incr stock:42 -3")]
+    Incr {
+        /// The key.
+        key: OsString,
+        /// The signed amount to add.
+        #[arg(allow_hyphen_values = true, default_value_t = 1)]
+        delta: i64,
+    },
+    /// Make KEY expire after DURATION; prints OK. Exit 1 if it does not
+    /// exist.
+    #[command(
+        after_help = "Examples:\n  kv-client expire session:42 10s\n  kv-client expire cache:home 1h"
+    )]
+    Expire {
+        /// The key.
+        key: OsString,
+        /// 500ms, 10s, 5m, 1h, 2d, or a number of seconds.
+        #[arg(value_name = "DURATION", value_parser = parse_duration)]
+        ttl: Duration,
+    },
+    /// Clear KEY's deadline: it lives until deleted; prints OK. Exit 1 if
+    /// it does not exist.
+    #[command(after_help = "Example:\n  kv-client persist session:42")]
+    Persist {
+        /// The key.
+        key: OsString,
+    },
+    /// Print KEY's remaining time to live in milliseconds (`1500ms`), or
+    /// `no expiry`. Exit 1 if it does not exist.
+    #[command(after_help = "Example:\n  kv-client ttl session:42")]
+    Ttl {
+        /// The key.
+        key: OsString,
+    },
+    /// List keys (and values) in byte order, one a line, all of them: the
+    /// answer comes in pages, fetched one after another until the range or
+    /// --limit ends. With --values, each line is KEY, a tab, VALUE.
+    #[command(after_help = "Examples:\n  \
+        kv-client scan --prefix user:\n  \
+        kv-client scan --start a --end m --limit 100 --values\n  \
+        kv-client scan --reverse --limit 10\n  \
+        kv-client -o json scan --prefix user: --values")]
+    Scan {
+        /// Only keys starting with this.
+        #[arg(long, short, conflicts_with_all = ["start", "end"])]
+        prefix: Option<OsString>,
+        /// From this key (inclusive).
+        #[arg(long)]
+        start: Option<OsString>,
+        /// Up to this key (exclusive).
+        #[arg(long)]
+        end: Option<OsString>,
+        /// Print at most this many keys in all (default: every key).
+        #[arg(long, short = 'n', value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
+        /// Also print each key's value.
+        #[arg(long)]
+        values: bool,
+        /// Descending order.
+        #[arg(long)]
+        reverse: bool,
+    },
+    /// Print the store's counters and sizes, one `name value` a line.
+    #[command(after_help = "Examples:\n  kv-client stats\n  kv-client -o json stats")]
+    Stats,
     /// List keys in ascending byte order, one a line.
     Keys {
         /// Only keys starting with this.
@@ -253,6 +396,68 @@ enum Command {
     /// ops/s and latency percentiles (`--json` for one JSON line). Exits 2
     /// if any request failed.
     Bench(bench::BenchArgs),
+}
+
+/// `put`'s condition: at most one.
+#[derive(Debug, Clone, Default, Args)]
+#[group(multiple = false)]
+struct PutCondition {
+    /// Write only if the key does not exist (create).
+    #[arg(long)]
+    if_absent: bool,
+    /// Write only if the key exists (update).
+    #[arg(long)]
+    if_present: bool,
+    /// Write only if the key's version is SEQ (see `get --seq`).
+    #[arg(long, value_name = "SEQ")]
+    if_seq: Option<u64>,
+    /// Write only if the key's value is this (compare-and-swap).
+    #[arg(long, value_name = "VALUE", allow_hyphen_values = true)]
+    if_value: Option<OsString>,
+}
+
+impl PutCondition {
+    fn condition(self) -> Option<Condition> {
+        if self.if_absent {
+            Some(Condition::Absent)
+        } else if self.if_present {
+            Some(Condition::Present)
+        } else if let Some(seq) = self.if_seq {
+            Some(Condition::SeqEquals(seq))
+        } else {
+            self.if_value
+                .map(|value| Condition::ValueEquals(os_bytes(value)))
+        }
+    }
+}
+
+/// Parses a duration: a number with `ms`, `s`, `m`, `h` or `d`, or a plain
+/// number of seconds. Zero is refused: a time to live of nothing is a
+/// mistake, not a request.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!(
+            "`{s}` is not a duration; give a number with ms, s, m, h or d (500ms, 10s, 5m, 1h, 2d), or a number of seconds"
+        )
+    };
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits);
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    let ms = number
+        .checked_mul(unit_ms)
+        .ok_or_else(|| format!("duration `{s}` is too long"))?;
+    if ms == 0 {
+        return Err(format!("duration `{s}` is zero; give a positive duration"));
+    }
+    Ok(Duration::from_millis(ms))
 }
 
 /// `kv-client cluster ...`.
@@ -305,25 +510,29 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => Failure::Error(format!("bench: {err:#}")).report(),
         },
-        Some(command) => one_shot(&cli.connection, command),
+        Some(command) => one_shot(&cli.connection, cli.output, command),
         None => cli::repl::run(&cli.connection),
     }
 }
 
 /// Runs one command and turns its outcome into the exit code.
-fn one_shot(connection: &ConnectionArgs, command: Command) -> ExitCode {
+fn one_shot(connection: &ConnectionArgs, format: Format, command: Command) -> ExitCode {
     let outcome = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::Error(format!("cannot start the runtime: {e}")))
-        .and_then(|runtime| runtime.block_on(run_command(connection, command)));
+        .and_then(|runtime| runtime.block_on(run_command(connection, format, command)));
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => failure.report(),
     }
 }
 
-async fn run_command(connection: &ConnectionArgs, command: Command) -> Result<(), Failure> {
+async fn run_command(
+    connection: &ConnectionArgs,
+    format: Format,
+    command: Command,
+) -> Result<(), Failure> {
     let addr = connection.addr.as_str();
     // The value is read before connecting: a slow stdin must not hold an
     // idle connection open (the server closes idle connections).
@@ -331,33 +540,233 @@ async fn run_command(connection: &ConnectionArgs, command: Command) -> Result<()
         Command::Put { value, .. } => read_value(value)?,
         _ => Bytes::new(),
     };
+    // A usage error, found before anything is sent.
+    if let Command::Mput { pairs } = &command
+        && pairs.len() % 2 != 0
+    {
+        return Err(Failure::Error(format!(
+            "mput takes KEY VALUE pairs: got {} arguments, an odd number",
+            pairs.len()
+        )));
+    }
     let client = connection
         .client()
         .map_err(|e| output::client_failure(addr, &e))?;
     let fail = |e| output::client_failure(addr, &e);
     let terminal = io::stdout().is_terminal();
+    let json = format == Format::Json;
     match command {
-        Command::Put { key, .. } => {
-            client.put(os_bytes(key), put_value).await.map_err(fail)?;
-            output::line("OK")
-        }
-        Command::Get { key } => {
+        Command::Put {
+            key,
+            ttl,
+            condition,
+            ..
+        } => {
             let key = os_bytes(key);
-            match client.get(key.clone()).await.map_err(fail)? {
-                Some(value) => output::value(&value, terminal),
-                None => Err(output::not_found(&key)),
+            let options = PutOptions {
+                condition: condition.condition(),
+                ttl,
+                ..PutOptions::default()
+            };
+            let seq = client
+                .put_with(key.clone(), put_value, options)
+                .await
+                .map_err(fail)?;
+            if json {
+                output::json_lines(&[Json::new().bytes("key", &key).field("seq", seq)])
+            } else {
+                output::line("OK")
             }
         }
-        Command::Delete { key } => {
+        Command::Get { key, seq } => {
             let key = os_bytes(key);
-            match client.delete(key.clone()).await.map_err(fail)? {
+            let Some(found) = client.get_versioned(key.clone()).await.map_err(fail)? else {
+                return Err(output::not_found(&key));
+            };
+            if json {
+                output::json_lines(&[Json::new()
+                    .bytes("key", &key)
+                    .bytes("value", &found.value)
+                    .field("seq", found.seq)
+                    .field("expires_at_ms", found.expires_at_ms)])
+            } else {
+                if seq {
+                    output::line(&found.seq.to_string())?;
+                }
+                output::value(&found.value, terminal)
+            }
+        }
+        Command::Delete { key, if_seq } => {
+            let key = os_bytes(key);
+            let deleted = match if_seq {
+                Some(seq) => {
+                    client
+                        .delete_if(key.clone(), Condition::SeqEquals(seq))
+                        .await
+                }
+                None => client.delete(key.clone()).await,
+            };
+            match deleted.map_err(fail)? {
+                Some(seq) if json => {
+                    output::json_lines(&[Json::new().bytes("key", &key).field("seq", seq)])
+                }
                 Some(_) => output::line("OK"),
                 None => Err(output::not_found(&key)),
             }
         }
+        Command::Mput { pairs } => {
+            let writes: Vec<Write> = pairs
+                .chunks_exact(2)
+                .map(|pair| Write::put(os_bytes(pair[0].clone()), os_bytes(pair[1].clone())))
+                .collect();
+            let seq = client.batch(writes, []).await.map_err(fail)?;
+            batch_done(json, seq)
+        }
+        Command::Mdelete { keys } => {
+            let writes = keys.into_iter().map(|key| Write::delete(os_bytes(key)));
+            let seq = client.batch(writes, []).await.map_err(fail)?;
+            batch_done(json, seq)
+        }
+        Command::Mget { keys } => {
+            let keys: Vec<Bytes> = keys.into_iter().map(os_bytes).collect();
+            let values = client.mget(keys.clone()).await.map_err(fail)?;
+            if json {
+                let objects: Vec<Json> = keys
+                    .iter()
+                    .zip(&values)
+                    .map(|(key, value)| {
+                        let object = Json::new().bytes("key", key);
+                        match value {
+                            Some(v) => object
+                                .field("found", true)
+                                .bytes("value", &v.value)
+                                .field("seq", v.seq)
+                                .field("expires_at_ms", v.expires_at_ms),
+                            None => object.field("found", false),
+                        }
+                    })
+                    .collect();
+                output::json_lines(&objects)
+            } else {
+                let lines: Vec<Vec<&[u8]>> = values
+                    .iter()
+                    .map(|value| match value {
+                        Some(v) => vec![&v.value[..]],
+                        None => vec![&b"(nil)"[..]],
+                    })
+                    .collect();
+                output::byte_lines(&lines, terminal)
+            }
+        }
+        Command::Incr { key, delta } => {
+            let key = os_bytes(key);
+            let counter = client.incr(key.clone(), delta).await.map_err(fail)?;
+            if json {
+                output::json_lines(&[Json::new()
+                    .bytes("key", &key)
+                    .field("value", counter.value)
+                    .field("seq", counter.seq)])
+            } else {
+                output::line(&counter.value.to_string())
+            }
+        }
+        Command::Expire { key, ttl } => {
+            let key = os_bytes(key);
+            let change = client.expire(key.clone(), ttl).await.map_err(fail)?;
+            deadline_done(json, &key, change)
+        }
+        Command::Persist { key } => {
+            let key = os_bytes(key);
+            let change = client.persist(key.clone()).await.map_err(fail)?;
+            deadline_done(json, &key, change)
+        }
+        Command::Ttl { key } => {
+            let key = os_bytes(key);
+            let Some(ttl) = client.ttl(key.clone()).await.map_err(fail)? else {
+                return Err(output::not_found(&key));
+            };
+            let (remaining_ms, expires_at_ms) = match ttl {
+                Ttl::Persistent => (None, None),
+                Ttl::Expires {
+                    remaining,
+                    expires_at_ms,
+                } => (
+                    Some(u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX)),
+                    Some(expires_at_ms),
+                ),
+            };
+            if json {
+                output::json_lines(&[Json::new()
+                    .bytes("key", &key)
+                    .field("remaining_ms", remaining_ms)
+                    .field("expires_at_ms", expires_at_ms)])
+            } else {
+                match remaining_ms {
+                    Some(ms) => output::line(&format!("{ms}ms")),
+                    None => output::line("no expiry"),
+                }
+            }
+        }
+        Command::Scan {
+            prefix,
+            start,
+            end,
+            limit,
+            values,
+            reverse,
+        } => {
+            let options = ScanOptions {
+                prefix: prefix.map(os_bytes).unwrap_or_default(),
+                start: start.map(os_bytes).unwrap_or_default(),
+                end: end.map(os_bytes).unwrap_or_default(),
+                values,
+                reverse,
+                ..ScanOptions::default()
+            };
+            scan(&client, options, limit, json, terminal)
+                .await
+                .map_err(fail)?
+        }
+        Command::Stats => {
+            let stats = client.stats().await.map_err(fail)?;
+            let uptime_ms = u64::try_from(stats.uptime.as_millis()).unwrap_or(u64::MAX);
+            let fields = [
+                ("keys", stats.keys),
+                ("bytes", stats.bytes),
+                ("last_seq", stats.last_seq),
+                ("durable_seq", stats.durable_seq),
+                ("wal_bytes", stats.wal_bytes),
+                ("wal_segments", stats.wal_segments),
+                ("snapshots", stats.snapshots),
+                ("expiring_keys", stats.expiring_keys),
+                ("expired_keys", stats.expired_keys),
+                ("uptime_ms", uptime_ms),
+            ];
+            if json {
+                let object = fields
+                    .iter()
+                    .fold(Json::new(), |object, (name, n)| object.field(name, *n));
+                output::json_lines(&[object])
+            } else {
+                let text: Vec<String> = fields
+                    .iter()
+                    .map(|(name, n)| format!("{name} {n}"))
+                    .collect();
+                output::line(&text.join("\n"))
+            }
+        }
         Command::Keys { prefix, limit } => {
             let page = client.keys(os_bytes(prefix), limit).await.map_err(fail)?;
-            output::keys(&page.keys, terminal)?;
+            if json {
+                let objects: Vec<Json> = page
+                    .keys
+                    .iter()
+                    .map(|key| Json::new().bytes("key", key))
+                    .collect();
+                output::json_lines(&objects)?;
+            } else {
+                output::keys(&page.keys, terminal)?;
+            }
             if page.truncated {
                 eprintln!(
                     "kv-client: more keys match (the listing stops at --limit, or where one \
@@ -368,10 +777,20 @@ async fn run_command(connection: &ConnectionArgs, command: Command) -> Result<()
         }
         Command::Checkpoint => {
             let seq = client.checkpoint().await.map_err(fail)?;
-            output::line(&seq.to_string())
+            if json {
+                output::json_lines(&[Json::new().field("seq", seq)])
+            } else {
+                output::line(&seq.to_string())
+            }
         }
         Command::Backup { file } => {
             let info = client.backup(&file).await.map_err(fail)?;
+            if json {
+                return output::json_lines(&[Json::new()
+                    .field("seq", info.seq)
+                    .field("file", file.display().to_string())
+                    .field("bytes", info.bytes)]);
+            }
             output::line(&format!(
                 "backup of LSN {} written to {} ({} bytes)",
                 info.seq,
@@ -380,11 +799,98 @@ async fn run_command(connection: &ConnectionArgs, command: Command) -> Result<()
             ))
         }
         Command::Cluster { action } => {
-            cluster_command(&client, action, addr, &connection.options()).await
+            cluster_command(&client, action, addr, &connection.options(), json).await
         }
         // Dispatched in `main`, on its own runtime.
         Command::Bench(_) => Err(Failure::Error("bench is not a one-shot command".into())),
     }
+}
+
+/// What `mput` and `mdelete` print: OK, or the batch's seq.
+fn batch_done(json: bool, seq: u64) -> Result<(), Failure> {
+    if json {
+        output::json_lines(&[Json::new().field("seq", seq)])
+    } else {
+        output::line("OK")
+    }
+}
+
+/// What `expire` and `persist` print, and exit 1 for a missing key.
+fn deadline_done(
+    json: bool,
+    key: &[u8],
+    change: Option<kv_client::DeadlineChange>,
+) -> Result<(), Failure> {
+    let Some(change) = change else {
+        return Err(output::not_found(key));
+    };
+    if json {
+        output::json_lines(&[Json::new()
+            .bytes("key", key)
+            .field("changed", change.seq.is_some())
+            .field("seq", change.seq)])
+    } else {
+        output::line("OK")
+    }
+}
+
+/// Prints every key of the scan `options` describe, page by page (each
+/// page printed as it comes), at most `limit` in all.
+async fn scan(
+    client: &ClusterClient,
+    mut options: ScanOptions,
+    limit: Option<u64>,
+    json: bool,
+    terminal: bool,
+) -> kv_client::Result<Result<(), Failure>> {
+    let mut left = limit.unwrap_or(u64::MAX);
+    while left > 0 {
+        // Ask for no more than is left to print (0: a full page).
+        options.limit = u32::try_from(left).unwrap_or(0);
+        let mut page = client.scan(&options).await?;
+        page.items
+            .truncate(usize::try_from(left).unwrap_or(usize::MAX));
+        left -= page.items.len() as u64;
+        let printed = if json {
+            let objects: Vec<Json> = page
+                .items
+                .iter()
+                .map(|item| {
+                    let object = Json::new().bytes("key", &item.key);
+                    match &item.value {
+                        Some(value) => object.bytes("value", value),
+                        None => object,
+                    }
+                    .field("seq", item.seq)
+                })
+                .collect();
+            output::json_lines(&objects)
+        } else {
+            let lines: Vec<Vec<&[u8]>> = page
+                .items
+                .iter()
+                .map(|item| match &item.value {
+                    Some(value) => vec![&item.key[..], b"\t", &value[..]],
+                    None => vec![&item.key[..]],
+                })
+                .collect();
+            output::byte_lines(&lines, terminal)
+        };
+        if printed.is_err() {
+            return Ok(printed);
+        }
+        match page.resume_after {
+            // A server that resumes where it began would page forever.
+            Some(after) if after != options.after => options.after = after,
+            Some(_) => {
+                return Err(kv_client::ClientError::Protocol(
+                    "a scan page resumed where it began; the scan would not end".into(),
+                ));
+            }
+            None => break,
+        }
+    }
+    Ok(Ok(()))
 }
 
 /// One member's view, as `cluster status` prints it.
@@ -403,11 +909,28 @@ fn member_line(member: &ClusterMember, view: Result<&ClusterStatusResponse, Stri
     }
 }
 
+/// One member's view, as `-o json cluster status` prints it.
+fn member_json(member: &ClusterMember, view: Result<&ClusterStatusResponse, &String>) -> Json {
+    let head = Json::new()
+        .field("node_id", member.node_id)
+        .field("client_addr", member.client_addr.clone())
+        .field("peer_addr", member.peer_addr.clone());
+    match view {
+        Ok(s) => head
+            .field("role", s.role.clone())
+            .field("term", s.term)
+            .field("last_log_index", s.has_log.then_some(s.last_log_index))
+            .field("applied_index", s.has_log.then_some(s.applied_index)),
+        Err(e) => head.field("error", e.clone()),
+    }
+}
+
 async fn cluster_command(
     client: &kv_client::ClusterClient,
     action: ClusterAction,
     addr: &str,
     options: &ClientOptions,
+    json: bool,
 ) -> Result<(), Failure> {
     let fail = |e| output::client_failure(addr, &e);
     let command = match action {
@@ -455,7 +978,15 @@ async fn cluster_command(
             },
             Err(e) => Err(e.to_string()),
         };
-        output::line(&member_line(member, view.as_ref().map_err(Clone::clone)))?;
+        if json {
+            output::json_lines(&[member_json(member, view.as_ref())])?;
+        } else {
+            output::line(&member_line(member, view.as_ref().map_err(Clone::clone)))?;
+        }
+    }
+    if json {
+        let leader = (status.leader_id != 0).then_some(status.leader_id);
+        return output::json_lines(&[Json::new().field("leader", leader)]);
     }
     match status.leader_id {
         0 => output::line("leader: unknown"),
@@ -500,7 +1031,7 @@ mod tests {
     fn put_takes_key_and_value() {
         let cli = parse(&["put", "k", "v"]).unwrap();
         match cli.command {
-            Some(Command::Put { key, value }) => {
+            Some(Command::Put { key, value, .. }) => {
                 assert_eq!(key, "k");
                 assert_eq!(value, "v");
             }
@@ -650,6 +1181,82 @@ mod tests {
         assert!(parse(&["--timeout", "18446744073709551615", "checkpoint"]).is_err());
         assert!(parse(&["bench", "--duration", "86400"]).is_ok());
         assert!(parse(&["bench", "--duration", "1e30"]).is_err());
+    }
+
+    #[test]
+    fn durations_take_units_and_refuse_zero() {
+        for (text, ms) in [
+            ("10s", 10_000),
+            ("500ms", 500),
+            ("5m", 300_000),
+            ("1h", 3_600_000),
+            ("2d", 172_800_000),
+            ("7", 7_000),
+        ] {
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_millis(ms)),
+                "{text}"
+            );
+        }
+        for bad in [
+            "0",
+            "0s",
+            "",
+            "s",
+            "10 s",
+            "1.5s",
+            "-1s",
+            "10y",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_duration("0ms").unwrap_err().contains("zero"));
+    }
+
+    #[test]
+    fn put_conditions_are_mutually_exclusive() {
+        match parse(&["put", "k", "v", "--ttl", "10s", "--if-seq", "4"])
+            .unwrap()
+            .command
+        {
+            Some(Command::Put { ttl, condition, .. }) => {
+                assert_eq!(ttl, Some(Duration::from_secs(10)));
+                assert_eq!(condition.condition(), Some(Condition::SeqEquals(4)));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match parse(&["put", "k", "v", "--if-value", "-old"])
+            .unwrap()
+            .command
+        {
+            Some(Command::Put { condition, .. }) => assert_eq!(
+                condition.condition(),
+                Some(Condition::ValueEquals(Bytes::from_static(b"-old")))
+            ),
+            other => panic!("unexpected {other:?}"),
+        }
+        let err = parse(&["put", "k", "v", "--if-absent", "--if-present"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        assert!(parse(&["put", "k", "v", "--ttl", "0"]).is_err());
+    }
+
+    #[test]
+    fn incr_takes_a_negative_delta_and_scan_refuses_prefix_with_range() {
+        match parse(&["incr", "n", "-3"]).unwrap().command {
+            Some(Command::Incr { delta, .. }) => assert_eq!(delta, -3),
+            other => panic!("unexpected {other:?}"),
+        }
+        match parse(&["incr", "n"]).unwrap().command {
+            Some(Command::Incr { delta, .. }) => assert_eq!(delta, 1),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(parse(&["scan", "--prefix", "a", "--start", "b"]).is_err());
+        assert!(parse(&["scan", "--limit", "0"]).is_err());
+        assert!(parse(&["-o", "json", "scan", "--start", "a", "--end", "b"]).is_ok());
+        assert!(parse(&["mget"]).is_err());
+        assert!(parse(&["-o", "yaml", "stats"]).is_err());
     }
 
     #[test]

@@ -408,3 +408,111 @@ fn no_address_is_refused() {
         Err(ClientError::NoAddress)
     ));
 }
+
+/// The new writes (batch, incr, expire, persist, a conditional put or
+/// delete) are never sent again after a lost connection; the new reads
+/// (versioned get, ttl, scan, mget, stats) are, to the next member.
+#[tokio::test]
+async fn new_writes_are_not_resent_and_new_reads_are() {
+    use kv_client::{Condition, PutOptions, ScanOptions, Write};
+    let broken = member(|_| Reply::HangUp).await;
+    // Answers every read with an empty result of its kind.
+    let reader = member(|request| {
+        let result = match &request.command {
+            Some(request::Command::Get(_)) => response::Result::Get(GetResponse::default()),
+            Some(request::Command::Ttl(_)) => response::Result::Ttl(Default::default()),
+            Some(request::Command::Scan(_)) => response::Result::Scan(Default::default()),
+            Some(request::Command::Mget(m)) => {
+                response::Result::Mget(kv_client::kv_proto::MgetResponse {
+                    values: vec![GetResponse::default(); m.keys.len()],
+                })
+            }
+            Some(request::Command::Stats(_)) => response::Result::Stats(Default::default()),
+            _ => return Reply::Answer(Response::error(request.id, ErrorCode::Internal, "no")),
+        };
+        Reply::Answer(Response::new(request.id, result))
+    })
+    .await;
+    for write in 0..6 {
+        let client = client(&[&broken.addr, &reader.addr]);
+        let result = within(async {
+            match write {
+                0 => client.batch([Write::put("k", "v")], []).await.map(drop),
+                1 => client.incr("n", 1).await.map(drop),
+                2 => client.expire("k", Duration::from_secs(1)).await.map(drop),
+                3 => client.persist("k").await.map(drop),
+                4 => {
+                    let options = PutOptions {
+                        condition: Some(Condition::Absent),
+                        ..PutOptions::default()
+                    };
+                    client.put_with("k", "v", options).await.map(drop)
+                }
+                _ => client.delete_if("k", Condition::Present).await.map(drop),
+            }
+        })
+        .await;
+        assert!(
+            matches!(result, Err(ClientError::OutcomeUnknown { .. })),
+            "write {write}: {result:?}"
+        );
+    }
+    assert_eq!(broken.seen().len(), 6);
+    assert!(reader.seen().is_empty(), "a write was sent again");
+
+    for read in 0..5 {
+        let client = client(&[&broken.addr, &reader.addr]);
+        within(async {
+            match read {
+                0 => assert_eq!(client.get_versioned("k").await.unwrap(), None),
+                1 => assert_eq!(client.ttl("k").await.unwrap(), None),
+                2 => assert!(
+                    client
+                        .scan_all(ScanOptions::default())
+                        .await
+                        .unwrap()
+                        .is_empty()
+                ),
+                3 => assert_eq!(client.mget(["a", "b"]).await.unwrap(), [None, None]),
+                _ => assert_eq!(client.stats().await.unwrap().keys, 0),
+            }
+        })
+        .await;
+    }
+    assert_eq!(broken.seen().len(), 11);
+    assert_eq!(reader.seen().len(), 5);
+}
+
+/// CONDITION_FAILED is an answer, not a reason to try another member.
+#[tokio::test]
+async fn a_failed_condition_is_final() {
+    use kv_client::{Condition, PutOptions};
+    let refusing = member(|request| {
+        Reply::Answer(Response::new(
+            request.id,
+            response::Result::Error(kv_client::kv_proto::Error {
+                code: ErrorCode::ConditionFailed as i32,
+                message: "condition failed".into(),
+                key: Bytes::from_static(b"k"),
+                current_seq: 9,
+                current_exists: true,
+                ..Default::default()
+            }),
+        ))
+    })
+    .await;
+    let leader = leader().await;
+    let client = client(&[&refusing.addr, &leader.addr]);
+    let options = PutOptions {
+        condition: Some(Condition::SeqEquals(3)),
+        ..PutOptions::default()
+    };
+    match within(client.put_with("k", "v", options)).await {
+        Err(ClientError::ConditionFailed { key, current, .. }) => {
+            assert_eq!((&key[..], current), (&b"k"[..], Some(9)));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(refusing.seen().len(), 1);
+    assert_eq!(leader.accepted(), 0);
+}

@@ -572,3 +572,201 @@ async fn a_backup_answer_at_the_wrong_offset_fails_and_leaves_no_file() {
         "the partial copy is left behind"
     );
 }
+
+/// Answers the store-feature requests with fixed results that depend on
+/// the request, so that each typed call's mapping shows.
+async fn serve_features(mut conn: Conn) {
+    use kv_client::kv_proto::{
+        BatchResponse, ExpireResponse, IncrResponse, MgetResponse, ScanItem, ScanResponse,
+        StatsResponse, TtlResponse,
+    };
+    while let Some(Ok(Ok(request))) = conn.next().await {
+        let result = match request.command.clone() {
+            Some(request::Command::Put(put)) if put.condition.is_some() => {
+                response::Result::Error(kv_client::kv_proto::Error {
+                    code: ErrorCode::ConditionFailed as i32,
+                    message: "condition failed".into(),
+                    key: put.key,
+                    current_seq: put.ttl_ms,
+                    current_exists: put.ttl_ms != 0,
+                    ..Default::default()
+                })
+            }
+            Some(request::Command::Get(_)) => response::Result::Get(GetResponse {
+                found: true,
+                value: Bytes::from_static(b"v"),
+                seq: 7,
+                expires_at_ms: 99,
+            }),
+            Some(request::Command::Batch(batch)) => response::Result::Batch(BatchResponse {
+                seq: (batch.writes.len() * 10 + batch.conditions.len()) as u64,
+            }),
+            Some(request::Command::Incr(incr)) => response::Result::Incr(IncrResponse {
+                value: incr.delta * 2,
+                seq: 3,
+            }),
+            Some(request::Command::Expire(expire)) => response::Result::Expire(ExpireResponse {
+                found: !expire.key.starts_with(b"missing"),
+                changed: !expire.persist,
+                seq: 5,
+            }),
+            Some(request::Command::Ttl(_)) => response::Result::Ttl(TtlResponse {
+                found: true,
+                has_deadline: true,
+                remaining_ms: 1500,
+                expires_at_ms: 2000,
+            }),
+            // Pages of one key each: "a", "b", "c".
+            Some(request::Command::Scan(scan)) => {
+                let next = match &scan.after[..] {
+                    b"" => b'a',
+                    [last] => last + 1,
+                    _ => b'z',
+                };
+                response::Result::Scan(ScanResponse {
+                    items: vec![ScanItem {
+                        key: Bytes::from(vec![next]),
+                        value: Bytes::from_static(b"val"),
+                        seq: u64::from(next),
+                    }],
+                    more: next < b'c',
+                    resume_after: if next < b'c' {
+                        Bytes::from(vec![next])
+                    } else {
+                        Bytes::new()
+                    },
+                })
+            }
+            // One value fewer than asked for when asked for three.
+            Some(request::Command::Mget(mget)) => response::Result::Mget(MgetResponse {
+                values: mget
+                    .keys
+                    .iter()
+                    .take(if mget.keys.len() == 3 { 2 } else { usize::MAX })
+                    .map(|key| GetResponse {
+                        found: key.as_ref() != b"missing",
+                        value: key.clone(),
+                        seq: 1,
+                        expires_at_ms: 0,
+                    })
+                    .collect(),
+            }),
+            Some(request::Command::Stats(_)) => response::Result::Stats(StatsResponse {
+                keys: 4,
+                uptime_ms: 2500,
+                ..Default::default()
+            }),
+            _ => {
+                let response = Response::error(request.id, ErrorCode::InvalidRequest, "no");
+                if conn.send(response).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        if conn.send(Response::new(request.id, result)).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn feature_calls_map_each_result() {
+    use kv_client::{
+        Condition, Counter, DeadlineChange, KeyCondition, PutOptions, ScanOptions, Stats, Ttl,
+        Versioned, Write,
+    };
+    let (addr, _) = fake_server(serve_features).await;
+    let client = Client::connect(addr.as_str()).await.unwrap();
+    within(async {
+        assert_eq!(
+            client.get_versioned("k").await.unwrap(),
+            Some(Versioned {
+                value: Bytes::from_static(b"v"),
+                seq: 7,
+                expires_at_ms: Some(99)
+            })
+        );
+        // The fake reports ttl_ms as the current version: 0 = missing.
+        let refused = |ttl_ms: u64| PutOptions {
+            condition: Some(Condition::Absent),
+            ttl: Some(Duration::from_millis(ttl_ms)),
+            ..PutOptions::default()
+        };
+        match client.put_with("k", "v", refused(12)).await {
+            Err(ClientError::ConditionFailed { key, current, .. }) => {
+                assert_eq!((&key[..], current), (&b"k"[..], Some(12)));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match client.put_with("k", "v", refused(0)).await {
+            Err(ClientError::ConditionFailed { current: None, .. }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        let seq = client
+            .batch(
+                [
+                    Write::put("a", "1"),
+                    Write::delete("b"),
+                    Write::incr("c", 1),
+                ],
+                [KeyCondition::new("a", Condition::SeqEquals(1))],
+            )
+            .await
+            .unwrap();
+        assert_eq!(seq, 31);
+        assert_eq!(
+            client.incr("n", -4).await.unwrap(),
+            Counter { value: -8, seq: 3 }
+        );
+        assert_eq!(
+            client.expire("k", Duration::from_secs(1)).await.unwrap(),
+            Some(DeadlineChange { seq: Some(5) })
+        );
+        assert_eq!(client.expire_at("missing", 10).await.unwrap(), None);
+        assert_eq!(
+            client.persist("k").await.unwrap(),
+            Some(DeadlineChange { seq: None })
+        );
+        assert_eq!(
+            client.ttl("k").await.unwrap(),
+            Some(Ttl::Expires {
+                remaining: Duration::from_millis(1500),
+                expires_at_ms: 2000
+            })
+        );
+        // One page, then all of them.
+        let page = client.scan(&ScanOptions::default()).await.unwrap();
+        assert_eq!(page.items.len(), 1);
+        assert_eq!(page.items[0].value, None, "values were not asked for");
+        assert!(page.more);
+        assert_eq!(page.resume_after.as_deref(), Some(&b"a"[..]));
+        let all = client
+            .scan_all(ScanOptions {
+                values: true,
+                ..ScanOptions::prefix("")
+            })
+            .await
+            .unwrap();
+        let keys: Vec<&[u8]> = all.iter().map(|item| &item.key[..]).collect();
+        assert_eq!(keys, [b"a", b"b", b"c"]);
+        assert_eq!(all[2].value.as_deref(), Some(&b"val"[..]));
+        let got = client.mget(["x", "missing"]).await.unwrap();
+        assert_eq!(got[0].as_ref().map(|v| &v.value[..]), Some(&b"x"[..]));
+        assert_eq!(got[1], None);
+        // An answer that does not match the question is a protocol error.
+        match client.mget(["a", "b", "c"]).await {
+            Err(ClientError::Protocol(message)) => assert!(message.contains("3 keys")),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            client.stats().await.unwrap(),
+            Stats {
+                keys: 4,
+                uptime: Duration::from_millis(2500),
+                ..Stats::default()
+            }
+        );
+    })
+    .await;
+}

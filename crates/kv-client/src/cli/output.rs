@@ -6,11 +6,26 @@ use std::process::ExitCode;
 use kv_client::ClientError;
 use kv_client::kv_proto::ErrorCode;
 
+/// How results are printed: `-o text` (the default) or `-o json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    /// As people read it: values as they are, keys one a line.
+    #[default]
+    Text,
+    /// One JSON object a line per result (scan and mget: per key), for
+    /// scripts.
+    Json,
+}
+
 /// Why a command did not succeed, and so which exit code it gets.
 #[derive(Debug)]
 pub enum Failure {
-    /// The key does not exist (get, delete): exit 1.
+    /// The key does not exist (get, delete, ttl, expire, persist): exit 1.
     NotFound(String),
+    /// A conditional write's condition did not hold (the line says the
+    /// key's current version): exit 1, as a missing key, since both are
+    /// answers about the data rather than failures to get one.
+    ConditionFailed(String),
     /// A write whose outcome is unknown (the server answered
     /// OUTCOME_UNKNOWN: it may or may not have taken effect): exit 3.
     OutcomeUnknown(String),
@@ -25,7 +40,7 @@ impl Failure {
     /// Prints the one line on stderr and returns the exit code.
     pub fn report(&self) -> ExitCode {
         match self {
-            Failure::NotFound(message) => {
+            Failure::NotFound(message) | Failure::ConditionFailed(message) => {
                 eprintln!("kv-client: {message}");
                 ExitCode::from(1)
             }
@@ -49,7 +64,9 @@ pub fn not_found(key: &[u8]) -> Failure {
 /// The failure for a client error talking to `addr` (as the user gave it:
 /// one address or several).
 pub fn client_failure(addr: &str, err: &ClientError) -> Failure {
-    if err.is_outcome_unknown() {
+    if let ClientError::ConditionFailed { .. } = err {
+        Failure::ConditionFailed(err.to_string())
+    } else if err.is_outcome_unknown() {
         Failure::OutcomeUnknown(describe(addr, err))
     } else {
         Failure::Error(describe(addr, err))
@@ -145,6 +162,72 @@ pub fn keys(keys: &[bytes::Bytes], terminal: bool) -> Result<(), Failure> {
     })
 }
 
+/// Prints each of `lines` and a newline, as raw bytes (or lossy UTF-8 on
+/// a terminal); `lines` are made of byte pieces joined without separators.
+pub fn byte_lines(lines: &[Vec<&[u8]>], terminal: bool) -> Result<(), Failure> {
+    write_stdout(|out| {
+        for pieces in lines {
+            for piece in pieces {
+                if terminal {
+                    write!(out, "{}", String::from_utf8_lossy(piece))?;
+                } else {
+                    out.write_all(piece)?;
+                }
+            }
+            out.write_all(b"\n")?;
+        }
+        Ok(())
+    })
+}
+
+/// One JSON object of `-o json` output, built field by field.
+#[derive(Debug, Default)]
+pub struct Json(serde_json::Map<String, serde_json::Value>);
+
+impl Json {
+    /// An empty object.
+    pub fn new() -> Json {
+        Json::default()
+    }
+
+    /// Adds bytes (a key, a value) as the string field `name` when they are
+    /// valid UTF-8, else as `{name}_base64` (standard alphabet, padded).
+    pub fn bytes(mut self, name: &str, bytes: &[u8]) -> Json {
+        use base64::Engine;
+        match std::str::from_utf8(bytes) {
+            Ok(text) => self.0.insert(name.to_string(), text.into()),
+            Err(_) => self.0.insert(
+                format!("{name}_base64"),
+                base64::engine::general_purpose::STANDARD
+                    .encode(bytes)
+                    .into(),
+            ),
+        };
+        self
+    }
+
+    /// Adds any JSON value (numbers, booleans, strings, `null` for `None`).
+    pub fn field(mut self, name: &str, value: impl Into<serde_json::Value>) -> Json {
+        self.0.insert(name.to_string(), value.into());
+        self
+    }
+
+    /// The object as one line of text.
+    pub fn to_line(&self) -> String {
+        serde_json::Value::Object(self.0.clone()).to_string()
+    }
+}
+
+/// Prints `objects`, one a line.
+pub fn json_lines(objects: &[Json]) -> Result<(), Failure> {
+    write_stdout(|out| {
+        for object in objects {
+            writeln!(out, "{}", object.to_line())?;
+        }
+        Ok(())
+    })
+}
+
 fn write_stdout(
     write: impl FnOnce(&mut io::StdoutLock<'_>) -> io::Result<()>,
 ) -> Result<(), Failure> {
@@ -228,6 +311,44 @@ mod tests {
             ),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn json_bytes_are_strings_when_utf8_else_base64() {
+        let line = Json::new()
+            .bytes("key", "héllo".as_bytes())
+            .bytes("value", b"\xff\x00")
+            .field("seq", 7u64)
+            .field("expires_at_ms", None::<u64>)
+            .to_line();
+        assert_eq!(
+            line,
+            r#"{"expires_at_ms":null,"key":"héllo","seq":7,"value_base64":"/wA="}"#
+        );
+    }
+
+    #[test]
+    fn a_failed_condition_is_one_line_naming_the_current_version() {
+        let err = ClientError::ConditionFailed {
+            key: bytes::Bytes::from_static(b"k"),
+            current: Some(12),
+            message: "condition failed".into(),
+        };
+        match client_failure("a:1", &err) {
+            Failure::ConditionFailed(message) => {
+                assert_eq!(message, "condition failed on \"k\": current version 12")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let err = ClientError::ConditionFailed {
+            key: bytes::Bytes::from_static(b"k\n"),
+            current: None,
+            message: String::new(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "condition failed on \"k\\n\": the key does not exist"
+        );
     }
 
     #[test]

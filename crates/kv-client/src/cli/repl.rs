@@ -25,6 +25,13 @@ Commands (arguments may be quoted: \"a b\", 'a b'; in double quotes \\n, \\t, \\
   get KEY                print the value of KEY, or (nil)
   delete KEY             remove KEY (alias: del)
   keys [PREFIX] [LIMIT]  list keys starting with PREFIX, at most LIMIT (0: all)
+  mget KEY...            print the values of several keys, (nil) for missing ones
+  incr KEY [DELTA]       add DELTA (default 1, may be negative); prints the new value
+  expire KEY DURATION    expire KEY after DURATION (500ms, 10s, 5m, 1h, 2d, or seconds)
+  persist KEY            clear KEY's deadline
+  ttl KEY                print KEY's remaining time to live (1500ms), or no expiry
+  scan [PREFIX] [LIMIT]  list keys starting with PREFIX, every page, at most LIMIT (0: all)
+  stats                  print the store's counters and sizes
   checkpoint             write a snapshot; prints the sequence number it covers
   help                   this text
   quit                   leave (also: exit, Ctrl-D)";
@@ -42,6 +49,20 @@ pub enum Line {
     Delete(Bytes),
     /// `keys [PREFIX] [LIMIT]`.
     Keys(Bytes, u32),
+    /// `mget KEY...`.
+    Mget(Vec<Bytes>),
+    /// `incr KEY [DELTA]`.
+    Incr(Bytes, i64),
+    /// `expire KEY DURATION`.
+    Expire(Bytes, std::time::Duration),
+    /// `persist KEY`.
+    Persist(Bytes),
+    /// `ttl KEY`.
+    Ttl(Bytes),
+    /// `scan [PREFIX] [LIMIT]`.
+    Scan(Bytes, u64),
+    /// `stats`.
+    Stats,
     /// `checkpoint`.
     Checkpoint,
     /// `help`.
@@ -87,11 +108,54 @@ pub fn parse_line(line: &[u8]) -> Result<Line, String> {
             };
             Ok(Line::Keys(prefix, limit))
         }
+        "mget" if args.is_empty() => Err("wrong number of arguments; usage: mget KEY...".into()),
+        "mget" => Ok(Line::Mget((0..args.len()).map(arg).collect())),
+        "incr" => {
+            if !(1..=2).contains(&args.len()) {
+                return Err("wrong number of arguments; usage: incr KEY [DELTA]".into());
+            }
+            let delta = match args.get(1) {
+                None => 1,
+                Some(delta) => number(delta, "DELTA")?,
+            };
+            Ok(Line::Incr(arg(0), delta))
+        }
+        "expire" => {
+            arity(2, "expire KEY DURATION")?;
+            let text = String::from_utf8_lossy(&args[1]);
+            Ok(Line::Expire(arg(0), crate::parse_duration(&text)?))
+        }
+        "persist" => arity(1, "persist KEY").map(|()| Line::Persist(arg(0))),
+        "ttl" => arity(1, "ttl KEY").map(|()| Line::Ttl(arg(0))),
+        "scan" => {
+            if args.len() > 2 {
+                return Err("wrong number of arguments; usage: scan [PREFIX] [LIMIT]".into());
+            }
+            let prefix = if args.is_empty() {
+                Bytes::new()
+            } else {
+                arg(0)
+            };
+            let limit = match args.get(1) {
+                None => 0,
+                Some(limit) => number(limit, "LIMIT")?,
+            };
+            Ok(Line::Scan(prefix, limit))
+        }
+        "stats" => arity(0, "stats").map(|()| Line::Stats),
         "checkpoint" => arity(0, "checkpoint").map(|()| Line::Checkpoint),
         "help" | "?" => Ok(Line::Help),
         "quit" | "exit" => Ok(Line::Quit),
         other => Err(format!("unknown command `{other}`; type `help`")),
     }
+}
+
+/// A numeric argument, or why not.
+fn number<T: std::str::FromStr>(word: &[u8], name: &str) -> Result<T, String> {
+    std::str::from_utf8(word)
+        .ok()
+        .and_then(|s| s.parse::<T>().ok())
+        .ok_or_else(|| format!("{name} must be a number, not {}", quote(word)))
 }
 
 /// Splits a line into words: whitespace separates them; `"..."` groups
@@ -357,6 +421,65 @@ async fn execute(
                 out.extend_from_slice(b"(more keys match; raise the limit)\n");
             }
         }
+        Line::Mget(keys) => {
+            for value in client.mget(keys).await? {
+                match value {
+                    Some(v) => {
+                        out.extend(show(&v.value));
+                        out.push(b'\n');
+                    }
+                    None => out.extend_from_slice(b"(nil)\n"),
+                }
+            }
+        }
+        Line::Incr(key, delta) => {
+            let counter = client.incr(key, delta).await?;
+            out.extend_from_slice(format!("{}\n", counter.value).as_bytes());
+        }
+        Line::Expire(key, ttl) => match client.expire(key, ttl).await? {
+            Some(_) => out.extend_from_slice(b"OK\n"),
+            None => out.extend_from_slice(b"(not found)\n"),
+        },
+        Line::Persist(key) => match client.persist(key).await? {
+            Some(_) => out.extend_from_slice(b"OK\n"),
+            None => out.extend_from_slice(b"(not found)\n"),
+        },
+        Line::Ttl(key) => match client.ttl(key).await? {
+            Some(kv_client::Ttl::Expires { remaining, .. }) => {
+                out.extend_from_slice(format!("{}ms\n", remaining.as_millis()).as_bytes());
+            }
+            Some(kv_client::Ttl::Persistent) => out.extend_from_slice(b"no expiry\n"),
+            None => out.extend_from_slice(b"(not found)\n"),
+        },
+        Line::Scan(prefix, limit) => {
+            let mut options = kv_client::ScanOptions::prefix(prefix);
+            let mut left = if limit == 0 { u64::MAX } else { limit };
+            while left > 0 {
+                options.limit = u32::try_from(left).unwrap_or(0);
+                let mut page = client.scan(&options).await?;
+                page.items
+                    .truncate(usize::try_from(left).unwrap_or(usize::MAX));
+                left -= page.items.len() as u64;
+                for item in &page.items {
+                    out.extend(show(&item.key));
+                    out.push(b'\n');
+                }
+                match page.resume_after {
+                    Some(after) if after != options.after => options.after = after,
+                    _ => break,
+                }
+            }
+        }
+        Line::Stats => {
+            let stats = client.stats().await?;
+            out.extend_from_slice(
+                format!(
+                    "keys {}\nbytes {}\nlast_seq {}\ndurable_seq {}\nexpiring_keys {}\n",
+                    stats.keys, stats.bytes, stats.last_seq, stats.durable_seq, stats.expiring_keys
+                )
+                .as_bytes(),
+            );
+        }
         Line::Checkpoint => {
             let seq = client.checkpoint().await?;
             out.extend_from_slice(format!("{seq}\n").as_bytes());
@@ -393,6 +516,24 @@ mod tests {
         assert_eq!(parse_line(b"keys user: 10"), Ok(Line::Keys(b("user:"), 10)));
         assert_eq!(parse_line(b"keys \"\" 3"), Ok(Line::Keys(Bytes::new(), 3)));
         assert_eq!(parse_line(b"checkpoint"), Ok(Line::Checkpoint));
+        assert_eq!(
+            parse_line(b"mget a b"),
+            Ok(Line::Mget(vec![b("a"), b("b")]))
+        );
+        assert_eq!(parse_line(b"incr n"), Ok(Line::Incr(b("n"), 1)));
+        assert_eq!(parse_line(b"incr n -3"), Ok(Line::Incr(b("n"), -3)));
+        assert_eq!(
+            parse_line(b"expire k 5m"),
+            Ok(Line::Expire(b("k"), std::time::Duration::from_secs(300)))
+        );
+        assert!(parse_line(b"expire k 0").is_err());
+        assert!(parse_line(b"incr n x").is_err());
+        assert!(parse_line(b"mget").is_err());
+        assert_eq!(parse_line(b"persist k"), Ok(Line::Persist(b("k"))));
+        assert_eq!(parse_line(b"ttl k"), Ok(Line::Ttl(b("k"))));
+        assert_eq!(parse_line(b"scan"), Ok(Line::Scan(Bytes::new(), 0)));
+        assert_eq!(parse_line(b"scan u: 4"), Ok(Line::Scan(b("u:"), 4)));
+        assert_eq!(parse_line(b"stats"), Ok(Line::Stats));
         assert_eq!(parse_line(b"help"), Ok(Line::Help));
         assert_eq!(parse_line(b"exit"), Ok(Line::Quit));
         assert_eq!(parse_line(b"quit"), Ok(Line::Quit));
