@@ -121,3 +121,125 @@ fn failures_exit_two_with_one_line() {
         "{err}"
     );
 }
+
+/// The store features through the command line on a real server, as the
+/// README shows them: versions, conditions (exit 1, the current version on
+/// stderr), atomic mput/mdelete, mget, counters, expiry, a scan that pages
+/// by itself past the server's page, stats, and `-o json`.
+#[test]
+fn store_features_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[]);
+    let addr = server.addr();
+    let run = |args: &[&str]| cli(addr, args, b"");
+
+    ok(run(&["put", "config", "v1"]));
+    let versioned = ok(run(&["get", "config", "--seq"]));
+    let lines: Vec<&str> = versioned.lines().collect();
+    assert_eq!(lines.len(), 2, "{versioned}");
+    let seq: u64 = lines[0].parse().expect("the version first");
+    assert_eq!(lines[1], "v1");
+
+    // Conditions.
+    let err = fails(run(&["put", "config", "v2", "--if-absent"]), 1);
+    assert!(
+        err.contains(&format!("current version {seq}")),
+        "the current version on stderr: {err}"
+    );
+    let stale = (seq + 1000).to_string();
+    fails(run(&["put", "config", "v2", "--if-seq", &stale]), 1);
+    ok(run(&["put", "config", "v2", "--if-seq", &seq.to_string()]));
+    ok(run(&["put", "config", "v3", "--if-value", "v2"]));
+    let err = fails(run(&["put", "ghost", "x", "--if-present"]), 1);
+    assert!(err.contains("does not exist"), "{err}");
+    fails(run(&["delete", "config", "--if-seq", &seq.to_string()]), 1);
+    assert_eq!(ok(run(&["get", "config"])).trim_end(), "v3");
+    // Usage errors are clap's, several lines with the usage: exit 2.
+    let usage = |output: Output| assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    usage(run(&["put", "a", "b", "--if-absent", "--if-present"]));
+
+    // Atomic batches and multi-get.
+    ok(run(&["mput", "user:1", "alice", "user:2", "bob"]));
+    usage(run(&["mput", "odd"]));
+    let got = ok(run(&["mget", "user:1", "user:9", "user:2"]));
+    assert_eq!(got.lines().collect::<Vec<_>>(), ["alice", "(nil)", "bob"]);
+    ok(run(&["mdelete", "user:1", "user:2"]));
+    assert_eq!(
+        ok(run(&["mget", "user:1", "user:2"]))
+            .lines()
+            .collect::<Vec<_>>(),
+        ["(nil)", "(nil)"]
+    );
+
+    // Counters.
+    assert_eq!(ok(run(&["incr", "visits"])).trim(), "1");
+    assert_eq!(ok(run(&["incr", "visits", "-3"])).trim(), "-2");
+    fails(run(&["incr", "config"]), 2);
+
+    // Expiry.
+    ok(run(&["put", "session", "s", "--ttl", "10m"]));
+    let ttl = ok(run(&["ttl", "session"]));
+    let ms: u64 = ttl.trim().trim_end_matches("ms").parse().expect("NNNms");
+    assert!(ms > 0 && ms <= 600_000, "{ttl}");
+    ok(run(&["persist", "session"]));
+    assert_eq!(ok(run(&["ttl", "session"])).trim(), "no expiry");
+    ok(run(&["expire", "session", "1h"]));
+    fails(run(&["ttl", "ghost"]), 1);
+    fails(run(&["expire", "ghost", "10s"]), 1);
+    usage(run(&["expire", "session", "0s"]));
+
+    // A scan over more keys than a page of the server holds: 2,000 keys
+    // with 1 KiB values through a 256 KiB frame take several pages.
+    let many = tempfile::tempdir().unwrap();
+    let small = ServerProcess::start(many.path(), &["--max-frame", "256KiB"]);
+    let value = "v".repeat(1024);
+    for chunk in 0..20 {
+        let batch: Vec<String> = std::iter::once("mput".to_string())
+            .chain((0..100).flat_map(|i| [format!("k{:04}", chunk * 100 + i), value.clone()]))
+            .collect();
+        let refs: Vec<&str> = batch.iter().map(String::as_str).collect();
+        ok(cli(small.addr(), &refs, b""));
+    }
+    let all = ok(cli(
+        small.addr(),
+        &["scan", "--prefix", "k", "--values"],
+        b"",
+    ));
+    assert_eq!(all.lines().count(), 2000);
+    assert!(all.lines().all(|l| l.ends_with(&value)));
+    let reversed = ok(cli(
+        small.addr(),
+        &[
+            "scan",
+            "--start",
+            "k0100",
+            "--end",
+            "k0200",
+            "--reverse",
+            "--limit",
+            "3",
+        ],
+        b"",
+    ));
+    assert_eq!(
+        reversed.lines().collect::<Vec<_>>(),
+        ["k0199", "k0198", "k0197"]
+    );
+
+    // Stats and JSON.
+    let stats = ok(run(&["stats"]));
+    assert!(stats.lines().any(|l| l == "expiring_keys 1"), "{stats}");
+    let json = ok(run(&["-o", "json", "get", "config"]));
+    let v: serde_json::Value = serde_json::from_str(json.trim()).expect("one JSON object");
+    assert_eq!(v["key"], "config");
+    assert_eq!(v["value"], "v3");
+    assert!(v["seq"].as_u64().unwrap() > seq);
+    let json = ok(cli(addr, &["-o", "json", "put", "bin", "-"], &[0xff, 0, 1]));
+    assert!(serde_json::from_str::<serde_json::Value>(json.trim()).is_ok());
+    let json = ok(run(&["-o", "json", "scan", "--prefix", "bin", "--values"]));
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["value_base64"], "/wAB");
+    let json = ok(run(&["-o", "json", "stats"]));
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert!(v["keys"].as_u64().unwrap() >= 4);
+}
