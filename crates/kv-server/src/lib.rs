@@ -40,6 +40,7 @@ pub mod config;
 mod connection;
 pub mod metrics;
 mod ops;
+mod redis;
 mod server;
 pub mod tls;
 
@@ -48,7 +49,7 @@ pub use cluster::ClusterBackend;
 pub use command::Backend;
 pub use config::{Args, ServerConfig};
 pub use metrics::Metrics;
-pub use server::{refuse_until_ready, run};
+pub use server::{refuse_until_ready, run, run_with_redis};
 pub use tls::ServerTls;
 
 /// Why [`run`] failed.
