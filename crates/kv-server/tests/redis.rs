@@ -674,3 +674,81 @@ async fn writes_are_shared_with_a_restart() {
     assert_eq!(store.get(b"durable"), Some(b"yes".to_vec()));
     assert_eq!(store.get(b"n"), Some(b"7".to_vec()));
 }
+
+#[tokio::test]
+async fn connection_limit_and_idle_timeout() {
+    let server = serve_with(ServerConfig {
+        max_connections: 1,
+        idle_timeout: Duration::from_millis(300),
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut first = TcpStream::connect(server.redis).await.unwrap();
+    expect(&mut first, b"PING\r\n", b"+PONG\r\n").await;
+    let mut second = TcpStream::connect(server.redis).await.unwrap();
+    assert_eq!(
+        read_to_close(&mut second).await,
+        b"-ERR max number of clients reached\r\n"
+    );
+    // Silent past the idle timeout: closed, and its place is free again.
+    assert!(read_to_close(&mut first).await.is_empty());
+    let mut third = TcpStream::connect(server.redis).await.unwrap();
+    expect(&mut third, b"PING\r\n", b"+PONG\r\n").await;
+}
+
+#[tokio::test]
+async fn concurrent_getsets_hand_each_value_over_once() {
+    // GETSET reads, then writes on condition that the key is unchanged:
+    // under contention every value written is returned as the old value
+    // exactly once (none lost, none seen twice).
+    let server = serve().await;
+    let mut c = client(server.redis, false).await;
+    ok(&mut c, &[b"SET", b"baton", b"start"]).await;
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let addr = server.redis;
+        tasks.push(tokio::spawn(async move {
+            let mut c = client(addr, false).await;
+            let mut olds = Vec::new();
+            for i in 0..50 {
+                let value = format!("{t}-{i}");
+                let Value::BulkString(old) =
+                    ok(&mut c, &[b"GETSET", b"baton", value.as_bytes()]).await
+                else {
+                    panic!("GETSET of an existing key returns its value")
+                };
+                olds.push(String::from_utf8(old).unwrap());
+            }
+            olds
+        }));
+    }
+    let mut olds = Vec::new();
+    for task in tasks {
+        olds.extend(task.await.unwrap());
+    }
+    let Value::BulkString(last) = ok(&mut c, &[b"GET", b"baton"]).await else {
+        panic!()
+    };
+    olds.push(String::from_utf8(last).unwrap());
+    let mut expected: Vec<String> = (0..4)
+        .flat_map(|t| (0..50).map(move |i| format!("{t}-{i}")))
+        .collect();
+    expected.push("start".into());
+    olds.sort();
+    expected.sort();
+    assert_eq!(olds, expected);
+}
+
+#[tokio::test]
+async fn an_expiry_time_already_past() {
+    let server = serve().await;
+    let mut c = client(server.redis, false).await;
+    assert_eq!(
+        ok(&mut c, &[b"SET", b"k", b"v", b"EXAT", b"1"]).await,
+        Value::Okay
+    );
+    assert_eq!(ok(&mut c, &[b"GET", b"k"]).await, Value::Nil);
+    ok(&mut c, &[b"SET", b"k", b"v"]).await;
+    assert_eq!(ok(&mut c, &[b"PEXPIREAT", b"k", b"1"]).await, Value::Int(1));
+    assert_eq!(ok(&mut c, &[b"TTL", b"k"]).await, Value::Int(-2));
+}
