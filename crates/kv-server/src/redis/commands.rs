@@ -11,7 +11,6 @@
 //! waits for them before reading further commands, so that no later write
 //! of the same connection overtakes them.
 
-use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -19,9 +18,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use kv_store::{Condition, Expiry, KeyValueStore, ScanRange, Txn, Versioned, Write, WriteResult};
+use kv_store::{Condition, Expiry, KeyValueStore, Txn, Versioned, Write, WriteResult};
 
+use super::admin::{checkpoint, command, config, info};
+use super::keyspace::{Cursors, keys, scan};
 use super::resp::Frame;
+use super::session::{Session, auth, client, hello};
 use crate::AuthToken;
 
 /// A reply still to be resolved, in the connection's order.
@@ -41,7 +43,7 @@ pub(crate) enum Outcome {
 }
 
 /// What every Redis connection of one server shares.
-pub(crate) struct RedisShared {
+pub(crate) struct RedisServer {
     pub(crate) store: KeyValueStore,
     pub(crate) token: Option<AuthToken>,
     pub(crate) port: u16,
@@ -55,10 +57,10 @@ pub(crate) struct RedisShared {
     pub(crate) commands_processed: AtomicU64,
     /// Unix seconds of the last successful SAVE/BGSAVE (start-up before).
     pub(crate) last_save: AtomicU64,
-    cursors: Mutex<Cursors>,
+    pub(super) cursors: Mutex<Cursors>,
 }
 
-impl RedisShared {
+impl RedisServer {
     pub(crate) fn new(
         store: KeyValueStore,
         token: Option<AuthToken>,
@@ -66,8 +68,8 @@ impl RedisShared {
         max_bulk: usize,
         max_clients: usize,
         idle_timeout: Duration,
-    ) -> RedisShared {
-        RedisShared {
+    ) -> RedisServer {
+        RedisServer {
             store,
             token,
             port,
@@ -85,79 +87,13 @@ impl RedisShared {
     }
 }
 
-/// Most SCAN cursors remembered, and most resume-key bytes they hold: the
-/// oldest are forgotten first (a forgotten cursor gets `ERR invalid
-/// cursor`, never a wrong page).
-const MAX_CURSORS: usize = 65_536;
-const MAX_CURSOR_BYTES: usize = 16 << 20;
-
-/// SCAN cursors: Redis clients (redis-cli, redis-rs) take a cursor to be
-/// an unsigned 64-bit number, so a cursor names the key to resume after,
-/// kept here, instead of carrying it.
-#[derive(Default)]
-struct Cursors {
-    next: u64,
-    keys: HashMap<u64, Vec<u8>>,
-    order: VecDeque<u64>,
-    bytes: usize,
-}
-
-impl Cursors {
-    fn insert(&mut self, key: Vec<u8>) -> u64 {
-        self.next += 1;
-        let id = self.next;
-        self.bytes += key.len();
-        self.keys.insert(id, key);
-        self.order.push_back(id);
-        while self.order.len() > MAX_CURSORS || self.bytes > MAX_CURSOR_BYTES {
-            let Some(old) = self.order.pop_front() else {
-                break;
-            };
-            if let Some(k) = self.keys.remove(&old) {
-                self.bytes -= k.len();
-            }
-        }
-        id
-    }
-
-    fn get(&self, id: u64) -> Option<Vec<u8>> {
-        self.keys.get(&id).cloned()
-    }
-}
-
-/// One connection's state.
-pub(crate) struct Session {
-    /// RESP version of the replies: 2, or 3 after `HELLO 3`.
-    pub(crate) version: u8,
-    pub(crate) authenticated: bool,
-    pub(crate) name: Option<Bytes>,
-    pub(crate) id: u64,
-    /// Failed AUTH attempts: each doubles the pause before reading on.
-    pub(crate) failures: u32,
-    /// Set by a failed AUTH: how long the reader pauses.
-    pub(crate) delay: Duration,
-}
-
-impl Session {
-    pub(crate) fn new(shared: &RedisShared) -> Session {
-        Session {
-            version: 2,
-            authenticated: shared.token.is_none(),
-            name: None,
-            id: shared.next_client_id.fetch_add(1, Ordering::Relaxed),
-            failures: 0,
-            delay: Duration::ZERO,
-        }
-    }
-}
-
 /// A command's name, arity (negative: at least that many), flags and key
 /// positions, as COMMAND reports them.
-struct Spec {
-    name: &'static str,
-    arity: i64,
-    flags: &'static [&'static str],
-    keys: (i64, i64, i64),
+pub(super) struct Spec {
+    pub(super) name: &'static str,
+    pub(super) arity: i64,
+    pub(super) flags: &'static [&'static str],
+    pub(super) keys: (i64, i64, i64),
 }
 
 const fn spec(
@@ -182,7 +118,7 @@ const NONE: (i64, i64, i64) = (0, 0, 0);
 const ONE: (i64, i64, i64) = (1, 1, 1);
 
 /// Every command served. Anything else is an unknown command.
-const COMMANDS: &[Spec] = &[
+pub(super) const COMMANDS: &[Spec] = &[
     spec("ping", -1, A, NONE),
     spec("echo", 2, A, NONE),
     spec("quit", -1, A, NONE),
@@ -232,14 +168,14 @@ const COMMANDS: &[Spec] = &[
 /// follows (clients choose features by it).
 pub(crate) const REDIS_VERSION: &str = "7.2.0";
 
-fn err(text: impl Into<String>) -> Frame {
+pub(super) fn err(text: impl Into<String>) -> Frame {
     Frame::error(text)
 }
 
 const NOT_INTEGER: &str = "ERR value is not an integer or out of range";
-const SYNTAX: &str = "ERR syntax error";
+pub(super) const SYNTAX: &str = "ERR syntax error";
 
-fn wrong_arity(name: &str) -> Frame {
+pub(super) fn wrong_arity(name: &str) -> Frame {
     err(format!(
         "ERR wrong number of arguments for '{name}' command"
     ))
@@ -259,27 +195,27 @@ fn unknown_command(args: &[Bytes]) -> Frame {
 
 /// An argument as quoted in an error: at most 128 bytes, and no bytes that
 /// would break the error line.
-fn printable(arg: &[u8]) -> String {
+pub(super) fn printable(arg: &[u8]) -> String {
     String::from_utf8_lossy(&arg[..arg.len().min(128)])
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
 }
 
-fn upper(arg: &[u8]) -> String {
+pub(super) fn upper(arg: &[u8]) -> String {
     String::from_utf8_lossy(arg).to_ascii_uppercase()
 }
 
 /// An integer as Redis reads one: decimal, no sign but `-`, no spaces or
 /// leading zeros.
-fn parse_int(arg: &[u8]) -> Result<i64, Frame> {
+pub(super) fn parse_int(arg: &[u8]) -> Result<i64, Frame> {
     std::str::from_utf8(arg)
         .ok()
         .and_then(|s| s.parse::<i64>().ok().filter(|n| n.to_string() == s))
         .ok_or_else(|| err(NOT_INTEGER))
 }
 
-fn unix_secs() -> u64 {
+pub(super) fn unix_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -287,7 +223,7 @@ fn unix_secs() -> u64 {
 
 /// A store error as a Redis error. The store's counter errors already use
 /// Redis's words.
-fn store_error(e: &kv_store::Error) -> Frame {
+pub(super) fn store_error(e: &kv_store::Error) -> Frame {
     err(format!("ERR {}", e.cause()))
 }
 
@@ -318,7 +254,7 @@ fn deadline(cmd: &str, n: i64, unit_ms: i64, relative: bool, now: u64) -> Result
 pub(crate) fn dispatch(
     args: Vec<Bytes>,
     session: &mut Session,
-    shared: &Arc<RedisShared>,
+    shared: &Arc<RedisServer>,
 ) -> Outcome {
     shared.commands_processed.fetch_add(1, Ordering::Relaxed);
     let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
@@ -763,555 +699,9 @@ fn set(args: Vec<Bytes>, store: &KeyValueStore, now: u64) -> Outcome {
     }
 }
 
-/// Checks the token presented: `None` when it may not be checked (no
-/// token configured).
-fn check_auth(
-    user: Option<&[u8]>,
-    pass: &[u8],
-    session: &mut Session,
-    shared: &RedisShared,
-) -> Result<(), Frame> {
-    let ok = match &shared.token {
-        // Redis's default user without a password takes any password.
-        None => user.is_none_or(|u| u == b"default"),
-        Some(token) => user.is_none_or(|u| u == b"default") && token.matches(pass),
-    };
-    if ok {
-        session.authenticated = true;
-        session.failures = 0;
-        Ok(())
-    } else {
-        session.failures += 1;
-        let delay = crate::auth::FIRST_FAILURE_DELAY
-            .saturating_mul(1 << (session.failures - 1).min(16))
-            .min(crate::auth::MAX_FAILURE_DELAY);
-        session.delay = delay;
-        tracing::warn!(client = session.id, "Redis AUTH with a wrong token");
-        Err(err(
-            "WRONGPASS invalid username-password pair or user is disabled.",
-        ))
-    }
-}
-
-fn auth(args: &[Bytes], session: &mut Session, shared: &RedisShared) -> Result<Frame, Frame> {
-    match args.len() {
-        2 if shared.token.is_none() => Err(err(
-            "ERR AUTH <password> called without any password configured for the default \
-             user. Are you sure your configuration is correct?",
-        )),
-        2 => check_auth(None, &args[1], session, shared).map(|()| Frame::ok()),
-        3 => check_auth(Some(&args[1]), &args[2], session, shared).map(|()| Frame::ok()),
-        _ => Err(err(SYNTAX)),
-    }
-}
-
-/// HELLO [protover [AUTH username password] [SETNAME clientname]].
-fn hello(args: &[Bytes], session: &mut Session, shared: &RedisShared) -> Result<Frame, Frame> {
-    let mut version = session.version;
-    if args.len() > 1 {
-        let v = parse_int(&args[1])
-            .map_err(|_| err("ERR Protocol version is not an integer or out of range"))?;
-        version = match v {
-            2 => 2,
-            3 => 3,
-            _ => return Err(err("NOPROTO unsupported protocol version")),
-        };
-    }
-    let mut i = 2;
-    let mut name = None;
-    let mut credentials = None;
-    while i < args.len() {
-        let opt = upper(&args[i]);
-        match opt.as_str() {
-            "AUTH" if i + 2 < args.len() => {
-                credentials = Some((args[i + 1].clone(), args[i + 2].clone()));
-                i += 3;
-            }
-            "SETNAME" if i + 1 < args.len() => {
-                name = Some(args[i + 1].clone());
-                i += 2;
-            }
-            _ => {
-                return Err(err(format!(
-                    "ERR Syntax error in HELLO option '{}'",
-                    printable(&args[i])
-                )));
-            }
-        }
-    }
-    if let Some((user, pass)) = credentials {
-        check_auth(Some(&user), &pass, session, shared)?;
-    }
-    if !session.authenticated {
-        return Err(err(
-            "NOAUTH HELLO must be called with the client already authenticated, otherwise the \
-             HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client \
-             and select the RESP protocol version at the same time",
-        ));
-    }
-    if let Some(name) = name {
-        check_name(&name)?;
-        session.name = Some(name);
-    }
-    session.version = version;
-    let s = |t: &str| Frame::bulk(t.to_string());
-    Ok(Frame::Map(vec![
-        (s("server"), s("redis")),
-        (s("version"), s(REDIS_VERSION)),
-        (s("proto"), Frame::Integer(i64::from(version))),
-        (
-            s("id"),
-            Frame::Integer(i64::try_from(session.id).unwrap_or(i64::MAX)),
-        ),
-        (s("mode"), s("standalone")),
-        (s("role"), s("master")),
-        (s("modules"), Frame::Array(Vec::new())),
-    ]))
-}
-
-fn check_name(name: &[u8]) -> Result<(), Frame> {
-    if name.iter().any(|&b| !(b'!'..=b'~').contains(&b)) {
-        return Err(err(
-            "ERR Client names cannot contain spaces, newlines or special characters.",
-        ));
-    }
-    Ok(())
-}
-
-fn client(args: &[Bytes], session: &mut Session) -> Result<Frame, Frame> {
-    let sub = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
-    let arity = |n: usize| {
-        if args.len() == n {
-            Ok(())
-        } else {
-            Err(wrong_arity(&format!("client|{sub}")))
-        }
-    };
-    match sub.as_str() {
-        "setname" => {
-            arity(3)?;
-            check_name(&args[2])?;
-            session.name = (!args[2].is_empty()).then(|| args[2].clone());
-            Ok(Frame::ok())
-        }
-        "getname" => {
-            arity(2)?;
-            Ok(session.name.clone().map_or(Frame::Null, Frame::Bulk))
-        }
-        "setinfo" => {
-            arity(4)?;
-            match upper(&args[2]).as_str() {
-                "LIB-NAME" | "LIB-VER" => Ok(Frame::ok()),
-                _ => Err(err(format!(
-                    "ERR Unrecognized option '{}'",
-                    printable(&args[2])
-                ))),
-            }
-        }
-        "id" => {
-            arity(2)?;
-            Ok(Frame::Integer(
-                i64::try_from(session.id).unwrap_or(i64::MAX),
-            ))
-        }
-        _ => Err(err(format!(
-            "ERR unknown subcommand '{}'. Try CLIENT HELP.",
-            printable(&args[1])
-        ))),
-    }
-}
-
-fn command_info(spec: &Spec) -> Frame {
-    Frame::Array(vec![
-        Frame::bulk(spec.name),
-        Frame::Integer(spec.arity),
-        Frame::Array(
-            spec.flags
-                .iter()
-                .map(|f| Frame::Simple((*f).into()))
-                .collect(),
-        ),
-        Frame::Integer(spec.keys.0),
-        Frame::Integer(spec.keys.1),
-        Frame::Integer(spec.keys.2),
-        Frame::Array(Vec::new()),
-        Frame::Array(Vec::new()),
-        Frame::Array(Vec::new()),
-        Frame::Array(Vec::new()),
-    ])
-}
-
-fn command(args: &[Bytes]) -> Result<Frame, Frame> {
-    if args.len() == 1 {
-        return Ok(Frame::Array(COMMANDS.iter().map(command_info).collect()));
-    }
-    let find = |name: &[u8]| {
-        let name = String::from_utf8_lossy(name).to_ascii_lowercase();
-        COMMANDS.iter().find(|s| s.name == name)
-    };
-    match upper(&args[1]).as_str() {
-        "COUNT" if args.len() == 2 => Ok(Frame::Integer(
-            i64::try_from(COMMANDS.len()).unwrap_or(i64::MAX),
-        )),
-        "INFO" => Ok(Frame::Array(if args.len() == 2 {
-            COMMANDS.iter().map(command_info).collect()
-        } else {
-            args[2..]
-                .iter()
-                .map(|n| find(n).map_or(Frame::Null, command_info))
-                .collect()
-        })),
-        // Docs are optional for clients: none are given.
-        "DOCS" => Ok(Frame::Map(Vec::new())),
-        "COUNT" => Err(wrong_arity("command|count")),
-        _ => Err(err(format!(
-            "ERR unknown subcommand '{}'. Try COMMAND HELP.",
-            printable(&args[1])
-        ))),
-    }
-}
-
-fn info(args: &[Bytes], shared: &RedisShared) -> Frame {
-    let stats = shared.store.stats();
-    let wanted: Vec<String> = args[1..]
-        .iter()
-        .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
-        .collect();
-    let all = wanted.is_empty()
-        || wanted
-            .iter()
-            .any(|w| matches!(w.as_str(), "all" | "default" | "everything"));
-    let uptime = shared.started.elapsed().as_secs();
-    let sections: [(&str, String); 5] = [
-        (
-            "server",
-            format!(
-                "redis_version:{REDIS_VERSION}\r\nredis_mode:standalone\r\n\
-                 kv_server_version:{}\r\nos:{}\r\narch_bits:{}\r\nprocess_id:{}\r\n\
-                 tcp_port:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\n",
-                env!("CARGO_PKG_VERSION"),
-                std::env::consts::OS,
-                usize::BITS,
-                std::process::id(),
-                shared.port,
-                uptime / 86_400
-            ),
-        ),
-        (
-            "clients",
-            format!(
-                "connected_clients:{}\r\nmaxclients:{}\r\n",
-                shared.connected.load(Ordering::Relaxed),
-                shared.max_clients
-            ),
-        ),
-        (
-            "persistence",
-            format!(
-                "loading:0\r\nrdb_bgsave_in_progress:0\r\nrdb_last_save_time:{}\r\n\
-                 rdb_last_bgsave_status:ok\r\nrdb_saves:{}\r\naof_enabled:1\r\n\
-                 aof_rewrite_in_progress:0\r\naof_last_write_status:ok\r\n",
-                shared.last_save.load(Ordering::Relaxed),
-                stats.snapshots_taken
-            ),
-        ),
-        (
-            "stats",
-            format!(
-                "total_connections_received:{}\r\ntotal_commands_processed:{}\r\n\
-                 expired_keys:{}\r\n",
-                shared.connections_received.load(Ordering::Relaxed),
-                shared.commands_processed.load(Ordering::Relaxed),
-                stats.expired_swept
-            ),
-        ),
-        (
-            "keyspace",
-            if stats.keys > 0 {
-                format!(
-                    "db0:keys={},expires={},avg_ttl=0\r\n",
-                    stats.keys, stats.expiring_keys
-                )
-            } else {
-                String::new()
-            },
-        ),
-    ];
-    let mut text = String::new();
-    for (name, body) in sections {
-        if all || wanted.iter().any(|w| w == name) {
-            if !text.is_empty() {
-                text.push_str("\r\n");
-            }
-            let mut title = name.to_string();
-            title[..1].make_ascii_uppercase();
-            text.push_str(&format!("# {title}\r\n{body}"));
-        }
-    }
-    Frame::bulk(text)
-}
-
-fn config(args: &[Bytes], shared: &RedisShared) -> Result<Frame, Frame> {
-    if upper(&args[1]) != "GET" {
-        return Err(err(format!(
-            "ERR unknown subcommand '{}'. Try CONFIG HELP.",
-            printable(&args[1])
-        )));
-    }
-    if args.len() < 3 {
-        return Err(wrong_arity("config|get"));
-    }
-    let table = [
-        ("save", String::new()),
-        ("appendonly", "yes".into()),
-        ("databases", "1".into()),
-        ("maxclients", shared.max_clients.to_string()),
-        ("proto-max-bulk-len", shared.max_bulk.to_string()),
-        ("timeout", shared.idle_timeout.as_secs().to_string()),
-    ];
-    let mut pairs = Vec::new();
-    for (name, value) in &table {
-        if args[2..]
-            .iter()
-            .any(|p| glob_match(&p.to_ascii_lowercase(), name.as_bytes()))
-        {
-            pairs.push((Frame::bulk(name.to_string()), Frame::bulk(value.clone())));
-        }
-    }
-    Ok(Frame::Map(pairs))
-}
-
-/// What a glob's matches all start with: its bytes before the first
-/// special one.
-fn literal_prefix(pattern: &[u8]) -> &[u8] {
-    let end = pattern
-        .iter()
-        .position(|b| matches!(b, b'*' | b'?' | b'[' | b'\\'))
-        .unwrap_or(pattern.len());
-    &pattern[..end]
-}
-
-/// Page size of the store scans behind KEYS and SCAN.
-const SCAN_PAGE_BYTES: usize = 1 << 20;
-
-fn keys(store: &KeyValueStore, pattern: &[u8], max: usize) -> Frame {
-    let range = ScanRange::prefix(literal_prefix(pattern));
-    let mut after: Option<Vec<u8>> = None;
-    let mut found = Vec::new();
-    let mut bytes = 0usize;
-    loop {
-        let page = store.scan(&range, after.as_deref(), 0, SCAN_PAGE_BYTES, false);
-        for item in page.items {
-            if glob_match(pattern, &item.key) {
-                bytes += item.key.len() + 16;
-                if bytes > max {
-                    return err(format!(
-                        "ERR the keys matching take more than the maximum reply of {max} \
-                         bytes (--max-frame): use SCAN"
-                    ));
-                }
-                found.push(Frame::bulk(item.key));
-            }
-        }
-        if !page.more {
-            return Frame::Array(found);
-        }
-        after = Some(page.resume_after);
-    }
-}
-
-/// SCAN cursor [MATCH pattern] [COUNT count] [TYPE type].
-fn scan(args: &[Bytes], shared: &RedisShared) -> Frame {
-    let invalid_cursor = || err("ERR invalid cursor");
-    let Some(cursor) = std::str::from_utf8(&args[1])
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-    else {
-        return invalid_cursor();
-    };
-    let mut pattern: Option<Bytes> = None;
-    let mut count = 10usize;
-    let mut string_type = true;
-    let mut i = 2;
-    while i < args.len() {
-        if i + 1 >= args.len() {
-            return err(SYNTAX);
-        }
-        match upper(&args[i]).as_str() {
-            "MATCH" => pattern = Some(args[i + 1].clone()),
-            "COUNT" => match parse_int(&args[i + 1]) {
-                Ok(n) if n >= 1 => count = usize::try_from(n).unwrap_or(usize::MAX),
-                Ok(_) => return err(SYNTAX),
-                Err(e) => return e,
-            },
-            "TYPE" => string_type = args[i + 1].eq_ignore_ascii_case(b"string"),
-            _ => return err(SYNTAX),
-        }
-        i += 2;
-    }
-    let after = if cursor == 0 {
-        None
-    } else {
-        match shared.cursors.lock().map(|c| c.get(cursor)) {
-            Ok(Some(key)) => Some(key),
-            _ => return invalid_cursor(),
-        }
-    };
-    let range = ScanRange::prefix(pattern.as_deref().map_or(&b""[..], literal_prefix));
-    let page = shared
-        .store
-        .scan(&range, after.as_deref(), count, SCAN_PAGE_BYTES, false);
-    let keys = page
-        .items
-        .into_iter()
-        .filter(|item| string_type && pattern.as_deref().is_none_or(|p| glob_match(p, &item.key)))
-        .map(|item| Frame::bulk(item.key))
-        .collect();
-    let next = if page.more {
-        match shared.cursors.lock() {
-            Ok(mut c) => c.insert(page.resume_after),
-            Err(_) => return err("ERR cursor table unavailable"),
-        }
-    } else {
-        0
-    };
-    Frame::Array(vec![Frame::bulk(next.to_string()), Frame::Array(keys)])
-}
-
-/// A checkpoint (SAVE, BGSAVE) on a blocking thread.
-async fn checkpoint(shared: &Arc<RedisShared>) -> Result<(), Frame> {
-    let store = shared.store.clone();
-    match tokio::task::spawn_blocking(move || store.checkpoint()).await {
-        Ok(Ok(_)) => {
-            shared.last_save.store(unix_secs(), Ordering::Relaxed);
-            Ok(())
-        }
-        Ok(Err(e)) => Err(store_error(&e)),
-        Err(e) => Err(err(format!("ERR checkpoint task failed: {e}"))),
-    }
-}
-
-/// Redis's glob: `*`, `?`, `[abc]`, `[^a-z]`, `\x`.
-pub(crate) fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0, 0);
-    // Where to resume after the last `*`: the pattern after it, and the
-    // text position it has swallowed up to.
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() {
-            match pattern[p] {
-                b'*' => {
-                    star = Some((p + 1, t));
-                    p += 1;
-                    continue;
-                }
-                b'?' => {
-                    p += 1;
-                    t += 1;
-                    continue;
-                }
-                b'[' => {
-                    if let Some((matched, next)) = class(pattern, p, text[t])
-                        && matched
-                    {
-                        p = next;
-                        t += 1;
-                        continue;
-                    }
-                }
-                b'\\' if p + 1 < pattern.len() => {
-                    if pattern[p + 1] == text[t] {
-                        p += 2;
-                        t += 1;
-                        continue;
-                    }
-                }
-                c => {
-                    if c == text[t] {
-                        p += 1;
-                        t += 1;
-                        continue;
-                    }
-                }
-            }
-        }
-        match star {
-            Some((sp, st)) => {
-                p = sp;
-                t = st + 1;
-                star = Some((sp, st + 1));
-            }
-            None => return false,
-        }
-    }
-    pattern[p..].iter().all(|&c| c == b'*')
-}
-
-/// Matches `c` against the class `[...]` at `pattern[p]`: whether it
-/// matched, and where the pattern goes on after the class.
-fn class(pattern: &[u8], p: usize, c: u8) -> Option<(bool, usize)> {
-    let mut i = p + 1;
-    let negate = pattern.get(i) == Some(&b'^');
-    if negate {
-        i += 1;
-    }
-    let mut matched = false;
-    let mut first = true;
-    loop {
-        let &b = pattern.get(i)?;
-        if b == b']' && !first {
-            return Some((matched != negate, i + 1));
-        }
-        first = false;
-        if b == b'\\' && i + 1 < pattern.len() {
-            matched |= pattern[i + 1] == c;
-            i += 2;
-        } else if pattern.get(i + 1) == Some(&b'-')
-            && pattern.get(i + 2).is_some_and(|&e| e != b']')
-        {
-            let (lo, hi) = (b.min(pattern[i + 2]), b.max(pattern[i + 2]));
-            matched |= (lo..=hi).contains(&c);
-            i += 3;
-        } else {
-            matched |= b == c;
-            i += 1;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn glob_as_redis_matches() {
-        let yes: &[(&[u8], &[u8])] = &[
-            (b"*", b""),
-            (b"*", b"abc"),
-            (b"a*c", b"abbbc"),
-            (b"h?llo", b"hello"),
-            (b"h[ae]llo", b"hallo"),
-            (b"h[^e]llo", b"hallo"),
-            (b"h[a-b]llo", b"hbllo"),
-            (b"a\\*", b"a*"),
-            (b"*b*", b"aabaa"),
-        ];
-        let no: &[(&[u8], &[u8])] = &[
-            (b"a*c", b"abcd"),
-            (b"h?llo", b"hllo"),
-            (b"h[ae]llo", b"hillo"),
-            (b"h[^e]llo", b"hello"),
-            (b"a\\*", b"ab"),
-            (b"abc", b"ab"),
-            (b"[abc", b"a"),
-        ];
-        for (p, t) in yes {
-            assert!(glob_match(p, t), "{p:?} should match {t:?}");
-        }
-        for (p, t) in no {
-            assert!(!glob_match(p, t), "{p:?} should not match {t:?}");
-        }
-    }
 
     #[test]
     fn integers_as_redis_reads_them() {

@@ -16,10 +16,16 @@
 //! Only a single node serves it: the binary refuses `--redis-addr` with
 //! the cluster flags.
 //!
-//! `resp` parses commands and encodes replies; `commands` answers them.
+//! `resp` parses commands and encodes replies (no I/O); this module is
+//! the only one that reads and writes sockets; `commands` answers each
+//! command, with the connection's state in `session`, the key walks (KEYS,
+//! SCAN) in `keyspace` and the server commands in `admin`.
 
+mod admin;
 mod commands;
+mod keyspace;
 mod resp;
+mod session;
 
 use std::io;
 use std::net::SocketAddr;
@@ -39,8 +45,9 @@ use tokio_util::task::TaskTracker;
 use crate::budget::{Charge, ConnectionBudget, InflightBudget};
 use crate::config::ServerConfig;
 use crate::tls::{split_plain, split_tls};
-use commands::{Later, Outcome, RedisShared, Session};
+use commands::{Later, Outcome, RedisServer};
 use resp::{Frame, Limits};
+use session::Session;
 
 /// Flush the reply buffer once it holds this much.
 const FLUSH_AT: usize = 64 << 10;
@@ -63,7 +70,7 @@ pub(crate) struct Context {
 /// tracked in `connections`, so the server's shutdown waits for it.
 pub(crate) async fn serve(listener: TcpListener, cx: Context) {
     let port = listener.local_addr().map_or(0, |a| a.port());
-    let shared = Arc::new(RedisShared::new(
+    let shared = Arc::new(RedisServer::new(
         cx.store.clone(),
         cx.config.auth_token.clone(),
         port,
@@ -142,7 +149,7 @@ struct Queued {
 async fn connection(
     socket: TcpStream,
     peer: SocketAddr,
-    shared: &Arc<RedisShared>,
+    shared: &Arc<RedisServer>,
     config: &ServerConfig,
     limits: Limits,
     budget: ConnectionBudget,
@@ -182,7 +189,7 @@ async fn connection(
 /// Reads and starts commands until the connection ends; returns why.
 async fn read_commands<R: AsyncRead + Unpin>(
     mut socket: R,
-    shared: &Arc<RedisShared>,
+    shared: &Arc<RedisServer>,
     config: &ServerConfig,
     limits: Limits,
     budget: &ConnectionBudget,
