@@ -28,7 +28,9 @@
 //! Layout: [`config`] holds the flags; `connection` is the only code that
 //! turns bytes into frames and back; `command` maps a request to the store
 //! call that answers it; `server` is the accept loop, the limits and
-//! shutdown; [`metrics`] counts what is served and shows it over HTTP.
+//! shutdown; [`metrics`] counts what is served and shows it over HTTP;
+//! `redis` is the Redis protocol listener (`--redis-addr`, started by
+//! [`run_with_redis`]) on the same store.
 
 #![warn(missing_docs)]
 

@@ -37,8 +37,9 @@ impl Session {
     }
 }
 
-/// Checks the token presented: `None` when it may not be checked (no
-/// token configured).
+/// Checks the credentials presented (the user, if given, must be
+/// `default`) and authenticates the connection; a failure sets the pause
+/// before the connection's next command, doubling with each failure.
 fn check_auth(
     user: Option<&[u8]>,
     pass: &[u8],
