@@ -56,6 +56,9 @@ const FLUSH_AT: usize = 64 << 10;
 /// error.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
+/// Most refusals (over the connection limit) in progress at once.
+const MAX_REFUSALS: usize = 64;
+
 /// What the server hands the Redis listener.
 pub(crate) struct Context {
     pub(crate) store: KeyValueStore,
@@ -82,6 +85,7 @@ pub(crate) async fn serve(listener: TcpListener, cx: Context) {
         max_bulk: cx.config.max_frame,
         max_inline: cx.config.max_frame,
     };
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     loop {
         let accepted = tokio::select! {
             biased;
@@ -103,7 +107,14 @@ pub(crate) async fn serve(listener: TcpListener, cx: Context) {
         };
         let Ok(permit) = Arc::clone(&cx.permits).try_acquire_owned() else {
             tracing::debug!(%peer, "Redis client refused: max number of clients reached");
-            cx.connections.spawn(refuse(socket));
+            // A flood of refusals must not cost a task and a socket each
+            // for a second: past the bound, close without an answer.
+            if let Ok(refusing) = Arc::clone(&refusals).try_acquire_owned() {
+                cx.connections.spawn(async move {
+                    refuse(socket).await;
+                    drop(refusing);
+                });
+            }
             continue;
         };
         let shared = Arc::clone(&shared);
