@@ -70,8 +70,8 @@ token itself in the environment variable KV_AUTH_TOKEN; never on the \
 command line) makes every connection authenticate before anything else; \
 --tls-cert and --tls-key serve clients over TLS 1.3; in a cluster, \
 --peer-tls-cert, --peer-tls-key and --peer-tls-ca make every peer link \
-mutual TLS. Protected mode: an --addr beyond loopback is refused at start \
-unless an auth token is set or --allow-unauthenticated is given.
+mutual TLS. Protected mode: an --addr (or --redis-addr) beyond loopback is \
+refused at start unless an auth token is set or --allow-unauthenticated is given.
 
 Full disk: a write that finds the disk full gets UNAVAILABLE with a message \
 saying so; nothing of it was written and nothing acknowledged is lost. This \
@@ -117,6 +117,18 @@ pub struct Args {
     #[arg(long, env = "KV_METRICS_ADDR", value_name = "HOST:PORT",
           value_parser = parse_host_port)]
     pub metrics_addr: Option<String>,
+
+    /// Also serve the Redis protocol (RESP2 and RESP3, inline commands,
+    /// pipelining) on HOST:PORT, on the same store, for redis-cli,
+    /// redis-benchmark and Redis client libraries. The same limits, auth
+    /// token (clients send AUTH, or HELLO ... AUTH), TLS and protected mode
+    /// as --addr; --max-frame is the longest bulk string and inline
+    /// command. A single node only: refused with the cluster flags. Port 0
+    /// picks a free port (the log line `redis: listening on ...` gives it).
+    /// Off unless given.
+    #[arg(long, env = "KV_REDIS_ADDR", value_name = "HOST:PORT",
+          value_parser = parse_host_port)]
+    pub redis_addr: Option<String>,
 
     /// Listen on an address that is not a loopback address although
     /// clients are not authenticated (no auth token). Without it, such an

@@ -28,7 +28,9 @@
 //! Layout: [`config`] holds the flags; `connection` is the only code that
 //! turns bytes into frames and back; `command` maps a request to the store
 //! call that answers it; `server` is the accept loop, the limits and
-//! shutdown; [`metrics`] counts what is served and shows it over HTTP.
+//! shutdown; [`metrics`] counts what is served and shows it over HTTP;
+//! `redis` is the Redis protocol listener (`--redis-addr`, started by
+//! [`run_with_redis`]) on the same store.
 
 #![warn(missing_docs)]
 
@@ -40,6 +42,7 @@ pub mod config;
 mod connection;
 pub mod metrics;
 mod ops;
+mod redis;
 mod server;
 pub mod tls;
 
@@ -48,7 +51,7 @@ pub use cluster::ClusterBackend;
 pub use command::Backend;
 pub use config::{Args, ServerConfig};
 pub use metrics::Metrics;
-pub use server::{refuse_until_ready, run};
+pub use server::{refuse_until_ready, run, run_with_redis};
 pub use tls::ServerTls;
 
 /// Why [`run`] failed.

@@ -18,7 +18,16 @@ fn main() -> ExitCode {
     let args = Args::parse();
     // The cluster flags are checked together; a bad combination is a usage
     // error, like a bad flag.
-    let cluster = match args.check_limits().and_then(|()| args.cluster_config()) {
+    let checked = args.check_limits().and_then(|()| args.cluster_config());
+    let checked = checked.and_then(|cluster| match (&cluster, &args.redis_addr) {
+        (Some(_), Some(_)) => Err(
+            "--redis-addr serves a single node only: it cannot be combined with the cluster \
+             flags (--node-id, --initial-cluster, --join)"
+                .to_string(),
+        ),
+        _ => Ok(cluster),
+    });
+    let cluster = match checked {
         Ok(cluster) => cluster,
         Err(e) => {
             eprintln!("kv-server: error: {e}");
@@ -108,6 +117,29 @@ async fn serve(args: Args, cluster: Option<kv_cluster::ClusterConfig>) -> anyhow
     let addr = listener
         .local_addr()
         .context("cannot read the bound address")?;
+    // The Redis listener: resolved, checked for protected mode and bound
+    // like --addr, before recovery; it accepts once the store is open.
+    let redis_listener = match &args.redis_addr {
+        Some(redis_addr) => {
+            let resolved: Vec<std::net::SocketAddr> = tokio::net::lookup_host(redis_addr.as_str())
+                .await
+                .with_context(|| format!("cannot resolve --redis-addr {redis_addr}"))?
+                .collect();
+            check_exposure(
+                redis_addr,
+                &resolved,
+                server_config.auth_token.is_some(),
+                args.allow_unauthenticated,
+            )
+            .map_err(anyhow::Error::msg)?;
+            Some(
+                tokio::net::TcpListener::bind(resolved.as_slice())
+                    .await
+                    .with_context(|| format!("cannot listen for Redis clients on {redis_addr}"))?,
+            )
+        }
+        None => None,
+    };
     let metrics_listener = match &args.metrics_addr {
         Some(metrics_addr) => Some(
             tokio::net::TcpListener::bind(metrics_addr.as_str())
@@ -193,8 +225,14 @@ async fn serve(args: Args, cluster: Option<kv_cluster::ClusterConfig>) -> anyhow
     }
     // Tests and scripts read the real port from this line, and take it to
     // mean that the server is ready.
+    if let Some(redis) = &redis_listener {
+        let redis_addr = redis
+            .local_addr()
+            .context("cannot read the bound Redis address")?;
+        tracing::info!("redis: listening on {redis_addr}");
+    }
     tracing::info!("ready: listening on {addr}");
-    run(listener, backend, server_config, shutdown).await?;
+    kv_server::run_with_redis(listener, redis_listener, backend, server_config, shutdown).await?;
     tracing::info!("shut down cleanly");
     Ok(())
 }

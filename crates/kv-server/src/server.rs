@@ -58,6 +58,21 @@ pub async fn run(
     config: ServerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    run_with_redis(listener, None, backend, config, shutdown).await
+}
+
+/// As [`run`], and with `redis`, also serves the Redis protocol on that
+/// listener (see `kv-server --redis-addr`): same store, limits (the
+/// connection limit is shared), auth token and TLS, and the same graceful
+/// shutdown. Only a single node serves Redis: with a cluster member the
+/// Redis listener is closed at once, with an error logged.
+pub async fn run_with_redis(
+    listener: TcpListener,
+    redis: Option<TcpListener>,
+    backend: impl Into<Backend>,
+    config: ServerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     let shared = Shared::new(backend.into(), config.max_frame);
     let budget = InflightBudget::new(
         config.max_total_in_flight_bytes,
@@ -71,6 +86,24 @@ pub async fn run(
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let connections = TaskTracker::new();
     let refuser = Refuser::new(config.tls.clone());
+    if let Some(redis) = redis {
+        match &shared.backend {
+            Backend::Single(store) => {
+                let cx = crate::redis::Context {
+                    store: store.clone(),
+                    config: Arc::clone(&config),
+                    budget: Arc::clone(&budget),
+                    permits: Arc::clone(&permits),
+                    connections: connections.clone(),
+                    shutdown: shutdown.clone(),
+                };
+                connections.spawn(crate::redis::serve(redis, cx));
+            }
+            Backend::Cluster(_) => {
+                tracing::error!("the Redis listener serves a single node only: not serving it");
+            }
+        }
+    }
     // Whether the last client was refused for the limit: the warning is
     // logged when the server reaches it, not once per refused client.
     let mut at_limit = false;

@@ -1,0 +1,729 @@
+//! The Redis commands: each maps to the store call that answers it, with
+//! Redis's semantics and error texts.
+//!
+//! Like the native protocol, a write is submitted when its command is read
+//! (so on one connection the commit order is the command order) and
+//! answered once durable; a read runs when the connection's writer reaches
+//! it, after every earlier reply on the connection has resolved. Commands
+//! that must see the old value and then write (GETSET, SET ... GET,
+//! GETDEL) read, then write with the condition that the key still has the
+//! version read, retrying when another client wrote in between; the reader
+//! waits for them before reading further commands, so that no later write
+//! of the same connection overtakes them.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use kv_store::{Condition, Expiry, KeyValueStore, Txn, Versioned, Write, WriteResult};
+
+use super::admin::{checkpoint, command, config, info};
+use super::keyspace::{Cursors, keys, scan};
+use super::resp::Frame;
+use super::session::{Session, auth, client, hello};
+use crate::AuthToken;
+
+/// A reply still to be resolved, in the connection's order.
+pub(crate) type Later = Pin<Box<dyn Future<Output = Frame> + Send>>;
+
+/// What a command turned into.
+pub(crate) enum Outcome {
+    /// Answered at once.
+    Ready(Frame),
+    /// Answered when the writer reaches it (reads) or when durable
+    /// (writes, submitted already).
+    Later(Later),
+    /// A read-then-write: the reader waits for it before reading on.
+    Barrier(Later),
+    /// Answered, then the connection closes (QUIT).
+    Close(Frame),
+}
+
+/// What every Redis connection of one server shares.
+pub(crate) struct RedisServer {
+    pub(crate) store: KeyValueStore,
+    pub(crate) token: Option<AuthToken>,
+    pub(crate) port: u16,
+    pub(crate) max_bulk: usize,
+    pub(crate) max_clients: usize,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) started: Instant,
+    pub(crate) next_client_id: AtomicU64,
+    pub(crate) connected: AtomicUsize,
+    pub(crate) connections_received: AtomicU64,
+    pub(crate) commands_processed: AtomicU64,
+    /// Unix seconds of the last successful SAVE/BGSAVE (start-up before).
+    pub(crate) last_save: AtomicU64,
+    pub(super) cursors: Mutex<Cursors>,
+}
+
+impl RedisServer {
+    pub(crate) fn new(
+        store: KeyValueStore,
+        token: Option<AuthToken>,
+        port: u16,
+        max_bulk: usize,
+        max_clients: usize,
+        idle_timeout: Duration,
+    ) -> RedisServer {
+        RedisServer {
+            store,
+            token,
+            port,
+            max_bulk,
+            max_clients,
+            idle_timeout,
+            started: Instant::now(),
+            next_client_id: AtomicU64::new(1),
+            connected: AtomicUsize::new(0),
+            connections_received: AtomicU64::new(0),
+            commands_processed: AtomicU64::new(0),
+            last_save: AtomicU64::new(unix_secs()),
+            cursors: Mutex::new(Cursors::default()),
+        }
+    }
+}
+
+/// A command's name, arity (negative: at least that many), flags and key
+/// positions, as COMMAND reports them.
+pub(super) struct Spec {
+    pub(super) name: &'static str,
+    pub(super) arity: i64,
+    pub(super) flags: &'static [&'static str],
+    pub(super) keys: (i64, i64, i64),
+}
+
+const fn spec(
+    name: &'static str,
+    arity: i64,
+    flags: &'static [&'static str],
+    keys: (i64, i64, i64),
+) -> Spec {
+    Spec {
+        name,
+        arity,
+        flags,
+        keys,
+    }
+}
+
+const R: &[&str] = &["readonly", "fast"];
+const W: &[&str] = &["write", "denyoom"];
+const WF: &[&str] = &["write", "fast"];
+const A: &[&str] = &["fast", "loading", "stale"];
+const NONE: (i64, i64, i64) = (0, 0, 0);
+const ONE: (i64, i64, i64) = (1, 1, 1);
+
+/// Every command served. Anything else is an unknown command.
+pub(super) const COMMANDS: &[Spec] = &[
+    spec("ping", -1, A, NONE),
+    spec("echo", 2, A, NONE),
+    spec("quit", -1, A, NONE),
+    spec("hello", -1, A, NONE),
+    spec("auth", -2, A, NONE),
+    spec("select", 2, A, NONE),
+    spec("client", -2, A, NONE),
+    spec("command", -1, A, NONE),
+    spec("info", -1, A, NONE),
+    spec("config", -2, A, NONE),
+    spec("dbsize", 1, R, NONE),
+    spec("time", 1, A, NONE),
+    spec("get", 2, R, ONE),
+    spec("set", -3, W, ONE),
+    spec("setnx", 3, W, ONE),
+    spec("setex", 4, W, ONE),
+    spec("psetex", 4, W, ONE),
+    spec("getset", 3, W, ONE),
+    spec("getdel", 2, WF, ONE),
+    spec("mget", -2, R, (1, -1, 1)),
+    spec("mset", -3, W, (1, -1, 2)),
+    spec("msetnx", -3, W, (1, -1, 2)),
+    spec("del", -2, &["write"], (1, -1, 1)),
+    spec("unlink", -2, WF, (1, -1, 1)),
+    spec("exists", -2, R, (1, -1, 1)),
+    spec("incr", 2, W, ONE),
+    spec("incrby", 3, W, ONE),
+    spec("decr", 2, W, ONE),
+    spec("decrby", 3, W, ONE),
+    spec("strlen", 2, R, ONE),
+    spec("expire", -3, WF, ONE),
+    spec("pexpire", -3, WF, ONE),
+    spec("expireat", -3, WF, ONE),
+    spec("pexpireat", -3, WF, ONE),
+    spec("ttl", 2, R, ONE),
+    spec("pttl", 2, R, ONE),
+    spec("persist", 2, WF, ONE),
+    spec("type", 2, R, ONE),
+    spec("keys", 2, &["readonly"], NONE),
+    spec("scan", -2, &["readonly"], NONE),
+    spec("save", 1, &["admin", "noscript"], NONE),
+    spec("bgsave", -1, &["admin", "noscript"], NONE),
+    spec("lastsave", 1, A, NONE),
+];
+
+/// The version reported to clients: the Redis command set this listener
+/// follows (clients choose features by it).
+pub(crate) const REDIS_VERSION: &str = "7.2.0";
+
+pub(super) fn err(text: impl Into<String>) -> Frame {
+    Frame::error(text)
+}
+
+const NOT_INTEGER: &str = "ERR value is not an integer or out of range";
+pub(super) const SYNTAX: &str = "ERR syntax error";
+
+pub(super) fn wrong_arity(name: &str) -> Frame {
+    err(format!(
+        "ERR wrong number of arguments for '{name}' command"
+    ))
+}
+
+/// Redis's words for a command it does not have.
+fn unknown_command(args: &[Bytes]) -> Frame {
+    let name = printable(&args[0]);
+    let rest: String = args[1..]
+        .iter()
+        .map(|a| format!("'{}' ", printable(a)))
+        .collect();
+    err(format!(
+        "ERR unknown command '{name}', with args beginning with: {rest}"
+    ))
+}
+
+/// An argument as quoted in an error: at most 128 bytes, and no bytes that
+/// would break the error line.
+pub(super) fn printable(arg: &[u8]) -> String {
+    String::from_utf8_lossy(&arg[..arg.len().min(128)])
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+pub(super) fn upper(arg: &[u8]) -> String {
+    String::from_utf8_lossy(arg).to_ascii_uppercase()
+}
+
+/// An integer as Redis reads one: decimal, no sign but `-`, no spaces or
+/// leading zeros.
+pub(super) fn parse_int(arg: &[u8]) -> Result<i64, Frame> {
+    std::str::from_utf8(arg)
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok().filter(|n| n.to_string() == s))
+        .ok_or_else(|| err(NOT_INTEGER))
+}
+
+pub(super) fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A store error as a Redis error. The store's counter errors already use
+/// Redis's words.
+pub(super) fn store_error(e: &kv_store::Error) -> Frame {
+    err(format!("ERR {}", e.cause()))
+}
+
+fn is_condition_failed(e: &kv_store::Error) -> bool {
+    matches!(e.cause(), kv_store::Error::ConditionFailed { .. })
+}
+
+/// An absolute deadline from a command's time argument: `n` in units of
+/// `unit_ms`, from now if `relative`. Overflow or a time past the year
+/// 9999 is `ERR invalid expire time in '<cmd>' command`; a time not after
+/// now is returned as is (the key expires at once).
+fn deadline(cmd: &str, n: i64, unit_ms: i64, relative: bool, now: u64) -> Result<i64, Frame> {
+    let invalid = || err(format!("ERR invalid expire time in '{cmd}' command"));
+    let ms = n.checked_mul(unit_ms).ok_or_else(invalid)?;
+    let at = if relative {
+        ms.checked_add(i64::try_from(now).map_err(|_| invalid())?)
+            .ok_or_else(invalid)?
+    } else {
+        ms
+    };
+    if at > i64::try_from(kv_store::MAX_DEADLINE_MS).unwrap_or(i64::MAX) {
+        return Err(invalid());
+    }
+    Ok(at)
+}
+
+/// Starts answering one command.
+pub(crate) fn dispatch(
+    args: Vec<Bytes>,
+    session: &mut Session,
+    shared: &Arc<RedisServer>,
+) -> Outcome {
+    shared.commands_processed.fetch_add(1, Ordering::Relaxed);
+    let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+    if !session.authenticated && !matches!(name.as_str(), "auth" | "hello" | "quit") {
+        return Outcome::Ready(err("NOAUTH Authentication required."));
+    }
+    let Some(spec) = COMMANDS.iter().find(|s| s.name == name) else {
+        return Outcome::Ready(unknown_command(&args));
+    };
+    let n = i64::try_from(args.len()).unwrap_or(i64::MAX);
+    if (spec.arity > 0 && n != spec.arity) || (spec.arity < 0 && n < -spec.arity) {
+        return Outcome::Ready(wrong_arity(spec.name));
+    }
+    let ready = |f: Result<Frame, Frame>| Outcome::Ready(f.unwrap_or_else(|e| e));
+    let store = &shared.store;
+    let now = kv_store::now_ms();
+    match spec.name {
+        "ping" => Outcome::Ready(match args.len() {
+            1 => Frame::Simple("PONG".into()),
+            2 => Frame::Bulk(args[1].clone()),
+            _ => wrong_arity("ping"),
+        }),
+        "echo" => Outcome::Ready(Frame::Bulk(args[1].clone())),
+        "quit" => Outcome::Close(Frame::ok()),
+        "hello" => ready(hello(&args, session, shared)),
+        "auth" => ready(auth(&args, session, shared)),
+        "select" => ready(parse_int(&args[1]).and_then(|db| {
+            if db == 0 {
+                Ok(Frame::ok())
+            } else {
+                Err(err("ERR DB index is out of range"))
+            }
+        })),
+        "client" => ready(client(&args, session)),
+        "command" => ready(command(&args)),
+        "info" => {
+            let shared = Arc::clone(shared);
+            Outcome::Later(Box::pin(async move { info(&args, &shared) }))
+        }
+        "config" => ready(config(&args, shared)),
+        "dbsize" => {
+            let store = store.clone();
+            Outcome::Later(Box::pin(async move {
+                Frame::Integer(i64::try_from(store.stats().keys).unwrap_or(i64::MAX))
+            }))
+        }
+        "time" => {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            Outcome::Ready(Frame::Array(vec![
+                Frame::bulk(now.as_secs().to_string()),
+                Frame::bulk(now.subsec_micros().to_string()),
+            ]))
+        }
+        "get" => read(store, move |store| {
+            store
+                .get_versioned(&args[1])
+                .map_or(Frame::Null, |v| Frame::bulk(v.value))
+        }),
+        "strlen" => read(store, move |store| {
+            Frame::Integer(
+                store
+                    .get_versioned(&args[1])
+                    .map_or(0, |v| i64::try_from(v.value.len()).unwrap_or(i64::MAX)),
+            )
+        }),
+        "type" => read(store, move |store| {
+            Frame::Simple(if store.get_versioned(&args[1]).is_some() {
+                "string".into()
+            } else {
+                "none".into()
+            })
+        }),
+        "mget" => read(store, move |store| {
+            Frame::Array(
+                store
+                    .get_many(&args[1..])
+                    .into_iter()
+                    .map(|v| v.map_or(Frame::Null, |v| Frame::bulk(v.value)))
+                    .collect(),
+            )
+        }),
+        "exists" => read(store, move |store| {
+            let found = store.get_many(&args[1..]).iter().flatten().count();
+            Frame::Integer(i64::try_from(found).unwrap_or(i64::MAX))
+        }),
+        "ttl" | "pttl" => {
+            let millis = spec.name == "pttl";
+            read(store, move |store| {
+                Frame::Integer(match store.get_versioned(&args[1]) {
+                    None => -2,
+                    Some(Versioned {
+                        expires_at_ms: None,
+                        ..
+                    }) => -1,
+                    Some(Versioned {
+                        expires_at_ms: Some(at),
+                        ..
+                    }) => {
+                        let left = at.saturating_sub(kv_store::now_ms());
+                        let left = if millis { left } else { (left + 500) / 1000 };
+                        i64::try_from(left).unwrap_or(i64::MAX)
+                    }
+                })
+            })
+        }
+        "set" => set(args, store, now),
+        "setnx" => txn(
+            store,
+            vec![(args[1].to_vec(), Condition::Absent)],
+            vec![put(&args[1], &args[2], Expiry::Clear)],
+            |outcome| Frame::Integer(i64::from(outcome.is_some())),
+        ),
+        "setex" | "psetex" => {
+            let unit = if spec.name == "setex" { 1000 } else { 1 };
+            let at = parse_int(&args[2]).and_then(|n| {
+                if n <= 0 {
+                    return Err(err(format!(
+                        "ERR invalid expire time in '{}' command",
+                        spec.name
+                    )));
+                }
+                deadline(spec.name, n, unit, true, now)
+            });
+            match at {
+                Err(e) => Outcome::Ready(e),
+                Ok(at) => plain_put(store, &args[1], &args[3], Some(at.unsigned_abs())),
+            }
+        }
+        "getset" => swap(
+            store,
+            args[1].clone(),
+            SwapWrite::Put(args[2].clone(), Expiry::Clear),
+            Only::Any,
+        ),
+        "getdel" => swap(store, args[1].clone(), SwapWrite::Delete, Only::Any),
+        "mset" | "msetnx" => {
+            if args.len().is_multiple_of(2) {
+                return Outcome::Ready(wrong_arity(spec.name));
+            }
+            let nx = spec.name == "msetnx";
+            let pairs = args[1..].chunks(2);
+            let conditions = if nx {
+                pairs
+                    .clone()
+                    .map(|p| (p[0].to_vec(), Condition::Absent))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let writes = pairs.map(|p| put(&p[0], &p[1], Expiry::Clear)).collect();
+            txn(store, conditions, writes, move |outcome| {
+                if nx {
+                    Frame::Integer(i64::from(outcome.is_some()))
+                } else {
+                    Frame::ok()
+                }
+            })
+        }
+        "del" | "unlink" => {
+            let writes = args[1..]
+                .iter()
+                .map(|k| Write::Delete { key: k.to_vec() })
+                .collect();
+            txn(store, Vec::new(), writes, |outcome| {
+                let removed = outcome.map_or(0, |results| {
+                    results
+                        .iter()
+                        .filter(|r| matches!(r, WriteResult::Delete { existed: true }))
+                        .count()
+                });
+                Frame::Integer(i64::try_from(removed).unwrap_or(i64::MAX))
+            })
+        }
+        "incr" | "decr" | "incrby" | "decrby" => {
+            let delta = match spec.name {
+                "incr" => Ok(1),
+                "decr" => Ok(-1),
+                "incrby" => parse_int(&args[2]),
+                _ => parse_int(&args[2]).and_then(|d| {
+                    d.checked_neg()
+                        .ok_or_else(|| err("ERR decrement would overflow"))
+                }),
+            };
+            match delta {
+                Err(e) => Outcome::Ready(e),
+                Ok(delta) => txn(
+                    store,
+                    Vec::new(),
+                    vec![Write::Incr {
+                        key: args[1].to_vec(),
+                        delta,
+                    }],
+                    |outcome| match outcome.and_then(|r| r.first().copied()) {
+                        Some(WriteResult::Incr { value }) => Frame::Integer(value),
+                        _ => err("ERR the increment was not applied"),
+                    },
+                ),
+            }
+        }
+        "expire" | "pexpire" | "expireat" | "pexpireat" => {
+            if args.len() > 3 {
+                return Outcome::Ready(err(format!(
+                    "ERR {} options (NX XX GT LT) are not supported by this server",
+                    spec.name.to_ascii_uppercase()
+                )));
+            }
+            let unit = if spec.name.starts_with('p') { 1 } else { 1000 };
+            let relative = !spec.name.ends_with("at");
+            let at = parse_int(&args[2]).and_then(|n| deadline(spec.name, n, unit, relative, now));
+            match at {
+                Err(e) => Outcome::Ready(e),
+                // A time already past removes the key, as in Redis.
+                Ok(at) => {
+                    set_deadline(store, &args[1], Some(u64::try_from(at).unwrap_or(0).max(1)))
+                }
+            }
+        }
+        "persist" => set_deadline(store, &args[1], None),
+        "keys" => {
+            let max = shared.max_bulk;
+            read(store, move |store| keys(store, &args[1], max))
+        }
+        "scan" => {
+            let shared = Arc::clone(shared);
+            Outcome::Later(Box::pin(async move { scan(&args, &shared) }))
+        }
+        "save" => {
+            let shared = Arc::clone(shared);
+            Outcome::Later(Box::pin(async move {
+                match checkpoint(&shared).await {
+                    Ok(()) => Frame::ok(),
+                    Err(e) => e,
+                }
+            }))
+        }
+        "bgsave" => {
+            if args.len() > 2 || (args.len() == 2 && upper(&args[1]) != "SCHEDULE") {
+                return Outcome::Ready(err(SYNTAX));
+            }
+            let shared = Arc::clone(shared);
+            tokio::spawn(async move {
+                if let Err(e) = checkpoint(&shared).await {
+                    tracing::warn!(error = ?e, "BGSAVE: checkpoint failed");
+                }
+            });
+            Outcome::Ready(Frame::Simple("Background saving started".into()))
+        }
+        "lastsave" => Outcome::Ready(Frame::Integer(
+            i64::try_from(shared.last_save.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
+        )),
+        _ => Outcome::Ready(unknown_command(&args)),
+    }
+}
+
+/// A read, run when its turn comes.
+fn read(
+    store: &KeyValueStore,
+    f: impl FnOnce(&KeyValueStore) -> Frame + Send + 'static,
+) -> Outcome {
+    let store = store.clone();
+    Outcome::Later(Box::pin(async move { f(&store) }))
+}
+
+fn put(key: &[u8], value: &[u8], expiry: Expiry) -> Write {
+    Write::Put {
+        key: key.to_vec(),
+        value: value.to_vec(),
+        expiry,
+    }
+}
+
+/// An unconditional put, answered `+OK` once durable.
+fn plain_put(store: &KeyValueStore, key: &[u8], value: &[u8], deadline: Option<u64>) -> Outcome {
+    match store.submit_put_expiring(key, value, deadline) {
+        Err(e) => Outcome::Ready(store_error(&e)),
+        Ok(pending) => Outcome::Later(Box::pin(async move {
+            match pending.await {
+                Ok(_) => Frame::ok(),
+                Err(e) => store_error(&e),
+            }
+        })),
+    }
+}
+
+/// A transaction submitted now; `answer` gets the results once durable,
+/// `None` when a condition failed.
+fn txn(
+    store: &KeyValueStore,
+    conditions: Vec<(Vec<u8>, Condition)>,
+    writes: Vec<Write>,
+    answer: impl FnOnce(Option<&[WriteResult]>) -> Frame + Send + 'static,
+) -> Outcome {
+    match store.submit_txn(Txn { conditions, writes }) {
+        Err(e) if is_condition_failed(&e) => Outcome::Ready(answer(None)),
+        Err(e) => Outcome::Ready(store_error(&e)),
+        Ok(pending) => Outcome::Later(Box::pin(async move {
+            match pending.await {
+                Ok(outcome) => answer(Some(&outcome.results)),
+                Err(e) if is_condition_failed(&e) => answer(None),
+                Err(e) => store_error(&e),
+            }
+        })),
+    }
+}
+
+fn set_deadline(store: &KeyValueStore, key: &[u8], at: Option<u64>) -> Outcome {
+    let persist = at.is_none();
+    txn(
+        store,
+        Vec::new(),
+        vec![Write::SetDeadline {
+            key: key.to_vec(),
+            at,
+        }],
+        move |outcome| match outcome.and_then(|r| r.first().copied()) {
+            Some(WriteResult::SetDeadline { found, changed }) => {
+                Frame::Integer(i64::from(if persist { changed } else { found }))
+            }
+            _ => Frame::Integer(0),
+        },
+    )
+}
+
+/// Which existing state a swap writes over (SET's NX and XX).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Only {
+    Any,
+    Absent,
+    Present,
+}
+
+enum SwapWrite {
+    Put(Bytes, Expiry),
+    Delete,
+}
+
+/// Reads the old value, then writes on condition that the key is still as
+/// read; answers the old value (or nil).
+fn swap(store: &KeyValueStore, key: Bytes, write: SwapWrite, only: Only) -> Outcome {
+    let store = store.clone();
+    Outcome::Barrier(Box::pin(async move {
+        loop {
+            let current = store.get_versioned(&key);
+            let old = current
+                .as_ref()
+                .map_or(Frame::Null, |v| Frame::bulk(v.value.clone()));
+            let skip = match only {
+                Only::Any => false,
+                Only::Absent => current.is_some(),
+                Only::Present => current.is_none(),
+            };
+            if skip || (matches!(write, SwapWrite::Delete) && current.is_none()) {
+                return old;
+            }
+            let condition = match &current {
+                Some(v) => Condition::SeqEquals(v.seq),
+                None => Condition::Absent,
+            };
+            let w = match &write {
+                SwapWrite::Put(value, expiry) => put(&key, value, *expiry),
+                SwapWrite::Delete => Write::Delete { key: key.to_vec() },
+            };
+            let submitted = store.submit_txn(Txn {
+                conditions: vec![(key.to_vec(), condition)],
+                writes: vec![w],
+            });
+            let result = match submitted {
+                Ok(pending) => pending.await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(_) => return old,
+                Err(e) if is_condition_failed(&e) => {}
+                Err(e) => return store_error(&e),
+            }
+        }
+    }))
+}
+
+/// SET key value [NX|XX] [GET] [EX s|PX ms|EXAT ts|PXAT ms|KEEPTTL].
+fn set(args: Vec<Bytes>, store: &KeyValueStore, now: u64) -> Outcome {
+    let mut only = Only::Any;
+    let mut get = false;
+    let mut expiry: Option<Expiry> = None;
+    let mut i = 3;
+    while i < args.len() {
+        let opt = upper(&args[i]);
+        let has_next = i + 1 < args.len();
+        match opt.as_str() {
+            "NX" if only != Only::Present => only = Only::Absent,
+            "XX" if only != Only::Absent => only = Only::Present,
+            "GET" => get = true,
+            "KEEPTTL" if expiry.is_none() => expiry = Some(Expiry::Keep),
+            "EX" | "PX" | "EXAT" | "PXAT" if expiry.is_none() && has_next => {
+                i += 1;
+                let n = match parse_int(&args[i]) {
+                    Ok(n) => n,
+                    Err(e) => return Outcome::Ready(e),
+                };
+                if n <= 0 {
+                    return Outcome::Ready(err("ERR invalid expire time in 'set' command"));
+                }
+                let unit = if opt.starts_with('E') { 1000 } else { 1 };
+                match deadline("set", n, unit, !opt.ends_with("AT"), now) {
+                    Ok(at) => expiry = Some(Expiry::At(at.unsigned_abs())),
+                    Err(e) => return Outcome::Ready(e),
+                }
+            }
+            _ => return Outcome::Ready(err(SYNTAX)),
+        }
+        i += 1;
+    }
+    let expiry = expiry.unwrap_or(Expiry::Clear);
+    let (key, value) = (args[1].clone(), args[2].clone());
+    if get {
+        return swap(store, key, SwapWrite::Put(value, expiry), only);
+    }
+    match (only, expiry) {
+        (Only::Any, Expiry::Clear) => plain_put(store, &key, &value, None),
+        (Only::Any, Expiry::At(at)) => plain_put(store, &key, &value, Some(at)),
+        (only, expiry) => {
+            let conditions = match only {
+                Only::Any => Vec::new(),
+                Only::Absent => vec![(key.to_vec(), Condition::Absent)],
+                Only::Present => vec![(key.to_vec(), Condition::Present)],
+            };
+            txn(
+                store,
+                conditions,
+                vec![put(&key, &value, expiry)],
+                |outcome| {
+                    if outcome.is_some() {
+                        Frame::ok()
+                    } else {
+                        Frame::Null
+                    }
+                },
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_as_redis_reads_them() {
+        assert_eq!(parse_int(b"-12"), Ok(-12));
+        for bad in [
+            &b"+1"[..],
+            b"01",
+            b" 1",
+            b"1.0",
+            b"",
+            b"99999999999999999999",
+        ] {
+            assert!(parse_int(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_command_words() {
+        let args = vec![Bytes::from("FOO"), Bytes::from("a"), Bytes::from("b")];
+        assert_eq!(
+            unknown_command(&args),
+            Frame::error("ERR unknown command 'FOO', with args beginning with: 'a' 'b' ")
+        );
+    }
+}

@@ -1,0 +1,754 @@
+//! The Redis listener (`run_with_redis`) in-process on 127.0.0.1:0: every
+//! command through the `redis` client crate, RESP2 and RESP3, pipelining,
+//! binary safety, and with raw TCP the exact error texts and the protocol
+//! edge cases (inline commands, garbage, a bulk over the limit, a half-sent
+//! command).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use kv_server::{AuthToken, ServerConfig, run_with_redis};
+use kv_store::{KeyValueStore, StoreOptions};
+use redis::Value;
+use redis::aio::MultiplexedConnection;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+struct Running {
+    redis: SocketAddr,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn serve_with(config: ServerConfig) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let store = KeyValueStore::open(dir.path(), StoreOptions::default()).unwrap();
+    let native = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redis = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = redis.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(run_with_redis(
+        native,
+        Some(redis),
+        store,
+        config,
+        shutdown.clone(),
+    ));
+    Running {
+        redis: addr,
+        shutdown,
+        _dir: dir,
+    }
+}
+
+async fn serve() -> Running {
+    serve_with(ServerConfig::default()).await
+}
+
+async fn client(addr: SocketAddr, resp3: bool) -> MultiplexedConnection {
+    let url = if resp3 {
+        format!("redis://{addr}/?protocol=resp3")
+    } else {
+        format!("redis://{addr}/")
+    };
+    let client = redis::Client::open(url).unwrap();
+    tokio::time::timeout(DEADLINE, client.get_multiplexed_async_connection())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+async fn q(con: &mut MultiplexedConnection, args: &[&[u8]]) -> redis::RedisResult<Value> {
+    let mut cmd = redis::cmd(std::str::from_utf8(args[0]).unwrap());
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    tokio::time::timeout(DEADLINE, cmd.query_async(con))
+        .await
+        .unwrap()
+}
+
+async fn ok(con: &mut MultiplexedConnection, args: &[&[u8]]) -> Value {
+    q(con, args)
+        .await
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+fn bulk(b: &[u8]) -> Value {
+    Value::BulkString(b.to_vec())
+}
+
+/// Sends `bytes` on a raw connection and reads until `expected` came
+/// (failing on anything else).
+async fn expect(sock: &mut TcpStream, bytes: &[u8], expected: &[u8]) {
+    sock.write_all(bytes).await.unwrap();
+    let mut got = vec![0u8; expected.len()];
+    tokio::time::timeout(DEADLINE, sock.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(expected),
+        "after sending {:?}",
+        String::from_utf8_lossy(bytes)
+    );
+}
+
+/// Reads until the server closes; returns what came before.
+async fn read_to_close(sock: &mut TcpStream) -> Vec<u8> {
+    let mut rest = Vec::new();
+    tokio::time::timeout(DEADLINE, sock.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    rest
+}
+
+fn resp(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+#[tokio::test]
+async fn strings_and_counters() {
+    let server = serve().await;
+    let mut c = client(server.redis, false).await;
+    assert_eq!(
+        ok(&mut c, &[b"PING"]).await,
+        Value::SimpleString("PONG".into())
+    );
+    assert_eq!(ok(&mut c, &[b"PING", b"hi"]).await, bulk(b"hi"));
+    assert_eq!(ok(&mut c, &[b"ECHO", b"x y"]).await, bulk(b"x y"));
+    assert_eq!(ok(&mut c, &[b"GET", b"k"]).await, Value::Nil);
+    assert_eq!(ok(&mut c, &[b"SET", b"k", b"v"]).await, Value::Okay);
+    assert_eq!(ok(&mut c, &[b"GET", b"k"]).await, bulk(b"v"));
+    assert_eq!(ok(&mut c, &[b"SET", b"k", b"w", b"NX"]).await, Value::Nil);
+    assert_eq!(ok(&mut c, &[b"SET", b"n", b"w", b"XX"]).await, Value::Nil);
+    assert_eq!(ok(&mut c, &[b"SET", b"k", b"w", b"XX"]).await, Value::Okay);
+    assert_eq!(ok(&mut c, &[b"SET", b"k", b"x", b"GET"]).await, bulk(b"w"));
+    assert_eq!(
+        ok(&mut c, &[b"SET", b"new", b"1", b"GET"]).await,
+        Value::Nil
+    );
+    assert_eq!(
+        ok(&mut c, &[b"SET", b"new", b"2", b"NX", b"GET"]).await,
+        bulk(b"1")
+    );
+    assert_eq!(ok(&mut c, &[b"GET", b"new"]).await, bulk(b"1"));
+    assert_eq!(ok(&mut c, &[b"SETNX", b"k", b"y"]).await, Value::Int(0));
+    assert_eq!(ok(&mut c, &[b"SETNX", b"s", b"y"]).await, Value::Int(1));
+    assert_eq!(ok(&mut c, &[b"GETSET", b"s", b"z"]).await, bulk(b"y"));
+    assert_eq!(ok(&mut c, &[b"GETDEL", b"s"]).await, bulk(b"z"));
+    assert_eq!(ok(&mut c, &[b"GETDEL", b"s"]).await, Value::Nil);
+    assert_eq!(ok(&mut c, &[b"STRLEN", b"k"]).await, Value::Int(1));
+    assert_eq!(ok(&mut c, &[b"STRLEN", b"none"]).await, Value::Int(0));
+    assert_eq!(
+        ok(&mut c, &[b"TYPE", b"k"]).await,
+        Value::SimpleString("string".into())
+    );
+    assert_eq!(
+        ok(&mut c, &[b"TYPE", b"none"]).await,
+        Value::SimpleString("none".into())
+    );
+    assert_eq!(
+        ok(&mut c, &[b"MSET", b"a", b"1", b"b", b"2"]).await,
+        Value::Okay
+    );
+    assert_eq!(
+        ok(&mut c, &[b"MGET", b"a", b"zz", b"b"]).await,
+        Value::Array(vec![bulk(b"1"), Value::Nil, bulk(b"2")])
+    );
+    assert_eq!(
+        ok(&mut c, &[b"MSETNX", b"c", b"3", b"a", b"9"]).await,
+        Value::Int(0)
+    );
+    assert_eq!(ok(&mut c, &[b"EXISTS", b"c"]).await, Value::Int(0));
+    assert_eq!(
+        ok(&mut c, &[b"MSETNX", b"c", b"3", b"d", b"4"]).await,
+        Value::Int(1)
+    );
+    assert_eq!(
+        ok(&mut c, &[b"EXISTS", b"a", b"a", b"c", b"zz"]).await,
+        Value::Int(3)
+    );
+    assert_eq!(
+        ok(&mut c, &[b"DEL", b"a", b"a", b"zz", b"b"]).await,
+        Value::Int(2)
+    );
+    assert_eq!(ok(&mut c, &[b"UNLINK", b"c", b"d"]).await, Value::Int(2));
+    assert_eq!(ok(&mut c, &[b"INCR", b"n1"]).await, Value::Int(1));
+    assert_eq!(ok(&mut c, &[b"INCRBY", b"n1", b"41"]).await, Value::Int(42));
+    assert_eq!(ok(&mut c, &[b"DECR", b"n1"]).await, Value::Int(41));
+    assert_eq!(ok(&mut c, &[b"DECRBY", b"n1", b"-9"]).await, Value::Int(50));
+    assert_eq!(ok(&mut c, &[b"GET", b"n1"]).await, bulk(b"50"));
+    assert_eq!(ok(&mut c, &[b"SELECT", b"0"]).await, Value::Okay);
+    assert_eq!(ok(&mut c, &[b"DBSIZE"]).await, Value::Int(3));
+    let Value::Array(time) = ok(&mut c, &[b"TIME"]).await else {
+        panic!("TIME is an array")
+    };
+    assert_eq!(time.len(), 2);
+}
+
+#[tokio::test]
+async fn expiry() {
+    let server = serve().await;
+    let mut c = client(server.redis, false).await;
+    ok(&mut c, &[b"SET", b"k", b"v", b"EX", b"100"]).await;
+    let Value::Int(ttl) = ok(&mut c, &[b"TTL", b"k"]).await else {
+        panic!()
+    };
+    assert!((99..=100).contains(&ttl), "{ttl}");
+    let Value::Int(pttl) = ok(&mut c, &[b"PTTL", b"k"]).await else {
+        panic!()
+    };
+    assert!((98_000..=100_000).contains(&pttl), "{pttl}");
+    // KEEPTTL keeps it; a plain SET clears it.
+    ok(&mut c, &[b"SET", b"k", b"w", b"KEEPTTL"]).await;
+    assert!(matches!(
+        ok(&mut c, &[b"TTL", b"k"]).await,
+        Value::Int(99..=100)
+    ));
+    ok(&mut c, &[b"SET", b"k", b"w"]).await;
+    assert_eq!(ok(&mut c, &[b"TTL", b"k"]).await, Value::Int(-1));
+    assert_eq!(ok(&mut c, &[b"TTL", b"gone"]).await, Value::Int(-2));
+    assert_eq!(ok(&mut c, &[b"PTTL", b"gone"]).await, Value::Int(-2));
+    ok(&mut c, &[b"SET", b"p", b"v", b"PX", b"100000"]).await;
+    assert!(matches!(
+        ok(&mut c, &[b"TTL", b"p"]).await,
+        Value::Int(99..=100)
+    ));
+    let later = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1000)
+        .to_string();
+    ok(&mut c, &[b"SET", b"at", b"v", b"EXAT", later.as_bytes()]).await;
+    assert!(matches!(
+        ok(&mut c, &[b"TTL", b"at"]).await,
+        Value::Int(998..=1000)
+    ));
+    let later_ms = format!("{}000", later);
+    ok(
+        &mut c,
+        &[b"SET", b"pat", b"v", b"PXAT", later_ms.as_bytes()],
+    )
+    .await;
+    assert!(matches!(
+        ok(&mut c, &[b"TTL", b"pat"]).await,
+        Value::Int(998..=1000)
+    ));
+    ok(&mut c, &[b"SETEX", b"se", b"50", b"v"]).await;
+    assert!(matches!(
+        ok(&mut c, &[b"TTL", b"se"]).await,
+        Value::Int(49..=50)
+    ));
+    ok(&mut c, &[b"PSETEX", b"pse", b"50000", b"v"]).await;
+    assert!(matches!(
+        ok(&mut c, &[b"TTL", b"pse"]).await,
+        Value::Int(49..=50)
+    ));
+    assert_eq!(ok(&mut c, &[b"EXPIRE", b"k", b"30"]).await, Value::Int(1));
+    assert!(matches!(
+        ok(&mut c, &[b"TTL", b"k"]).await,
+        Value::Int(29..=30)
+    ));
+    assert_eq!(
+        ok(&mut c, &[b"EXPIRE", b"gone", b"30"]).await,
+        Value::Int(0)
+    );
+    assert_eq!(
+        ok(&mut c, &[b"PEXPIRE", b"k", b"60000"]).await,
+        Value::Int(1)
+    );
+    assert!(matches!(
+        ok(&mut c, &[b"TTL", b"k"]).await,
+        Value::Int(59..=60)
+    ));
+    assert_eq!(
+        ok(&mut c, &[b"EXPIREAT", b"k", later.as_bytes()]).await,
+        Value::Int(1)
+    );
+    assert!(matches!(
+        ok(&mut c, &[b"TTL", b"k"]).await,
+        Value::Int(998..=1000)
+    ));
+    assert_eq!(
+        ok(&mut c, &[b"PEXPIREAT", b"k", later_ms.as_bytes()]).await,
+        Value::Int(1)
+    );
+    assert_eq!(ok(&mut c, &[b"PERSIST", b"k"]).await, Value::Int(1));
+    assert_eq!(ok(&mut c, &[b"PERSIST", b"k"]).await, Value::Int(0));
+    assert_eq!(ok(&mut c, &[b"TTL", b"k"]).await, Value::Int(-1));
+    // A time already past removes the key, as in Redis.
+    assert_eq!(ok(&mut c, &[b"EXPIRE", b"k", b"-1"]).await, Value::Int(1));
+    assert_eq!(ok(&mut c, &[b"EXISTS", b"k"]).await, Value::Int(0));
+}
+
+#[tokio::test]
+async fn keys_scan_and_admin() {
+    let server = serve().await;
+    let mut c = client(server.redis, false).await;
+    for i in 0..25 {
+        ok(&mut c, &[b"SET", format!("user:{i:02}").as_bytes(), b"v"]).await;
+    }
+    ok(&mut c, &[b"SET", b"other", b"v"]).await;
+    let Value::Array(keys) = ok(&mut c, &[b"KEYS", b"user:1?"]).await else {
+        panic!()
+    };
+    assert_eq!(keys.len(), 10);
+    let Value::Array(all) = ok(&mut c, &[b"KEYS", b"*"]).await else {
+        panic!()
+    };
+    assert_eq!(all.len(), 26);
+    // SCAN pages through every matching key once.
+    let mut cursor = b"0".to_vec();
+    let mut seen = Vec::new();
+    loop {
+        let Value::Array(reply) = ok(
+            &mut c,
+            &[b"SCAN", &cursor, b"MATCH", b"user:*", b"COUNT", b"7"],
+        )
+        .await
+        else {
+            panic!()
+        };
+        let [Value::BulkString(next), Value::Array(page)] = &reply[..] else {
+            panic!("{reply:?}")
+        };
+        seen.extend(page.iter().cloned());
+        cursor = next.clone();
+        if cursor == b"0" {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 25);
+    let mut dedup = seen.clone();
+    dedup.dedup();
+    assert_eq!(dedup.len(), 25);
+    assert!(q(&mut c, &[b"SCAN", b"12345"]).await.is_err());
+    assert_eq!(ok(&mut c, &[b"SAVE"]).await, Value::Okay);
+    assert!(matches!(ok(&mut c, &[b"LASTSAVE"]).await, Value::Int(n) if n > 0));
+    assert_eq!(
+        ok(&mut c, &[b"BGSAVE"]).await,
+        Value::SimpleString("Background saving started".into())
+    );
+    let Value::BulkString(info) = ok(&mut c, &[b"INFO"]).await else {
+        panic!()
+    };
+    let info = String::from_utf8(info).unwrap();
+    for field in [
+        "# Server",
+        "redis_version:",
+        "# Keyspace",
+        "db0:keys=26,",
+        "# Persistence",
+        "# Stats",
+        "total_commands_processed:",
+    ] {
+        assert!(info.contains(field), "{field} in {info}");
+    }
+    let Value::BulkString(info) = ok(&mut c, &[b"INFO", b"keyspace"]).await else {
+        panic!()
+    };
+    assert!(!String::from_utf8(info).unwrap().contains("# Server"));
+    assert_eq!(
+        ok(&mut c, &[b"CONFIG", b"GET", b"save"]).await,
+        Value::Array(vec![bulk(b"save"), bulk(b"")])
+    );
+    assert_eq!(
+        ok(&mut c, &[b"CONFIG", b"GET", b"appendonly"]).await,
+        Value::Array(vec![bulk(b"appendonly"), bulk(b"yes")])
+    );
+    assert_eq!(
+        ok(&mut c, &[b"CONFIG", b"GET", b"databases"]).await,
+        Value::Array(vec![bulk(b"databases"), bulk(b"1")])
+    );
+    assert!(matches!(ok(&mut c, &[b"COMMAND", b"COUNT"]).await, Value::Int(n) if n > 40));
+    let Value::Array(info) = ok(&mut c, &[b"COMMAND", b"INFO", b"get", b"nope"]).await else {
+        panic!()
+    };
+    assert_eq!(info[1], Value::Nil);
+    assert!(matches!(&info[0], Value::Array(a) if a[0] == bulk(b"get") && a[1] == Value::Int(2)));
+    assert!(matches!(ok(&mut c, &[b"COMMAND", b"DOCS"]).await, Value::Array(a) if a.is_empty()));
+    assert!(matches!(ok(&mut c, &[b"COMMAND"]).await, Value::Array(a) if a.len() > 40));
+    assert_eq!(
+        ok(&mut c, &[b"CLIENT", b"SETNAME", b"me"]).await,
+        Value::Okay
+    );
+    assert_eq!(ok(&mut c, &[b"CLIENT", b"GETNAME"]).await, bulk(b"me"));
+    assert!(matches!(ok(&mut c, &[b"CLIENT", b"ID"]).await, Value::Int(n) if n > 0));
+    assert_eq!(
+        ok(&mut c, &[b"CLIENT", b"SETINFO", b"lib-name", b"x"]).await,
+        Value::Okay
+    );
+}
+
+#[tokio::test]
+async fn resp3_after_hello_3() {
+    let server = serve().await;
+    let mut c = client(server.redis, true).await;
+    assert_eq!(ok(&mut c, &[b"GET", b"missing"]).await, Value::Nil);
+    ok(&mut c, &[b"SET", b"k", b"v"]).await;
+    let Value::Map(pairs) = ok(&mut c, &[b"CONFIG", b"GET", b"save"]).await else {
+        panic!("CONFIG GET is a map in RESP3")
+    };
+    assert_eq!(pairs, vec![(bulk(b"save"), bulk(b""))]);
+    let Value::Map(hello) = ok(&mut c, &[b"HELLO", b"3"]).await else {
+        panic!()
+    };
+    assert!(hello.contains(&(bulk(b"proto"), Value::Int(3))));
+    // Raw: the encodings themselves.
+    let mut sock = TcpStream::connect(server.redis).await.unwrap();
+    expect(&mut sock, &resp(&[b"GET", b"missing"]), b"$-1\r\n").await;
+    sock.write_all(&resp(&[b"HELLO", b"3"])).await.unwrap();
+    let mut head = [0u8; 3];
+    sock.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"%7\r");
+    let mut sock = TcpStream::connect(server.redis).await.unwrap();
+    expect(&mut sock, b"HELLO 3\r\n", b"%7\r\n").await;
+    // Skip the rest of the map by sending a marker after it.
+    expect(&mut sock, b"HELLO 4\r\n", b"").await;
+    let mut rest = Vec::new();
+    while !rest.ends_with(b"-NOPROTO unsupported protocol version\r\n") {
+        let mut byte = [0u8; 1];
+        sock.read_exact(&mut byte).await.unwrap();
+        rest.push(byte[0]);
+    }
+    expect(&mut sock, b"GET missing\r\n", b"_\r\n").await;
+    expect(&mut sock, b"HELLO 2\r\n", b"*14\r\n").await;
+}
+
+#[tokio::test]
+async fn pipeline_of_thousands_in_order() {
+    let server = serve().await;
+    let mut c = client(server.redis, false).await;
+    let mut pipe = redis::pipe();
+    for i in 0..5000 {
+        pipe.cmd("SET").arg(format!("k{i}")).arg(i);
+        pipe.cmd("INCR").arg("counter");
+        pipe.cmd("GET").arg(format!("k{i}"));
+    }
+    let replies: Vec<Value> = tokio::time::timeout(DEADLINE, pipe.query_async(&mut c))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(replies.len(), 15_000);
+    for i in 0..5000 {
+        assert_eq!(replies[3 * i], Value::Okay);
+        assert_eq!(replies[3 * i + 1], Value::Int(i as i64 + 1));
+        assert_eq!(replies[3 * i + 2], bulk(i.to_string().as_bytes()));
+    }
+    // Raw pipelining of mixed inline and multibulk, GETSET included (a
+    // read-then-write that later writes must not overtake).
+    let mut sock = TcpStream::connect(server.redis).await.unwrap();
+    let mut out = Vec::new();
+    out.extend_from_slice(b"SET g 1\r\n");
+    out.extend_from_slice(&resp(&[b"GETSET", b"g", b"2"]));
+    out.extend_from_slice(b"SET g 3\r\nGET g\r\n");
+    expect(&mut sock, &out, b"+OK\r\n$1\r\n1\r\n+OK\r\n$1\r\n3\r\n").await;
+}
+
+#[tokio::test]
+async fn binary_safe_keys_and_values() {
+    let server = serve().await;
+    let mut c = client(server.redis, false).await;
+    let key: Vec<u8> = (0..=255u8).collect();
+    let value: Vec<u8> = b"\r\n\0$-1\r\n*3\r\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(100_000)
+        .collect();
+    ok(&mut c, &[b"SET", &key, &value]).await;
+    assert_eq!(ok(&mut c, &[b"GET", &key]).await, bulk(&value));
+    assert_eq!(
+        ok(&mut c, &[b"KEYS", b"\x00*"]).await,
+        Value::Array(vec![bulk(&key)])
+    );
+}
+
+#[tokio::test]
+async fn error_texts() {
+    let server = serve().await;
+    let mut sock = TcpStream::connect(server.redis).await.unwrap();
+    let cases: &[(&[&[u8]], &[u8])] = &[
+        (&[b"GET"], b"-ERR wrong number of arguments for 'get' command\r\n"),
+        (&[b"SET", b"k"], b"-ERR wrong number of arguments for 'set' command\r\n"),
+        (&[b"MSET", b"a", b"1", b"b"], b"-ERR wrong number of arguments for 'mset' command\r\n"),
+        (&[b"SET", b"k", b"v", b"EX", b"x"], b"-ERR value is not an integer or out of range\r\n"),
+        (&[b"SET", b"k", b"v", b"EX", b"0"], b"-ERR invalid expire time in 'set' command\r\n"),
+        (&[b"SET", b"k", b"v", b"EX", b"9223372036854775807"], b"-ERR invalid expire time in 'set' command\r\n"),
+        (&[b"SET", b"k", b"v", b"NX", b"XX"], b"-ERR syntax error\r\n"),
+        (&[b"SET", b"k", b"v", b"EX", b"1", b"PX", b"1"], b"-ERR syntax error\r\n"),
+        (&[b"SET", b"k", b"v", b"BOGUS"], b"-ERR syntax error\r\n"),
+        (&[b"SETEX", b"k", b"0", b"v"], b"-ERR invalid expire time in 'setex' command\r\n"),
+        (&[b"EXPIRE", b"k", b"9223372036854775807"], b"-ERR invalid expire time in 'expire' command\r\n"),
+        (&[b"INCRBY", b"k", b"1.5"], b"-ERR value is not an integer or out of range\r\n"),
+        (&[b"SET", b"s", b"abc"], b"+OK\r\n"),
+        (&[b"INCR", b"s"], b"-ERR value is not an integer or out of range\r\n"),
+        (&[b"SET", b"big", b"9223372036854775807"], b"+OK\r\n"),
+        (&[b"INCR", b"big"], b"-ERR increment or decrement would overflow\r\n"),
+        (&[b"DECRBY", b"big", b"-9223372036854775808"], b"-ERR decrement would overflow\r\n"),
+        (&[b"SELECT", b"1"], b"-ERR DB index is out of range\r\n"),
+        (&[b"SELECT", b"x"], b"-ERR value is not an integer or out of range\r\n"),
+        (&[b"FOO", b"a", b"b"], b"-ERR unknown command 'FOO', with args beginning with: 'a' 'b' \r\n"),
+        (&[b"MULTI"], b"-ERR unknown command 'MULTI', with args beginning with: \r\n"),
+        (&[b"APPEND", b"k", b"v"], b"-ERR unknown command 'APPEND', with args beginning with: 'k' 'v' \r\n"),
+        (&[b"FLUSHDB"], b"-ERR unknown command 'FLUSHDB', with args beginning with: \r\n"),
+        (&[b"CLIENT", b"KILL"], b"-ERR unknown subcommand 'KILL'. Try CLIENT HELP.\r\n"),
+        (&[b"CLIENT", b"SETNAME", b"a b"], b"-ERR Client names cannot contain spaces, newlines or special characters.\r\n"),
+        (&[b"SCAN", b"x"], b"-ERR invalid cursor\r\n"),
+        (&[b"HELLO", b"4"], b"-NOPROTO unsupported protocol version\r\n"),
+        (&[b"AUTH", b"x"], b"-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n"),
+        (&[b"PING", b"a", b"b"], b"-ERR wrong number of arguments for 'ping' command\r\n"),
+    ];
+    for (args, reply) in cases {
+        expect(&mut sock, &resp(args), reply).await;
+    }
+}
+
+#[tokio::test]
+async fn raw_protocol_edges() {
+    let server = serve_with(ServerConfig {
+        max_frame: 1024,
+        frame_timeout: Duration::from_millis(200),
+        ..ServerConfig::default()
+    })
+    .await;
+    // Inline commands, quoted arguments and empty lines.
+    let mut sock = TcpStream::connect(server.redis).await.unwrap();
+    expect(&mut sock, b"PING\r\n", b"+PONG\r\n").await;
+    expect(
+        &mut sock,
+        b"\r\nSET \"a b\" 'c d'\nGET \"a b\"\r\n",
+        b"+OK\r\n$3\r\nc d\r\n",
+    )
+    .await;
+    // Garbage: an error, then the close.
+    let mut sock = TcpStream::connect(server.redis).await.unwrap();
+    expect(
+        &mut sock,
+        b"*x\r\n",
+        b"-ERR Protocol error: invalid multibulk length\r\n",
+    )
+    .await;
+    assert!(read_to_close(&mut sock).await.is_empty());
+    let mut sock = TcpStream::connect(server.redis).await.unwrap();
+    expect(
+        &mut sock,
+        b"*1\r\n+PING\r\n",
+        b"-ERR Protocol error: expected '$', got '+'\r\n",
+    )
+    .await;
+    assert!(read_to_close(&mut sock).await.is_empty());
+    // A bulk over --max-frame: refused at its header, then closed; what was
+    // answered before it still arrives first.
+    let mut sock = TcpStream::connect(server.redis).await.unwrap();
+    expect(
+        &mut sock,
+        b"PING\r\n*2\r\n$3\r\nGET\r\n$1025\r\n",
+        b"+PONG\r\n-ERR Protocol error: invalid bulk length\r\n",
+    )
+    .await;
+    assert!(read_to_close(&mut sock).await.is_empty());
+    // An inline line over the limit.
+    let mut sock = TcpStream::connect(server.redis).await.unwrap();
+    expect(
+        &mut sock,
+        &[b'A'; 1100],
+        b"-ERR Protocol error: too big inline request\r\n",
+    )
+    .await;
+    assert!(read_to_close(&mut sock).await.is_empty());
+    // A half-sent command: not answered; the frame timeout closes it.
+    let mut sock = TcpStream::connect(server.redis).await.unwrap();
+    sock.write_all(b"*2\r\n$3\r\nGET\r\n$1\r\n").await.unwrap();
+    assert!(read_to_close(&mut sock).await.is_empty());
+    // Completed in pieces, it is answered.
+    let mut sock = TcpStream::connect(server.redis).await.unwrap();
+    sock.write_all(b"*2\r\n$4\r\nEC").await.unwrap();
+    expect(&mut sock, b"HO\r\n$2\r\nhi\r\n", b"$2\r\nhi\r\n").await;
+    // QUIT answers, then closes.
+    expect(&mut sock, b"QUIT\r\n", b"+OK\r\n").await;
+    assert!(read_to_close(&mut sock).await.is_empty());
+}
+
+#[tokio::test]
+async fn auth_token() {
+    let server = serve_with(ServerConfig {
+        auth_token: Some(AuthToken::new(b"sesame", "test").unwrap()),
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut sock = TcpStream::connect(server.redis).await.unwrap();
+    expect(
+        &mut sock,
+        b"GET k\r\n",
+        b"-NOAUTH Authentication required.\r\n",
+    )
+    .await;
+    expect(
+        &mut sock,
+        b"SET k v\r\n",
+        b"-NOAUTH Authentication required.\r\n",
+    )
+    .await;
+    expect(
+        &mut sock,
+        b"HELLO 3\r\n",
+        b"-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n",
+    )
+    .await;
+    expect(
+        &mut sock,
+        b"AUTH wrong\r\n",
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+    )
+    .await;
+    expect(
+        &mut sock,
+        b"AUTH other sesame\r\n",
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+    )
+    .await;
+    expect(&mut sock, b"AUTH sesame\r\nGET k\r\n", b"+OK\r\n$-1\r\n").await;
+    let mut sock = TcpStream::connect(server.redis).await.unwrap();
+    expect(&mut sock, b"HELLO 3 AUTH default sesame\r\n", b"%7\r\n").await;
+    // The redis crate with the password in its URL.
+    let url = format!("redis://:sesame@{}/", server.redis);
+    let mut c = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    assert_eq!(ok(&mut c, &[b"SET", b"k", b"v"]).await, Value::Okay);
+    assert_eq!(ok(&mut c, &[b"GET", b"k"]).await, bulk(b"v"));
+}
+
+#[tokio::test]
+async fn writes_are_shared_with_a_restart() {
+    // Acknowledged writes are durable: after a clean shutdown and reopening
+    // the store, they are there.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = KeyValueStore::open(dir.path(), StoreOptions::default()).unwrap();
+        let native = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let redis = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = redis.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run_with_redis(
+            native,
+            Some(redis),
+            store,
+            ServerConfig::default(),
+            shutdown.clone(),
+        ));
+        let mut c = client(addr, false).await;
+        ok(&mut c, &[b"SET", b"durable", b"yes"]).await;
+        ok(&mut c, &[b"INCRBY", b"n", b"7"]).await;
+        drop(c);
+        shutdown.cancel();
+        tokio::time::timeout(DEADLINE, task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+    let store = KeyValueStore::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_eq!(store.get(b"durable"), Some(b"yes".to_vec()));
+    assert_eq!(store.get(b"n"), Some(b"7".to_vec()));
+}
+
+#[tokio::test]
+async fn connection_limit_and_idle_timeout() {
+    let server = serve_with(ServerConfig {
+        max_connections: 1,
+        idle_timeout: Duration::from_millis(300),
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut first = TcpStream::connect(server.redis).await.unwrap();
+    expect(&mut first, b"PING\r\n", b"+PONG\r\n").await;
+    let mut second = TcpStream::connect(server.redis).await.unwrap();
+    assert_eq!(
+        read_to_close(&mut second).await,
+        b"-ERR max number of clients reached\r\n"
+    );
+    // Silent past the idle timeout: closed, and its place is free again.
+    assert!(read_to_close(&mut first).await.is_empty());
+    let mut third = TcpStream::connect(server.redis).await.unwrap();
+    expect(&mut third, b"PING\r\n", b"+PONG\r\n").await;
+}
+
+#[tokio::test]
+async fn concurrent_getsets_hand_each_value_over_once() {
+    // GETSET reads, then writes on condition that the key is unchanged:
+    // under contention every value written is returned as the old value
+    // exactly once (none lost, none seen twice).
+    let server = serve().await;
+    let mut c = client(server.redis, false).await;
+    ok(&mut c, &[b"SET", b"baton", b"start"]).await;
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let addr = server.redis;
+        tasks.push(tokio::spawn(async move {
+            let mut c = client(addr, false).await;
+            let mut olds = Vec::new();
+            for i in 0..50 {
+                let value = format!("{t}-{i}");
+                let Value::BulkString(old) =
+                    ok(&mut c, &[b"GETSET", b"baton", value.as_bytes()]).await
+                else {
+                    panic!("GETSET of an existing key returns its value")
+                };
+                olds.push(String::from_utf8(old).unwrap());
+            }
+            olds
+        }));
+    }
+    let mut olds = Vec::new();
+    for task in tasks {
+        olds.extend(task.await.unwrap());
+    }
+    let Value::BulkString(last) = ok(&mut c, &[b"GET", b"baton"]).await else {
+        panic!()
+    };
+    olds.push(String::from_utf8(last).unwrap());
+    let mut expected: Vec<String> = (0..4)
+        .flat_map(|t| (0..50).map(move |i| format!("{t}-{i}")))
+        .collect();
+    expected.push("start".into());
+    olds.sort();
+    expected.sort();
+    assert_eq!(olds, expected);
+}
+
+#[tokio::test]
+async fn an_expiry_time_already_past() {
+    let server = serve().await;
+    let mut c = client(server.redis, false).await;
+    assert_eq!(
+        ok(&mut c, &[b"SET", b"k", b"v", b"EXAT", b"1"]).await,
+        Value::Okay
+    );
+    assert_eq!(ok(&mut c, &[b"GET", b"k"]).await, Value::Nil);
+    ok(&mut c, &[b"SET", b"k", b"v"]).await;
+    assert_eq!(ok(&mut c, &[b"PEXPIREAT", b"k", b"1"]).await, Value::Int(1));
+    assert_eq!(ok(&mut c, &[b"TTL", b"k"]).await, Value::Int(-2));
+}
