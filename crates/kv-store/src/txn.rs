@@ -4,10 +4,10 @@
 //! (puts with an expiry, deletes, counter increments, deadline changes),
 //! applied all or none. Whether it applies, and what it writes, depends on
 //! the state at its point in the log, so it is decided there, by
-//! [`decide`], against an [`Overlay`]: the state as of the record before
+//! `decide`, against an `Overlay`: the state as of the record before
 //! (the state itself, plus the writes a single node's commit thread has
 //! decided earlier in the same batch). A decided transaction is a list of
-//! plain puts and deletes (with absolute deadlines), which [`State::apply`]
+//! plain puts and deletes (with absolute deadlines), which `State::apply`
 //! applies at one LSN.
 //!
 //! Where the decision is made:
@@ -29,7 +29,7 @@
 //!
 //! Expiry in decisions: a key whose deadline is at or before the decision's
 //! clock counts as absent. The clock is the record's own timestamp (never
-//! earlier than one already used: [`State::advance_clock`]), not the wall
+//! earlier than one already used: `State::advance_clock`), not the wall
 //! clock at apply time, so replay and every replica see the same keys
 //! expired.
 
