@@ -51,4 +51,4 @@ pub use node::{
 };
 pub use state_machine::StateMachine;
 pub use tls::{PeerTls, TlsError};
-pub use types::{Command, CommandResult, Node, NodeId, TypeConfig};
+pub use types::{Batch, BatchResult, CommandResult, Node, NodeId, TypeConfig};

@@ -271,7 +271,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let ttl = option.hard_ttl();
         let chunk = RaftSnapshotChunk {
             vote: Some(encode_vote(&rpc.vote)),
-            meta: Some(crate::state_machine::encode_meta(&rpc.meta)),
+            // The receiver reads the position from the data's header.
+            meta: Some(crate::state_machine::encode_meta(&rpc.meta, 0)),
             offset: rpc.offset,
             data: rpc.data.clone().into(),
             done: rpc.done,

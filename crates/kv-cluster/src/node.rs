@@ -18,7 +18,7 @@ use crate::error::{ClusterError, Result};
 use crate::log_store::LogStore;
 use crate::network::{Network, PeerIdentity, cluster_id, serve_peers};
 use crate::state_machine::StateMachine;
-use crate::types::{Command, CommandResult, Node, NodeId, TypeConfig};
+use crate::types::{Batch, CommandResult, Node, NodeId, TypeConfig};
 use kv_store::replica::Replica;
 use kv_store::{KeyListing, KeysPage};
 
@@ -51,6 +51,10 @@ pub struct ClusterConfig {
     /// Build a snapshot (and purge the log) after this many applied
     /// entries since the last one.
     pub snapshot_every: u64,
+    /// Entries kept in the log behind a snapshot when it is purged, so a
+    /// follower a little behind catches up from the log rather than by a
+    /// snapshot transfer.
+    pub keep_after_snapshot: u64,
     /// Most expired keys per second the leader's sweeper removes (0: no
     /// sweeper); see [`kv_store::StoreOptions::expiry_sweep_rate`].
     pub expiry_sweep_rate: u64,
@@ -78,6 +82,7 @@ impl ClusterConfig {
             heartbeat: Duration::from_millis(100),
             max_frame: 64 << 20,
             snapshot_every: 100_000,
+            keep_after_snapshot: 1000,
             expiry_sweep_rate: 20_000,
             join: false,
         }
@@ -88,7 +93,7 @@ impl ClusterConfig {
 const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Why a write or read was not done here.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RequestError {
     /// This member is not the leader; the leader's client address if known.
     #[error("not the leader (leader: {})", leader.as_deref().unwrap_or("unknown"))]
@@ -109,17 +114,8 @@ pub enum RequestError {
 /// A write submitted with [`ClusterNode::submit`].
 #[derive(Debug)]
 pub enum PendingWrite {
-    /// Waiting for Raft's answer; whether this member led when it took
-    /// the write.
-    Waiting(
-        tokio::sync::oneshot::Receiver<
-            std::result::Result<
-                openraft::raft::ClientWriteResponse<TypeConfig>,
-                ClientWriteError<NodeId, Node>,
-            >,
-        >,
-        bool,
-    ),
+    /// Waiting for the answer of the entry that carries it.
+    Waiting(tokio::sync::oneshot::Receiver<std::result::Result<CommandResult, RequestError>>),
     /// Refused at once.
     Failed(RequestError),
 }
@@ -129,30 +125,148 @@ impl PendingWrite {
     /// or refused. A write whose answer never comes (Raft stopped) is
     /// [`RequestError::Unavailable`]: its outcome is unknown.
     pub async fn wait(self) -> std::result::Result<CommandResult, RequestError> {
-        let (rx, led) = match self {
-            PendingWrite::Waiting(rx, led) => (rx, led),
-            PendingWrite::Failed(e) => return Err(e),
-        };
-        match rx.await {
-            Ok(Ok(response)) => Ok(response.data),
-            // openraft answers ForwardToLeader both for a write it refused
-            // as a follower and for one whose entry a leader appended and
-            // then lost with its leadership; only the first is known not
-            // to have happened.
-            Ok(Err(ClientWriteError::ForwardToLeader(_))) if led => {
-                Err(RequestError::OutcomeUnknown(
-                    "the leader lost its leadership before the write was committed".to_string(),
+        match self {
+            PendingWrite::Waiting(rx) => rx.await.unwrap_or_else(|_| {
+                Err(RequestError::Unavailable(
+                    "Raft stopped before answering; the write may or may not have been committed"
+                        .to_string(),
                 ))
-            }
-            Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(RequestError::NotLeader {
-                leader: f.leader_node.map(|n| n.client_addr),
             }),
-            Ok(Err(e)) => Err(RequestError::Unavailable(e.to_string())),
-            Err(_) => Err(RequestError::Unavailable(
-                "Raft stopped before answering; the write may or may not have been committed"
-                    .to_string(),
-            )),
+            PendingWrite::Failed(e) => Err(e),
         }
+    }
+}
+
+/// Most commands one Raft entry carries.
+const MAX_BATCH_COMMANDS: usize = 512;
+
+/// Most command bytes one Raft entry carries; a larger command goes alone.
+/// With `max_payload_entries` at 64 an append stays at a few MiB of
+/// gathered writes, well under the peer frame limit.
+const MAX_BATCH_BYTES: usize = 64 << 10;
+
+/// Entries the proposer has handed to Raft and not yet seen answered, at
+/// most. openraft 0.9 appends one client entry at a time and waits for its
+/// fdatasync before it takes the next, so an entry per write would cost
+/// a sync per write; with a few entries on their way, the writes that
+/// arrive meanwhile wait in the proposer's queue and go together as the
+/// next entry. Under light load a write goes at once, alone.
+const MAX_ENTRIES_IN_FLIGHT: usize = 4;
+
+/// A write waiting for the proposer.
+struct Proposal {
+    command: Vec<u8>,
+    reply: tokio::sync::oneshot::Sender<std::result::Result<CommandResult, RequestError>>,
+}
+
+/// The proposer: takes the writes submitted on this member in order and
+/// proposes them as [`Batch`] entries, each holding what arrived while the
+/// earlier entries were on their way (see [`MAX_ENTRIES_IN_FLIGHT`]), then
+/// hands every write its own command's result. Submission order is kept:
+/// the queue is FIFO and entries reach openraft in the order they are
+/// proposed.
+async fn propose(
+    raft: Raft<TypeConfig>,
+    node_id: NodeId,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Proposal>,
+) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_ENTRIES_IN_FLIGHT));
+    let mut held: Option<Proposal> = None;
+    loop {
+        let first = match held.take() {
+            Some(p) => p,
+            None => match queue.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let Ok(slot) = Arc::clone(&in_flight).acquire_owned().await else {
+            return;
+        };
+        let mut bytes = first.command.len();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_COMMANDS {
+            let Ok(next) = queue.try_recv() else { break };
+            if bytes + next.command.len() > MAX_BATCH_BYTES {
+                held = Some(next);
+                break;
+            }
+            bytes += next.command.len();
+            batch.push(next);
+        }
+        let (commands, replies): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+        // Whether this member leads as it proposes: a ForwardToLeader
+        // answer then means the entry may have been appended and lost.
+        let led = raft.metrics().borrow().current_leader == Some(node_id);
+        // openraft's submission only puts the entry on an unbounded
+        // channel to its core: the future is ready at the first poll.
+        match raft.client_write_ff(Batch(commands)).now_or_never() {
+            Some(Ok(answer)) => {
+                tokio::spawn(async move {
+                    let outcome = answer.await;
+                    drop(slot);
+                    hand_out(replies, outcome, led);
+                });
+            }
+            Some(Err(fatal)) => {
+                let e = RequestError::Unavailable(fatal.to_string());
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+            None => {
+                for reply in replies {
+                    let _ = reply.send(Err(RequestError::Unavailable(
+                        "Raft did not take the write at once".to_string(),
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// Hands each write of an entry its answer: its own command's result, or
+/// the entry's error.
+fn hand_out(
+    replies: Vec<tokio::sync::oneshot::Sender<std::result::Result<CommandResult, RequestError>>>,
+    outcome: std::result::Result<
+        std::result::Result<
+            openraft::raft::ClientWriteResponse<TypeConfig>,
+            ClientWriteError<NodeId, Node>,
+        >,
+        tokio::sync::oneshot::error::RecvError,
+    >,
+    led: bool,
+) {
+    let error = match outcome {
+        Ok(Ok(response)) => {
+            let mut results = response.data.0.into_iter();
+            for reply in replies {
+                let _ = reply.send(results.next().ok_or_else(|| {
+                    RequestError::Unavailable("the entry's answer lacks this write's".to_string())
+                }));
+            }
+            return;
+        }
+        // openraft answers ForwardToLeader both for a write it refused as a
+        // follower and for one whose entry a leader appended and then lost
+        // with its leadership; only the first is known not to have
+        // happened.
+        Ok(Err(ClientWriteError::ForwardToLeader(_))) if led => RequestError::OutcomeUnknown(
+            "the leader lost its leadership before the write was committed".to_string(),
+        ),
+        Ok(Err(ClientWriteError::ForwardToLeader(f))) => RequestError::NotLeader {
+            leader: f.leader_node.map(|n| n.client_addr),
+        },
+        Ok(Err(e)) => RequestError::Unavailable(e.to_string()),
+        Err(_) => RequestError::Unavailable(
+            "Raft stopped before answering; the write may or may not have been committed"
+                .to_string(),
+        ),
+    };
+    for reply in replies {
+        let _ = reply.send(Err(error.clone()));
     }
 }
 
@@ -166,6 +280,8 @@ pub struct ClusterNode {
     sweeper: Option<JoinHandle<()>>,
     swept: Arc<AtomicU64>,
     started: Instant,
+    proposals: tokio::sync::mpsc::UnboundedSender<Proposal>,
+    proposer: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for ClusterNode {
@@ -249,7 +365,7 @@ impl ClusterNode {
             // for the store's largest values.
             max_payload_entries: 64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
-            max_in_snapshot_log_to_keep: 1000,
+            max_in_snapshot_log_to_keep: config.keep_after_snapshot,
             ..Config::default()
         }
         .validate()
@@ -281,6 +397,8 @@ impl ClusterNode {
                 Arc::clone(&swept),
             ))
         });
+        let (proposals, queue) = tokio::sync::mpsc::unbounded_channel();
+        let proposer = tokio::spawn(propose(raft.clone(), config.node_id, queue));
         if config.join {
             tracing::info!(
                 node = config.node_id,
@@ -295,6 +413,8 @@ impl ClusterNode {
                 sweeper,
                 swept,
                 started,
+                proposals,
+                proposer,
             });
         }
         match raft.initialize(config.members.clone()).await {
@@ -318,6 +438,8 @@ impl ClusterNode {
             sweeper,
             swept,
             started,
+            proposals,
+            proposer,
         })
     }
 
@@ -349,15 +471,14 @@ impl ClusterNode {
     /// Proposes `command` without waiting, in call order: calls on one
     /// connection are committed in the order they were submitted. The
     /// answer comes from [`PendingWrite::wait`].
+    /// Writes submitted together (while earlier ones are on their way)
+    /// share a Raft entry, each with its own version.
     pub fn submit(&self, command: Vec<u8>) -> PendingWrite {
-        // openraft's submission only puts the request on an unbounded
-        // channel to its core: the future is ready at the first poll.
-        let led = self.raft.metrics().borrow().current_leader == Some(self.config.node_id);
-        match self.raft.client_write_ff(Command(command)).now_or_never() {
-            Some(Ok(rx)) => PendingWrite::Waiting(rx, led),
-            Some(Err(fatal)) => PendingWrite::Failed(RequestError::Unavailable(fatal.to_string())),
-            None => PendingWrite::Failed(RequestError::Unavailable(
-                "Raft did not take the write at once".to_string(),
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        match self.proposals.send(Proposal { command, reply }) {
+            Ok(()) => PendingWrite::Waiting(answer),
+            Err(_) => PendingWrite::Failed(RequestError::Unavailable(
+                "the member is shutting down".to_string(),
             )),
         }
     }
@@ -618,6 +739,7 @@ impl ClusterNode {
     /// Stops Raft and the peer listener.
     pub async fn shutdown(self) {
         self.peers.abort();
+        self.proposer.abort();
         if let Some(sweeper) = &self.sweeper {
             sweeper.abort();
         }
@@ -661,9 +783,9 @@ async fn sweep_expired(
                 .collect(),
         };
         let command = kv_store::replica::encode_txn(&txn);
-        match raft.client_write(Command(command)).await {
+        match raft.client_write(Batch(vec![command])).await {
             Ok(response) => {
-                let removed = match &response.data.txn {
+                let removed = match response.data.0.first().and_then(|r| r.txn.as_ref()) {
                     Some(Ok(outcome)) => outcome
                         .results
                         .iter()

@@ -35,8 +35,8 @@ use wal_core::{StdFs, Vfs};
 use crate::error::{ClusterError, Result};
 use crate::state_file;
 use crate::types::{
-    CommandResult, Entry, Node, NodeId, TypeConfig, decode_log_id, decode_membership,
-    encode_log_id, encode_membership,
+    Batch, BatchResult, CommandResult, Entry, Node, NodeId, TypeConfig, decode_log_id,
+    decode_membership, encode_log_id, encode_membership,
 };
 
 pub(crate) const SNAPSHOT: &str = "snapshot";
@@ -77,17 +77,27 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The store position of a Raft index: `index + 1`, so that index 0 (a
-/// membership entry) is a position too. Fails with
-/// [`ClusterError::Corrupt`] for `u64::MAX`, which has no position: such an
-/// index comes from a damaged file or a peer's message, never from a log
-/// (wal-core gives no LSN past `u64::MAX - 1`).
+/// The store position after `n`: `n + 1`. For a Raft index, the first
+/// position its entry can take (index 0, a membership entry, is at
+/// position 1). Fails with [`ClusterError::Corrupt`] for `u64::MAX`, which
+/// has no next position: such an index comes from a damaged file or a
+/// peer's message, never from a log (wal-core gives no LSN past
+/// `u64::MAX - 1`).
 pub(crate) fn position(index: u64) -> Result<u64> {
     index.checked_add(1).ok_or_else(|| {
         ClusterError::Corrupt(format!(
             "Raft index {index} is past the last store position"
         ))
     })
+}
+
+/// The store position for the next command of the entry at `index`: the
+/// one after the last one `replica` applied, and never before the index's
+/// first (openraft applies entries contiguously, so that bound only bites
+/// for logs with gaps, as in its storage test suite). Fails with
+/// [`ClusterError::Corrupt`] past `u64::MAX`.
+fn next_position(replica: &Replica, index: u64) -> Result<u64> {
+    Ok(position(replica.last_applied())?.max(position(index)?))
 }
 
 fn sm_error(e: ClusterError) -> StorageError<NodeId> {
@@ -110,8 +120,21 @@ impl StateMachine {
         if let Some(meta) = state_file::read::<RaftSnapshotMeta>(&dir.join(SNAPSHOT_META))? {
             let snapshot_meta = decode_meta(&meta);
             if let Some(last) = snapshot_meta.last_log_id {
+                let first = position(last.index)?;
+                // 0: a meta from before batches, when the position was
+                // always the first one.
+                let at = match meta.store_position {
+                    0 => first,
+                    at if at >= first => at,
+                    at => {
+                        return Err(ClusterError::Corrupt(format!(
+                            "snapshot meta puts index {} at store position {at}, before {first}",
+                            last.index
+                        )));
+                    }
+                };
                 let vfs: Arc<dyn Vfs> = StdFs::shared();
-                replica = Replica::load_snapshot(&vfs, &dir.join(SNAPSHOT), position(last.index)?)?;
+                replica = Replica::load_snapshot(&vfs, &dir.join(SNAPSHOT), at)?;
             }
             applied = Applied {
                 last: snapshot_meta.last_log_id,
@@ -151,10 +174,18 @@ impl StateMachine {
         lock(&self.inner.applied).last
     }
 
-    /// Applies `entries` in order; an index without a store position
-    /// stops the state machine there (openraft treats it as a storage
-    /// error), after the entries before it.
-    fn apply_entries(&self, entries: Vec<Entry>) -> Result<Vec<CommandResult>> {
+    /// Applies `entries` in order. Each command takes the store position
+    /// after the last one (its key's new version), and an entry that
+    /// carries none takes one too, so positions increase with the log,
+    /// every entry holding at least one: an entry at index `i` is at
+    /// position `i + 1` or later (see [`next_position`]), and a log written
+    /// before entries carried batches (one position each) keeps the
+    /// positions it had. Every
+    /// replica applies the same entries in the same order from the same
+    /// snapshot, so they agree on every position. A position past
+    /// `u64::MAX` stops the state machine there (openraft treats it as a
+    /// storage error), after the commands before it.
+    fn apply_entries(&self, entries: Vec<Entry>) -> Result<Vec<BatchResult>> {
         let mut replica = self
             .inner
             .replica
@@ -163,33 +194,43 @@ impl StateMachine {
         let mut applied = lock(&self.inner.applied);
         let mut results = Vec::with_capacity(entries.len());
         for entry in entries {
-            let pos = position(entry.log_id.index)?;
             let result = match &entry.payload {
-                EntryPayload::Normal(cmd) => match replica.apply(pos, &cmd.0) {
-                    Ok(a) => CommandResult {
-                        seq: a.seq,
-                        existed: a.existed,
-                        error: None,
-                        txn: a.txn,
-                    },
-                    // Decided identically on every replica: the entry
-                    // changes nothing anywhere.
-                    Err(e) => {
-                        replica.advance_to(pos);
-                        CommandResult {
-                            error: Some(e.to_string()),
-                            ..CommandResult::default()
-                        }
+                EntryPayload::Normal(Batch(commands)) if !commands.is_empty() => {
+                    let mut results = Vec::with_capacity(commands.len());
+                    for command in commands {
+                        let pos = next_position(&replica, entry.log_id.index)?;
+                        results.push(match replica.apply(pos, command) {
+                            Ok(a) => CommandResult {
+                                seq: a.seq,
+                                index: entry.log_id.index,
+                                existed: a.existed,
+                                error: None,
+                                txn: a.txn,
+                            },
+                            // Decided identically on every replica: the
+                            // command changes nothing anywhere.
+                            Err(e) => {
+                                replica.advance_to(pos);
+                                CommandResult {
+                                    index: entry.log_id.index,
+                                    error: Some(e.to_string()),
+                                    ..CommandResult::default()
+                                }
+                            }
+                        });
                     }
-                },
-                EntryPayload::Blank => {
+                    BatchResult(results)
+                }
+                EntryPayload::Normal(_) | EntryPayload::Blank => {
+                    let pos = next_position(&replica, entry.log_id.index)?;
                     replica.advance_to(pos);
-                    CommandResult::default()
+                    BatchResult::default()
                 }
                 EntryPayload::Membership(m) => {
+                    let pos = next_position(&replica, entry.log_id.index)?;
                     replica.advance_to(pos);
                     applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                    CommandResult::default()
+                    BatchResult::default()
                 }
             };
             applied.last = Some(entry.log_id);
@@ -206,7 +247,7 @@ impl StateMachine {
         let tmp = dir.join("snapshot.build");
         let _ = std::fs::remove_file(&tmp);
         // The state and the log id it is at, under one read lock.
-        let (meta, bytes) = {
+        let (meta, bytes, at) = {
             let replica = self
                 .inner
                 .replica
@@ -224,9 +265,9 @@ impl StateMachine {
                 snapshot_id: id,
             };
             let bytes = std::fs::read(&tmp).map_err(ClusterError::io("read", &tmp))?;
-            (meta, bytes)
+            (meta, bytes, replica.last_applied())
         };
-        self.publish(&tmp, &meta)?;
+        self.publish(&tmp, &meta, at)?;
         lock(&self.inner.applied).snapshot = Some(meta.clone());
         self.inner.built.fetch_add(1, Ordering::Relaxed);
         Ok(Snapshot {
@@ -236,15 +277,15 @@ impl StateMachine {
     }
 
     /// Renames a finished, synced snapshot file into place and commits it
-    /// with its meta.
-    fn publish(&self, data: &Path, meta: &SnapshotMeta<NodeId, Node>) -> Result<()> {
+    /// with its meta; the data holds the state at store position `at`.
+    fn publish(&self, data: &Path, meta: &SnapshotMeta<NodeId, Node>, at: u64) -> Result<()> {
         let dir = &self.inner.dir;
         let path = dir.join(SNAPSHOT);
         std::fs::rename(data, &path).map_err(ClusterError::io("rename", &path))?;
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(ClusterError::io("sync directory", dir))?;
-        state_file::write(&dir.join(SNAPSHOT_META), &encode_meta(meta))
+        state_file::write(&dir.join(SNAPSHOT_META), &encode_meta(meta, at))
     }
 
     /// Installs a received snapshot: written, synced and committed on disk
@@ -257,11 +298,21 @@ impl StateMachine {
         std::fs::File::open(&tmp)
             .and_then(|f| f.sync_all())
             .map_err(ClusterError::io("sync", &tmp))?;
-        let seq = meta.last_log_id.map_or(Ok(0), |l| position(l.index))?;
         let vfs: Arc<dyn Vfs> = StdFs::shared();
-        // Verified before it replaces anything.
-        let replica = Replica::load_snapshot(&vfs, &tmp, seq)?;
-        self.publish(&tmp, meta)?;
+        // Verified before it replaces anything. Its position is its
+        // header's (the leader's store position at that index), which
+        // cannot be before the index's first one.
+        let replica = Replica::load_any_snapshot(&vfs, &tmp)?;
+        let at = replica.last_applied();
+        if let Some(last) = meta.last_log_id
+            && at < position(last.index)?
+        {
+            return Err(ClusterError::Corrupt(format!(
+                "received snapshot of index {} holds store position {at}",
+                last.index
+            )));
+        }
+        self.publish(&tmp, meta, at)?;
         *self
             .inner
             .replica
@@ -289,8 +340,12 @@ impl StateMachine {
     }
 }
 
-pub(crate) fn encode_meta(meta: &SnapshotMeta<NodeId, Node>) -> RaftSnapshotMeta {
+/// Our form of a snapshot's meta, whose data holds the state at store
+/// position `at` (0 where that is not said: on the wire, where the data's
+/// own header says it).
+pub(crate) fn encode_meta(meta: &SnapshotMeta<NodeId, Node>, at: u64) -> RaftSnapshotMeta {
     RaftSnapshotMeta {
+        store_position: at,
         last_log_id: meta.last_log_id.as_ref().map(encode_log_id),
         membership_log_id: meta.last_membership.log_id().as_ref().map(encode_log_id),
         membership: Some(encode_membership(meta.last_membership.membership())),
@@ -341,7 +396,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((applied.last, applied.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError<NodeId>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchResult>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -384,6 +439,85 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(index: u64, payload: EntryPayload<TypeConfig>) -> Entry {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload,
+        }
+    }
+
+    fn puts(pairs: &[(&str, &str)]) -> EntryPayload<TypeConfig> {
+        EntryPayload::Normal(Batch(
+            pairs
+                .iter()
+                .map(|(k, v)| kv_store::replica::encode_put(k.as_bytes(), v.as_bytes()))
+                .collect(),
+        ))
+    }
+
+    #[test]
+    fn every_command_of_a_batch_has_a_version_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = StateMachine::open(dir.path()).unwrap();
+        let results = sm
+            .apply_entries(vec![
+                entry(0, EntryPayload::Blank),
+                // Two writes of one key in one entry: two versions.
+                entry(1, puts(&[("k", "a"), ("k", "b"), ("j", "x")])),
+                entry(2, EntryPayload::Normal(Batch(Vec::new()))),
+                entry(3, puts(&[("k", "c")])),
+            ])
+            .unwrap();
+        let seqs: Vec<Vec<(u64, u64, bool)>> = results
+            .iter()
+            .map(|r| r.0.iter().map(|c| (c.seq, c.index, c.existed)).collect())
+            .collect();
+        assert_eq!(
+            seqs,
+            vec![
+                vec![],
+                vec![(2, 1, false), (3, 1, true), (4, 1, false)],
+                vec![],
+                vec![(6, 3, true)],
+            ]
+        );
+        sm.read(|r| {
+            assert_eq!(r.last_applied(), 6);
+            let k = r.get_versioned(b"k").unwrap();
+            assert_eq!((k.value.as_slice(), k.seq), (&b"c"[..], 6));
+            assert_eq!(r.get_versioned(b"j").unwrap().seq, 4);
+        });
+    }
+
+    #[test]
+    fn entries_of_one_command_keep_the_positions_they_had_before_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = StateMachine::open(dir.path()).unwrap();
+        let entries = (0..5)
+            .map(|i| entry(i, puts(&[("k", "v")])))
+            .collect::<Vec<_>>();
+        let results = sm.apply_entries(entries).unwrap();
+        for (i, r) in results.iter().enumerate() {
+            assert_eq!(r.0[0].seq, i as u64 + 1);
+        }
+    }
+
+    #[test]
+    fn a_snapshot_keeps_its_store_position_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = StateMachine::open(dir.path()).unwrap();
+        sm.apply_entries(vec![entry(0, puts(&[("a", "1"), ("b", "2"), ("c", "3")]))])
+            .unwrap();
+        sm.build().unwrap();
+        drop(sm);
+        let sm = StateMachine::open(dir.path()).unwrap();
+        assert_eq!(sm.read(|r| r.last_applied()), 3);
+        let r = sm
+            .apply_entries(vec![entry(1, puts(&[("a", "4")]))])
+            .unwrap();
+        assert_eq!(r[0].0[0].seq, 4);
+    }
 
     #[test]
     fn the_last_raft_index_has_no_position() {

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 
 use kv_proto::{
-    RaftBlank, RaftEntry, RaftLogId, RaftMembership, RaftNode, RaftVote, RaftVoterSet,
+    RaftBatch, RaftBlank, RaftEntry, RaftLogId, RaftMembership, RaftNode, RaftVote, RaftVoterSet,
     raft_entry::Payload,
 };
 use openraft::{EntryPayload, LogId, Membership};
@@ -27,17 +27,28 @@ pub struct Node {
     pub peer_addr: String,
 }
 
-/// A command for the store: one of kv-store's log records
-/// ([`kv_store::replica::encode_put`], ...), carried opaquely by Raft.
+/// What one Raft entry carries for the store: commands, each one of
+/// kv-store's log records ([`kv_store::replica::encode_put`], ...), carried
+/// opaquely by Raft and applied in order, each at a store position of its
+/// own, so every write keeps a version of its own however many share an
+/// entry. The leader gathers into one entry the writes that arrive while
+/// its earlier entries are on their way (see `node.rs`), so one log append,
+/// one fdatasync on each member and one round trip carry them all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Command(pub Vec<u8>);
+pub struct Batch(pub Vec<Vec<u8>>);
 
-/// What applying a command did, handed back to the proposer.
+/// What applying a [`Batch`] did: one result per command, in order (none
+/// for entries that carry no command).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchResult(pub Vec<CommandResult>);
+
+/// What applying one command did, handed back to its proposer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CommandResult {
-    /// The position it was applied at (the key's version); 0 for entries
-    /// that carry no command.
+    /// The store position it was applied at (the key's version).
     pub seq: u64,
+    /// The Raft index of the entry that carried it.
+    pub index: u64,
     /// Whether the key existed before.
     pub existed: bool,
     /// Why the command could not be applied, if it could not (an
@@ -50,8 +61,8 @@ pub struct CommandResult {
 openraft::declare_raft_types!(
     /// openraft's type configuration for this store.
     pub TypeConfig:
-        D = Command,
-        R = CommandResult,
+        D = Batch,
+        R = BatchResult,
         NodeId = NodeId,
         Node = Node,
         Entry = openraft::Entry<TypeConfig>,
@@ -149,7 +160,13 @@ pub fn decode_membership(m: &RaftMembership) -> Membership<NodeId, Node> {
 pub fn encode_entry(entry: &Entry) -> RaftEntry {
     let payload = match &entry.payload {
         EntryPayload::Blank => Payload::Blank(RaftBlank {}),
-        EntryPayload::Normal(cmd) => Payload::Command(cmd.0.clone().into()),
+        // A batch of one keeps the format entries had before batches.
+        EntryPayload::Normal(Batch(commands)) if commands.len() == 1 => {
+            Payload::Command(commands[0].clone().into())
+        }
+        EntryPayload::Normal(Batch(commands)) => Payload::Batch(RaftBatch {
+            commands: commands.iter().map(|c| c.clone().into()).collect(),
+        }),
         EntryPayload::Membership(m) => Payload::Membership(encode_membership(m)),
     };
     RaftEntry {
@@ -167,7 +184,10 @@ pub fn decode_entry(entry: &RaftEntry) -> Result<Option<Entry>, ClusterError> {
     let payload = match &entry.payload {
         None => return Ok(None),
         Some(Payload::Blank(_)) => EntryPayload::Blank,
-        Some(Payload::Command(c)) => EntryPayload::Normal(Command(c.to_vec())),
+        Some(Payload::Command(c)) => EntryPayload::Normal(Batch(vec![c.to_vec()])),
+        Some(Payload::Batch(b)) => {
+            EntryPayload::Normal(Batch(b.commands.iter().map(|c| c.to_vec()).collect()))
+        }
         Some(Payload::Membership(m)) => EntryPayload::Membership(decode_membership(m)),
     };
     Ok(Some(Entry {
@@ -193,7 +213,9 @@ mod tests {
         let id = LogId::new(openraft::CommittedLeaderId::new(3, 1), 9);
         for payload in [
             EntryPayload::Blank,
-            EntryPayload::Normal(Command(b"cmd".to_vec())),
+            EntryPayload::Normal(Batch(vec![b"cmd".to_vec()])),
+            EntryPayload::Normal(Batch(vec![b"one".to_vec(), Vec::new(), b"three".to_vec()])),
+            EntryPayload::Normal(Batch(Vec::new())),
             EntryPayload::Membership(m),
         ] {
             let e = Entry {

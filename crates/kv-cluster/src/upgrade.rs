@@ -18,7 +18,8 @@
 //!
 //! 1. the single-node store is opened (recovered as a single node would)
 //!    and its whole state written to `raft/snapshot.import` in kv-store's
-//!    snapshot format, at the position of Raft index 0, and synced;
+//!    snapshot format, at the single node's last LSN (its store
+//!    position), and synced;
 //! 2. that file is renamed to `raft/snapshot` (directory synced) and
 //!    `raft/snapshot.meta` written atomically: a snapshot at log id
 //!    `(term 0, index 0)` whose membership is the one member. That is the
@@ -44,10 +45,11 @@
 //! 3 leaves the marker: the next start only finishes moving the files
 //! aside. No client request is served before all of this is done.
 //!
-//! Versions: a put's answer carries the position its entry was applied
-//! at, which in a cluster is the Raft index plus one; the imported state
-//! sits at position 1, so positions after the upgrade start again from
-//! small numbers and are not comparable with the single node's LSNs.
+//! Versions: a put's answer carries the store position its command was
+//! applied at. The imported state sits at the single node's last LSN, so
+//! the cluster's positions go on from there: every write after the upgrade
+//! gets a version above every imported key's, and a conditional write on
+//! a version read before the upgrade still means that version.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
@@ -299,9 +301,12 @@ fn import(
         "single-node store recovered; writing it as the member's snapshot"
     );
     let tmp = raft.join(IMPORT_TMP);
-    let keys =
-        kv_store::replica::write_store_snapshot(&store, &StdFs, &tmp, position(0)?, now_ms())
-            .map_err(single_node)?;
+    // The state is at the single node's last LSN, so the cluster's first
+    // write gets a version above every imported key's: a key's version
+    // never repeats across the upgrade.
+    let at = stats.last_lsn.max(position(0)?);
+    let keys = kv_store::replica::write_store_snapshot(&store, &StdFs, &tmp, at, now_ms())
+        .map_err(single_node)?;
     store.close().map_err(single_node)?;
     drop(store);
     if stop(Step::SnapshotWritten) {
@@ -325,7 +330,7 @@ fn import(
         last_membership: StoredMembership::new(Some(first), membership),
         snapshot_id: IMPORT_SNAPSHOT_ID.to_string(),
     };
-    state_file::write(&raft.join(SNAPSHOT_META), &encode_meta(&meta))?;
+    state_file::write(&raft.join(SNAPSHOT_META), &encode_meta(&meta, at))?;
     if stop(Step::MetaWritten) {
         return Err(stopped(Step::MetaWritten));
     }

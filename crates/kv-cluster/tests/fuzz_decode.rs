@@ -66,6 +66,11 @@ fn entry() -> impl Strategy<Value = RaftEntry> {
         Just(None),
         Just(Some(Payload::Blank(kv_proto::RaftBlank {}))),
         prop::collection::vec(any::<u8>(), 0..40).prop_map(|c| Some(Payload::Command(c.into()))),
+        prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 0..4).prop_map(|cs| {
+            Some(Payload::Batch(kv_proto::RaftBatch {
+                commands: cs.into_iter().map(Into::into).collect(),
+            }))
+        }),
         membership().prop_map(|m| Some(Payload::Membership(m))),
     ];
     (prop::option::of(log_id()), payload)
@@ -157,6 +162,7 @@ proptest! {
                 membership_log_id: membership_id,
                 membership,
                 snapshot_id: "fuzz".into(),
+                store_position: 0,
             }
             .encode_to_vec();
             mutate(&mut bytes, &meta_edits);

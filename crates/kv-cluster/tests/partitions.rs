@@ -22,7 +22,7 @@ async fn put(leader: &ClusterNode, model: &mut Contents, key: &str, value: &str)
     .unwrap_or_else(|e| panic!("put {key} on member {}: {e}", leader.node_id()));
     assert!(r.error.is_none(), "put {key}: {r:?}");
     model.insert(key.as_bytes().to_vec(), value.as_bytes().to_vec());
-    r.seq - 1
+    r.index
 }
 
 fn others(cluster: &Cluster, id: NodeId) -> Vec<NodeId> {

@@ -313,6 +313,15 @@ impl Replica {
         state.set_applied(seq);
         Ok(Replica { state })
     }
+
+    /// As [`Replica::load_snapshot`], for a snapshot whose position only
+    /// its own header names (one received from a peer): the state is at
+    /// that position ([`Replica::last_applied`]).
+    pub fn load_any_snapshot(vfs: &Arc<dyn Vfs>, path: &Path) -> Result<Replica> {
+        Ok(Replica {
+            state: snapshot::load_any(vfs, path)?.state,
+        })
+    }
 }
 
 /// Writes the state of a single-node `store` as a snapshot file of the

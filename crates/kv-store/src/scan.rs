@@ -16,7 +16,7 @@ use crate::state::{Entry, State};
 pub struct Versioned {
     /// The value.
     pub value: Vec<u8>,
-    /// The LSN (in a cluster, the Raft position) of the write that set it.
+    /// The LSN (in a cluster, the store position) of the write that set it.
     pub seq: Lsn,
     /// When it expires, ms since the Unix epoch.
     pub expires_at_ms: Option<u64>,
