@@ -36,8 +36,11 @@ impl Default for ClusterOptions {
             // A new leader serves writes within a second of the old one's
             // death (DESIGN.md); twice that covers a slow election.
             retry_for: Duration::from_secs(2),
+            // Short pauses: a call waiting out an election notices the
+            // new leader within 100 ms of its taking over, for a few
+            // requests a second per waiting call.
             initial_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_millis(100),
         }
     }
 }
@@ -51,7 +54,7 @@ impl Default for ClusterOptions {
 /// it, to the next address; so do calls whose connection cannot be made.
 /// Such calls were never applied (a follower applies nothing it is sent),
 /// so trying them elsewhere is safe. When a whole round of addresses has
-/// been tried without success, it pauses (50 ms, doubling, at most 500 ms)
+/// been tried without success, it pauses (50 ms, doubling, at most 100 ms)
 /// and tries again, for at most [`ClusterOptions::retry_for`]; then the
 /// call fails with [`ClientError::NoLeader`]. If no address even accepted a
 /// connection in a round, there is no cluster to wait for, and the call

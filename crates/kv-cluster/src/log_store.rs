@@ -1,6 +1,8 @@
 //! The Raft log on wal-core: `<data-dir>/raft/log` holds one wal-core
 //! record per Raft entry (our `RaftEntry` protobuf), `<data-dir>/raft/state`
-//! the vote, the committed and the purged log id (written atomically).
+//! the vote, the purged log id and a committed log id (written atomically
+//! when the vote or the purge changes; the committed id it holds may be
+//! older than the last commit, see `save_committed`).
 //!
 //! Raft index and wal-core LSN are both dense and move together, so the
 //! mapping is a fixed offset (`lsn = index + offset`), derived from the
@@ -55,6 +57,8 @@ struct Inner {
     wal: Wal,
     state_path: PathBuf,
     meta: Mutex<Meta>,
+    /// Appends whose records are durable, counted since open.
+    appends: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// What the log knows beside its records.
@@ -124,8 +128,16 @@ impl LogStore {
                 wal,
                 state_path,
                 meta: Mutex::new(meta),
+                appends: Arc::new(tokio::sync::watch::channel(0).0),
             }),
         })
+    }
+
+    /// The number of appends whose records are durable (since open),
+    /// updated after each one's fdatasync: the leader's proposer waits on
+    /// it so that writes gather while an entry is being synced.
+    pub fn appends(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.appends.subscribe()
     }
 
     /// The wal-core log under it (for its counters and durable LSN).
@@ -133,7 +145,7 @@ impl LogStore {
         &self.inner.wal
     }
 
-    /// The index of the last entry known committed, as openraft last saved
+    /// The index of the last entry known committed, as openraft last told
     /// it; `None` before the first commit.
     pub fn committed_index(&self) -> Option<u64> {
         lock(&self.inner.meta)
@@ -343,10 +355,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
-        let committed = committed.as_ref().map(encode_log_id);
-        self.blocking(move |s| s.save_state(|st| st.committed = committed))
-            .await
-            .map_err(storage_error)
+        // Kept in memory, and written to `raft/state` with the next vote
+        // or purge, never on its own: openraft 0.9 awaits this inline after
+        // every commit, and a state-file write (two fsyncs and a rename)
+        // per commit cost more than the entry's own append. A committed
+        // index older than the truth after a crash is safe: openraft
+        // applies up to it at start and learns the rest from the leader
+        // (a leader's first entry of its term commits everything before).
+        lock(&self.inner.meta).state.committed = committed.as_ref().map(encode_log_id);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
@@ -408,12 +425,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             records.push(encode_entry(entry).encode_to_vec());
         }
         let last_id = entries.last().map(|e| e.log_id);
+        let appends = Arc::clone(&self.inner.appends);
         let appended = wal.append_with(&records, move |result| {
             callback.log_io_completed(
                 result
                     .map(|_| ())
                     .map_err(|e| ClusterError::from(e).into_io()),
             );
+            appends.send_modify(|n| *n += 1);
         });
         match appended {
             Ok(_) => {

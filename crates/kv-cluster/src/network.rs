@@ -133,6 +133,21 @@ impl PeerClient {
             from: self.identity.node_id,
             rpc: Some(rpc),
         };
+        // A new link is set up outside the call's time to live (openraft
+        // gives an append one heartbeat, which a TLS handshake on a busy
+        // machine can exceed), within a bound of its own.
+        if self.conn.is_none() {
+            match tokio::time::timeout(PEER_CONNECT, self.connect()).await {
+                Ok(Ok(conn)) => self.conn = Some(conn),
+                Ok(Err(e)) => return Err(CallError::Unreachable(e)),
+                Err(_) => {
+                    return Err(CallError::Unreachable(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no link to {} within {PEER_CONNECT:?}", self.addr),
+                    )));
+                }
+            }
+        }
         match tokio::time::timeout(ttl, self.exchange(request)).await {
             Ok(Ok(response)) if response.id == id => match response.result {
                 Some(PeerResult::Error(e)) => {
@@ -169,21 +184,23 @@ impl PeerClient {
         }
     }
 
+    /// A new link to the peer: TCP, then TLS if configured.
+    async fn connect(&self) -> io::Result<Framed<PeerStream, PeerClientCodec>> {
+        let stream = TcpStream::connect(&self.addr).await?;
+        stream.set_nodelay(true)?;
+        let stream = match &self.identity.tls {
+            Some(tls) => tls.connect(&self.addr, stream).await.map_err(|e| {
+                io::Error::new(e.kind(), format!("TLS handshake with {}: {e}", self.addr))
+            })?,
+            None => tokio_util::either::Either::Left(stream),
+        };
+        Ok(Framed::new(
+            stream,
+            PeerClientCodec::new(self.identity.max_frame),
+        ))
+    }
+
     async fn exchange(&mut self, request: PeerRequest) -> io::Result<PeerResponse> {
-        if self.conn.is_none() {
-            let stream = TcpStream::connect(&self.addr).await?;
-            stream.set_nodelay(true)?;
-            let stream = match &self.identity.tls {
-                Some(tls) => tls.connect(&self.addr, stream).await.map_err(|e| {
-                    io::Error::new(e.kind(), format!("TLS handshake with {}: {e}", self.addr))
-                })?,
-                None => tokio_util::either::Either::Left(stream),
-            };
-            self.conn = Some(Framed::new(
-                stream,
-                PeerClientCodec::new(self.identity.max_frame),
-            ));
-        }
         let Some(conn) = self.conn.as_mut() else {
             return Err(io::Error::other("no connection"));
         };
@@ -341,6 +358,9 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 /// How long a peer connection may stay silent before it is closed (the
 /// leader's heartbeats keep a live one busy).
 const PEER_IDLE: Duration = Duration::from_secs(300);
+
+/// How long setting up a link to a peer (TCP and TLS) may take.
+const PEER_CONNECT: Duration = Duration::from_secs(2);
 
 /// How long a peer has to complete the TLS handshake.
 const PEER_HANDSHAKE: Duration = Duration::from_secs(10);

@@ -42,7 +42,7 @@ pub struct ClusterConfig {
     /// How often the leader sends heartbeats. openraft 0.9 also gives
     /// every append (and every read-index round) this long to be answered,
     /// so it must exceed the peer round trip, a follower's fdatasync
-    /// included: with a 100 ms round trip and the 100 ms default, no append
+    /// included: with a 100 ms round trip and the 50 ms default, no append
     /// is ever answered in time and nothing commits
     /// (`tests/partitions.rs`). The default suits peers on one network.
     pub heartbeat: Duration,
@@ -66,11 +66,11 @@ pub struct ClusterConfig {
 }
 
 impl ClusterConfig {
-    /// A configuration with the default timings: elections after 300 to
-    /// 600 ms without a leader, heartbeats every 100 ms (so a new leader
-    /// is elected once the election timeout and openraft's leader lease
-    /// have run out after the old one stops), snapshots every 100,000
-    /// entries.
+    /// A configuration with the default timings: elections after 150 to
+    /// 300 ms without a leader, heartbeats every 50 ms (so a new leader
+    /// is elected once the election timeout and openraft's leader lease,
+    /// as long as the longest timeout, have run out after the old one
+    /// stops: 450 to 600 ms), snapshots every 100,000 entries.
     pub fn new(node_id: NodeId, members: BTreeMap<NodeId, Node>, data_dir: PathBuf) -> Self {
         ClusterConfig {
             node_id,
@@ -78,8 +78,8 @@ impl ClusterConfig {
             data_dir,
             secret: Vec::new(),
             tls: None,
-            election_timeout: (Duration::from_millis(300), Duration::from_millis(600)),
-            heartbeat: Duration::from_millis(100),
+            election_timeout: (Duration::from_millis(150), Duration::from_millis(300)),
+            heartbeat: Duration::from_millis(50),
             max_frame: 64 << 20,
             snapshot_every: 100_000,
             keep_after_snapshot: 1000,
@@ -146,12 +146,9 @@ const MAX_BATCH_COMMANDS: usize = 512;
 const MAX_BATCH_BYTES: usize = 64 << 10;
 
 /// Entries the proposer has handed to Raft and not yet seen answered, at
-/// most. openraft 0.9 appends one client entry at a time and waits for its
-/// fdatasync before it takes the next, so an entry per write would cost
-/// a sync per write; with a few entries on their way, the writes that
-/// arrive meanwhile wait in the proposer's queue and go together as the
-/// next entry. Under light load a write goes at once, alone.
-const MAX_ENTRIES_IN_FLIGHT: usize = 4;
+/// most (a bound on the writes held, not what forms batches; see
+/// [`propose`]).
+const MAX_ENTRIES_IN_FLIGHT: usize = 16;
 
 /// A write waiting for the proposer.
 struct Proposal {
@@ -160,14 +157,19 @@ struct Proposal {
 }
 
 /// The proposer: takes the writes submitted on this member in order and
-/// proposes them as [`Batch`] entries, each holding what arrived while the
-/// earlier entries were on their way (see [`MAX_ENTRIES_IN_FLIGHT`]), then
-/// hands every write its own command's result. Submission order is kept:
-/// the queue is FIFO and entries reach openraft in the order they are
-/// proposed.
+/// proposes them as [`Batch`] entries, then hands every write its own
+/// command's result. openraft 0.9 appends a client entry and waits for its
+/// fdatasync before it takes the next one, so a leader appends at most
+/// one entry per sync whatever the load: after proposing an entry, the
+/// proposer waits until the log has finished an append (or the entry is
+/// answered, as a follower's refusal is at once), and the writes that
+/// arrived meanwhile go together as the next entry. Under light load a
+/// write goes at once, alone. Submission order is kept: the queue is FIFO
+/// and entries reach openraft in the order they are proposed.
 async fn propose(
     raft: Raft<TypeConfig>,
     node_id: NodeId,
+    mut appends: tokio::sync::watch::Receiver<u64>,
     mut queue: tokio::sync::mpsc::UnboundedReceiver<Proposal>,
 ) {
     let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_ENTRIES_IN_FLIGHT));
@@ -199,15 +201,22 @@ async fn propose(
         // Whether this member leads as it proposes: a ForwardToLeader
         // answer then means the entry may have been appended and lost.
         let led = raft.metrics().borrow().current_leader == Some(node_id);
+        let appended = *appends.borrow_and_update();
         // openraft's submission only puts the entry on an unbounded
         // channel to its core: the future is ready at the first poll.
         match raft.client_write_ff(Batch(commands)).now_or_never() {
             Some(Ok(answer)) => {
+                let (done, answered) = tokio::sync::oneshot::channel::<()>();
                 tokio::spawn(async move {
                     let outcome = answer.await;
                     drop(slot);
+                    let _ = done.send(());
                     hand_out(replies, outcome, led);
                 });
+                tokio::select! {
+                    _ = appends.wait_for(|n| *n > appended) => {}
+                    _ = answered => {}
+                }
             }
             Some(Err(fatal)) => {
                 let e = RequestError::Unavailable(fatal.to_string());
@@ -398,7 +407,7 @@ impl ClusterNode {
             ))
         });
         let (proposals, queue) = tokio::sync::mpsc::unbounded_channel();
-        let proposer = tokio::spawn(propose(raft.clone(), config.node_id, queue));
+        let proposer = tokio::spawn(propose(raft.clone(), config.node_id, log.appends(), queue));
         if config.join {
             tracing::info!(
                 node = config.node_id,

@@ -390,7 +390,7 @@ pub struct Args {
     /// twice it) starts an election; a new leader serves writes once this
     /// and openraft's leader lease (as long again) have passed after the
     /// old one's death.
-    #[arg(long, env = "KV_ELECTION_TIMEOUT_MS", default_value_t = 300, help_heading = "Cluster",
+    #[arg(long, env = "KV_ELECTION_TIMEOUT_MS", default_value_t = 150, help_heading = "Cluster",
           value_parser = clap::value_parser!(u64).range(50..=60_000))]
     pub election_timeout_ms: u64,
 
@@ -398,7 +398,7 @@ pub struct Args {
     /// --election-timeout-ms. It is also how long a peer has to answer an
     /// append (openraft), so it must exceed the round trip between peers,
     /// a follower's fdatasync included.
-    #[arg(long, env = "KV_HEARTBEAT_MS", default_value_t = 100, help_heading = "Cluster",
+    #[arg(long, env = "KV_HEARTBEAT_MS", default_value_t = 50, help_heading = "Cluster",
           value_parser = clap::value_parser!(u64).range(10..=20_000))]
     pub heartbeat_ms: u64,
 
