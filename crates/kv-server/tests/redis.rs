@@ -508,9 +508,16 @@ async fn error_texts() {
         (&[b"SELECT", b"1"], b"-ERR DB index is out of range\r\n"),
         (&[b"SELECT", b"x"], b"-ERR value is not an integer or out of range\r\n"),
         (&[b"FOO", b"a", b"b"], b"-ERR unknown command 'FOO', with args beginning with: 'a' 'b' \r\n"),
-        (&[b"MULTI"], b"-ERR unknown command 'MULTI', with args beginning with: \r\n"),
-        (&[b"APPEND", b"k", b"v"], b"-ERR unknown command 'APPEND', with args beginning with: 'k' 'v' \r\n"),
-        (&[b"FLUSHDB"], b"-ERR unknown command 'FLUSHDB', with args beginning with: \r\n"),
+        (&[b"HSET", b"h", b"f"], b"-ERR unknown command 'HSET', with args beginning with: 'h' 'f' \r\n"),
+        (&[b"APPEND", b"k"], b"-ERR wrong number of arguments for 'append' command\r\n"),
+        (&[b"GETEX", b"k", b"EX", b"0"], b"-ERR invalid expire time in 'getex' command\r\n"),
+        (&[b"GETEX", b"k", b"PXAT", b"-5"], b"-ERR invalid expire time in 'getex' command\r\n"),
+        (&[b"GETEX", b"k", b"EX", b"x"], b"-ERR value is not an integer or out of range\r\n"),
+        (&[b"GETEX", b"k", b"EX", b"1", b"PERSIST"], b"-ERR syntax error\r\n"),
+        (&[b"GETEX", b"k", b"EX"], b"-ERR syntax error\r\n"),
+        (&[b"GETEX", b"k", b"KEEPTTL"], b"-ERR syntax error\r\n"),
+        (&[b"FLUSHDB", b"LAZY"], b"-ERR syntax error\r\n"),
+        (&[b"FLUSHALL", b"SYNC", b"ASYNC"], b"-ERR syntax error\r\n"),
         (&[b"CLIENT", b"KILL"], b"-ERR unknown subcommand 'KILL'. Try CLIENT HELP.\r\n"),
         (&[b"CLIENT", b"SETNAME", b"a b"], b"-ERR Client names cannot contain spaces, newlines or special characters.\r\n"),
         (&[b"SCAN", b"x"], b"-ERR invalid cursor\r\n"),
@@ -751,4 +758,125 @@ async fn an_expiry_time_already_past() {
     ok(&mut c, &[b"SET", b"k", b"v"]).await;
     assert_eq!(ok(&mut c, &[b"PEXPIREAT", b"k", b"1"]).await, Value::Int(1));
     assert_eq!(ok(&mut c, &[b"TTL", b"k"]).await, Value::Int(-2));
+}
+
+fn ttl_of(v: Value) -> i64 {
+    match v {
+        Value::Int(n) => n,
+        other => panic!("TTL is an integer, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn append_and_getex() {
+    let server = serve().await;
+    let mut c = client(server.redis, false).await;
+    assert_eq!(ok(&mut c, &[b"APPEND", b"a", b"ab"]).await, Value::Int(2));
+    assert_eq!(ok(&mut c, &[b"APPEND", b"a", b"cd"]).await, Value::Int(4));
+    assert_eq!(ok(&mut c, &[b"GET", b"a"]).await, bulk(b"abcd"));
+    // APPEND keeps the key's deadline.
+    ok(&mut c, &[b"SET", b"t", b"v", b"EX", b"100"]).await;
+    assert_eq!(ok(&mut c, &[b"APPEND", b"t", b"x"]).await, Value::Int(2));
+    assert!((99..=100).contains(&ttl_of(ok(&mut c, &[b"TTL", b"t"]).await)));
+    assert_eq!(ok(&mut c, &[b"GET", b"t"]).await, bulk(b"vx"));
+
+    assert_eq!(ok(&mut c, &[b"GETEX", b"t"]).await, bulk(b"vx"));
+    assert!((99..=100).contains(&ttl_of(ok(&mut c, &[b"TTL", b"t"]).await)));
+    assert_eq!(ok(&mut c, &[b"GETEX", b"t", b"persist"]).await, bulk(b"vx"));
+    assert_eq!(ok(&mut c, &[b"TTL", b"t"]).await, Value::Int(-1));
+    assert_eq!(ok(&mut c, &[b"GETEX", b"t", b"EX", b"50"]).await, bulk(b"vx"));
+    assert!((49..=50).contains(&ttl_of(ok(&mut c, &[b"TTL", b"t"]).await)));
+    ok(&mut c, &[b"GETEX", b"t", b"PX", b"30000"]).await;
+    assert!((29..=30).contains(&ttl_of(ok(&mut c, &[b"TTL", b"t"]).await)));
+    let later = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1000)
+        .to_string();
+    ok(&mut c, &[b"GETEX", b"t", b"EXAT", later.as_bytes()]).await;
+    assert!((998..=1000).contains(&ttl_of(ok(&mut c, &[b"TTL", b"t"]).await)));
+    let later_ms = format!("{later}000");
+    ok(&mut c, &[b"GETEX", b"t", b"PXAT", later_ms.as_bytes()]).await;
+    assert!((998..=1000).contains(&ttl_of(ok(&mut c, &[b"TTL", b"t"]).await)));
+    // A time already past: the value is returned and the key removed.
+    assert_eq!(ok(&mut c, &[b"GETEX", b"t", b"PXAT", b"1"]).await, bulk(b"vx"));
+    assert_eq!(ok(&mut c, &[b"EXISTS", b"t"]).await, Value::Int(0));
+    assert_eq!(ok(&mut c, &[b"GETEX", b"none", b"EX", b"5"]).await, Value::Nil);
+    assert_eq!(ok(&mut c, &[b"EXISTS", b"none"]).await, Value::Int(0));
+}
+
+#[tokio::test]
+async fn concurrent_appends_lose_nothing() {
+    // APPEND reads, then writes on condition that the key is unchanged:
+    // under contention every append lands exactly once.
+    let server = serve().await;
+    let mut tasks = Vec::new();
+    for t in 0..4u8 {
+        let addr = server.redis;
+        tasks.push(tokio::spawn(async move {
+            let mut c = client(addr, false).await;
+            for _ in 0..50 {
+                ok(&mut c, &[b"APPEND", b"log", &[b'a' + t]]).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let mut c = client(server.redis, false).await;
+    let Value::BulkString(log) = ok(&mut c, &[b"GET", b"log"]).await else {
+        panic!("the log exists")
+    };
+    assert_eq!(log.len(), 200);
+    for t in 0..4u8 {
+        assert_eq!(log.iter().filter(|&&b| b == b'a' + t).count(), 50);
+    }
+}
+
+#[tokio::test]
+async fn flushdb_and_flushall_delete_every_key() {
+    let server = serve().await;
+    let mut c = client(server.redis, false).await;
+    // More keys than one delete transaction takes.
+    for chunk in 0..5 {
+        let mut cmd = redis::cmd("MSET");
+        for i in 0..1000 {
+            cmd.arg(format!("k{chunk}-{i}")).arg("v");
+        }
+        let _: () = tokio::time::timeout(DEADLINE, cmd.query_async(&mut c))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    ok(&mut c, &[b"SET", b"t", b"v", b"EX", b"100"]).await;
+    assert_eq!(ok(&mut c, &[b"DBSIZE"]).await, Value::Int(5001));
+    assert_eq!(ok(&mut c, &[b"FLUSHDB"]).await, Value::Okay);
+    assert_eq!(ok(&mut c, &[b"DBSIZE"]).await, Value::Int(0));
+    assert_eq!(ok(&mut c, &[b"GET", b"t"]).await, Value::Nil);
+    // A write pipelined after FLUSHALL on the same connection survives it;
+    // one before it does not.
+    let (before, flushed, after, got): (String, String, String, Option<String>) = tokio::time::timeout(
+        DEADLINE,
+        redis::pipe()
+            .cmd("SET")
+            .arg("before")
+            .arg("1")
+            .cmd("FLUSHALL")
+            .arg("ASYNC")
+            .cmd("SET")
+            .arg("after")
+            .arg("2")
+            .cmd("GET")
+            .arg("after")
+            .query_async(&mut c),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!((&*before, &*flushed, &*after), ("OK", "OK", "OK"));
+    assert_eq!(got.as_deref(), Some("2"));
+    assert_eq!(ok(&mut c, &[b"EXISTS", b"before"]).await, Value::Int(0));
+    assert_eq!(ok(&mut c, &[b"FLUSHALL", b"sync"]).await, Value::Okay);
+    assert_eq!(ok(&mut c, &[b"DBSIZE"]).await, Value::Int(0));
 }
