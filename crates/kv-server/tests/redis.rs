@@ -880,3 +880,253 @@ async fn flushdb_and_flushall_delete_every_key() {
     assert_eq!(ok(&mut c, &[b"FLUSHALL", b"sync"]).await, Value::Okay);
     assert_eq!(ok(&mut c, &[b"DBSIZE"]).await, Value::Int(0));
 }
+
+#[tokio::test]
+async fn multi_exec_applies_queued_writes() {
+    let server = serve().await;
+    let mut c = client(server.redis, false).await;
+    ok(&mut c, &[b"SET", b"gone", b"x"]).await;
+    let replies: Vec<Value> = tokio::time::timeout(
+        DEADLINE,
+        redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg("a")
+            .arg("1")
+            .cmd("SET")
+            .arg("t")
+            .arg("v")
+            .arg("EX")
+            .arg(100)
+            .cmd("MSET")
+            .arg("b")
+            .arg("2")
+            .arg("c")
+            .arg("3")
+            .cmd("DEL")
+            .arg("c")
+            .arg("zz")
+            .arg("gone")
+            .cmd("EXPIRE")
+            .arg("b")
+            .arg(100)
+            .cmd("PERSIST")
+            .arg("b")
+            .cmd("PERSIST")
+            .arg("b")
+            .cmd("SETEX")
+            .arg("s")
+            .arg(50)
+            .arg("v")
+            .cmd("UNLINK")
+            .arg("s")
+            .cmd("EXPIRE")
+            .arg("nothing")
+            .arg(5)
+            .query_async(&mut c),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        replies,
+        vec![
+            Value::Okay,
+            Value::Okay,
+            Value::Okay,
+            Value::Int(2),
+            Value::Int(1),
+            Value::Int(1),
+            Value::Int(0),
+            Value::Okay,
+            Value::Int(1),
+            Value::Int(0),
+        ]
+    );
+    assert_eq!(
+        ok(&mut c, &[b"MGET", b"a", b"b", b"c", b"s", b"gone"]).await,
+        Value::Array(vec![bulk(b"1"), bulk(b"2"), Value::Nil, Value::Nil, Value::Nil])
+    );
+    assert!((99..=100).contains(&ttl_of(ok(&mut c, &[b"TTL", b"t"]).await)));
+    assert_eq!(ok(&mut c, &[b"TTL", b"b"]).await, Value::Int(-1));
+}
+
+#[tokio::test]
+async fn watch_conflict_makes_exec_nil() {
+    for resp3 in [false, true] {
+        let server = serve().await;
+        let mut a = client(server.redis, resp3).await;
+        let mut b = client(server.redis, resp3).await;
+        let queued = Value::SimpleString("QUEUED".into());
+        // Another connection writes a watched key: EXEC applies nothing.
+        ok(&mut a, &[b"SET", b"k", b"start"]).await;
+        assert_eq!(ok(&mut a, &[b"WATCH", b"k", b"other"]).await, Value::Okay);
+        ok(&mut b, &[b"SET", b"k", b"from-b"]).await;
+        assert_eq!(ok(&mut a, &[b"MULTI"]).await, Value::Okay);
+        assert_eq!(ok(&mut a, &[b"SET", b"k", b"from-a"]).await, queued);
+        assert_eq!(ok(&mut a, &[b"SET", b"other", b"x"]).await, queued);
+        assert_eq!(ok(&mut a, &[b"EXEC"]).await, Value::Nil);
+        assert_eq!(ok(&mut a, &[b"GET", b"k"]).await, bulk(b"from-b"));
+        assert_eq!(ok(&mut a, &[b"EXISTS", b"other"]).await, Value::Int(0));
+        // EXEC forgot the watches: the same transaction now applies.
+        ok(&mut a, &[b"MULTI"]).await;
+        ok(&mut a, &[b"SET", b"k", b"from-a"]).await;
+        assert_eq!(
+            ok(&mut a, &[b"EXEC"]).await,
+            Value::Array(vec![Value::Okay])
+        );
+        assert_eq!(ok(&mut a, &[b"GET", b"k"]).await, bulk(b"from-a"));
+        // A watched key that was missing and is created.
+        ok(&mut a, &[b"WATCH", b"new"]).await;
+        ok(&mut b, &[b"SET", b"new", b"from-b"]).await;
+        ok(&mut a, &[b"MULTI"]).await;
+        ok(&mut a, &[b"SET", b"new", b"from-a"]).await;
+        assert_eq!(ok(&mut a, &[b"EXEC"]).await, Value::Nil);
+        assert_eq!(ok(&mut a, &[b"GET", b"new"]).await, bulk(b"from-b"));
+        // An empty transaction fails too when a watched key changed.
+        ok(&mut a, &[b"WATCH", b"new"]).await;
+        ok(&mut b, &[b"DEL", b"new"]).await;
+        ok(&mut a, &[b"MULTI"]).await;
+        assert_eq!(ok(&mut a, &[b"EXEC"]).await, Value::Nil);
+        // UNWATCH and DISCARD forget the watches.
+        ok(&mut a, &[b"WATCH", b"k"]).await;
+        ok(&mut b, &[b"SET", b"k", b"again"]).await;
+        assert_eq!(ok(&mut a, &[b"UNWATCH"]).await, Value::Okay);
+        ok(&mut a, &[b"MULTI"]).await;
+        ok(&mut a, &[b"SET", b"k", b"after-unwatch"]).await;
+        assert_eq!(
+            ok(&mut a, &[b"EXEC"]).await,
+            Value::Array(vec![Value::Okay])
+        );
+        ok(&mut a, &[b"WATCH", b"k"]).await;
+        ok(&mut b, &[b"SET", b"k", b"again"]).await;
+        ok(&mut a, &[b"MULTI"]).await;
+        assert_eq!(ok(&mut a, &[b"DISCARD"]).await, Value::Okay);
+        ok(&mut a, &[b"MULTI"]).await;
+        ok(&mut a, &[b"SET", b"k", b"after-discard"]).await;
+        assert_eq!(
+            ok(&mut a, &[b"EXEC"]).await,
+            Value::Array(vec![Value::Okay])
+        );
+        // The connection's own write after WATCH changes the key too, as
+        // in Redis.
+        ok(&mut a, &[b"WATCH", b"k"]).await;
+        ok(&mut a, &[b"SET", b"k", b"own"]).await;
+        ok(&mut a, &[b"MULTI"]).await;
+        ok(&mut a, &[b"SET", b"k", b"lost"]).await;
+        assert_eq!(ok(&mut a, &[b"EXEC"]).await, Value::Nil);
+        assert_eq!(ok(&mut a, &[b"GET", b"k"]).await, bulk(b"own"));
+    }
+}
+
+#[tokio::test]
+async fn exec_is_all_or_nothing_to_readers() {
+    // Each transaction sets both keys to the same value: a reader never
+    // sees them differ.
+    let server = serve().await;
+    let addr = server.redis;
+    let writer = tokio::spawn(async move {
+        let mut c = client(addr, false).await;
+        for i in 0..200 {
+            let v = i.to_string();
+            let _: () = tokio::time::timeout(
+                DEADLINE,
+                redis::pipe()
+                    .atomic()
+                    .cmd("SET")
+                    .arg("x")
+                    .arg(&v)
+                    .ignore()
+                    .cmd("MSET")
+                    .arg("y")
+                    .arg(&v)
+                    .arg("unrelated")
+                    .arg(&v)
+                    .ignore()
+                    .query_async(&mut c),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        }
+    });
+    let mut c = client(addr, false).await;
+    let mut reads = 0;
+    while !writer.is_finished() {
+        let Value::Array(both) = ok(&mut c, &[b"MGET", b"x", b"y"]).await else {
+            panic!("MGET answers an array")
+        };
+        assert_eq!(both[0], both[1], "a transaction seen half applied");
+        reads += 1;
+    }
+    writer.await.unwrap();
+    assert!(reads > 0);
+    assert_eq!(
+        ok(&mut c, &[b"MGET", b"x", b"y"]).await,
+        Value::Array(vec![bulk(b"199"), bulk(b"199")])
+    );
+}
+
+#[tokio::test]
+async fn multi_error_texts() {
+    let server = serve().await;
+    let mut sock = TcpStream::connect(server.redis).await.unwrap();
+    let cases: &[(&[&[u8]], &[u8])] = &[
+        (&[b"EXEC"], b"-ERR EXEC without MULTI\r\n"),
+        (&[b"DISCARD"], b"-ERR DISCARD without MULTI\r\n"),
+        (&[b"MULTI", b"x"], b"-ERR wrong number of arguments for 'multi' command\r\n"),
+        (&[b"WATCH"], b"-ERR wrong number of arguments for 'watch' command\r\n"),
+        // Refused while queuing: EXEC aborts, nothing is applied.
+        (&[b"MULTI"], b"+OK\r\n"),
+        (&[b"MULTI"], b"-ERR MULTI calls can not be nested\r\n"),
+        (&[b"WATCH", b"k"], b"-ERR WATCH inside MULTI is not allowed\r\n"),
+        (&[b"SET", b"a", b"1"], b"+QUEUED\r\n"),
+        (&[b"GET", b"a"], b"-ERR 'GET' inside MULTI is not supported by this server\r\n"),
+        (&[b"EXEC"], b"-EXECABORT Transaction discarded because of previous errors.\r\n"),
+        (&[b"GET", b"a"], b"$-1\r\n"),
+        (&[b"MULTI"], b"+OK\r\n"),
+        (&[b"SET", b"a", b"1"], b"+QUEUED\r\n"),
+        (&[b"SET", b"a"], b"-ERR wrong number of arguments for 'set' command\r\n"),
+        (&[b"EXEC"], b"-EXECABORT Transaction discarded because of previous errors.\r\n"),
+        (&[b"MULTI"], b"+OK\r\n"),
+        (&[b"FOO"], b"-ERR unknown command 'FOO', with args beginning with: \r\n"),
+        (&[b"EXEC"], b"-EXECABORT Transaction discarded because of previous errors.\r\n"),
+        (&[b"EXISTS", b"a"], b":0\r\n"),
+        // Commands one store transaction cannot carry with Redis's meaning.
+        (&[b"MULTI"], b"+OK\r\n"),
+        (&[b"SETNX", b"a", b"1"], b"-ERR 'SETNX' inside MULTI is not supported by this server\r\n"),
+        (&[b"MSETNX", b"a", b"1"], b"-ERR 'MSETNX' inside MULTI is not supported by this server\r\n"),
+        (&[b"INCR", b"a"], b"-ERR 'INCR' inside MULTI is not supported by this server\r\n"),
+        (&[b"DECRBY", b"a", b"2"], b"-ERR 'DECRBY' inside MULTI is not supported by this server\r\n"),
+        (&[b"SET", b"a", b"1", b"NX"], b"-ERR SET with NX, XX or GET inside MULTI is not supported by this server\r\n"),
+        (&[b"SET", b"a", b"1", b"GET"], b"-ERR SET with NX, XX or GET inside MULTI is not supported by this server\r\n"),
+        (&[b"EXPIRE", b"a", b"1", b"NX"], b"-ERR EXPIRE options (NX XX GT LT) are not supported by this server\r\n"),
+        (&[b"DISCARD"], b"+OK\r\n"),
+        (&[b"DISCARD"], b"-ERR DISCARD without MULTI\r\n"),
+        // Errors Redis finds at EXEC: that command fails, the others run.
+        (&[b"MULTI"], b"+OK\r\n"),
+        (&[b"SET", b"x", b"1"], b"+QUEUED\r\n"),
+        (&[b"SET", b"y", b"2", b"BOGUS"], b"+QUEUED\r\n"),
+        (&[b"EXPIRE", b"x", b"abc"], b"+QUEUED\r\n"),
+        (&[b"SETEX", b"y", b"0", b"v"], b"+QUEUED\r\n"),
+        (&[b"MSET", b"y", b"2", b"z"], b"+QUEUED\r\n"),
+        (&[b"SET", b"", b"v"], b"+QUEUED\r\n"),
+        (&[b"SET", b"z", b"3"], b"+QUEUED\r\n"),
+        (&[b"EXEC"], b"*7\r\n+OK\r\n-ERR syntax error\r\n-ERR value is not an integer or out of range\r\n-ERR invalid expire time in 'setex' command\r\n-ERR wrong number of arguments for 'mset' command\r\n-ERR key must not be empty\r\n+OK\r\n"),
+        (&[b"MGET", b"x", b"y", b"z"], b"*3\r\n$1\r\n1\r\n$-1\r\n$1\r\n3\r\n"),
+        (&[b"MULTI"], b"+OK\r\n"),
+        (&[b"EXEC"], b"*0\r\n"),
+        (&[b"UNWATCH"], b"+OK\r\n"),
+    ];
+    for (args, reply) in cases {
+        expect(&mut sock, &resp(args), reply).await;
+    }
+    // A conflict's nil array, as RESP2 writes it.
+    let mut other = TcpStream::connect(server.redis).await.unwrap();
+    expect(&mut sock, &resp(&[b"WATCH", b"x"]), b"+OK\r\n").await;
+    expect(&mut other, &resp(&[b"SET", b"x", b"2"]), b"+OK\r\n").await;
+    expect(&mut sock, &resp(&[b"MULTI"]), b"+OK\r\n").await;
+    expect(&mut sock, &resp(&[b"DEL", b"x"]), b"+QUEUED\r\n").await;
+    expect(&mut sock, &resp(&[b"EXEC"]), b"*-1\r\n").await;
+    expect(&mut sock, &resp(&[b"GET", b"x"]), b"$1\r\n2\r\n").await;
+}

@@ -25,6 +25,7 @@ use kv_store::{
 
 use super::admin::{checkpoint, command, config, info};
 use super::keyspace::{Cursors, keys, scan};
+use super::multi::{self, EXECABORT, Multi};
 use super::resp::Frame;
 use super::session::{Session, auth, client, hello};
 use crate::AuthToken;
@@ -117,6 +118,7 @@ const R: &[&str] = &["readonly", "fast"];
 const W: &[&str] = &["write", "denyoom"];
 const WF: &[&str] = &["write", "fast"];
 const A: &[&str] = &["fast", "loading", "stale"];
+const TX: &[&str] = &["noscript", "loading", "stale", "fast", "allow_busy"];
 const NONE: (i64, i64, i64) = (0, 0, 0);
 const ONE: (i64, i64, i64) = (1, 1, 1);
 
@@ -169,6 +171,11 @@ pub(super) const COMMANDS: &[Spec] = &[
     spec("lastsave", 1, A, NONE),
     spec("flushdb", -1, &["write"], NONE),
     spec("flushall", -1, &["write"], NONE),
+    spec("multi", 1, TX, NONE),
+    spec("exec", 1, &["noscript", "loading", "stale", "skip_slowlog"], NONE),
+    spec("discard", 1, TX, NONE),
+    spec("watch", -2, TX, (1, -1, 1)),
+    spec("unwatch", 1, TX, NONE),
 ];
 
 /// The version reported to clients: the Redis command set this listener
@@ -299,17 +306,64 @@ pub(crate) fn dispatch(
     if !session.authenticated && !matches!(name.as_str(), "auth" | "hello" | "quit") {
         return Outcome::Ready(err("NOAUTH Authentication required."));
     }
+    // Inside MULTI, an unknown command or a wrong arity makes EXEC abort.
+    let queue_failed = |session: &mut Session| {
+        if let Some(multi) = session.multi.as_mut() {
+            multi.failed = true;
+        }
+    };
     let Some(spec) = COMMANDS.iter().find(|s| s.name == name) else {
+        queue_failed(session);
         return Outcome::Ready(unknown_command(&args));
     };
     let n = i64::try_from(args.len()).unwrap_or(i64::MAX);
     if (spec.arity > 0 && n != spec.arity) || (spec.arity < 0 && n < -spec.arity) {
+        queue_failed(session);
         return Outcome::Ready(wrong_arity(spec.name));
     }
     let ready = |f: Result<Frame, Frame>| Outcome::Ready(f.unwrap_or_else(|e| e));
     let store = &shared.store;
     let now = kv_store::now_ms();
+    if let Some(queue) = session.multi.as_mut()
+        && !multi::runs_inside_multi(spec.name)
+    {
+        return Outcome::Ready(multi::queue(queue, args, spec.name, shared.max_bulk, now));
+    }
     match spec.name {
+        "multi" => Outcome::Ready(if session.multi.is_some() {
+            err("ERR MULTI calls can not be nested")
+        } else {
+            session.multi = Some(Multi::default());
+            Frame::ok()
+        }),
+        "exec" => match session.multi.take() {
+            None => Outcome::Ready(err("ERR EXEC without MULTI")),
+            Some(queued) => {
+                let watched = multi::unwatch(&session.watched);
+                if queued.failed {
+                    Outcome::Ready(err(EXECABORT))
+                } else {
+                    multi::exec(store, queued.queued, watched, now)
+                }
+            }
+        },
+        "discard" => Outcome::Ready(match session.multi.take() {
+            None => err("ERR DISCARD without MULTI"),
+            Some(_) => {
+                multi::unwatch(&session.watched);
+                Frame::ok()
+            }
+        }),
+        "watch" => {
+            if session.multi.is_some() {
+                return Outcome::Ready(err("ERR WATCH inside MULTI is not allowed"));
+            }
+            multi::watch(args[1..].to_vec(), &session.watched, store)
+        }
+        "unwatch" => {
+            multi::unwatch(&session.watched);
+            Outcome::Ready(Frame::ok())
+        }
         "ping" => Outcome::Ready(match args.len() {
             1 => Frame::Simple("PONG".into()),
             2 => Frame::Bulk(args[1].clone()),
@@ -544,7 +598,7 @@ fn read(
     Outcome::Later(Box::pin(async move { f(&store) }))
 }
 
-fn put(key: &[u8], value: &[u8], expiry: Expiry) -> Write {
+pub(super) fn put(key: &[u8], value: &[u8], expiry: Expiry) -> Write {
     Write::Put {
         key: key.to_vec(),
         value: value.to_vec(),
@@ -567,7 +621,7 @@ fn plain_put(store: &KeyValueStore, key: &[u8], value: &[u8], deadline: Option<u
 
 /// A transaction submitted now; `answer` gets the results once durable,
 /// `None` when a condition failed.
-fn txn(
+pub(super) fn txn(
     store: &KeyValueStore,
     conditions: Vec<(Vec<u8>, Condition)>,
     writes: Vec<Write>,
