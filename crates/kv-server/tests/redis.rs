@@ -784,7 +784,10 @@ async fn append_and_getex() {
     assert!((99..=100).contains(&ttl_of(ok(&mut c, &[b"TTL", b"t"]).await)));
     assert_eq!(ok(&mut c, &[b"GETEX", b"t", b"persist"]).await, bulk(b"vx"));
     assert_eq!(ok(&mut c, &[b"TTL", b"t"]).await, Value::Int(-1));
-    assert_eq!(ok(&mut c, &[b"GETEX", b"t", b"EX", b"50"]).await, bulk(b"vx"));
+    assert_eq!(
+        ok(&mut c, &[b"GETEX", b"t", b"EX", b"50"]).await,
+        bulk(b"vx")
+    );
     assert!((49..=50).contains(&ttl_of(ok(&mut c, &[b"TTL", b"t"]).await)));
     ok(&mut c, &[b"GETEX", b"t", b"PX", b"30000"]).await;
     assert!((29..=30).contains(&ttl_of(ok(&mut c, &[b"TTL", b"t"]).await)));
@@ -800,9 +803,15 @@ async fn append_and_getex() {
     ok(&mut c, &[b"GETEX", b"t", b"PXAT", later_ms.as_bytes()]).await;
     assert!((998..=1000).contains(&ttl_of(ok(&mut c, &[b"TTL", b"t"]).await)));
     // A time already past: the value is returned and the key removed.
-    assert_eq!(ok(&mut c, &[b"GETEX", b"t", b"PXAT", b"1"]).await, bulk(b"vx"));
+    assert_eq!(
+        ok(&mut c, &[b"GETEX", b"t", b"PXAT", b"1"]).await,
+        bulk(b"vx")
+    );
     assert_eq!(ok(&mut c, &[b"EXISTS", b"t"]).await, Value::Int(0));
-    assert_eq!(ok(&mut c, &[b"GETEX", b"none", b"EX", b"5"]).await, Value::Nil);
+    assert_eq!(
+        ok(&mut c, &[b"GETEX", b"none", b"EX", b"5"]).await,
+        Value::Nil
+    );
     assert_eq!(ok(&mut c, &[b"EXISTS", b"none"]).await, Value::Int(0));
 }
 
@@ -856,24 +865,25 @@ async fn flushdb_and_flushall_delete_every_key() {
     assert_eq!(ok(&mut c, &[b"GET", b"t"]).await, Value::Nil);
     // A write pipelined after FLUSHALL on the same connection survives it;
     // one before it does not.
-    let (before, flushed, after, got): (String, String, String, Option<String>) = tokio::time::timeout(
-        DEADLINE,
-        redis::pipe()
-            .cmd("SET")
-            .arg("before")
-            .arg("1")
-            .cmd("FLUSHALL")
-            .arg("ASYNC")
-            .cmd("SET")
-            .arg("after")
-            .arg("2")
-            .cmd("GET")
-            .arg("after")
-            .query_async(&mut c),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let (before, flushed, after, got): (String, String, String, Option<String>) =
+        tokio::time::timeout(
+            DEADLINE,
+            redis::pipe()
+                .cmd("SET")
+                .arg("before")
+                .arg("1")
+                .cmd("FLUSHALL")
+                .arg("ASYNC")
+                .cmd("SET")
+                .arg("after")
+                .arg("2")
+                .cmd("GET")
+                .arg("after")
+                .query_async(&mut c),
+        )
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((&*before, &*flushed, &*after), ("OK", "OK", "OK"));
     assert_eq!(got.as_deref(), Some("2"));
     assert_eq!(ok(&mut c, &[b"EXISTS", b"before"]).await, Value::Int(0));
@@ -945,7 +955,13 @@ async fn multi_exec_applies_queued_writes() {
     );
     assert_eq!(
         ok(&mut c, &[b"MGET", b"a", b"b", b"c", b"s", b"gone"]).await,
-        Value::Array(vec![bulk(b"1"), bulk(b"2"), Value::Nil, Value::Nil, Value::Nil])
+        Value::Array(vec![
+            bulk(b"1"),
+            bulk(b"2"),
+            Value::Nil,
+            Value::Nil,
+            Value::Nil
+        ])
     );
     assert!((99..=100).contains(&ttl_of(ok(&mut c, &[b"TTL", b"t"]).await)));
     assert_eq!(ok(&mut c, &[b"TTL", b"b"]).await, Value::Int(-1));

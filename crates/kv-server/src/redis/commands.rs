@@ -19,9 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use kv_store::{
-    Condition, Expiry, KeyValueStore, ScanRange, Txn, Versioned, Write, WriteResult,
-};
+use kv_store::{Condition, Expiry, KeyValueStore, ScanRange, Txn, Versioned, Write, WriteResult};
 
 use super::admin::{checkpoint, command, config, info};
 use super::keyspace::{Cursors, keys, scan};
@@ -172,7 +170,12 @@ pub(super) const COMMANDS: &[Spec] = &[
     spec("flushdb", -1, &["write"], NONE),
     spec("flushall", -1, &["write"], NONE),
     spec("multi", 1, TX, NONE),
-    spec("exec", 1, &["noscript", "loading", "stale", "skip_slowlog"], NONE),
+    spec(
+        "exec",
+        1,
+        &["noscript", "loading", "stale", "skip_slowlog"],
+        NONE,
+    ),
     spec("discard", 1, TX, NONE),
     spec("watch", -2, TX, (1, -1, 1)),
     spec("unwatch", 1, TX, NONE),

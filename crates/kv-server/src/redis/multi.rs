@@ -25,8 +25,8 @@ use bytes::Bytes;
 use kv_store::{Condition, Expiry, KeyValueStore, Write, WriteResult};
 
 use super::commands::{
-    Only, Outcome, err, expire_deadline, expire_options_refused, put, set_options,
-    setex_deadline, txn, wrong_arity,
+    Only, Outcome, err, expire_deadline, expire_options_refused, put, set_options, setex_deadline,
+    txn, wrong_arity,
 };
 use super::resp::Frame;
 
@@ -54,7 +54,9 @@ pub(super) struct Multi {
 pub(super) type Watched = Arc<Mutex<HashMap<Vec<u8>, Condition>>>;
 
 fn lock(watched: &Watched) -> MutexGuard<'_, HashMap<Vec<u8>, Condition>> {
-    watched.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    watched
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Forgets every watched key and returns them (EXEC, DISCARD, UNWATCH).
@@ -177,7 +179,11 @@ enum Element {
     /// Its reply is this error; it writes nothing.
     Failed(Frame),
     /// Its writes are `writes[from..to]` of the transaction.
-    Writes { from: usize, to: usize, reply: Reply },
+    Writes {
+        from: usize,
+        to: usize,
+        reply: Reply,
+    },
 }
 
 /// A queued command's writes (its reply an error if it has one).
