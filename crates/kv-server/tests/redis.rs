@@ -1146,3 +1146,30 @@ async fn multi_error_texts() {
     expect(&mut sock, &resp(&[b"EXEC"]), b"*-1\r\n").await;
     expect(&mut sock, &resp(&[b"GET", b"x"]), b"$1\r\n2\r\n").await;
 }
+
+#[tokio::test]
+async fn multi_queue_is_bounded_by_max_frame() {
+    let server = serve_with(ServerConfig {
+        max_frame: 1024,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut sock = TcpStream::connect(server.redis).await.unwrap();
+    let value = [b'v'; 400];
+    expect(&mut sock, &resp(&[b"MULTI"]), b"+OK\r\n").await;
+    expect(&mut sock, &resp(&[b"SET", b"a", &value]), b"+QUEUED\r\n").await;
+    expect(&mut sock, &resp(&[b"SET", b"b", &value]), b"+QUEUED\r\n").await;
+    expect(
+        &mut sock,
+        &resp(&[b"SET", b"c", &value]),
+        b"-ERR a transaction may queue at most 1024 bytes of commands\r\n",
+    )
+    .await;
+    expect(
+        &mut sock,
+        &resp(&[b"EXEC"]),
+        b"-EXECABORT Transaction discarded because of previous errors.\r\n",
+    )
+    .await;
+    expect(&mut sock, &resp(&[b"EXISTS", b"a", b"b"]), b":0\r\n").await;
+}

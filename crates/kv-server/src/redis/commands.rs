@@ -142,7 +142,7 @@ pub(super) const COMMANDS: &[Spec] = &[
     spec("getset", 3, W, ONE),
     spec("getdel", 2, WF, ONE),
     spec("getex", -2, WF, ONE),
-    spec("append", 3, W, ONE),
+    spec("append", 3, &["write", "denyoom", "fast"], ONE),
     spec("mget", -2, R, (1, -1, 1)),
     spec("mset", -3, W, (1, -1, 2)),
     spec("msetnx", -3, W, (1, -1, 2)),
