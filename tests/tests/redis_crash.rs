@@ -1,6 +1,7 @@
 //! The Redis listener of the real binary: kill -9 while 8 clients SET
 //! distinct keys through RESP, then every acknowledged SET is readable
-//! after a restart; and `redis-cli` against it when it is installed.
+//! after a restart; kill -9 while clients run MULTI/EXEC transactions, then
+//! none is half applied; and `redis-cli` against it when it is installed.
 //!
 //! The e2e crate has no Redis client library, so the clients speak RESP
 //! over a raw socket (the few replies they need: `+`, `-`, `:`, `$`).
@@ -25,7 +26,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 const VERIFY_BATCH: usize = 1000;
 
 /// A RESP reply, as far as these tests need.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Reply {
     Simple(String),
     Error(String),
@@ -197,6 +198,134 @@ async fn kill9_keeps_every_acknowledged_redis_set() {
     println!(
         "redis_crash: {} acknowledged SETs from {CLIENTS} clients all readable after kill -9",
         acked.len()
+    );
+}
+
+/// One client's transactions `MULTI; SET a<c> i; SET b<c> i; EXEC` until
+/// the server is gone (or `stop`): the last `i` acknowledged.
+async fn transact_until_killed(
+    addr: SocketAddr,
+    client: u32,
+    stop: Arc<AtomicBool>,
+    acks: Arc<AtomicU64>,
+) -> Option<u64> {
+    let mut conn = connect(addr).await;
+    let (a, b) = (format!("a{client}"), format!("b{client}"));
+    let mut last = None;
+    for i in 0..u64::from(MAX_SETS_PER_CLIENT) {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let v = i.to_string();
+        let mut request = command(&[b"MULTI"]);
+        request.extend(command(&[b"SET", a.as_bytes(), v.as_bytes()]));
+        request.extend(command(&[b"SET", b.as_bytes(), v.as_bytes()]));
+        request.extend(command(&[b"EXEC"]));
+        let answered = tokio::time::timeout(DEADLINE, async {
+            conn.get_mut().write_all(&request).await?;
+            let mut replies = Vec::new();
+            for _ in 0..3 {
+                replies.push(read_reply(&mut conn).await?);
+            }
+            // EXEC's array header, then its two elements.
+            let mut header = Vec::new();
+            conn.read_until(b'\n', &mut header).await?;
+            if !header.ends_with(b"\r\n") {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            if header != b"*2\r\n" {
+                return Err(invalid(format!(
+                    "EXEC answered {:?}",
+                    String::from_utf8_lossy(&header)
+                )));
+            }
+            for _ in 0..2 {
+                replies.push(read_reply(&mut conn).await?);
+            }
+            Ok::<_, std::io::Error>(replies)
+        })
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+        match answered {
+            Ok(replies) => {
+                let ok = Reply::Simple("OK".into());
+                let queued = Reply::Simple("QUEUED".into());
+                assert_eq!(
+                    replies,
+                    [ok.clone(), queued.clone(), queued, ok.clone(), ok]
+                );
+                last = Some(i);
+                acks.fetch_add(1, Ordering::Relaxed);
+            }
+            // The server was killed: this transaction may or may not have
+            // landed, but as a whole.
+            Err(e) if e.kind() != std::io::ErrorKind::InvalidData => break,
+            Err(e) => panic!("client {client}: {e}"),
+        }
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_never_half_applies_a_redis_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis_addr = free_addrs(1).remove(0);
+    let mut server = ServerProcess::start(dir.path(), &["--redis-addr", &redis_addr]);
+    let addr: SocketAddr = redis_addr.parse().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            tokio::spawn(transact_until_killed(
+                addr,
+                client,
+                Arc::clone(&stop),
+                Arc::clone(&acks),
+            ))
+        })
+        .collect();
+    wait_until("the first acknowledged transactions", DEADLINE, || {
+        acks.load(Ordering::Relaxed) >= 100
+    })
+    .await;
+    // The load's duration, then the crash, with the clients still writing.
+    tokio::time::sleep(LOAD).await;
+    server.kill9();
+    stop.store(true, Ordering::Relaxed);
+    let mut lasts = Vec::new();
+    for task in tasks {
+        lasts.push(task.await.expect("client task"));
+    }
+
+    let server = server.restart();
+    let mut conn = connect(addr).await;
+    for (client, last) in lasts.iter().enumerate() {
+        let a = call(&mut conn, &[b"GET", format!("a{client}").as_bytes()])
+            .await
+            .unwrap();
+        let b = call(&mut conn, &[b"GET", format!("b{client}").as_bytes()])
+            .await
+            .unwrap();
+        assert_eq!(
+            a,
+            b,
+            "client {client}: a transaction half applied after kill -9; stderr:\n{}",
+            server.stderr()
+        );
+        if let Some(last) = last {
+            let Reply::Bulk(Some(found)) = a else {
+                panic!("client {client}: acknowledged transaction {last} lost")
+            };
+            let found: u64 = String::from_utf8(found).unwrap().parse().unwrap();
+            assert!(
+                found >= *last,
+                "client {client}: found {found}, but {last} was acknowledged"
+            );
+        }
+    }
+    println!(
+        "redis_crash: {} transactions acknowledged; none half applied after kill -9",
+        acks.load(Ordering::Relaxed)
     );
 }
 
