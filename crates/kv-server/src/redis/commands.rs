@@ -601,6 +601,7 @@ fn read(
     Outcome::Later(Box::pin(async move { f(&store) }))
 }
 
+/// A put of `key` to `value` with `expiry`, as a transaction write.
 pub(super) fn put(key: &[u8], value: &[u8], expiry: Expiry) -> Write {
     Write::Put {
         key: key.to_vec(),
@@ -776,7 +777,7 @@ fn append(store: &KeyValueStore, key: Bytes, tail: Bytes) -> Outcome {
     }))
 }
 
-/// GETEX key [EX s|PX ms|EXAT ts|PXAT ms|PERSIST]: the value (or nil),
+/// `GETEX key [EX s|PX ms|EXAT ts|PXAT ms|PERSIST]`: the value (or nil),
 /// and the deadline set or cleared, on condition that the key is still the
 /// version whose value is answered.
 fn getex(args: &[Bytes], store: &KeyValueStore, now: u64) -> Outcome {
@@ -886,7 +887,7 @@ pub(super) struct SetOptions {
     pub(super) expiry: Expiry,
 }
 
-/// SET key value [NX|XX] [GET] [EX s|PX ms|EXAT ts|PXAT ms|KEEPTTL].
+/// `SET key value [NX|XX] [GET] [EX s|PX ms|EXAT ts|PXAT ms|KEEPTTL]`.
 fn set(args: Vec<Bytes>, store: &KeyValueStore, now: u64) -> Outcome {
     let SetOptions { only, get, expiry } = match set_options(&args, now) {
         Ok(options) => options,
