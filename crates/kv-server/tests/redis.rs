@@ -508,9 +508,16 @@ async fn error_texts() {
         (&[b"SELECT", b"1"], b"-ERR DB index is out of range\r\n"),
         (&[b"SELECT", b"x"], b"-ERR value is not an integer or out of range\r\n"),
         (&[b"FOO", b"a", b"b"], b"-ERR unknown command 'FOO', with args beginning with: 'a' 'b' \r\n"),
-        (&[b"MULTI"], b"-ERR unknown command 'MULTI', with args beginning with: \r\n"),
-        (&[b"APPEND", b"k", b"v"], b"-ERR unknown command 'APPEND', with args beginning with: 'k' 'v' \r\n"),
-        (&[b"FLUSHDB"], b"-ERR unknown command 'FLUSHDB', with args beginning with: \r\n"),
+        (&[b"HSET", b"h", b"f"], b"-ERR unknown command 'HSET', with args beginning with: 'h' 'f' \r\n"),
+        (&[b"APPEND", b"k"], b"-ERR wrong number of arguments for 'append' command\r\n"),
+        (&[b"GETEX", b"k", b"EX", b"0"], b"-ERR invalid expire time in 'getex' command\r\n"),
+        (&[b"GETEX", b"k", b"PXAT", b"-5"], b"-ERR invalid expire time in 'getex' command\r\n"),
+        (&[b"GETEX", b"k", b"EX", b"x"], b"-ERR value is not an integer or out of range\r\n"),
+        (&[b"GETEX", b"k", b"EX", b"1", b"PERSIST"], b"-ERR syntax error\r\n"),
+        (&[b"GETEX", b"k", b"EX"], b"-ERR syntax error\r\n"),
+        (&[b"GETEX", b"k", b"KEEPTTL"], b"-ERR syntax error\r\n"),
+        (&[b"FLUSHDB", b"LAZY"], b"-ERR syntax error\r\n"),
+        (&[b"FLUSHALL", b"SYNC", b"ASYNC"], b"-ERR syntax error\r\n"),
         (&[b"CLIENT", b"KILL"], b"-ERR unknown subcommand 'KILL'. Try CLIENT HELP.\r\n"),
         (&[b"CLIENT", b"SETNAME", b"a b"], b"-ERR Client names cannot contain spaces, newlines or special characters.\r\n"),
         (&[b"SCAN", b"x"], b"-ERR invalid cursor\r\n"),
@@ -751,4 +758,418 @@ async fn an_expiry_time_already_past() {
     ok(&mut c, &[b"SET", b"k", b"v"]).await;
     assert_eq!(ok(&mut c, &[b"PEXPIREAT", b"k", b"1"]).await, Value::Int(1));
     assert_eq!(ok(&mut c, &[b"TTL", b"k"]).await, Value::Int(-2));
+}
+
+fn ttl_of(v: Value) -> i64 {
+    match v {
+        Value::Int(n) => n,
+        other => panic!("TTL is an integer, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn append_and_getex() {
+    let server = serve().await;
+    let mut c = client(server.redis, false).await;
+    assert_eq!(ok(&mut c, &[b"APPEND", b"a", b"ab"]).await, Value::Int(2));
+    assert_eq!(ok(&mut c, &[b"APPEND", b"a", b"cd"]).await, Value::Int(4));
+    assert_eq!(ok(&mut c, &[b"GET", b"a"]).await, bulk(b"abcd"));
+    // APPEND keeps the key's deadline.
+    ok(&mut c, &[b"SET", b"t", b"v", b"EX", b"100"]).await;
+    assert_eq!(ok(&mut c, &[b"APPEND", b"t", b"x"]).await, Value::Int(2));
+    assert!((99..=100).contains(&ttl_of(ok(&mut c, &[b"TTL", b"t"]).await)));
+    assert_eq!(ok(&mut c, &[b"GET", b"t"]).await, bulk(b"vx"));
+
+    assert_eq!(ok(&mut c, &[b"GETEX", b"t"]).await, bulk(b"vx"));
+    assert!((99..=100).contains(&ttl_of(ok(&mut c, &[b"TTL", b"t"]).await)));
+    assert_eq!(ok(&mut c, &[b"GETEX", b"t", b"persist"]).await, bulk(b"vx"));
+    assert_eq!(ok(&mut c, &[b"TTL", b"t"]).await, Value::Int(-1));
+    assert_eq!(
+        ok(&mut c, &[b"GETEX", b"t", b"EX", b"50"]).await,
+        bulk(b"vx")
+    );
+    assert!((49..=50).contains(&ttl_of(ok(&mut c, &[b"TTL", b"t"]).await)));
+    ok(&mut c, &[b"GETEX", b"t", b"PX", b"30000"]).await;
+    assert!((29..=30).contains(&ttl_of(ok(&mut c, &[b"TTL", b"t"]).await)));
+    let later = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1000)
+        .to_string();
+    ok(&mut c, &[b"GETEX", b"t", b"EXAT", later.as_bytes()]).await;
+    assert!((998..=1000).contains(&ttl_of(ok(&mut c, &[b"TTL", b"t"]).await)));
+    let later_ms = format!("{later}000");
+    ok(&mut c, &[b"GETEX", b"t", b"PXAT", later_ms.as_bytes()]).await;
+    assert!((998..=1000).contains(&ttl_of(ok(&mut c, &[b"TTL", b"t"]).await)));
+    // A time already past: the value is returned and the key removed.
+    assert_eq!(
+        ok(&mut c, &[b"GETEX", b"t", b"PXAT", b"1"]).await,
+        bulk(b"vx")
+    );
+    assert_eq!(ok(&mut c, &[b"EXISTS", b"t"]).await, Value::Int(0));
+    assert_eq!(
+        ok(&mut c, &[b"GETEX", b"none", b"EX", b"5"]).await,
+        Value::Nil
+    );
+    assert_eq!(ok(&mut c, &[b"EXISTS", b"none"]).await, Value::Int(0));
+}
+
+#[tokio::test]
+async fn concurrent_appends_lose_nothing() {
+    // APPEND reads, then writes on condition that the key is unchanged:
+    // under contention every append lands exactly once.
+    let server = serve().await;
+    let mut tasks = Vec::new();
+    for t in 0..4u8 {
+        let addr = server.redis;
+        tasks.push(tokio::spawn(async move {
+            let mut c = client(addr, false).await;
+            for _ in 0..50 {
+                ok(&mut c, &[b"APPEND", b"log", &[b'a' + t]]).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let mut c = client(server.redis, false).await;
+    let Value::BulkString(log) = ok(&mut c, &[b"GET", b"log"]).await else {
+        panic!("the log exists")
+    };
+    assert_eq!(log.len(), 200);
+    for t in 0..4u8 {
+        assert_eq!(log.iter().filter(|&&b| b == b'a' + t).count(), 50);
+    }
+}
+
+#[tokio::test]
+async fn flushdb_and_flushall_delete_every_key() {
+    let server = serve().await;
+    let mut c = client(server.redis, false).await;
+    // More keys than one delete transaction takes.
+    for chunk in 0..5 {
+        let mut cmd = redis::cmd("MSET");
+        for i in 0..1000 {
+            cmd.arg(format!("k{chunk}-{i}")).arg("v");
+        }
+        let _: () = tokio::time::timeout(DEADLINE, cmd.query_async(&mut c))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    ok(&mut c, &[b"SET", b"t", b"v", b"EX", b"100"]).await;
+    assert_eq!(ok(&mut c, &[b"DBSIZE"]).await, Value::Int(5001));
+    assert_eq!(ok(&mut c, &[b"FLUSHDB"]).await, Value::Okay);
+    assert_eq!(ok(&mut c, &[b"DBSIZE"]).await, Value::Int(0));
+    assert_eq!(ok(&mut c, &[b"GET", b"t"]).await, Value::Nil);
+    // A write pipelined after FLUSHALL on the same connection survives it;
+    // one before it does not.
+    let (before, flushed, after, got): (String, String, String, Option<String>) =
+        tokio::time::timeout(
+            DEADLINE,
+            redis::pipe()
+                .cmd("SET")
+                .arg("before")
+                .arg("1")
+                .cmd("FLUSHALL")
+                .arg("ASYNC")
+                .cmd("SET")
+                .arg("after")
+                .arg("2")
+                .cmd("GET")
+                .arg("after")
+                .query_async(&mut c),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((&*before, &*flushed, &*after), ("OK", "OK", "OK"));
+    assert_eq!(got.as_deref(), Some("2"));
+    assert_eq!(ok(&mut c, &[b"EXISTS", b"before"]).await, Value::Int(0));
+    assert_eq!(ok(&mut c, &[b"FLUSHALL", b"sync"]).await, Value::Okay);
+    assert_eq!(ok(&mut c, &[b"DBSIZE"]).await, Value::Int(0));
+}
+
+#[tokio::test]
+async fn multi_exec_applies_queued_writes() {
+    let server = serve().await;
+    let mut c = client(server.redis, false).await;
+    ok(&mut c, &[b"SET", b"gone", b"x"]).await;
+    let replies: Vec<Value> = tokio::time::timeout(
+        DEADLINE,
+        redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg("a")
+            .arg("1")
+            .cmd("SET")
+            .arg("t")
+            .arg("v")
+            .arg("EX")
+            .arg(100)
+            .cmd("MSET")
+            .arg("b")
+            .arg("2")
+            .arg("c")
+            .arg("3")
+            .cmd("DEL")
+            .arg("c")
+            .arg("zz")
+            .arg("gone")
+            .cmd("EXPIRE")
+            .arg("b")
+            .arg(100)
+            .cmd("PERSIST")
+            .arg("b")
+            .cmd("PERSIST")
+            .arg("b")
+            .cmd("SETEX")
+            .arg("s")
+            .arg(50)
+            .arg("v")
+            .cmd("UNLINK")
+            .arg("s")
+            .cmd("EXPIRE")
+            .arg("nothing")
+            .arg(5)
+            .query_async(&mut c),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        replies,
+        vec![
+            Value::Okay,
+            Value::Okay,
+            Value::Okay,
+            Value::Int(2),
+            Value::Int(1),
+            Value::Int(1),
+            Value::Int(0),
+            Value::Okay,
+            Value::Int(1),
+            Value::Int(0),
+        ]
+    );
+    assert_eq!(
+        ok(&mut c, &[b"MGET", b"a", b"b", b"c", b"s", b"gone"]).await,
+        Value::Array(vec![
+            bulk(b"1"),
+            bulk(b"2"),
+            Value::Nil,
+            Value::Nil,
+            Value::Nil
+        ])
+    );
+    assert!((99..=100).contains(&ttl_of(ok(&mut c, &[b"TTL", b"t"]).await)));
+    assert_eq!(ok(&mut c, &[b"TTL", b"b"]).await, Value::Int(-1));
+}
+
+#[tokio::test]
+async fn watch_conflict_makes_exec_nil() {
+    for resp3 in [false, true] {
+        let server = serve().await;
+        let mut a = client(server.redis, resp3).await;
+        let mut b = client(server.redis, resp3).await;
+        let queued = Value::SimpleString("QUEUED".into());
+        // Another connection writes a watched key: EXEC applies nothing.
+        ok(&mut a, &[b"SET", b"k", b"start"]).await;
+        assert_eq!(ok(&mut a, &[b"WATCH", b"k", b"other"]).await, Value::Okay);
+        ok(&mut b, &[b"SET", b"k", b"from-b"]).await;
+        assert_eq!(ok(&mut a, &[b"MULTI"]).await, Value::Okay);
+        assert_eq!(ok(&mut a, &[b"SET", b"k", b"from-a"]).await, queued);
+        assert_eq!(ok(&mut a, &[b"SET", b"other", b"x"]).await, queued);
+        assert_eq!(ok(&mut a, &[b"EXEC"]).await, Value::Nil);
+        assert_eq!(ok(&mut a, &[b"GET", b"k"]).await, bulk(b"from-b"));
+        assert_eq!(ok(&mut a, &[b"EXISTS", b"other"]).await, Value::Int(0));
+        // EXEC forgot the watches: the same transaction now applies.
+        ok(&mut a, &[b"MULTI"]).await;
+        ok(&mut a, &[b"SET", b"k", b"from-a"]).await;
+        assert_eq!(
+            ok(&mut a, &[b"EXEC"]).await,
+            Value::Array(vec![Value::Okay])
+        );
+        assert_eq!(ok(&mut a, &[b"GET", b"k"]).await, bulk(b"from-a"));
+        // A watched key that was missing and is created.
+        ok(&mut a, &[b"WATCH", b"new"]).await;
+        ok(&mut b, &[b"SET", b"new", b"from-b"]).await;
+        ok(&mut a, &[b"MULTI"]).await;
+        ok(&mut a, &[b"SET", b"new", b"from-a"]).await;
+        assert_eq!(ok(&mut a, &[b"EXEC"]).await, Value::Nil);
+        assert_eq!(ok(&mut a, &[b"GET", b"new"]).await, bulk(b"from-b"));
+        // An empty transaction fails too when a watched key changed.
+        ok(&mut a, &[b"WATCH", b"new"]).await;
+        ok(&mut b, &[b"DEL", b"new"]).await;
+        ok(&mut a, &[b"MULTI"]).await;
+        assert_eq!(ok(&mut a, &[b"EXEC"]).await, Value::Nil);
+        // UNWATCH and DISCARD forget the watches.
+        ok(&mut a, &[b"WATCH", b"k"]).await;
+        ok(&mut b, &[b"SET", b"k", b"again"]).await;
+        assert_eq!(ok(&mut a, &[b"UNWATCH"]).await, Value::Okay);
+        ok(&mut a, &[b"MULTI"]).await;
+        ok(&mut a, &[b"SET", b"k", b"after-unwatch"]).await;
+        assert_eq!(
+            ok(&mut a, &[b"EXEC"]).await,
+            Value::Array(vec![Value::Okay])
+        );
+        ok(&mut a, &[b"WATCH", b"k"]).await;
+        ok(&mut b, &[b"SET", b"k", b"again"]).await;
+        ok(&mut a, &[b"MULTI"]).await;
+        assert_eq!(ok(&mut a, &[b"DISCARD"]).await, Value::Okay);
+        ok(&mut a, &[b"MULTI"]).await;
+        ok(&mut a, &[b"SET", b"k", b"after-discard"]).await;
+        assert_eq!(
+            ok(&mut a, &[b"EXEC"]).await,
+            Value::Array(vec![Value::Okay])
+        );
+        // The connection's own write after WATCH changes the key too, as
+        // in Redis.
+        ok(&mut a, &[b"WATCH", b"k"]).await;
+        ok(&mut a, &[b"SET", b"k", b"own"]).await;
+        ok(&mut a, &[b"MULTI"]).await;
+        ok(&mut a, &[b"SET", b"k", b"lost"]).await;
+        assert_eq!(ok(&mut a, &[b"EXEC"]).await, Value::Nil);
+        assert_eq!(ok(&mut a, &[b"GET", b"k"]).await, bulk(b"own"));
+    }
+}
+
+#[tokio::test]
+async fn exec_is_all_or_nothing_to_readers() {
+    // Each transaction sets both keys to the same value: a reader never
+    // sees them differ.
+    let server = serve().await;
+    let addr = server.redis;
+    let writer = tokio::spawn(async move {
+        let mut c = client(addr, false).await;
+        for i in 0..200 {
+            let v = i.to_string();
+            let _: () = tokio::time::timeout(
+                DEADLINE,
+                redis::pipe()
+                    .atomic()
+                    .cmd("SET")
+                    .arg("x")
+                    .arg(&v)
+                    .ignore()
+                    .cmd("MSET")
+                    .arg("y")
+                    .arg(&v)
+                    .arg("unrelated")
+                    .arg(&v)
+                    .ignore()
+                    .query_async(&mut c),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        }
+    });
+    let mut c = client(addr, false).await;
+    let mut reads = 0;
+    while !writer.is_finished() {
+        let Value::Array(both) = ok(&mut c, &[b"MGET", b"x", b"y"]).await else {
+            panic!("MGET answers an array")
+        };
+        assert_eq!(both[0], both[1], "a transaction seen half applied");
+        reads += 1;
+    }
+    writer.await.unwrap();
+    assert!(reads > 0);
+    assert_eq!(
+        ok(&mut c, &[b"MGET", b"x", b"y"]).await,
+        Value::Array(vec![bulk(b"199"), bulk(b"199")])
+    );
+}
+
+#[tokio::test]
+async fn multi_error_texts() {
+    let server = serve().await;
+    let mut sock = TcpStream::connect(server.redis).await.unwrap();
+    let cases: &[(&[&[u8]], &[u8])] = &[
+        (&[b"EXEC"], b"-ERR EXEC without MULTI\r\n"),
+        (&[b"DISCARD"], b"-ERR DISCARD without MULTI\r\n"),
+        (&[b"MULTI", b"x"], b"-ERR wrong number of arguments for 'multi' command\r\n"),
+        (&[b"WATCH"], b"-ERR wrong number of arguments for 'watch' command\r\n"),
+        // Refused while queuing: EXEC aborts, nothing is applied.
+        (&[b"MULTI"], b"+OK\r\n"),
+        (&[b"MULTI"], b"-ERR MULTI calls can not be nested\r\n"),
+        (&[b"WATCH", b"k"], b"-ERR WATCH inside MULTI is not allowed\r\n"),
+        (&[b"SET", b"a", b"1"], b"+QUEUED\r\n"),
+        (&[b"GET", b"a"], b"-ERR 'GET' inside MULTI is not supported by this server\r\n"),
+        (&[b"EXEC"], b"-EXECABORT Transaction discarded because of previous errors.\r\n"),
+        (&[b"GET", b"a"], b"$-1\r\n"),
+        (&[b"MULTI"], b"+OK\r\n"),
+        (&[b"SET", b"a", b"1"], b"+QUEUED\r\n"),
+        (&[b"SET", b"a"], b"-ERR wrong number of arguments for 'set' command\r\n"),
+        (&[b"EXEC"], b"-EXECABORT Transaction discarded because of previous errors.\r\n"),
+        (&[b"MULTI"], b"+OK\r\n"),
+        (&[b"FOO"], b"-ERR unknown command 'FOO', with args beginning with: \r\n"),
+        (&[b"EXEC"], b"-EXECABORT Transaction discarded because of previous errors.\r\n"),
+        (&[b"EXISTS", b"a"], b":0\r\n"),
+        // Commands one store transaction cannot carry with Redis's meaning.
+        (&[b"MULTI"], b"+OK\r\n"),
+        (&[b"SETNX", b"a", b"1"], b"-ERR 'SETNX' inside MULTI is not supported by this server\r\n"),
+        (&[b"MSETNX", b"a", b"1"], b"-ERR 'MSETNX' inside MULTI is not supported by this server\r\n"),
+        (&[b"INCR", b"a"], b"-ERR 'INCR' inside MULTI is not supported by this server\r\n"),
+        (&[b"DECRBY", b"a", b"2"], b"-ERR 'DECRBY' inside MULTI is not supported by this server\r\n"),
+        (&[b"SET", b"a", b"1", b"NX"], b"-ERR SET with NX, XX or GET inside MULTI is not supported by this server\r\n"),
+        (&[b"SET", b"a", b"1", b"GET"], b"-ERR SET with NX, XX or GET inside MULTI is not supported by this server\r\n"),
+        (&[b"EXPIRE", b"a", b"1", b"NX"], b"-ERR EXPIRE options (NX XX GT LT) are not supported by this server\r\n"),
+        (&[b"DISCARD"], b"+OK\r\n"),
+        (&[b"DISCARD"], b"-ERR DISCARD without MULTI\r\n"),
+        // Errors Redis finds at EXEC: that command fails, the others run.
+        (&[b"MULTI"], b"+OK\r\n"),
+        (&[b"SET", b"x", b"1"], b"+QUEUED\r\n"),
+        (&[b"SET", b"y", b"2", b"BOGUS"], b"+QUEUED\r\n"),
+        (&[b"EXPIRE", b"x", b"abc"], b"+QUEUED\r\n"),
+        (&[b"SETEX", b"y", b"0", b"v"], b"+QUEUED\r\n"),
+        (&[b"MSET", b"y", b"2", b"z"], b"+QUEUED\r\n"),
+        (&[b"SET", b"", b"v"], b"+QUEUED\r\n"),
+        (&[b"SET", b"z", b"3"], b"+QUEUED\r\n"),
+        (&[b"EXEC"], b"*7\r\n+OK\r\n-ERR syntax error\r\n-ERR value is not an integer or out of range\r\n-ERR invalid expire time in 'setex' command\r\n-ERR wrong number of arguments for 'mset' command\r\n-ERR key must not be empty\r\n+OK\r\n"),
+        (&[b"MGET", b"x", b"y", b"z"], b"*3\r\n$1\r\n1\r\n$-1\r\n$1\r\n3\r\n"),
+        (&[b"MULTI"], b"+OK\r\n"),
+        (&[b"EXEC"], b"*0\r\n"),
+        (&[b"UNWATCH"], b"+OK\r\n"),
+    ];
+    for (args, reply) in cases {
+        expect(&mut sock, &resp(args), reply).await;
+    }
+    // A conflict's nil array, as RESP2 writes it.
+    let mut other = TcpStream::connect(server.redis).await.unwrap();
+    expect(&mut sock, &resp(&[b"WATCH", b"x"]), b"+OK\r\n").await;
+    expect(&mut other, &resp(&[b"SET", b"x", b"2"]), b"+OK\r\n").await;
+    expect(&mut sock, &resp(&[b"MULTI"]), b"+OK\r\n").await;
+    expect(&mut sock, &resp(&[b"DEL", b"x"]), b"+QUEUED\r\n").await;
+    expect(&mut sock, &resp(&[b"EXEC"]), b"*-1\r\n").await;
+    expect(&mut sock, &resp(&[b"GET", b"x"]), b"$1\r\n2\r\n").await;
+}
+
+#[tokio::test]
+async fn multi_queue_is_bounded_by_max_frame() {
+    let server = serve_with(ServerConfig {
+        max_frame: 1024,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut sock = TcpStream::connect(server.redis).await.unwrap();
+    let value = [b'v'; 400];
+    expect(&mut sock, &resp(&[b"MULTI"]), b"+OK\r\n").await;
+    expect(&mut sock, &resp(&[b"SET", b"a", &value]), b"+QUEUED\r\n").await;
+    expect(&mut sock, &resp(&[b"SET", b"b", &value]), b"+QUEUED\r\n").await;
+    expect(
+        &mut sock,
+        &resp(&[b"SET", b"c", &value]),
+        b"-ERR a transaction may queue at most 1024 bytes of commands\r\n",
+    )
+    .await;
+    expect(
+        &mut sock,
+        &resp(&[b"EXEC"]),
+        b"-EXECABORT Transaction discarded because of previous errors.\r\n",
+    )
+    .await;
+    expect(&mut sock, &resp(&[b"EXISTS", b"a", b"b"]), b":0\r\n").await;
 }

@@ -6,10 +6,11 @@
 //! answered once durable; a read runs when the connection's writer reaches
 //! it, after every earlier reply on the connection has resolved. Commands
 //! that must see the old value and then write (GETSET, SET ... GET,
-//! GETDEL) read, then write with the condition that the key still has the
-//! version read, retrying when another client wrote in between; the reader
-//! waits for them before reading further commands, so that no later write
-//! of the same connection overtakes them.
+//! GETDEL, APPEND, GETEX with an option) read, then write with the
+//! condition that the key still has the version read, retrying when another
+//! client wrote in between; the reader waits for them before reading further
+//! commands, so that no later write of the same connection overtakes them.
+//! FLUSHDB and FLUSHALL wait the same way while they delete every key.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,10 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use kv_store::{Condition, Expiry, KeyValueStore, Txn, Versioned, Write, WriteResult};
+use kv_store::{Condition, Expiry, KeyValueStore, ScanRange, Txn, Versioned, Write, WriteResult};
 
 use super::admin::{checkpoint, command, config, info};
 use super::keyspace::{Cursors, keys, scan};
+use super::multi::{self, EXECABORT, Multi};
 use super::resp::Frame;
 use super::session::{Session, auth, client, hello};
 use crate::AuthToken;
@@ -114,6 +116,7 @@ const R: &[&str] = &["readonly", "fast"];
 const W: &[&str] = &["write", "denyoom"];
 const WF: &[&str] = &["write", "fast"];
 const A: &[&str] = &["fast", "loading", "stale"];
+const TX: &[&str] = &["noscript", "loading", "stale", "fast", "allow_busy"];
 const NONE: (i64, i64, i64) = (0, 0, 0);
 const ONE: (i64, i64, i64) = (1, 1, 1);
 
@@ -138,6 +141,8 @@ pub(super) const COMMANDS: &[Spec] = &[
     spec("psetex", 4, W, ONE),
     spec("getset", 3, W, ONE),
     spec("getdel", 2, WF, ONE),
+    spec("getex", -2, WF, ONE),
+    spec("append", 3, &["write", "denyoom", "fast"], ONE),
     spec("mget", -2, R, (1, -1, 1)),
     spec("mset", -3, W, (1, -1, 2)),
     spec("msetnx", -3, W, (1, -1, 2)),
@@ -162,6 +167,18 @@ pub(super) const COMMANDS: &[Spec] = &[
     spec("save", 1, &["admin", "noscript"], NONE),
     spec("bgsave", -1, &["admin", "noscript"], NONE),
     spec("lastsave", 1, A, NONE),
+    spec("flushdb", -1, &["write"], NONE),
+    spec("flushall", -1, &["write"], NONE),
+    spec("multi", 1, TX, NONE),
+    spec(
+        "exec",
+        1,
+        &["noscript", "loading", "stale", "skip_slowlog"],
+        NONE,
+    ),
+    spec("discard", 1, TX, NONE),
+    spec("watch", -2, TX, (1, -1, 1)),
+    spec("unwatch", 1, TX, NONE),
 ];
 
 /// The version reported to clients: the Redis command set this listener
@@ -250,6 +267,37 @@ fn deadline(cmd: &str, n: i64, unit_ms: i64, relative: bool, now: u64) -> Result
     Ok(at)
 }
 
+/// SETEX / PSETEX key time value: the absolute deadline.
+pub(super) fn setex_deadline(cmd: &str, args: &[Bytes], now: u64) -> Result<u64, Frame> {
+    let unit = if cmd == "setex" { 1000 } else { 1 };
+    let n = parse_int(&args[2])?;
+    if n <= 0 {
+        return Err(err(format!("ERR invalid expire time in '{cmd}' command")));
+    }
+    deadline(cmd, n, unit, true, now).map(i64::unsigned_abs)
+}
+
+/// The text refusing the EXPIRE options NX XX GT LT.
+pub(super) fn expire_options_refused(cmd: &str) -> Frame {
+    err(format!(
+        "ERR {} options (NX XX GT LT) are not supported by this server",
+        cmd.to_ascii_uppercase()
+    ))
+}
+
+/// EXPIRE / PEXPIRE / EXPIREAT / PEXPIREAT key time: the absolute
+/// deadline, at least 1 (a time already past removes the key, as in
+/// Redis).
+pub(super) fn expire_deadline(cmd: &str, args: &[Bytes], now: u64) -> Result<u64, Frame> {
+    if args.len() > 3 {
+        return Err(expire_options_refused(cmd));
+    }
+    let unit = if cmd.starts_with('p') { 1 } else { 1000 };
+    let relative = !cmd.ends_with("at");
+    let at = deadline(cmd, parse_int(&args[2])?, unit, relative, now)?;
+    Ok(u64::try_from(at).unwrap_or(0).max(1))
+}
+
 /// Starts answering one command.
 pub(crate) fn dispatch(
     args: Vec<Bytes>,
@@ -261,17 +309,64 @@ pub(crate) fn dispatch(
     if !session.authenticated && !matches!(name.as_str(), "auth" | "hello" | "quit") {
         return Outcome::Ready(err("NOAUTH Authentication required."));
     }
+    // Inside MULTI, an unknown command or a wrong arity makes EXEC abort.
+    let queue_failed = |session: &mut Session| {
+        if let Some(multi) = session.multi.as_mut() {
+            multi.failed = true;
+        }
+    };
     let Some(spec) = COMMANDS.iter().find(|s| s.name == name) else {
+        queue_failed(session);
         return Outcome::Ready(unknown_command(&args));
     };
     let n = i64::try_from(args.len()).unwrap_or(i64::MAX);
     if (spec.arity > 0 && n != spec.arity) || (spec.arity < 0 && n < -spec.arity) {
+        queue_failed(session);
         return Outcome::Ready(wrong_arity(spec.name));
     }
     let ready = |f: Result<Frame, Frame>| Outcome::Ready(f.unwrap_or_else(|e| e));
     let store = &shared.store;
     let now = kv_store::now_ms();
+    if let Some(queue) = session.multi.as_mut()
+        && !multi::runs_inside_multi(spec.name)
+    {
+        return Outcome::Ready(multi::queue(queue, args, spec.name, shared.max_bulk, now));
+    }
     match spec.name {
+        "multi" => Outcome::Ready(if session.multi.is_some() {
+            err("ERR MULTI calls can not be nested")
+        } else {
+            session.multi = Some(Multi::default());
+            Frame::ok()
+        }),
+        "exec" => match session.multi.take() {
+            None => Outcome::Ready(err("ERR EXEC without MULTI")),
+            Some(queued) => {
+                let watched = multi::unwatch(&session.watched);
+                if queued.failed {
+                    Outcome::Ready(err(EXECABORT))
+                } else {
+                    multi::exec(store, queued.queued, watched, now)
+                }
+            }
+        },
+        "discard" => Outcome::Ready(match session.multi.take() {
+            None => err("ERR DISCARD without MULTI"),
+            Some(_) => {
+                multi::unwatch(&session.watched);
+                Frame::ok()
+            }
+        }),
+        "watch" => {
+            if session.multi.is_some() {
+                return Outcome::Ready(err("ERR WATCH inside MULTI is not allowed"));
+            }
+            multi::watch(args[1..].to_vec(), &session.watched, store)
+        }
+        "unwatch" => {
+            multi::unwatch(&session.watched);
+            Outcome::Ready(Frame::ok())
+        }
         "ping" => Outcome::Ready(match args.len() {
             1 => Frame::Simple("PONG".into()),
             2 => Frame::Bulk(args[1].clone()),
@@ -369,22 +464,10 @@ pub(crate) fn dispatch(
             vec![put(&args[1], &args[2], Expiry::Clear)],
             |outcome| Frame::Integer(i64::from(outcome.is_some())),
         ),
-        "setex" | "psetex" => {
-            let unit = if spec.name == "setex" { 1000 } else { 1 };
-            let at = parse_int(&args[2]).and_then(|n| {
-                if n <= 0 {
-                    return Err(err(format!(
-                        "ERR invalid expire time in '{}' command",
-                        spec.name
-                    )));
-                }
-                deadline(spec.name, n, unit, true, now)
-            });
-            match at {
-                Err(e) => Outcome::Ready(e),
-                Ok(at) => plain_put(store, &args[1], &args[3], Some(at.unsigned_abs())),
-            }
-        }
+        "setex" | "psetex" => match setex_deadline(spec.name, &args, now) {
+            Err(e) => Outcome::Ready(e),
+            Ok(at) => plain_put(store, &args[1], &args[3], Some(at)),
+        },
         "getset" => swap(
             store,
             args[1].clone(),
@@ -392,6 +475,16 @@ pub(crate) fn dispatch(
             Only::Any,
         ),
         "getdel" => swap(store, args[1].clone(), SwapWrite::Delete, Only::Any),
+        "getex" => getex(&args, store, now),
+        "append" => append(store, args[1].clone(), args[2].clone()),
+        "flushdb" | "flushall" => {
+            if args.len() > 2
+                || (args.len() == 2 && !matches!(upper(&args[1]).as_str(), "ASYNC" | "SYNC"))
+            {
+                return Outcome::Ready(err(SYNTAX));
+            }
+            flush(store)
+        }
         "mset" | "msetnx" => {
             if args.len().is_multiple_of(2) {
                 return Outcome::Ready(wrong_arity(spec.name));
@@ -457,21 +550,9 @@ pub(crate) fn dispatch(
             }
         }
         "expire" | "pexpire" | "expireat" | "pexpireat" => {
-            if args.len() > 3 {
-                return Outcome::Ready(err(format!(
-                    "ERR {} options (NX XX GT LT) are not supported by this server",
-                    spec.name.to_ascii_uppercase()
-                )));
-            }
-            let unit = if spec.name.starts_with('p') { 1 } else { 1000 };
-            let relative = !spec.name.ends_with("at");
-            let at = parse_int(&args[2]).and_then(|n| deadline(spec.name, n, unit, relative, now));
-            match at {
+            match expire_deadline(spec.name, &args, now) {
                 Err(e) => Outcome::Ready(e),
-                // A time already past removes the key, as in Redis.
-                Ok(at) => {
-                    set_deadline(store, &args[1], Some(u64::try_from(at).unwrap_or(0).max(1)))
-                }
+                Ok(at) => set_deadline(store, &args[1], Some(at)),
             }
         }
         "persist" => set_deadline(store, &args[1], None),
@@ -520,7 +601,8 @@ fn read(
     Outcome::Later(Box::pin(async move { f(&store) }))
 }
 
-fn put(key: &[u8], value: &[u8], expiry: Expiry) -> Write {
+/// A put of `key` to `value` with `expiry`, as a transaction write.
+pub(super) fn put(key: &[u8], value: &[u8], expiry: Expiry) -> Write {
     Write::Put {
         key: key.to_vec(),
         value: value.to_vec(),
@@ -543,7 +625,7 @@ fn plain_put(store: &KeyValueStore, key: &[u8], value: &[u8], deadline: Option<u
 
 /// A transaction submitted now; `answer` gets the results once durable,
 /// `None` when a condition failed.
-fn txn(
+pub(super) fn txn(
     store: &KeyValueStore,
     conditions: Vec<(Vec<u8>, Condition)>,
     writes: Vec<Write>,
@@ -582,9 +664,12 @@ fn set_deadline(store: &KeyValueStore, key: &[u8], at: Option<u64>) -> Outcome {
 
 /// Which existing state a swap writes over (SET's NX and XX).
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Only {
+pub(super) enum Only {
+    /// Either (no NX or XX).
     Any,
+    /// NX: only a missing key.
     Absent,
+    /// XX: only an existing key.
     Present,
 }
 
@@ -636,32 +721,87 @@ fn swap(store: &KeyValueStore, key: Bytes, write: SwapWrite, only: Only) -> Outc
     }))
 }
 
-/// SET key value [NX|XX] [GET] [EX s|PX ms|EXAT ts|PXAT ms|KEEPTTL].
-fn set(args: Vec<Bytes>, store: &KeyValueStore, now: u64) -> Outcome {
-    let mut only = Only::Any;
-    let mut get = false;
-    let mut expiry: Option<Expiry> = None;
-    let mut i = 3;
+/// Submits `write` on condition that `key` is as `condition` says, and
+/// waits until it is durable: `Ok` with its results, `Err(None)` when the
+/// condition failed, `Err(Some(error))` for any other failure.
+async fn write_if(
+    store: &KeyValueStore,
+    key: &[u8],
+    condition: Condition,
+    write: Write,
+) -> Result<Vec<WriteResult>, Option<Frame>> {
+    let submitted = store.submit_txn(Txn {
+        conditions: vec![(key.to_vec(), condition)],
+        writes: vec![write],
+    });
+    let result = match submitted {
+        Ok(pending) => pending.await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(outcome) => Ok(outcome.results),
+        Err(e) if is_condition_failed(&e) => Err(None),
+        Err(e) => Err(Some(store_error(&e))),
+    }
+}
+
+/// The condition that a key is still as `current` found it.
+fn unchanged(current: Option<&Versioned>) -> Condition {
+    match current {
+        Some(v) => Condition::SeqEquals(v.seq),
+        None => Condition::Absent,
+    }
+}
+
+/// APPEND key value: the new length. The key keeps its deadline.
+fn append(store: &KeyValueStore, key: Bytes, tail: Bytes) -> Outcome {
+    let store = store.clone();
+    Outcome::Barrier(Box::pin(async move {
+        loop {
+            let current = store.get_versioned(&key);
+            let condition = unchanged(current.as_ref());
+            let mut value = current.map_or_else(Vec::new, |v| v.value);
+            value.extend_from_slice(&tail);
+            let len = i64::try_from(value.len()).unwrap_or(i64::MAX);
+            let write = Write::Put {
+                key: key.to_vec(),
+                value,
+                expiry: Expiry::Keep,
+            };
+            match write_if(&store, &key, condition, write).await {
+                Ok(_) => return Frame::Integer(len),
+                Err(None) => {}
+                Err(Some(e)) => return e,
+            }
+        }
+    }))
+}
+
+/// `GETEX key [EX s|PX ms|EXAT ts|PXAT ms|PERSIST]`: the value (or nil),
+/// and the deadline set or cleared, on condition that the key is still the
+/// version whose value is answered.
+fn getex(args: &[Bytes], store: &KeyValueStore, now: u64) -> Outcome {
+    // `Some(None)`: PERSIST.
+    let mut change: Option<Option<u64>> = None;
+    let mut i = 2;
     while i < args.len() {
         let opt = upper(&args[i]);
         let has_next = i + 1 < args.len();
         match opt.as_str() {
-            "NX" if only != Only::Present => only = Only::Absent,
-            "XX" if only != Only::Absent => only = Only::Present,
-            "GET" => get = true,
-            "KEEPTTL" if expiry.is_none() => expiry = Some(Expiry::Keep),
-            "EX" | "PX" | "EXAT" | "PXAT" if expiry.is_none() && has_next => {
+            "PERSIST" if change.is_none() => change = Some(None),
+            "EX" | "PX" | "EXAT" | "PXAT" if change.is_none() && has_next => {
                 i += 1;
                 let n = match parse_int(&args[i]) {
                     Ok(n) => n,
                     Err(e) => return Outcome::Ready(e),
                 };
                 if n <= 0 {
-                    return Outcome::Ready(err("ERR invalid expire time in 'set' command"));
+                    return Outcome::Ready(err("ERR invalid expire time in 'getex' command"));
                 }
                 let unit = if opt.starts_with('E') { 1000 } else { 1 };
-                match deadline("set", n, unit, !opt.ends_with("AT"), now) {
-                    Ok(at) => expiry = Some(Expiry::At(at.unsigned_abs())),
+                match deadline("getex", n, unit, !opt.ends_with("AT"), now) {
+                    // A time already past removes the key, as in Redis.
+                    Ok(at) => change = Some(Some(at.unsigned_abs().max(1))),
                     Err(e) => return Outcome::Ready(e),
                 }
             }
@@ -669,7 +809,90 @@ fn set(args: Vec<Bytes>, store: &KeyValueStore, now: u64) -> Outcome {
         }
         i += 1;
     }
-    let expiry = expiry.unwrap_or(Expiry::Clear);
+    let key = args[1].clone();
+    let Some(at) = change else {
+        return read(store, move |store| {
+            store
+                .get_versioned(&key)
+                .map_or(Frame::Null, |v| Frame::bulk(v.value))
+        });
+    };
+    let store = store.clone();
+    Outcome::Barrier(Box::pin(async move {
+        loop {
+            let Some(current) = store.get_versioned(&key) else {
+                return Frame::Null;
+            };
+            let condition = Condition::SeqEquals(current.seq);
+            let write = Write::SetDeadline {
+                key: key.to_vec(),
+                at,
+            };
+            match write_if(&store, &key, condition, write).await {
+                Ok(_) => return Frame::bulk(current.value),
+                Err(None) => {}
+                Err(Some(e)) => return e,
+            }
+        }
+    }))
+}
+
+/// Keys FLUSHDB deletes per transaction (and bytes of keys, at most).
+const FLUSH_KEYS: usize = 1024;
+const FLUSH_BYTES: usize = 256 << 10;
+
+/// FLUSHDB / FLUSHALL: deletes every key, a page of keys per transaction.
+/// Not atomic, unlike Redis's: a write of another connection made while
+/// it runs may survive it.
+fn flush(store: &KeyValueStore) -> Outcome {
+    let store = store.clone();
+    Outcome::Barrier(Box::pin(async move {
+        let range = ScanRange::all();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = store.scan(&range, after.as_deref(), FLUSH_KEYS, FLUSH_BYTES, false);
+            if !page.items.is_empty() {
+                let writes = page
+                    .items
+                    .into_iter()
+                    .map(|item| Write::Delete { key: item.key })
+                    .collect();
+                let submitted = store.submit_txn(Txn {
+                    conditions: Vec::new(),
+                    writes,
+                });
+                let result = match submitted {
+                    Ok(pending) => pending.await.map(|_| ()),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = result {
+                    return store_error(&e);
+                }
+            }
+            if !page.more {
+                return Frame::ok();
+            }
+            after = Some(page.resume_after);
+        }
+    }))
+}
+
+/// SET's options.
+pub(super) struct SetOptions {
+    /// NX / XX.
+    pub(super) only: Only,
+    /// GET.
+    pub(super) get: bool,
+    /// EX, PX, EXAT, PXAT (as an absolute deadline) or KEEPTTL.
+    pub(super) expiry: Expiry,
+}
+
+/// `SET key value [NX|XX] [GET] [EX s|PX ms|EXAT ts|PXAT ms|KEEPTTL]`.
+fn set(args: Vec<Bytes>, store: &KeyValueStore, now: u64) -> Outcome {
+    let SetOptions { only, get, expiry } = match set_options(&args, now) {
+        Ok(options) => options,
+        Err(e) => return Outcome::Ready(e),
+    };
     let (key, value) = (args[1].clone(), args[2].clone());
     if get {
         return swap(store, key, SwapWrite::Put(value, expiry), only);
@@ -697,6 +920,41 @@ fn set(args: Vec<Bytes>, store: &KeyValueStore, now: u64) -> Outcome {
             )
         }
     }
+}
+
+/// Parses SET's options (after the key and value).
+pub(super) fn set_options(args: &[Bytes], now: u64) -> Result<SetOptions, Frame> {
+    let mut only = Only::Any;
+    let mut get = false;
+    let mut expiry: Option<Expiry> = None;
+    let mut i = 3;
+    while i < args.len() {
+        let opt = upper(&args[i]);
+        let has_next = i + 1 < args.len();
+        match opt.as_str() {
+            "NX" if only != Only::Present => only = Only::Absent,
+            "XX" if only != Only::Absent => only = Only::Present,
+            "GET" => get = true,
+            "KEEPTTL" if expiry.is_none() => expiry = Some(Expiry::Keep),
+            "EX" | "PX" | "EXAT" | "PXAT" if expiry.is_none() && has_next => {
+                i += 1;
+                let n = parse_int(&args[i])?;
+                if n <= 0 {
+                    return Err(err("ERR invalid expire time in 'set' command"));
+                }
+                let unit = if opt.starts_with('E') { 1000 } else { 1 };
+                let at = deadline("set", n, unit, !opt.ends_with("AT"), now)?;
+                expiry = Some(Expiry::At(at.unsigned_abs()));
+            }
+            _ => return Err(err(SYNTAX)),
+        }
+        i += 1;
+    }
+    Ok(SetOptions {
+        only,
+        get,
+        expiry: expiry.unwrap_or(Expiry::Clear),
+    })
 }
 
 #[cfg(test)]

@@ -19,11 +19,13 @@
 //! `resp` parses commands and encodes replies (no I/O); this module is
 //! the only one that reads and writes sockets; `commands` answers each
 //! command, with the connection's state in `session`, the key walks (KEYS,
-//! SCAN) in `keyspace` and the server commands in `admin`.
+//! SCAN) in `keyspace`, the server commands in `admin` and the
+//! transactions (MULTI, EXEC, WATCH) in `multi`.
 
 mod admin;
 mod commands;
 mod keyspace;
+mod multi;
 mod resp;
 mod session;
 

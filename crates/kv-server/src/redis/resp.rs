@@ -271,6 +271,9 @@ pub(crate) enum Frame {
     Bulk(Bytes),
     /// RESP2 `$-1`, RESP3 `_`.
     Null,
+    /// RESP2 `*-1` (a nil array: EXEC of a transaction whose watched keys
+    /// changed), RESP3 `_`.
+    NullArray,
     /// `*n`.
     Array(Vec<Frame>),
     /// RESP3 `%n`; in RESP2 a flat array of keys and values.
@@ -313,6 +316,8 @@ impl Frame {
             }
             Frame::Null if version >= 3 => out.extend_from_slice(b"_\r\n"),
             Frame::Null => out.extend_from_slice(b"$-1\r\n"),
+            Frame::NullArray if version >= 3 => out.extend_from_slice(b"_\r\n"),
+            Frame::NullArray => out.extend_from_slice(b"*-1\r\n"),
             Frame::Array(items) => {
                 line(out, b'*', items.len().to_string().as_bytes());
                 for item in items {
@@ -435,18 +440,19 @@ mod tests {
             Frame::Null,
             Frame::Map(vec![(Frame::bulk("k"), Frame::Integer(-1))]),
             Frame::error("ERR a\r\nb"),
+            Frame::NullArray,
         ]);
         let mut two = BytesMut::new();
         frame.encode(2, &mut two);
         assert_eq!(
             &two[..],
-            b"*3\r\n$-1\r\n*2\r\n$1\r\nk\r\n:-1\r\n-ERR a  b\r\n"
+            b"*4\r\n$-1\r\n*2\r\n$1\r\nk\r\n:-1\r\n-ERR a  b\r\n*-1\r\n"
         );
         let mut three = BytesMut::new();
         frame.encode(3, &mut three);
         assert_eq!(
             &three[..],
-            b"*3\r\n_\r\n%1\r\n$1\r\nk\r\n:-1\r\n-ERR a  b\r\n"
+            b"*4\r\n_\r\n%1\r\n$1\r\nk\r\n:-1\r\n-ERR a  b\r\n_\r\n"
         );
     }
 }

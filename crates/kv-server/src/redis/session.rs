@@ -1,6 +1,8 @@
 //! One connection's state, and the commands that change it: AUTH, HELLO
-//! and CLIENT.
+//! and CLIENT (MULTI's queue and the watched keys are kept here too; their
+//! commands are in `multi`).
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -9,6 +11,7 @@ use bytes::Bytes;
 use super::commands::{
     REDIS_VERSION, RedisServer, SYNTAX, err, parse_int, printable, upper, wrong_arity,
 };
+use super::multi::{Multi, Watched};
 use super::resp::Frame;
 
 /// One connection's state.
@@ -22,6 +25,10 @@ pub(super) struct Session {
     pub(crate) failures: u32,
     /// Set by a failed AUTH: how long the reader pauses.
     pub(crate) delay: Duration,
+    /// The transaction being queued, after MULTI.
+    pub(super) multi: Option<Multi>,
+    /// The keys WATCH recorded.
+    pub(super) watched: Watched,
 }
 
 impl Session {
@@ -33,6 +40,8 @@ impl Session {
             id: shared.next_client_id.fetch_add(1, Ordering::Relaxed),
             failures: 0,
             delay: Duration::ZERO,
+            multi: None,
+            watched: Arc::default(),
         }
     }
 }

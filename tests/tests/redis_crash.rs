@@ -1,0 +1,412 @@
+//! The Redis listener of the real binary: kill -9 while 8 clients SET
+//! distinct keys through RESP, then every acknowledged SET is readable
+//! after a restart; kill -9 while clients run MULTI/EXEC transactions, then
+//! none is half applied; and `redis-cli` against it when it is installed.
+//!
+//! The e2e crate has no Redis client library, so the clients speak RESP
+//! over a raw socket (the few replies they need: `+`, `-`, `:`, `$`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use e2e::{ServerProcess, free_addrs, run_to_exit, wait_until};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+const CLIENTS: u32 = 8;
+/// How long the load runs before the kill.
+const LOAD: Duration = Duration::from_secs(3);
+/// Most SETs one client sends (a bound if the server is very fast).
+const MAX_SETS_PER_CLIENT: u32 = 200_000;
+const DEADLINE: Duration = Duration::from_secs(30);
+/// GETs pipelined per batch when verifying.
+const VERIFY_BATCH: usize = 1000;
+
+/// A RESP reply, as far as these tests need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Reply {
+    Simple(String),
+    Error(String),
+    Integer(i64),
+    Bulk(Option<Vec<u8>>),
+}
+
+/// A command as a RESP array of bulk strings.
+fn command(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+fn invalid(what: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what)
+}
+
+/// Reads one reply; an error when the connection ends first.
+async fn read_reply(reader: &mut BufReader<TcpStream>) -> std::io::Result<Reply> {
+    let mut line = Vec::new();
+    reader.read_until(b'\n', &mut line).await?;
+    if !line.ends_with(b"\r\n") {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    let text = String::from_utf8_lossy(&line[1..line.len() - 2]).into_owned();
+    match line[0] {
+        b'+' => Ok(Reply::Simple(text)),
+        b'-' => Ok(Reply::Error(text)),
+        b':' => text
+            .parse()
+            .map(Reply::Integer)
+            .map_err(|_| invalid(format!("bad integer reply {text:?}"))),
+        b'$' => {
+            let len: i64 = text
+                .parse()
+                .map_err(|_| invalid(format!("bad bulk length {text:?}")))?;
+            let Ok(len) = usize::try_from(len) else {
+                return Ok(Reply::Bulk(None));
+            };
+            let mut body = vec![0; len + 2];
+            reader.read_exact(&mut body).await?;
+            body.truncate(len);
+            Ok(Reply::Bulk(Some(body)))
+        }
+        other => Err(invalid(format!(
+            "unexpected reply type {:?}",
+            other as char
+        ))),
+    }
+}
+
+/// Connects, retrying until the listener accepts (it may still be
+/// starting) or `DEADLINE` passes.
+async fn connect(addr: SocketAddr) -> BufReader<TcpStream> {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => return BufReader::new(stream),
+            Err(e) => {
+                assert!(
+                    Instant::now() < until,
+                    "the Redis listener on {addr} did not accept within {DEADLINE:?}: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Sends one command and reads its reply, within `DEADLINE`.
+async fn call(conn: &mut BufReader<TcpStream>, args: &[&[u8]]) -> std::io::Result<Reply> {
+    let request = command(args);
+    tokio::time::timeout(DEADLINE, async {
+        conn.get_mut().write_all(&request).await?;
+        read_reply(conn).await
+    })
+    .await
+    .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+/// One client's SETs until the server is gone (or `stop`): the key and
+/// value of each one acknowledged with `+OK`.
+async fn set_until_killed(
+    addr: SocketAddr,
+    client: u32,
+    stop: Arc<AtomicBool>,
+    acks: Arc<AtomicU64>,
+) -> Vec<(String, String)> {
+    let mut conn = connect(addr).await;
+    let mut acked = Vec::new();
+    for i in 0..MAX_SETS_PER_CLIENT {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let key = format!("c{client}-k{i}");
+        let value = format!("value of {key} {}", "x".repeat((i % 64) as usize));
+        match call(&mut conn, &[b"SET", key.as_bytes(), value.as_bytes()]).await {
+            Ok(Reply::Simple(ok)) if ok == "OK" => {
+                acked.push((key, value));
+                acks.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(other) => panic!("SET {key}: unexpected reply {other:?}"),
+            // The server was killed: this SET may or may not have landed.
+            Err(_) => break,
+        }
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_keeps_every_acknowledged_redis_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis_addr = free_addrs(1).remove(0);
+    let mut server = ServerProcess::start(dir.path(), &["--redis-addr", &redis_addr]);
+    let addr: SocketAddr = redis_addr.parse().unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            tokio::spawn(set_until_killed(
+                addr,
+                client,
+                Arc::clone(&stop),
+                Arc::clone(&acks),
+            ))
+        })
+        .collect();
+    wait_until("the first acknowledged SETs", DEADLINE, || {
+        acks.load(Ordering::Relaxed) >= 100
+    })
+    .await;
+    // The load's duration, then the crash, with the clients still writing.
+    tokio::time::sleep(LOAD).await;
+    server.kill9();
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for task in tasks {
+        acked.extend(task.await.expect("client task"));
+    }
+    assert!(acked.len() >= 100, "only {} SETs acknowledged", acked.len());
+
+    let server = server.restart();
+    let mut conn = connect(addr).await;
+    for batch in acked.chunks(VERIFY_BATCH) {
+        let mut requests = Vec::new();
+        for (key, _) in batch {
+            requests.extend(command(&[b"GET", key.as_bytes()]));
+        }
+        conn.get_mut().write_all(&requests).await.unwrap();
+        for (key, value) in batch {
+            let reply = tokio::time::timeout(DEADLINE, read_reply(&mut conn))
+                .await
+                .expect("GET answered in time")
+                .expect("GET answered");
+            assert_eq!(
+                reply,
+                Reply::Bulk(Some(value.clone().into_bytes())),
+                "acknowledged SET {key} lost by kill -9; stderr:\n{}",
+                server.stderr()
+            );
+        }
+    }
+    println!(
+        "redis_crash: {} acknowledged SETs from {CLIENTS} clients all readable after kill -9",
+        acked.len()
+    );
+}
+
+/// One client's transactions `MULTI; SET a<c> i; SET b<c> i; EXEC` until
+/// the server is gone (or `stop`): the last `i` acknowledged.
+async fn transact_until_killed(
+    addr: SocketAddr,
+    client: u32,
+    stop: Arc<AtomicBool>,
+    acks: Arc<AtomicU64>,
+) -> Option<u64> {
+    let mut conn = connect(addr).await;
+    let (a, b) = (format!("a{client}"), format!("b{client}"));
+    let mut last = None;
+    for i in 0..u64::from(MAX_SETS_PER_CLIENT) {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let v = i.to_string();
+        let mut request = command(&[b"MULTI"]);
+        request.extend(command(&[b"SET", a.as_bytes(), v.as_bytes()]));
+        request.extend(command(&[b"SET", b.as_bytes(), v.as_bytes()]));
+        request.extend(command(&[b"EXEC"]));
+        let answered = tokio::time::timeout(DEADLINE, async {
+            conn.get_mut().write_all(&request).await?;
+            let mut replies = Vec::new();
+            for _ in 0..3 {
+                replies.push(read_reply(&mut conn).await?);
+            }
+            // EXEC's array header, then its two elements.
+            let mut header = Vec::new();
+            conn.read_until(b'\n', &mut header).await?;
+            if !header.ends_with(b"\r\n") {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            if header != b"*2\r\n" {
+                return Err(invalid(format!(
+                    "EXEC answered {:?}",
+                    String::from_utf8_lossy(&header)
+                )));
+            }
+            for _ in 0..2 {
+                replies.push(read_reply(&mut conn).await?);
+            }
+            Ok::<_, std::io::Error>(replies)
+        })
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+        match answered {
+            Ok(replies) => {
+                let ok = Reply::Simple("OK".into());
+                let queued = Reply::Simple("QUEUED".into());
+                assert_eq!(
+                    replies,
+                    [ok.clone(), queued.clone(), queued, ok.clone(), ok]
+                );
+                last = Some(i);
+                acks.fetch_add(1, Ordering::Relaxed);
+            }
+            // The server was killed: this transaction may or may not have
+            // landed, but as a whole.
+            Err(e) if e.kind() != std::io::ErrorKind::InvalidData => break,
+            Err(e) => panic!("client {client}: {e}"),
+        }
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_never_half_applies_a_redis_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis_addr = free_addrs(1).remove(0);
+    let mut server = ServerProcess::start(dir.path(), &["--redis-addr", &redis_addr]);
+    let addr: SocketAddr = redis_addr.parse().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            tokio::spawn(transact_until_killed(
+                addr,
+                client,
+                Arc::clone(&stop),
+                Arc::clone(&acks),
+            ))
+        })
+        .collect();
+    wait_until("the first acknowledged transactions", DEADLINE, || {
+        acks.load(Ordering::Relaxed) >= 100
+    })
+    .await;
+    // The load's duration, then the crash, with the clients still writing.
+    tokio::time::sleep(LOAD).await;
+    server.kill9();
+    stop.store(true, Ordering::Relaxed);
+    let mut lasts = Vec::new();
+    for task in tasks {
+        lasts.push(task.await.expect("client task"));
+    }
+
+    let server = server.restart();
+    let mut conn = connect(addr).await;
+    for (client, last) in lasts.iter().enumerate() {
+        let a = call(&mut conn, &[b"GET", format!("a{client}").as_bytes()])
+            .await
+            .unwrap();
+        let b = call(&mut conn, &[b"GET", format!("b{client}").as_bytes()])
+            .await
+            .unwrap();
+        assert_eq!(
+            a,
+            b,
+            "client {client}: a transaction half applied after kill -9; stderr:\n{}",
+            server.stderr()
+        );
+        if let Some(last) = last {
+            let Reply::Bulk(Some(found)) = a else {
+                panic!("client {client}: acknowledged transaction {last} lost")
+            };
+            let found: u64 = String::from_utf8(found).unwrap().parse().unwrap();
+            assert!(
+                found >= *last,
+                "client {client}: found {found}, but {last} was acknowledged"
+            );
+        }
+    }
+    println!(
+        "redis_crash: {} transactions acknowledged; none half applied after kill -9",
+        acks.load(Ordering::Relaxed)
+    );
+}
+
+/// `redis-cli` on PATH, if there is one.
+fn find_redis_cli() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("redis-cli"))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Runs `redis-cli -h 127.0.0.1 -p PORT ARGS...`: its stdout, asserting
+/// that it succeeded.
+fn redis_cli(cli: &Path, addr: SocketAddr, args: &[&str]) -> String {
+    let mut command = std::process::Command::new(cli);
+    command
+        .arg("-h")
+        .arg(addr.ip().to_string())
+        .arg("-p")
+        .arg(addr.port().to_string())
+        .args(args);
+    let output = run_to_exit(command, b"", DEADLINE);
+    assert!(
+        output.status.success(),
+        "redis-cli {args:?}: {:?}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cli_works_against_the_server() {
+    let Some(cli) = find_redis_cli() else {
+        println!("skipped: redis-cli is not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let redis_addr = free_addrs(1).remove(0);
+    let _server = ServerProcess::start(dir.path(), &["--redis-addr", &redis_addr]);
+    let addr: SocketAddr = redis_addr.parse().unwrap();
+    // The listener is up once a PING is answered.
+    let mut conn = connect(addr).await;
+    assert_eq!(
+        call(&mut conn, &[b"PING"]).await.unwrap(),
+        Reply::Simple("PONG".into())
+    );
+
+    // Not on a terminal, redis-cli prints raw replies.
+    assert_eq!(redis_cli(&cli, addr, &["SET", "greeting", "hello"]), "OK\n");
+    assert_eq!(redis_cli(&cli, addr, &["GET", "greeting"]), "hello\n");
+    assert_eq!(redis_cli(&cli, addr, &["INCR", "counter"]), "1\n");
+    assert_eq!(redis_cli(&cli, addr, &["INCR", "counter"]), "2\n");
+    // --no-raw: the formatted replies a terminal shows.
+    assert_eq!(
+        redis_cli(&cli, addr, &["--no-raw", "GET", "greeting"]),
+        "\"hello\"\n"
+    );
+    assert_eq!(
+        redis_cli(&cli, addr, &["--no-raw", "INCR", "counter"]),
+        "(integer) 3\n"
+    );
+    assert_eq!(
+        redis_cli(&cli, addr, &["--no-raw", "SET", "other", "x"]),
+        "OK\n"
+    );
+    assert_eq!(
+        redis_cli(
+            &cli,
+            addr,
+            &["--no-raw", "DEL", "greeting", "counter", "missing"]
+        ),
+        "(integer) 2\n"
+    );
+    assert_eq!(
+        redis_cli(&cli, addr, &["--no-raw", "GET", "greeting"]),
+        "(nil)\n"
+    );
+    assert_eq!(
+        redis_cli(&cli, addr, &["--no-raw", "MGET", "other", "missing"]),
+        "1) \"x\"\n2) (nil)\n"
+    );
+    assert_eq!(redis_cli(&cli, addr, &["DBSIZE"]), "1\n");
+}
