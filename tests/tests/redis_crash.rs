@@ -410,3 +410,102 @@ async fn redis_cli_works_against_the_server() {
     );
     assert_eq!(redis_cli(&cli, addr, &["DBSIZE"]), "1\n");
 }
+
+/// `VmRSS` of `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// Inline PINGs the flood sends.
+const FLOOD: usize = 1_000_000;
+
+/// Growth of the server's resident memory allowed during the flood. Held
+/// unread, a million parsed commands with their pending replies would take
+/// well over this; the server reads a connection only while its bounded
+/// reply queue (`--max-in-flight`) has room.
+const FLOOD_RSS_GROWTH: u64 = 64 << 20;
+
+/// One connection writes a million tiny inline commands and reads no reply
+/// at first: the server's memory stays bounded, another client is served
+/// meanwhile, and then every reply arrives, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_tiny_commands_is_held_in_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis_addr = free_addrs(1).remove(0);
+    let server = ServerProcess::start(dir.path(), &["--redis-addr", &redis_addr]);
+    let addr: SocketAddr = redis_addr.parse().unwrap();
+    let mut probe = connect(addr).await;
+    assert_eq!(
+        call(&mut probe, &[b"PING"]).await.unwrap(),
+        Reply::Simple("PONG".into())
+    );
+    let base = rss(server.pid());
+
+    let (mut replies, mut requests) = TcpStream::connect(addr).await.unwrap().into_split();
+    let written = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let written = Arc::clone(&written);
+        tokio::spawn(async move {
+            let chunk = b"PING\r\n".repeat(10_000);
+            for _ in 0..FLOOD / 10_000 {
+                requests.write_all(&chunk).await.unwrap();
+                written.fetch_add(10_000, Ordering::Relaxed);
+            }
+            requests
+        })
+    };
+
+    // Nothing read from the flood yet: another client is served, and the
+    // server's memory stays within the bound, until the flood is all
+    // written or 3 s have passed.
+    let mut peak = base;
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut i = 0u64;
+    while Instant::now() < until && written.load(Ordering::Relaxed) < FLOOD as u64 {
+        let key = format!("probe-{i}");
+        assert_eq!(
+            call(&mut probe, &[b"SET", key.as_bytes(), b"v"])
+                .await
+                .unwrap(),
+            Reply::Simple("OK".into())
+        );
+        assert_eq!(
+            call(&mut probe, &[b"GET", key.as_bytes()]).await.unwrap(),
+            Reply::Bulk(Some(b"v".to_vec()))
+        );
+        peak = peak.max(rss(server.pid()));
+        i += 1;
+    }
+    assert!(i > 0, "the other client was never served during the flood");
+
+    // Now every reply, in order, while the writer finishes.
+    let mut reader = BufReader::with_capacity(1 << 16, &mut replies);
+    let mut line = Vec::with_capacity(16);
+    for n in 0..FLOOD {
+        line.clear();
+        tokio::time::timeout(DEADLINE, reader.read_until(b'\n', &mut line))
+            .await
+            .unwrap_or_else(|_| panic!("reply {n} of the flood not within {DEADLINE:?}"))
+            .unwrap();
+        assert_eq!(line, b"+PONG\r\n", "reply {n} of the flood");
+        if n % 100_000 == 0 {
+            peak = peak.max(rss(server.pid()));
+        }
+    }
+    writer.await.unwrap();
+    println!(
+        "redis_crash: {FLOOD} inline PINGs from one connection; the other client was served {i} \
+         SET+GET pairs meanwhile; server VmRSS {} MiB before, peak {} MiB",
+        base >> 20,
+        peak >> 20
+    );
+    assert!(
+        peak - base < FLOOD_RSS_GROWTH,
+        "the server grew by {} MiB during the flood (bound {} MiB)",
+        (peak - base) >> 20,
+        FLOOD_RSS_GROWTH >> 20
+    );
+}

@@ -765,6 +765,26 @@ fn redis(paths: &Paths, params: &Params, results: &mut Results) -> Result<(), St
     .unwrap_or_default();
     results.redis_note = Some(version);
 
+    // Our server on its Redis listener, driven by the same redis-benchmark
+    // with the same flags, each configuration right after Redis's.
+    let ours_dir = TempDir::fresh(paths.bench.join("resp-data"))?;
+    let ours_addrs = free_ports(2)?;
+    let ours_redis = format!("127.0.0.1:{}", ours_addrs[1]);
+    let ours = Server::start_at(
+        &paths.kv_server(),
+        &format!("127.0.0.1:{}", ours_addrs[0]),
+        &ours_dir.0,
+        &["--redis-addr", &ours_redis],
+        &paths.bench.join("server-resp.log"),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&ours_redis).is_err() {
+        if Instant::now() >= deadline {
+            return Err("kv-server's Redis listener did not accept within 20 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
     for (test, op) in [("set", "put"), ("get", "get")] {
         for &connections in &params.connections {
             for &pipeline in &params.pipelines {
@@ -778,22 +798,46 @@ fn redis(paths: &Paths, params: &Params, results: &mut Results) -> Result<(), St
                     .and_then(|r| r.obj.num("ops_per_sec").ok())
                     .unwrap_or(10_000.0);
                 let requests = ((ours * params.server_secs) as u64).clamp(2_000, 5_000_000);
-                let mut cmd = Command::new(&bench_bin);
-                cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()])
-                    .args(["-t", test, "-n", &requests.to_string()])
-                    .args(["-c", &connections.to_string(), "-P", &pipeline.to_string()])
-                    .args(["-d", &params.value_size.to_string()])
-                    .args(["-r", &params.server_keyspace.to_string(), "--csv", "-q"]);
-                let done = proc::run(cmd, Duration::from_secs(300))?;
-                let run = RedisRun::parse(test, connections, pipeline, &done.stdout)?;
+                let generator = |port: u16| -> Result<RedisRun, String> {
+                    let mut cmd = Command::new(&bench_bin);
+                    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                        .args(["-t", test, "-n", &requests.to_string()])
+                        .args(["-c", &connections.to_string(), "-P", &pipeline.to_string()])
+                        .args(["-d", &params.value_size.to_string()])
+                        .args(["-r", &params.server_keyspace.to_string(), "--csv", "-q"]);
+                    let done = proc::run(cmd, Duration::from_secs(300))?;
+                    RedisRun::parse(test, connections, pipeline, &done.stdout)
+                };
+                let run = generator(port)?;
+                let mine = generator(ours_addrs[1])?;
                 eprintln!(
-                    "  redis {test} {connections:>2} conn x P{pipeline:<2}: {:.0} ops/s",
-                    run.rps
+                    "  redis-benchmark {test} {connections:>2} conn x P{pipeline:<2}: Redis {:.0} ops/s, ours {:.0} ops/s ({:.2}x)",
+                    run.rps,
+                    mine.rps,
+                    mine.rps / run.rps
                 );
                 results.redis.push(run);
+                results.ours_resp.push(mine);
             }
         }
     }
     drop(redis);
+    let _ = ours.stop(Duration::from_secs(30));
     Ok(())
+}
+
+/// `n` ports that were free a moment ago.
+fn free_ports(n: usize) -> Result<Vec<u16>, String> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("cannot bind: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    held.iter()
+        .map(|l| {
+            l.local_addr()
+                .map(|a| a.port())
+                .map_err(|e| format!("cannot read a bound address: {e}"))
+        })
+        .collect()
 }

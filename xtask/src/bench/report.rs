@@ -300,6 +300,8 @@ pub struct Results {
     pub memory: Option<Memory>,
     pub checkpointing: Option<Checkpointing>,
     pub redis: Vec<RedisRun>,
+    /// Our server's Redis listener under the same redis-benchmark runs.
+    pub ours_resp: Vec<RedisRun>,
     pub redis_note: Option<String>,
     pub errors: Vec<String>,
 }
@@ -829,6 +831,43 @@ pub fn render(r: &Results, p: &Params) -> String {
             s,
             "\nRedis (`appendonly yes`, `appendfsync always`, redis-benchmark): {note}."
         );
+    }
+
+    if !r.ours_resp.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n### Same load generator: redis-benchmark against both\n\n\
+             Our Redis listener (every SET fdatasynced before its reply) and Redis \
+             (`appendonly yes`, `appendfsync always`), the same flags for both (`-d {} -r {}`), \
+             each configuration run on Redis, then on ours.\n\n\
+             | test | connections | pipeline | ours ops/s | ours p50 / p99 | Redis ops/s | Redis p50 / p99 | ours / Redis |\n\
+             |---|---|---|---|---|---|---|---|",
+            p.value_size, p.server_keyspace
+        );
+        let lat = |v: Option<f64>| v.map_or("?".into(), |ms| us(ms * 1e3));
+        for mine in &r.ours_resp {
+            let Some(theirs) = r.redis.iter().find(|x| {
+                x.test == mine.test
+                    && x.connections == mine.connections
+                    && x.pipeline == mine.pipeline
+            }) else {
+                continue;
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} / {} | {} | {} / {} | {:.2}× |",
+                mine.test.to_ascii_uppercase(),
+                mine.connections,
+                mine.pipeline,
+                int(mine.rps),
+                lat(mine.p50_ms),
+                lat(mine.p99_ms),
+                int(theirs.rps),
+                lat(theirs.p50_ms),
+                lat(theirs.p99_ms),
+                mine.rps / theirs.rps
+            );
+        }
     }
 
     let _ = writeln!(s, "\n## e. Memory\n");
