@@ -133,22 +133,23 @@ impl PeerClient {
             from: self.identity.node_id,
             rpc: Some(rpc),
         };
-        // A new link is set up outside the call's time to live (openraft
-        // gives an append one heartbeat, which a TLS handshake on a busy
-        // machine can exceed), within a bound of its own.
-        if self.conn.is_none() {
-            match tokio::time::timeout(PEER_CONNECT, self.connect()).await {
-                Ok(Ok(conn)) => self.conn = Some(conn),
-                Ok(Err(e)) => return Err(CallError::Unreachable(e)),
-                Err(_) => {
-                    return Err(CallError::Unreachable(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no link to {} within {PEER_CONNECT:?}", self.addr),
-                    )));
-                }
-            }
+        let reused = self.conn.is_some();
+        self.ensure_link().await?;
+        let started = tokio::time::Instant::now();
+        let mut answer = tokio::time::timeout(ttl, self.exchange(request.clone())).await;
+        // A link that served earlier calls may be dead without our knowing
+        // (the peer restarted): its first use fails at once. The request
+        // was then never handled by the peer that listens now, and Raft's
+        // messages may be delivered twice anyway, so it goes once more on a
+        // fresh link within what is left of its time; without this, a
+        // vote lost this way costs a whole election round.
+        if reused && matches!(answer, Ok(Err(_))) {
+            self.conn = None;
+            self.ensure_link().await?;
+            let left = ttl.saturating_sub(started.elapsed());
+            answer = tokio::time::timeout(left, self.exchange(request)).await;
         }
-        match tokio::time::timeout(ttl, self.exchange(request)).await {
+        match answer {
             Ok(Ok(response)) if response.id == id => match response.result {
                 Some(PeerResult::Error(e)) => {
                     if e.fatal {
@@ -181,6 +182,26 @@ impl PeerClient {
                 self.conn = None;
                 Err(CallError::Timeout)
             }
+        }
+    }
+
+    /// Sets up a link if there is none, outside the call's time to live
+    /// (openraft gives an append one heartbeat, which a TLS handshake on a
+    /// busy machine can exceed), within a bound of its own.
+    async fn ensure_link(&mut self) -> Result<(), CallError> {
+        if self.conn.is_some() {
+            return Ok(());
+        }
+        match tokio::time::timeout(PEER_CONNECT, self.connect()).await {
+            Ok(Ok(conn)) => {
+                self.conn = Some(conn);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(CallError::Unreachable(e)),
+            Err(_) => Err(CallError::Unreachable(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no link to {} within {PEER_CONNECT:?}", self.addr),
+            ))),
         }
     }
 
