@@ -1,7 +1,9 @@
 //! The Redis listener of the real binary: kill -9 while 8 clients SET
 //! distinct keys through RESP, then every acknowledged SET is readable
 //! after a restart; kill -9 while clients run MULTI/EXEC transactions, then
-//! none is half applied; and `redis-cli` against it when it is installed.
+//! none is half applied; `redis-cli` against it when it is installed; and
+//! a three-member cluster serving Redis on its leader, whose followers
+//! name it and whose acknowledged SETs survive its kill -9.
 //!
 //! The e2e crate has no Redis client library, so the clients speak RESP
 //! over a raw socket (the few replies they need: `+`, `-`, `:`, `$`).
@@ -507,5 +509,197 @@ async fn a_flood_of_tiny_commands_is_held_in_bounded_memory() {
         "the server grew by {} MiB during the flood (bound {} MiB)",
         (peak - base) >> 20,
         FLOOD_RSS_GROWTH >> 20
+    );
+}
+
+/// Where a cluster member's Redis listener is, and its process.
+struct RedisMember {
+    redis: SocketAddr,
+    _dir: tempfile::TempDir,
+    process: Option<ServerProcess>,
+}
+
+/// The member whose Redis SET succeeds, trying the live ones until
+/// `DEADLINE`.
+async fn redis_leader(members: &[RedisMember]) -> usize {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        for (i, m) in members.iter().enumerate() {
+            if m.process.is_none() {
+                continue;
+            }
+            let Ok(stream) = TcpStream::connect(m.redis).await else {
+                continue;
+            };
+            let mut conn = BufReader::new(stream);
+            if let Ok(Reply::Simple(ok)) = call(&mut conn, &[b"SET", b"leader-probe", b"x"]).await
+                && ok == "OK"
+            {
+                return i;
+            }
+        }
+        assert!(
+            Instant::now() < until,
+            "no Redis leader within {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A three-member cluster, each member with a Redis listener: the leader
+/// takes SETs; a follower refuses writes with `-READONLY` and reads with
+/// `-NOTLEADER`, both naming the leader's Redis address, and INFO
+/// replication tells each member's role; SETs acknowledged by the leader
+/// under load from 8 clients are all readable through the new leader's
+/// Redis listener after the old one is killed with SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_serves_redis_on_its_leader_and_its_followers_name_it() {
+    let addrs = free_addrs(9);
+    let spec = (0..3)
+        .map(|i| format!("{}={}/{}", i + 1, addrs[3 * i], addrs[3 * i + 1]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut members: Vec<RedisMember> = (0..3)
+        .map(|i| {
+            let dir = tempfile::tempdir().unwrap();
+            let node = (i + 1).to_string();
+            let process = ServerProcess::start_on(
+                &addrs[3 * i],
+                dir.path(),
+                &[
+                    "--node-id",
+                    &node,
+                    "--peer-addr",
+                    &addrs[3 * i + 1],
+                    "--initial-cluster",
+                    &spec,
+                    "--redis-addr",
+                    &addrs[3 * i + 2],
+                ],
+            );
+            RedisMember {
+                redis: addrs[3 * i + 2].parse().unwrap(),
+                _dir: dir,
+                process: Some(process),
+            }
+        })
+        .collect();
+    let leader = redis_leader(&members).await;
+    let leader_addr = members[leader].redis.to_string();
+
+    for (i, m) in members.iter().enumerate() {
+        if i == leader {
+            continue;
+        }
+        let mut conn = connect(m.redis).await;
+        // A follower learns the leader's Redis address from its next
+        // message, which a heartbeat brings within a moment.
+        let until = Instant::now() + DEADLINE;
+        let refusal = loop {
+            match call(&mut conn, &[b"SET", b"k", b"v"]).await.unwrap() {
+                Reply::Error(e) if e.contains(&leader_addr) => break e,
+                Reply::Error(e) if e.starts_with("CLUSTERDOWN") && Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => panic!("follower {} answered SET with {other:?}", i + 1),
+            }
+        };
+        assert!(refusal.starts_with("READONLY "), "{refusal}");
+        match call(&mut conn, &[b"GET", b"leader-probe"]).await.unwrap() {
+            Reply::Error(e) => {
+                assert!(
+                    e.starts_with("NOTLEADER ") && e.contains(&leader_addr),
+                    "{e}"
+                )
+            }
+            other => panic!("follower {} answered GET with {other:?}", i + 1),
+        }
+        match call(&mut conn, &[b"INFO", b"replication"]).await.unwrap() {
+            Reply::Bulk(Some(text)) => {
+                let text = String::from_utf8(text).unwrap();
+                let port = format!("master_port:{}\r\n", members[leader].redis.port());
+                assert!(
+                    text.contains("role:slave\r\n") && text.contains(&port),
+                    "{text}"
+                );
+            }
+            other => panic!("INFO replication: {other:?}"),
+        }
+    }
+    let mut conn = connect(members[leader].redis).await;
+    match call(&mut conn, &[b"INFO", b"replication"]).await.unwrap() {
+        Reply::Bulk(Some(text)) => {
+            let text = String::from_utf8(text).unwrap();
+            assert!(
+                text.contains("role:master\r\n") && text.contains("connected_slaves:2\r\n"),
+                "{text}"
+            );
+        }
+        other => panic!("INFO replication: {other:?}"),
+    }
+    // A counter and a transaction go through Raft too.
+    assert_eq!(
+        call(&mut conn, &[b"INCRBY", b"counter", b"5"])
+            .await
+            .unwrap(),
+        Reply::Integer(5)
+    );
+    assert_eq!(
+        call(&mut conn, &[b"GET", b"counter"]).await.unwrap(),
+        Reply::Bulk(Some(b"5".to_vec()))
+    );
+    drop(conn);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            tokio::spawn(set_until_killed(
+                members[leader].redis,
+                client,
+                Arc::clone(&stop),
+                Arc::clone(&acks),
+            ))
+        })
+        .collect();
+    wait_until("the first acknowledged SETs", DEADLINE, || {
+        acks.load(Ordering::Relaxed) >= 100
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    members[leader].process.take().unwrap().kill9();
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for task in tasks {
+        acked.extend(task.await.expect("client task"));
+    }
+    assert!(acked.len() >= 100, "only {} SETs acknowledged", acked.len());
+
+    let new_leader = redis_leader(&members).await;
+    assert_ne!(new_leader, leader);
+    let mut conn = connect(members[new_leader].redis).await;
+    for batch in acked.chunks(VERIFY_BATCH) {
+        let mut requests = Vec::new();
+        for (key, _) in batch {
+            requests.extend(command(&[b"GET", key.as_bytes()]));
+        }
+        conn.get_mut().write_all(&requests).await.unwrap();
+        for (key, value) in batch {
+            let reply = tokio::time::timeout(DEADLINE, read_reply(&mut conn))
+                .await
+                .expect("GET answered in time")
+                .expect("GET answered");
+            assert_eq!(
+                reply,
+                Reply::Bulk(Some(value.clone().into_bytes())),
+                "acknowledged SET {key} lost with the leader"
+            );
+        }
+    }
+    println!(
+        "redis cluster: {} SETs acknowledged by leader {} all readable on new leader {}",
+        acked.len(),
+        leader + 1,
+        new_leader + 1
     );
 }

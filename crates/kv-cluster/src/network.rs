@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -72,7 +73,14 @@ pub struct PeerIdentity {
     pub max_frame: usize,
     /// Mutual TLS on every peer link; `None`: plain TCP.
     pub tls: Option<PeerTls>,
+    /// This node's Redis address, sent with every request (empty: none).
+    pub redis_addr: String,
+    /// The Redis address each peer sent (filled by the receiving side).
+    pub peer_redis: PeerRedisAddrs,
 }
+
+/// The Redis address each peer last sent, by node id.
+pub type PeerRedisAddrs = Arc<std::sync::Mutex<BTreeMap<NodeId, String>>>;
 
 type PeerClientCodec = FrameCodec<PeerResponse, PeerRequest>;
 type PeerServerCodec = FrameCodec<PeerRequest, PeerResponse>;
@@ -132,6 +140,7 @@ impl PeerClient {
             secret: self.identity.secret.clone().into(),
             from: self.identity.node_id,
             rpc: Some(rpc),
+            redis_addr: self.identity.redis_addr.clone(),
         };
         let reused = self.conn.is_some();
         self.ensure_link().await?;
@@ -470,6 +479,7 @@ async fn serve_peer(
         if !same_secret(&frame.secret, &identity.secret) {
             return Err(format!("refused node {}: wrong peer secret", frame.from));
         }
+        note_redis_addr(&identity.peer_redis, frame.from, &frame.redis_addr);
         let id = frame.id;
         let result = match frame.rpc {
             None => return Err("refused a request without an RPC".into()),
@@ -481,6 +491,20 @@ async fn serve_peer(
         })
         .await
         .map_err(|e| format!("write failed: {e}"))?;
+    }
+}
+
+/// Records the Redis address `from` sent, if it changed.
+fn note_redis_addr(addrs: &PeerRedisAddrs, from: NodeId, addr: &str) {
+    let mut addrs = addrs
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if addrs.get(&from).map(String::as_str) != Some(addr) {
+        if addr.is_empty() {
+            addrs.remove(&from);
+        } else {
+            addrs.insert(from, addr.to_string());
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::{ClusterError, Result};
 use crate::log_store::LogStore;
-use crate::network::{Network, PeerIdentity, cluster_id, serve_peers};
+use crate::network::{Network, PeerIdentity, PeerRedisAddrs, cluster_id, serve_peers};
 use crate::state_machine::StateMachine;
 use crate::types::{Batch, CommandResult, Node, NodeId, TypeConfig};
 use kv_store::replica::Replica;
@@ -63,6 +63,9 @@ pub struct ClusterConfig {
     /// on the leader. It proposes no membership of its own. `members` is
     /// still the initial cluster's list: it names the cluster.
     pub join: bool,
+    /// Where this member serves Redis clients, if it does: sent to its
+    /// peers, so that a follower can name its leader's Redis address.
+    pub redis_addr: Option<String>,
 }
 
 impl ClusterConfig {
@@ -85,6 +88,7 @@ impl ClusterConfig {
             keep_after_snapshot: 1000,
             expiry_sweep_rate: 20_000,
             join: false,
+            redis_addr: None,
         }
     }
 }
@@ -291,6 +295,7 @@ pub struct ClusterNode {
     started: Instant,
     proposals: tokio::sync::mpsc::UnboundedSender<Proposal>,
     proposer: JoinHandle<()>,
+    peer_redis: PeerRedisAddrs,
 }
 
 impl std::fmt::Debug for ClusterNode {
@@ -385,7 +390,10 @@ impl ClusterNode {
             secret: config.secret.clone(),
             max_frame: config.max_frame,
             tls: config.tls.clone(),
+            redis_addr: config.redis_addr.clone().unwrap_or_default(),
+            peer_redis: PeerRedisAddrs::default(),
         };
+        let peer_redis = Arc::clone(&identity.peer_redis);
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
@@ -424,6 +432,7 @@ impl ClusterNode {
                 started,
                 proposals,
                 proposer,
+                peer_redis,
             });
         }
         match raft.initialize(config.members.clone()).await {
@@ -449,6 +458,7 @@ impl ClusterNode {
             started,
             proposals,
             proposer,
+            peer_redis,
         })
     }
 
@@ -457,8 +467,28 @@ impl ClusterNode {
         self.config.node_id
     }
 
+    /// The member this one takes for the leader, if it knows one.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Where member `id` serves Redis clients, as far as this member
+    /// knows: its own `redis_addr`, or what the peer sent with its last
+    /// message (a leader sends one every heartbeat). `None`: it has no
+    /// Redis listener, or has not said so yet.
+    pub fn redis_addr(&self, id: NodeId) -> Option<String> {
+        if id == self.config.node_id {
+            return self.config.redis_addr.clone();
+        }
+        self.peer_redis
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&id)
+            .cloned()
+    }
+
     /// The client address of member `id`, if it is one.
-    fn client_addr(&self, id: NodeId) -> Option<String> {
+    pub fn client_addr(&self, id: NodeId) -> Option<String> {
         let metrics = self.raft.metrics().borrow().clone();
         metrics
             .membership_config

@@ -144,6 +144,7 @@ async fn a_peer_of_another_cluster_is_refused_and_disconnected() {
         secret: Default::default(),
         from: 9,
         rpc: Some(Rpc::Vote(RaftVoteRequest::default())),
+        redis_addr: String::new(),
     })
     .await
     .unwrap();

@@ -123,9 +123,10 @@ pub struct Args {
     /// redis-benchmark and Redis client libraries. The same limits, auth
     /// token (clients send AUTH, or HELLO ... AUTH), TLS and protected mode
     /// as --addr; --max-frame is the longest bulk string and inline
-    /// command. A single node only: refused with the cluster flags. Port 0
-    /// picks a free port (the log line `redis: listening on ...` gives it).
-    /// Off unless given.
+    /// command. On a cluster member, writes go through Raft and reads are
+    /// linearizable; a follower answers -READONLY (writes) or -NOTLEADER
+    /// (reads) naming the leader's Redis address. Port 0 picks a free port
+    /// (the log line `redis: listening on ...` gives it). Off unless given.
     #[arg(long, env = "KV_REDIS_ADDR", value_name = "HOST:PORT",
           value_parser = parse_host_port)]
     pub redis_addr: Option<String>,

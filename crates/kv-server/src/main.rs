@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use kv_server::config::{EXIT_FAILURE, EXIT_OK, LogFormat, check_exposure};
-use kv_server::{Args, refuse_until_ready, run};
+use kv_server::{Args, refuse_until_ready};
 use kv_store::{KeyValueStore, RecoveryMode};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -19,14 +19,6 @@ fn main() -> ExitCode {
     // The cluster flags are checked together; a bad combination is a usage
     // error, like a bad flag.
     let checked = args.check_limits().and_then(|()| args.cluster_config());
-    let checked = checked.and_then(|cluster| match (&cluster, &args.redis_addr) {
-        (Some(_), Some(_)) => Err(
-            "--redis-addr serves a single node only: it cannot be combined with the cluster \
-             flags (--node-id, --initial-cluster, --join)"
-                .to_string(),
-        ),
-        _ => Ok(cluster),
-    });
     let cluster = match checked {
         Ok(cluster) => cluster,
         Err(e) => {
@@ -181,7 +173,7 @@ async fn serve(args: Args, cluster: Option<kv_cluster::ClusterConfig>) -> anyhow
     let _stop_metrics = stop_metrics.drop_guard();
 
     if let Some(config) = cluster {
-        return serve_cluster(args, config, server_config, listener, addr).await;
+        return serve_cluster(args, config, server_config, listener, redis_listener, addr).await;
     }
 
     let data_dir = args.data_dir.clone();
@@ -225,16 +217,40 @@ async fn serve(args: Args, cluster: Option<kv_cluster::ClusterConfig>) -> anyhow
     }
     // Tests and scripts read the real port from this line, and take it to
     // mean that the server is ready.
-    if let Some(redis) = &redis_listener {
+    log_redis_addr(redis_listener.as_ref())?;
+    tracing::info!("ready: listening on {addr}");
+    kv_server::run_with_redis(listener, redis_listener, backend, server_config, shutdown).await?;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+/// Logs the Redis listener's address; tests and scripts read the port from
+/// this line.
+fn log_redis_addr(redis: Option<&tokio::net::TcpListener>) -> anyhow::Result<()> {
+    if let Some(redis) = redis {
         let redis_addr = redis
             .local_addr()
             .context("cannot read the bound Redis address")?;
         tracing::info!("redis: listening on {redis_addr}");
     }
-    tracing::info!("ready: listening on {addr}");
-    kv_server::run_with_redis(listener, redis_listener, backend, server_config, shutdown).await?;
-    tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// The Redis address a member announces to its peers: the bound one, with
+/// a wildcard host (0.0.0.0, ::) replaced by the host of the member's
+/// client address in the member list, which is where clients reach it.
+fn announced_redis_addr(bound: std::net::SocketAddr, config: &kv_cluster::ClusterConfig) -> String {
+    if !bound.ip().is_unspecified() {
+        return bound.to_string();
+    }
+    let host = config
+        .members
+        .get(&config.node_id)
+        .and_then(|m| m.client_addr.rsplit_once(':').map(|(h, _)| h.to_string()));
+    match host {
+        Some(host) => format!("{host}:{}", bound.port()),
+        None => bound.to_string(),
+    }
 }
 
 /// Serves as a member of a cluster: binds the peer address, opens the Raft
@@ -245,9 +261,16 @@ async fn serve_cluster(
     mut config: kv_cluster::ClusterConfig,
     server_config: kv_server::ServerConfig,
     listener: tokio::net::TcpListener,
+    redis_listener: Option<tokio::net::TcpListener>,
     addr: std::net::SocketAddr,
 ) -> anyhow::Result<()> {
     config.tls = args.peer_tls().map_err(anyhow::Error::msg)?;
+    if let Some(redis) = &redis_listener {
+        let bound = redis
+            .local_addr()
+            .context("cannot read the bound Redis address")?;
+        config.redis_addr = Some(announced_redis_addr(bound, &config));
+    }
     let peer_addr = args.peer_listen_addr(&config);
     let peers = tokio::net::TcpListener::bind(peer_addr.as_str())
         .await
@@ -288,8 +311,9 @@ async fn serve_cluster(
     if let Some(metrics) = &server_config.metrics {
         metrics.ready(&backend);
     }
+    log_redis_addr(redis_listener.as_ref())?;
     tracing::info!("ready: listening on {addr} (cluster member {node_id}, peers on {peer_addr})");
-    run(listener, backend, server_config, shutdown).await?;
+    kv_server::run_with_redis(listener, redis_listener, backend, server_config, shutdown).await?;
     if let Ok(node) = std::sync::Arc::try_unwrap(node) {
         node.shutdown().await;
     }

@@ -64,8 +64,9 @@ pub async fn run(
 /// As [`run`], and with `redis`, also serves the Redis protocol on that
 /// listener (see `kv-server --redis-addr`): same store, limits (the
 /// connection limit is shared), auth token and TLS, and the same graceful
-/// shutdown. Only a single node serves Redis: with a cluster member the
-/// Redis listener is closed at once, with an error logged.
+/// shutdown. On a cluster member, Redis commands go through Raft as
+/// native ones do, and a follower's errors name the leader's Redis
+/// address.
 pub async fn run_with_redis(
     listener: TcpListener,
     redis: Option<TcpListener>,
@@ -87,22 +88,19 @@ pub async fn run_with_redis(
     let connections = TaskTracker::new();
     let refuser = Refuser::new(config.tls.clone());
     if let Some(redis) = redis {
-        match &shared.backend {
-            Backend::Single(store) => {
-                let cx = crate::redis::Context {
-                    store: store.clone(),
-                    config: Arc::clone(&config),
-                    budget: Arc::clone(&budget),
-                    permits: Arc::clone(&permits),
-                    connections: connections.clone(),
-                    shutdown: shutdown.clone(),
-                };
-                connections.spawn(crate::redis::serve(redis, cx));
-            }
-            Backend::Cluster(_) => {
-                tracing::error!("the Redis listener serves a single node only: not serving it");
-            }
-        }
+        let db = match &shared.backend {
+            Backend::Single(store) => crate::redis::Db::Single(store.clone()),
+            Backend::Cluster(member) => crate::redis::Db::Member(member.clone()),
+        };
+        let cx = crate::redis::Context {
+            db,
+            config: Arc::clone(&config),
+            budget: Arc::clone(&budget),
+            permits: Arc::clone(&permits),
+            connections: connections.clone(),
+            shutdown: shutdown.clone(),
+        };
+        connections.spawn(crate::redis::serve(redis, cx));
     }
     // Whether the last client was refused for the limit: the warning is
     // logged when the server reaches it, not once per refused client.

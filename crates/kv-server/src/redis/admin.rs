@@ -7,9 +7,9 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 
 use super::commands::{
-    COMMANDS, REDIS_VERSION, RedisServer, Spec, err, printable, store_error, unix_secs, upper,
-    wrong_arity,
+    COMMANDS, REDIS_VERSION, RedisServer, Spec, err, printable, unix_secs, upper, wrong_arity,
 };
+use super::db::Replication;
 use super::keyspace::glob_match;
 use super::resp::Frame;
 
@@ -64,7 +64,7 @@ pub(super) fn command(args: &[Bytes]) -> Result<Frame, Frame> {
 }
 
 pub(super) fn info(args: &[Bytes], shared: &RedisServer) -> Frame {
-    let stats = shared.store.stats();
+    let stats = shared.db.info();
     let wanted: Vec<String> = args[1..]
         .iter()
         .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
@@ -74,7 +74,7 @@ pub(super) fn info(args: &[Bytes], shared: &RedisServer) -> Frame {
             .iter()
             .any(|w| matches!(w.as_str(), "all" | "default" | "everything"));
     let uptime = shared.started.elapsed().as_secs();
-    let sections: [(&str, String); 5] = [
+    let sections: [(&str, String); 6] = [
         (
             "server",
             format!(
@@ -104,7 +104,7 @@ pub(super) fn info(args: &[Bytes], shared: &RedisServer) -> Frame {
                  rdb_last_bgsave_status:ok\r\nrdb_saves:{}\r\naof_enabled:1\r\n\
                  aof_rewrite_in_progress:0\r\naof_last_write_status:ok\r\n",
                 shared.last_save.load(Ordering::Relaxed),
-                stats.snapshots_taken
+                stats.snapshots
             ),
         ),
         (
@@ -114,9 +114,10 @@ pub(super) fn info(args: &[Bytes], shared: &RedisServer) -> Frame {
                  expired_keys:{}\r\n",
                 shared.connections_received.load(Ordering::Relaxed),
                 shared.commands_processed.load(Ordering::Relaxed),
-                stats.expired_swept
+                stats.expired
             ),
         ),
+        ("replication", replication(stats.replication.as_ref())),
         (
             "keyspace",
             if stats.keys > 0 {
@@ -141,6 +142,56 @@ pub(super) fn info(args: &[Bytes], shared: &RedisServer) -> Frame {
         }
     }
     Frame::bulk(text)
+}
+
+/// INFO's replication section, with Redis's field names: a single node
+/// and a cluster's leader are `role:master`, a follower `role:slave` with
+/// its leader's Redis address as `master_host` and `master_port`; the
+/// offsets count Raft entries (the leader's log, what a follower applied,
+/// what each follower matched).
+fn replication(replication: Option<&Replication>) -> String {
+    match replication {
+        None => "role:master\r\nconnected_slaves:0\r\n".to_string(),
+        Some(Replication::Leader { followers, offset }) => {
+            let mut text = format!("role:master\r\nconnected_slaves:{}\r\n", followers.len());
+            for (i, (id, addr, matched)) in followers.iter().enumerate() {
+                let (ip, port) = split_addr(addr.as_deref());
+                text.push_str(&format!(
+                    "slave{i}:ip={ip},port={port},state=online,offset={matched},lag=0,node_id={id}\r\n"
+                ));
+            }
+            text.push_str(&format!("master_repl_offset:{offset}\r\n"));
+            text
+        }
+        Some(Replication::Follower { leader, offset }) => {
+            let (host, port, status) = match leader {
+                Some((_, addr)) => {
+                    let (host, port) = split_addr(addr.as_deref());
+                    (host, port, "up")
+                }
+                None => ("?".to_string(), "0".to_string(), "down"),
+            };
+            let id = leader.as_ref().map_or(0, |(id, _)| *id);
+            format!(
+                "role:slave\r\nmaster_host:{host}\r\nmaster_port:{port}\r\n\
+                 master_link_status:{status}\r\nmaster_node_id:{id}\r\n\
+                 slave_repl_offset:{offset}\r\nslave_read_only:1\r\nconnected_slaves:0\r\n"
+            )
+        }
+    }
+}
+
+/// HOST and PORT of a Redis address (`?` and 0 when not known).
+fn split_addr(addr: Option<&str>) -> (String, String) {
+    match addr.and_then(|a| a.rsplit_once(':')) {
+        Some((host, port)) => (
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port.to_string(),
+        ),
+        None => ("?".to_string(), "0".to_string()),
+    }
 }
 
 pub(super) fn config(args: &[Bytes], shared: &RedisServer) -> Result<Frame, Frame> {
@@ -173,15 +224,9 @@ pub(super) fn config(args: &[Bytes], shared: &RedisServer) -> Result<Frame, Fram
     Ok(Frame::Map(pairs))
 }
 
-/// A checkpoint (SAVE, BGSAVE) on a blocking thread.
+/// A checkpoint (SAVE, BGSAVE).
 pub(super) async fn checkpoint(shared: &Arc<RedisServer>) -> Result<(), Frame> {
-    let store = shared.store.clone();
-    match tokio::task::spawn_blocking(move || store.checkpoint()).await {
-        Ok(Ok(_)) => {
-            shared.last_save.store(unix_secs(), Ordering::Relaxed);
-            Ok(())
-        }
-        Ok(Err(e)) => Err(store_error(&e)),
-        Err(e) => Err(err(format!("ERR checkpoint task failed: {e}"))),
-    }
+    shared.db.checkpoint().await?;
+    shared.last_save.store(unix_secs(), Ordering::Relaxed);
+    Ok(())
 }

@@ -19,9 +19,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use kv_store::{Condition, Expiry, KeyValueStore, ScanRange, Txn, Versioned, Write, WriteResult};
+use kv_store::{Condition, Expiry, ScanRange, Txn, Versioned, Write, WriteResult};
 
 use super::admin::{checkpoint, command, config, info};
+use super::db::{Db, Failed, View};
 use super::keyspace::{Cursors, keys, scan};
 use super::multi::{self, EXECABORT, Multi};
 use super::resp::Frame;
@@ -46,7 +47,7 @@ pub(crate) enum Outcome {
 
 /// What every Redis connection of one server shares.
 pub(crate) struct RedisServer {
-    pub(crate) store: KeyValueStore,
+    pub(crate) db: Db,
     pub(crate) token: Option<AuthToken>,
     pub(crate) port: u16,
     pub(crate) max_bulk: usize,
@@ -64,7 +65,7 @@ pub(crate) struct RedisServer {
 
 impl RedisServer {
     pub(crate) fn new(
-        store: KeyValueStore,
+        db: Db,
         token: Option<AuthToken>,
         port: u16,
         max_bulk: usize,
@@ -72,7 +73,7 @@ impl RedisServer {
         idle_timeout: Duration,
     ) -> RedisServer {
         RedisServer {
-            store,
+            db,
             token,
             port,
             max_bulk,
@@ -244,10 +245,6 @@ pub(super) fn store_error(e: &kv_store::Error) -> Frame {
     err(format!("ERR {}", e.cause()))
 }
 
-fn is_condition_failed(e: &kv_store::Error) -> bool {
-    matches!(e.cause(), kv_store::Error::ConditionFailed { .. })
-}
-
 /// An absolute deadline from a command's time argument: `n` in units of
 /// `unit_ms`, from now if `relative`. Overflow or a time past the year
 /// 9999 is `ERR invalid expire time in '<cmd>' command`; a time not after
@@ -325,7 +322,7 @@ pub(crate) fn dispatch(
         return Outcome::Ready(wrong_arity(spec.name));
     }
     let ready = |f: Result<Frame, Frame>| Outcome::Ready(f.unwrap_or_else(|e| e));
-    let store = &shared.store;
+    let store = &shared.db;
     let now = kv_store::now_ms();
     if let Some(queue) = session.multi.as_mut()
         && !multi::runs_inside_multi(spec.name)
@@ -390,12 +387,9 @@ pub(crate) fn dispatch(
             Outcome::Later(Box::pin(async move { info(&args, &shared) }))
         }
         "config" => ready(config(&args, shared)),
-        "dbsize" => {
-            let store = store.clone();
-            Outcome::Later(Box::pin(async move {
-                Frame::Integer(i64::try_from(store.stats().keys).unwrap_or(i64::MAX))
-            }))
-        }
+        "dbsize" => read(store, |store| {
+            Frame::Integer(i64::try_from(store.len()).unwrap_or(i64::MAX))
+        }),
         "time" => {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -557,12 +551,12 @@ pub(crate) fn dispatch(
         }
         "persist" => set_deadline(store, &args[1], None),
         "keys" => {
-            let max = shared.max_bulk;
-            read(store, move |store| keys(store, &args[1], max))
+            let (max, store) = (shared.max_bulk, store.clone());
+            Outcome::Later(Box::pin(async move { keys(&store, &args[1], max).await }))
         }
         "scan" => {
             let shared = Arc::clone(shared);
-            Outcome::Later(Box::pin(async move { scan(&args, &shared) }))
+            Outcome::Later(Box::pin(async move { scan(&args, &shared).await }))
         }
         "save" => {
             let shared = Arc::clone(shared);
@@ -593,12 +587,16 @@ pub(crate) fn dispatch(
 }
 
 /// A read, run when its turn comes.
-fn read(
-    store: &KeyValueStore,
-    f: impl FnOnce(&KeyValueStore) -> Frame + Send + 'static,
-) -> Outcome {
-    let store = store.clone();
-    Outcome::Later(Box::pin(async move { f(&store) }))
+fn read(db: &Db, f: impl FnOnce(View<'_>) -> Frame + Send + 'static) -> Outcome {
+    let db = db.clone();
+    Outcome::Later(Box::pin(
+        async move { db.read(f).await.unwrap_or_else(|e| e) },
+    ))
+}
+
+/// A key's current version, read when called (linearizable on a member).
+async fn current(db: &Db, key: &[u8]) -> Result<Option<Versioned>, Frame> {
+    db.read(|view| view.get_versioned(key)).await
 }
 
 /// A put of `key` to `value` with `expiry`, as a transaction write.
@@ -611,13 +609,13 @@ pub(super) fn put(key: &[u8], value: &[u8], expiry: Expiry) -> Write {
 }
 
 /// An unconditional put, answered `+OK` once durable.
-fn plain_put(store: &KeyValueStore, key: &[u8], value: &[u8], deadline: Option<u64>) -> Outcome {
-    match store.submit_put_expiring(key, value, deadline) {
-        Err(e) => Outcome::Ready(store_error(&e)),
-        Ok(pending) => Outcome::Later(Box::pin(async move {
-            match pending.await {
-                Ok(_) => Frame::ok(),
-                Err(e) => store_error(&e),
+fn plain_put(db: &Db, key: &[u8], value: &[u8], deadline: Option<u64>) -> Outcome {
+    match db.submit_put(key, value, deadline) {
+        Err(e) => Outcome::Ready(e.into_frame()),
+        Ok(ticket) => Outcome::Later(Box::pin(async move {
+            match ticket.done().await {
+                Ok(()) => Frame::ok(),
+                Err(e) => e.into_frame(),
             }
         })),
     }
@@ -626,25 +624,25 @@ fn plain_put(store: &KeyValueStore, key: &[u8], value: &[u8], deadline: Option<u
 /// A transaction submitted now; `answer` gets the results once durable,
 /// `None` when a condition failed.
 pub(super) fn txn(
-    store: &KeyValueStore,
+    db: &Db,
     conditions: Vec<(Vec<u8>, Condition)>,
     writes: Vec<Write>,
     answer: impl FnOnce(Option<&[WriteResult]>) -> Frame + Send + 'static,
 ) -> Outcome {
-    match store.submit_txn(Txn { conditions, writes }) {
-        Err(e) if is_condition_failed(&e) => Outcome::Ready(answer(None)),
-        Err(e) => Outcome::Ready(store_error(&e)),
-        Ok(pending) => Outcome::Later(Box::pin(async move {
-            match pending.await {
+    match db.submit_txn(Txn { conditions, writes }) {
+        Err(Failed::Condition) => Outcome::Ready(answer(None)),
+        Err(Failed::Reply(e)) => Outcome::Ready(e),
+        Ok(ticket) => Outcome::Later(Box::pin(async move {
+            match ticket.done().await {
                 Ok(outcome) => answer(Some(&outcome.results)),
-                Err(e) if is_condition_failed(&e) => answer(None),
-                Err(e) => store_error(&e),
+                Err(Failed::Condition) => answer(None),
+                Err(Failed::Reply(e)) => e,
             }
         })),
     }
 }
 
-fn set_deadline(store: &KeyValueStore, key: &[u8], at: Option<u64>) -> Outcome {
+fn set_deadline(store: &Db, key: &[u8], at: Option<u64>) -> Outcome {
     let persist = at.is_none();
     txn(
         store,
@@ -680,11 +678,14 @@ enum SwapWrite {
 
 /// Reads the old value, then writes on condition that the key is still as
 /// read; answers the old value (or nil).
-fn swap(store: &KeyValueStore, key: Bytes, write: SwapWrite, only: Only) -> Outcome {
+fn swap(store: &Db, key: Bytes, write: SwapWrite, only: Only) -> Outcome {
     let store = store.clone();
     Outcome::Barrier(Box::pin(async move {
         loop {
-            let current = store.get_versioned(&key);
+            let current = match current(&store, &key).await {
+                Ok(current) => current,
+                Err(e) => return e,
+            };
             let old = current
                 .as_ref()
                 .map_or(Frame::Null, |v| Frame::bulk(v.value.clone()));
@@ -704,18 +705,10 @@ fn swap(store: &KeyValueStore, key: Bytes, write: SwapWrite, only: Only) -> Outc
                 SwapWrite::Put(value, expiry) => put(&key, value, *expiry),
                 SwapWrite::Delete => Write::Delete { key: key.to_vec() },
             };
-            let submitted = store.submit_txn(Txn {
-                conditions: vec![(key.to_vec(), condition)],
-                writes: vec![w],
-            });
-            let result = match submitted {
-                Ok(pending) => pending.await,
-                Err(e) => Err(e),
-            };
-            match result {
+            match write_if(&store, &key, condition, w).await {
                 Ok(_) => return old,
-                Err(e) if is_condition_failed(&e) => {}
-                Err(e) => return store_error(&e),
+                Err(None) => {}
+                Err(Some(e)) => return e,
             }
         }
     }))
@@ -725,23 +718,23 @@ fn swap(store: &KeyValueStore, key: Bytes, write: SwapWrite, only: Only) -> Outc
 /// waits until it is durable: `Ok` with its results, `Err(None)` when the
 /// condition failed, `Err(Some(error))` for any other failure.
 async fn write_if(
-    store: &KeyValueStore,
+    db: &Db,
     key: &[u8],
     condition: Condition,
     write: Write,
 ) -> Result<Vec<WriteResult>, Option<Frame>> {
-    let submitted = store.submit_txn(Txn {
+    let submitted = db.submit_txn(Txn {
         conditions: vec![(key.to_vec(), condition)],
         writes: vec![write],
     });
     let result = match submitted {
-        Ok(pending) => pending.await,
+        Ok(ticket) => ticket.done().await,
         Err(e) => Err(e),
     };
     match result {
         Ok(outcome) => Ok(outcome.results),
-        Err(e) if is_condition_failed(&e) => Err(None),
-        Err(e) => Err(Some(store_error(&e))),
+        Err(Failed::Condition) => Err(None),
+        Err(Failed::Reply(e)) => Err(Some(e)),
     }
 }
 
@@ -754,11 +747,14 @@ fn unchanged(current: Option<&Versioned>) -> Condition {
 }
 
 /// APPEND key value: the new length. The key keeps its deadline.
-fn append(store: &KeyValueStore, key: Bytes, tail: Bytes) -> Outcome {
+fn append(store: &Db, key: Bytes, tail: Bytes) -> Outcome {
     let store = store.clone();
     Outcome::Barrier(Box::pin(async move {
         loop {
-            let current = store.get_versioned(&key);
+            let current = match current(&store, &key).await {
+                Ok(current) => current,
+                Err(e) => return e,
+            };
             let condition = unchanged(current.as_ref());
             let mut value = current.map_or_else(Vec::new, |v| v.value);
             value.extend_from_slice(&tail);
@@ -780,7 +776,7 @@ fn append(store: &KeyValueStore, key: Bytes, tail: Bytes) -> Outcome {
 /// `GETEX key [EX s|PX ms|EXAT ts|PXAT ms|PERSIST]`: the value (or nil),
 /// and the deadline set or cleared, on condition that the key is still the
 /// version whose value is answered.
-fn getex(args: &[Bytes], store: &KeyValueStore, now: u64) -> Outcome {
+fn getex(args: &[Bytes], store: &Db, now: u64) -> Outcome {
     // `Some(None)`: PERSIST.
     let mut change: Option<Option<u64>> = None;
     let mut i = 2;
@@ -820,8 +816,10 @@ fn getex(args: &[Bytes], store: &KeyValueStore, now: u64) -> Outcome {
     let store = store.clone();
     Outcome::Barrier(Box::pin(async move {
         loop {
-            let Some(current) = store.get_versioned(&key) else {
-                return Frame::Null;
+            let current = match current(&store, &key).await {
+                Ok(Some(current)) => current,
+                Ok(None) => return Frame::Null,
+                Err(e) => return e,
             };
             let condition = Condition::SeqEquals(current.seq);
             let write = Write::SetDeadline {
@@ -844,13 +842,19 @@ const FLUSH_BYTES: usize = 256 << 10;
 /// FLUSHDB / FLUSHALL: deletes every key, a page of keys per transaction.
 /// Not atomic, unlike Redis's: a write of another connection made while
 /// it runs may survive it.
-fn flush(store: &KeyValueStore) -> Outcome {
+fn flush(store: &Db) -> Outcome {
     let store = store.clone();
     Outcome::Barrier(Box::pin(async move {
         let range = ScanRange::all();
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let page = store.scan(&range, after.as_deref(), FLUSH_KEYS, FLUSH_BYTES, false);
+            let page = store
+                .read(|view| view.scan(&range, after.as_deref(), FLUSH_KEYS, FLUSH_BYTES, false))
+                .await;
+            let page = match page {
+                Ok(page) => page,
+                Err(e) => return e,
+            };
             if !page.items.is_empty() {
                 let writes = page
                     .items
@@ -862,11 +866,11 @@ fn flush(store: &KeyValueStore) -> Outcome {
                     writes,
                 });
                 let result = match submitted {
-                    Ok(pending) => pending.await.map(|_| ()),
+                    Ok(ticket) => ticket.done().await.map(|_| ()),
                     Err(e) => Err(e),
                 };
                 if let Err(e) = result {
-                    return store_error(&e);
+                    return e.into_frame();
                 }
             }
             if !page.more {
@@ -888,7 +892,7 @@ pub(super) struct SetOptions {
 }
 
 /// `SET key value [NX|XX] [GET] [EX s|PX ms|EXAT ts|PXAT ms|KEEPTTL]`.
-fn set(args: Vec<Bytes>, store: &KeyValueStore, now: u64) -> Outcome {
+fn set(args: Vec<Bytes>, store: &Db, now: u64) -> Outcome {
     let SetOptions { only, get, expiry } = match set_options(&args, now) {
         Ok(options) => options,
         Err(e) => return Outcome::Ready(e),

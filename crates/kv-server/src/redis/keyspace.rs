@@ -4,7 +4,9 @@
 use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
-use kv_store::{KeyValueStore, ScanRange};
+use kv_store::ScanRange;
+
+use super::db::Db;
 
 use super::commands::{RedisServer, SYNTAX, err, parse_int, upper};
 use super::resp::Frame;
@@ -62,13 +64,21 @@ fn literal_prefix(pattern: &[u8]) -> &[u8] {
 /// Page size of the store scans behind KEYS and SCAN.
 const SCAN_PAGE_BYTES: usize = 1 << 20;
 
-pub(super) fn keys(store: &KeyValueStore, pattern: &[u8], max: usize) -> Frame {
+pub(super) async fn keys(db: &Db, pattern: &[u8], max: usize) -> Frame {
     let range = ScanRange::prefix(literal_prefix(pattern));
     let mut after: Option<Vec<u8>> = None;
     let mut found = Vec::new();
     let mut bytes = 0usize;
     loop {
-        let page = store.scan(&range, after.as_deref(), 0, SCAN_PAGE_BYTES, false);
+        // A read per page: on a member, the state's lock is held for one
+        // page at a time, never for a whole listing.
+        let page = db
+            .read(|view| view.scan(&range, after.as_deref(), 0, SCAN_PAGE_BYTES, false))
+            .await;
+        let page = match page {
+            Ok(page) => page,
+            Err(e) => return e,
+        };
         for item in page.items {
             if glob_match(pattern, &item.key) {
                 bytes += item.key.len() + 16;
@@ -89,7 +99,7 @@ pub(super) fn keys(store: &KeyValueStore, pattern: &[u8], max: usize) -> Frame {
 }
 
 /// SCAN cursor [MATCH pattern] [COUNT count] [TYPE type].
-pub(super) fn scan(args: &[Bytes], shared: &RedisServer) -> Frame {
+pub(super) async fn scan(args: &[Bytes], shared: &RedisServer) -> Frame {
     let invalid_cursor = || err("ERR invalid cursor");
     let Some(cursor) = std::str::from_utf8(&args[1])
         .ok()
@@ -127,8 +137,13 @@ pub(super) fn scan(args: &[Bytes], shared: &RedisServer) -> Frame {
     };
     let range = ScanRange::prefix(pattern.as_deref().map_or(&b""[..], literal_prefix));
     let page = shared
-        .store
-        .scan(&range, after.as_deref(), count, SCAN_PAGE_BYTES, false);
+        .db
+        .read(|view| view.scan(&range, after.as_deref(), count, SCAN_PAGE_BYTES, false))
+        .await;
+    let page = match page {
+        Ok(page) => page,
+        Err(e) => return e,
+    };
     let keys = page
         .items
         .into_iter()

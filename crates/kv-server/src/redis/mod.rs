@@ -13,8 +13,11 @@
 //! limit, garbage) is answered `-ERR Protocol error: ...` and the
 //! connection closed, as Redis does.
 //!
-//! Only a single node serves it: the binary refuses `--redis-addr` with
-//! the cluster flags.
+//! On a cluster member the commands run through Raft (`db`): writes are
+//! answered once committed by a majority and applied, reads are
+//! linearizable, and a follower answers `-READONLY` (writes) or
+//! `-NOTLEADER` (reads) naming the leader's Redis address, which each
+//! member sends its peers with every Raft message.
 //!
 //! `resp` parses commands and encodes replies (no I/O); this module is
 //! the only one that reads and writes sockets; `commands` answers each
@@ -24,6 +27,8 @@
 
 mod admin;
 mod commands;
+mod db;
+pub(crate) use db::Db;
 mod keyspace;
 mod multi;
 mod resp;
@@ -36,7 +41,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use kv_store::KeyValueStore;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -63,7 +67,7 @@ const MAX_REFUSALS: usize = 64;
 
 /// What the server hands the Redis listener.
 pub(crate) struct Context {
-    pub(crate) store: KeyValueStore,
+    pub(crate) db: Db,
     pub(crate) config: Arc<ServerConfig>,
     pub(crate) budget: Arc<InflightBudget>,
     pub(crate) permits: Arc<Semaphore>,
@@ -76,7 +80,7 @@ pub(crate) struct Context {
 pub(crate) async fn serve(listener: TcpListener, cx: Context) {
     let port = listener.local_addr().map_or(0, |a| a.port());
     let shared = Arc::new(RedisServer::new(
-        cx.store.clone(),
+        cx.db.clone(),
         cx.config.auth_token.clone(),
         port,
         cx.config.max_frame,

@@ -22,12 +22,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use kv_store::{Condition, Expiry, KeyValueStore, Write, WriteResult};
+use kv_store::{Condition, Expiry, Write, WriteResult};
 
 use super::commands::{
     Only, Outcome, err, expire_deadline, expire_options_refused, put, set_options, setex_deadline,
     txn, wrong_arity,
 };
+use super::db::Db;
 use super::resp::Frame;
 
 /// Most keys one connection may watch at once.
@@ -118,11 +119,14 @@ fn queueable(name: &str, args: &[Bytes], now: u64) -> Result<(), Frame> {
 
 /// WATCH key...: records each key's version (or its absence) once the
 /// connection's earlier writes are durable.
-pub(super) fn watch(keys: Vec<Bytes>, watched: &Watched, store: &KeyValueStore) -> Outcome {
+pub(super) fn watch(keys: Vec<Bytes>, watched: &Watched, store: &Db) -> Outcome {
     let watched = Arc::clone(watched);
     let store = store.clone();
     Outcome::Barrier(Box::pin(async move {
-        let found = store.get_many(&keys);
+        let found = match store.read(|view| view.get_many(&keys)).await {
+            Ok(found) => found,
+            Err(e) => return e,
+        };
         let mut watched = lock(&watched);
         for (key, version) in keys.iter().zip(found) {
             if watched.contains_key(&key[..]) {
@@ -249,7 +253,7 @@ fn still_holds(condition: &Condition, version: Option<&kv_store::Versioned>) -> 
 /// EXEC of `queued`: one transaction of all their writes, on condition
 /// that every watched key is unchanged; a nil array when one is not.
 pub(super) fn exec(
-    store: &KeyValueStore,
+    store: &Db,
     queued: Vec<Vec<Bytes>>,
     watched: HashMap<Vec<u8>, Condition>,
     now: u64,
@@ -290,7 +294,10 @@ pub(super) fn exec(
         let store = store.clone();
         return Outcome::Later(Box::pin(async move {
             let keys: Vec<&[u8]> = conditions.iter().map(|(k, _)| &k[..]).collect();
-            let versions = store.get_many(&keys);
+            let versions = match store.read(|view| view.get_many(&keys)).await {
+                Ok(versions) => versions,
+                Err(e) => return e,
+            };
             let unchanged = conditions
                 .iter()
                 .zip(&versions)
