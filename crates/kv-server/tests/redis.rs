@@ -464,6 +464,38 @@ async fn pipeline_of_thousands_in_order() {
     expect(&mut sock, &out, b"+OK\r\n$1\r\n1\r\n+OK\r\n$1\r\n3\r\n").await;
 }
 
+/// Writes read from one socket are held and sent to the store together;
+/// with a reply queue of 4 and an in-flight budget of a few commands, the
+/// reader must hand them over before it waits for room, or the pipeline
+/// would stall on its own unanswered writes.
+#[tokio::test]
+async fn a_pipeline_larger_than_every_bound_is_answered() {
+    let server = serve_with(ServerConfig {
+        max_in_flight: 4,
+        max_in_flight_bytes: 256,
+        max_total_in_flight_bytes: 512,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut c = client(server.redis, false).await;
+    let mut pipe = redis::pipe();
+    for i in 0..2000 {
+        pipe.cmd("SET").arg(format!("k{i}")).arg(i);
+        pipe.cmd("INCR").arg("counter");
+    }
+    pipe.cmd("GET").arg("k1999");
+    let replies: Vec<Value> = tokio::time::timeout(DEADLINE, pipe.query_async(&mut c))
+        .await
+        .expect("the pipeline stalled")
+        .unwrap();
+    assert_eq!(replies.len(), 4001);
+    for i in 0..2000 {
+        assert_eq!(replies[2 * i], Value::Okay);
+        assert_eq!(replies[2 * i + 1], Value::Int(i as i64 + 1));
+    }
+    assert_eq!(replies[4000], bulk(b"1999"));
+}
+
 #[tokio::test]
 async fn binary_safe_keys_and_values() {
     let server = serve().await;

@@ -145,6 +145,10 @@ pub(crate) enum Command {
         /// Completion.
         done: oneshot::Sender<Result<u64>>,
     },
+    /// Commands sent as one message (a [`crate::Hold`]'s), so that the
+    /// commit thread takes them into one batch: `run` unpacks them, in
+    /// order; a group is never in a batch itself.
+    Group(Vec<Command>),
     /// Finish what was queued before, sync the log, and stop.
     Close {
         /// Completion.
@@ -160,12 +164,17 @@ impl Command {
             Command::Delete { key, .. } => key.len(),
             Command::Txn { txn, .. } => txn_len(txn),
             Command::Sweep { keys, .. } => keys.iter().map(|(k, _)| k.len() + 8).sum(),
+            Command::Group(commands) => commands.iter().map(Command::record_len).sum(),
             Command::Close { .. } => 0,
         }
     }
 
     /// Completes the command with the error `error` makes.
     fn fail(self, error: impl Fn() -> Error) {
+        self.fail_with(&error);
+    }
+
+    fn fail_with(self, error: &dyn Fn() -> Error) {
         // A caller that dropped its Pending no longer waits: ignore send errors.
         match self {
             Command::Put { done, .. } => {
@@ -179,6 +188,11 @@ impl Command {
             }
             Command::Sweep { done, .. } => {
                 let _ = done.send(Err(error()));
+            }
+            Command::Group(commands) => {
+                for command in commands {
+                    command.fail_with(error);
+                }
             }
             Command::Close { done } => {
                 let _ = done.send(Err(error()));
@@ -282,12 +296,24 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Command>, gather: Option<Dur
         let mut bytes = 0;
         let mut next = Some(first);
         while let Some(cmd) = next.take() {
-            if let Command::Close { done } = cmd {
-                close = Some(done);
-                break;
+            match cmd {
+                Command::Close { done } => {
+                    close = Some(done);
+                    break;
+                }
+                // A group joins the batch whole (it may take it past its
+                // bounds: a hold is bounded by its connection's budget).
+                Command::Group(commands) => {
+                    for cmd in commands {
+                        bytes += cmd.record_len();
+                        batch.push(cmd);
+                    }
+                }
+                cmd => {
+                    bytes += cmd.record_len();
+                    batch.push(cmd);
+                }
             }
-            bytes += cmd.record_len();
-            batch.push(cmd);
             if batch.len() >= MAX_BATCH_OPS || bytes >= MAX_BATCH_BYTES {
                 break;
             }
@@ -560,7 +586,8 @@ fn plan(state: &State, batch: &[Command], first: Lsn, now: u64) -> (Vec<Plan>, V
                     results: Vec::new(),
                 }
             }
-            Command::Close { .. } => Plan::At(None),
+            // `run` unpacks groups: none is in a batch.
+            Command::Group(_) | Command::Close { .. } => Plan::At(None),
         });
     }
     (plans, existed, next)

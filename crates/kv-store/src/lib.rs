@@ -155,7 +155,7 @@ pub use listing::KeyListing;
 pub use options::StoreOptions;
 pub use record::now_ms;
 pub use scan::{SCAN_ITEM_OVERHEAD, ScanItem, ScanPage, ScanRange, Versioned};
-pub use store::{KEY_LISTING_OVERHEAD, KeyValueStore};
+pub use store::{Hold, KEY_LISTING_OVERHEAD, KeyValueStore};
 pub use txn::{
     Condition, Expiry, MAX_DEADLINE_MS, Txn, TxnOutcome, Write, WriteResult, check_deadline,
     condition_from_request, deadline_after, expiry_from_request, txn_from_request,

@@ -152,6 +152,81 @@ pub struct KeyValueStore {
     inner: Arc<Inner>,
 }
 
+/// Writes submitted through a hold are checked at once, as
+/// [`KeyValueStore::submit_put_expiring`] and
+/// [`KeyValueStore::submit_txn`] check them, but reach the commit thread
+/// only when the hold is released (or dropped), as one message, so that
+/// they share one group commit and one sync. A server that has read
+/// a pipeline of writes from a socket submits them through a hold and
+/// releases it before it waits for anything: one sync for the pipeline,
+/// where writes handed over as they are decoded wake the commit thread
+/// with the first one alone. Order is kept: held writes are sent in
+/// submission order, and a caller that mixes held and direct submissions
+/// releases the hold first.
+///
+/// Nothing held is durable, or even queued, until the hold is released:
+/// their [`Pending`]s resolve only after that.
+pub struct Hold {
+    store: KeyValueStore,
+    held: Vec<Command>,
+}
+
+impl Hold {
+    /// As [`KeyValueStore::submit_put_expiring`], sent on release.
+    pub fn submit_put_expiring(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        deadline: Option<u64>,
+    ) -> Result<Pending<Lsn>> {
+        let (command, pending) = self.store.prepare_put(key, value, deadline)?;
+        self.held.push(command);
+        Ok(pending)
+    }
+
+    /// As [`KeyValueStore::submit_txn`], sent on release.
+    pub fn submit_txn(&mut self, txn: Txn) -> Result<Pending<TxnOutcome>> {
+        let (command, pending) = self.store.prepare_txn(txn)?;
+        self.held.push(command);
+        Ok(pending)
+    }
+
+    /// Whether writes are held.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// Hands every held write to the commit thread, in submission order,
+    /// as one message: they join one batch. If the store has closed,
+    /// their `Pending`s resolve to [`Error::Unavailable`].
+    pub fn release(&mut self) {
+        let command = match self.held.len() {
+            0 => return,
+            1 => self.held.pop(),
+            _ => Some(Command::Group(std::mem::take(&mut self.held))),
+        };
+        if let Some(command) = command {
+            // A closed store drops the command: its Pendings resolve to
+            // Unavailable.
+            let _ = self.store.send(command);
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hold")
+            .field("held", &self.held.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl KeyValueStore {
     /// Opens and recovers the store in `dir` (created if missing). Fails with
     /// [`Error::Wal`] wrapping `Locked` if another handle has it open.
@@ -303,6 +378,18 @@ impl KeyValueStore {
         value: &[u8],
         deadline: Option<u64>,
     ) -> Result<Pending<Lsn>> {
+        let (command, pending) = self.prepare_put(key, value, deadline)?;
+        self.send(command)?;
+        Ok(pending)
+    }
+
+    /// A put checked and made into its command, not yet sent.
+    fn prepare_put(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        deadline: Option<u64>,
+    ) -> Result<(Command, Pending<Lsn>)> {
         self.check_key(key)?;
         self.check_value(value)?;
         if let Some(at) = deadline {
@@ -314,12 +401,12 @@ impl KeyValueStore {
         // commit thread encodes the record from the entry into a buffer it
         // reuses, so that a queued put holds its value once.
         let (done, rx) = oneshot::channel();
-        self.send(Command::Put {
+        let command = Command::Put {
             // The seq is set by the commit thread, which assigns the LSN.
             entry: Entry::new(key, value, 0, deadline),
             done,
-        })?;
-        Ok(Pending::new(rx))
+        };
+        Ok((command, Pending::new(rx)))
     }
 
     fn check_value(&self, value: &[u8]) -> Result<()> {
@@ -345,6 +432,13 @@ impl KeyValueStore {
     /// key, a value over the maximum, a deadline past the year 9999, a
     /// record over the log's maximum ([`Error::BatchTooLarge`]).
     pub fn submit_txn(&self, txn: Txn) -> Result<Pending<TxnOutcome>> {
+        let (command, pending) = self.prepare_txn(txn)?;
+        self.send(command)?;
+        Ok(pending)
+    }
+
+    /// A transaction checked and made into its command, not yet sent.
+    fn prepare_txn(&self, txn: Txn) -> Result<(Command, Pending<TxnOutcome>)> {
         if txn.writes.is_empty() {
             return Err(Error::InvalidRequest(
                 "a batch needs at least one write".into(),
@@ -378,8 +472,16 @@ impl KeyValueStore {
         }
         self.inner.shared.check_writable()?;
         let (done, rx) = oneshot::channel();
-        self.send(Command::Txn { txn, done })?;
-        Ok(Pending::new(rx))
+        Ok((Command::Txn { txn, done }, Pending::new(rx)))
+    }
+
+    /// A [`Hold`] on this store: writes submitted through it reach the
+    /// commit thread together, when it is released.
+    pub fn hold(&self) -> Hold {
+        Hold {
+            store: self.clone(),
+            held: Vec::new(),
+        }
     }
 
     /// Blocking [`submit_txn`](KeyValueStore::submit_txn).

@@ -904,3 +904,46 @@ fn a_key_listing_in_chunks_lets_writes_in_and_lists_every_key_once() {
         "no listing ever saw writes made while it ran: it holds the read lock throughout"
     );
 }
+
+#[test]
+fn a_hold_sends_its_writes_in_order_only_when_released() {
+    use kv_store::{Condition, Expiry, Txn, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let store = KeyValueStore::open(dir.path(), options()).unwrap();
+    let mut hold = store.hold();
+    let first = hold.submit_put_expiring(b"k", b"1", None).unwrap();
+    // Decided after the put it follows: the condition sees "1".
+    let second = hold
+        .submit_txn(Txn {
+            conditions: vec![(b"k".to_vec(), Condition::ValueEquals(b"1".to_vec()))],
+            writes: vec![Write::Put {
+                key: b"k".to_vec(),
+                value: b"2".to_vec(),
+                expiry: Expiry::Clear,
+            }],
+        })
+        .unwrap();
+    // Invalid input is refused at once, as the store refuses it.
+    assert!(matches!(
+        hold.submit_put_expiring(b"", b"x", None),
+        Err(Error::EmptyKey)
+    ));
+    assert!(!hold.is_empty());
+    // A direct write, durable once it returns, would have followed the
+    // held ones had they been sent: they were not.
+    store.put(b"direct", b"x").unwrap();
+    assert_eq!(store.get(b"k"), None);
+    hold.release();
+    assert!(hold.is_empty());
+    let put_at = first.wait().unwrap();
+    let outcome = second.wait().unwrap();
+    assert!(outcome.seq > put_at, "{} then {put_at}", outcome.seq);
+    assert_eq!(store.get(b"k"), Some(b"2".to_vec()));
+    // Dropping a hold releases it.
+    let dropped = {
+        let mut hold = store.hold();
+        hold.submit_put_expiring(b"d", b"1", None).unwrap()
+    };
+    dropped.wait().unwrap();
+    assert_eq!(store.get(b"d"), Some(b"1".to_vec()));
+}

@@ -28,6 +28,7 @@ use super::multi::{self, EXECABORT, Multi};
 use super::resp::Frame;
 use super::session::{Session, auth, client, hello};
 use crate::AuthToken;
+use kv_store::Hold;
 
 /// A reply still to be resolved, in the connection's order.
 pub(crate) type Later = Pin<Box<dyn Future<Output = Frame> + Send>>;
@@ -343,7 +344,7 @@ pub(crate) fn dispatch(
                 if queued.failed {
                     Outcome::Ready(err(EXECABORT))
                 } else {
-                    multi::exec(store, queued.queued, watched, now)
+                    multi::exec(store, session.hold.as_mut(), queued.queued, watched, now)
                 }
             }
         },
@@ -451,16 +452,17 @@ pub(crate) fn dispatch(
                 })
             })
         }
-        "set" => set(args, store, now),
+        "set" => set(args, store, session.hold.as_mut(), now),
         "setnx" => txn(
             store,
+            session.hold.as_mut(),
             vec![(args[1].to_vec(), Condition::Absent)],
             vec![put(&args[1], &args[2], Expiry::Clear)],
             |outcome| Frame::Integer(i64::from(outcome.is_some())),
         ),
         "setex" | "psetex" => match setex_deadline(spec.name, &args, now) {
             Err(e) => Outcome::Ready(e),
-            Ok(at) => plain_put(store, &args[1], &args[3], Some(at)),
+            Ok(at) => plain_put(store, session.hold.as_mut(), &args[1], &args[3], Some(at)),
         },
         "getset" => swap(
             store,
@@ -494,28 +496,40 @@ pub(crate) fn dispatch(
                 Vec::new()
             };
             let writes = pairs.map(|p| put(&p[0], &p[1], Expiry::Clear)).collect();
-            txn(store, conditions, writes, move |outcome| {
-                if nx {
-                    Frame::Integer(i64::from(outcome.is_some()))
-                } else {
-                    Frame::ok()
-                }
-            })
+            txn(
+                store,
+                session.hold.as_mut(),
+                conditions,
+                writes,
+                move |outcome| {
+                    if nx {
+                        Frame::Integer(i64::from(outcome.is_some()))
+                    } else {
+                        Frame::ok()
+                    }
+                },
+            )
         }
         "del" | "unlink" => {
             let writes = args[1..]
                 .iter()
                 .map(|k| Write::Delete { key: k.to_vec() })
                 .collect();
-            txn(store, Vec::new(), writes, |outcome| {
-                let removed = outcome.map_or(0, |results| {
-                    results
-                        .iter()
-                        .filter(|r| matches!(r, WriteResult::Delete { existed: true }))
-                        .count()
-                });
-                Frame::Integer(i64::try_from(removed).unwrap_or(i64::MAX))
-            })
+            txn(
+                store,
+                session.hold.as_mut(),
+                Vec::new(),
+                writes,
+                |outcome| {
+                    let removed = outcome.map_or(0, |results| {
+                        results
+                            .iter()
+                            .filter(|r| matches!(r, WriteResult::Delete { existed: true }))
+                            .count()
+                    });
+                    Frame::Integer(i64::try_from(removed).unwrap_or(i64::MAX))
+                },
+            )
         }
         "incr" | "decr" | "incrby" | "decrby" => {
             let delta = match spec.name {
@@ -531,6 +545,7 @@ pub(crate) fn dispatch(
                 Err(e) => Outcome::Ready(e),
                 Ok(delta) => txn(
                     store,
+                    session.hold.as_mut(),
                     Vec::new(),
                     vec![Write::Incr {
                         key: args[1].to_vec(),
@@ -546,10 +561,10 @@ pub(crate) fn dispatch(
         "expire" | "pexpire" | "expireat" | "pexpireat" => {
             match expire_deadline(spec.name, &args, now) {
                 Err(e) => Outcome::Ready(e),
-                Ok(at) => set_deadline(store, &args[1], Some(at)),
+                Ok(at) => set_deadline(store, session.hold.as_mut(), &args[1], Some(at)),
             }
         }
-        "persist" => set_deadline(store, &args[1], None),
+        "persist" => set_deadline(store, session.hold.as_mut(), &args[1], None),
         "keys" => {
             let (max, store) = (shared.max_bulk, store.clone());
             Outcome::Later(Box::pin(async move { keys(&store, &args[1], max).await }))
@@ -609,8 +624,14 @@ pub(super) fn put(key: &[u8], value: &[u8], expiry: Expiry) -> Write {
 }
 
 /// An unconditional put, answered `+OK` once durable.
-fn plain_put(db: &Db, key: &[u8], value: &[u8], deadline: Option<u64>) -> Outcome {
-    match db.submit_put(key, value, deadline) {
+fn plain_put(
+    db: &Db,
+    hold: Option<&mut Hold>,
+    key: &[u8],
+    value: &[u8],
+    deadline: Option<u64>,
+) -> Outcome {
+    match db.submit_put(hold, key, value, deadline) {
         Err(e) => Outcome::Ready(e.into_frame()),
         Ok(ticket) => Outcome::Later(Box::pin(async move {
             match ticket.done().await {
@@ -625,11 +646,12 @@ fn plain_put(db: &Db, key: &[u8], value: &[u8], deadline: Option<u64>) -> Outcom
 /// `None` when a condition failed.
 pub(super) fn txn(
     db: &Db,
+    hold: Option<&mut Hold>,
     conditions: Vec<(Vec<u8>, Condition)>,
     writes: Vec<Write>,
     answer: impl FnOnce(Option<&[WriteResult]>) -> Frame + Send + 'static,
 ) -> Outcome {
-    match db.submit_txn(Txn { conditions, writes }) {
+    match db.submit_txn(hold, Txn { conditions, writes }) {
         Err(Failed::Condition) => Outcome::Ready(answer(None)),
         Err(Failed::Reply(e)) => Outcome::Ready(e),
         Ok(ticket) => Outcome::Later(Box::pin(async move {
@@ -642,10 +664,11 @@ pub(super) fn txn(
     }
 }
 
-fn set_deadline(store: &Db, key: &[u8], at: Option<u64>) -> Outcome {
+fn set_deadline(store: &Db, hold: Option<&mut Hold>, key: &[u8], at: Option<u64>) -> Outcome {
     let persist = at.is_none();
     txn(
         store,
+        hold,
         Vec::new(),
         vec![Write::SetDeadline {
             key: key.to_vec(),
@@ -723,10 +746,13 @@ async fn write_if(
     condition: Condition,
     write: Write,
 ) -> Result<Vec<WriteResult>, Option<Frame>> {
-    let submitted = db.submit_txn(Txn {
-        conditions: vec![(key.to_vec(), condition)],
-        writes: vec![write],
-    });
+    let submitted = db.submit_txn(
+        None,
+        Txn {
+            conditions: vec![(key.to_vec(), condition)],
+            writes: vec![write],
+        },
+    );
     let result = match submitted {
         Ok(ticket) => ticket.done().await,
         Err(e) => Err(e),
@@ -861,10 +887,13 @@ fn flush(store: &Db) -> Outcome {
                     .into_iter()
                     .map(|item| Write::Delete { key: item.key })
                     .collect();
-                let submitted = store.submit_txn(Txn {
-                    conditions: Vec::new(),
-                    writes,
-                });
+                let submitted = store.submit_txn(
+                    None,
+                    Txn {
+                        conditions: Vec::new(),
+                        writes,
+                    },
+                );
                 let result = match submitted {
                     Ok(ticket) => ticket.done().await.map(|_| ()),
                     Err(e) => Err(e),
@@ -892,7 +921,7 @@ pub(super) struct SetOptions {
 }
 
 /// `SET key value [NX|XX] [GET] [EX s|PX ms|EXAT ts|PXAT ms|KEEPTTL]`.
-fn set(args: Vec<Bytes>, store: &Db, now: u64) -> Outcome {
+fn set(args: Vec<Bytes>, store: &Db, hold: Option<&mut Hold>, now: u64) -> Outcome {
     let SetOptions { only, get, expiry } = match set_options(&args, now) {
         Ok(options) => options,
         Err(e) => return Outcome::Ready(e),
@@ -902,8 +931,8 @@ fn set(args: Vec<Bytes>, store: &Db, now: u64) -> Outcome {
         return swap(store, key, SwapWrite::Put(value, expiry), only);
     }
     match (only, expiry) {
-        (Only::Any, Expiry::Clear) => plain_put(store, &key, &value, None),
-        (Only::Any, Expiry::At(at)) => plain_put(store, &key, &value, Some(at)),
+        (Only::Any, Expiry::Clear) => plain_put(store, hold, &key, &value, None),
+        (Only::Any, Expiry::At(at)) => plain_put(store, hold, &key, &value, Some(at)),
         (only, expiry) => {
             let conditions = match only {
                 Only::Any => Vec::new(),
@@ -912,6 +941,7 @@ fn set(args: Vec<Bytes>, store: &Db, now: u64) -> Outcome {
             };
             txn(
                 store,
+                hold,
                 conditions,
                 vec![put(&key, &value, expiry)],
                 |outcome| {

@@ -10,7 +10,8 @@
 use kv_cluster::{CommandResult, PendingWrite, RequestError};
 use kv_store::replica::{Replica, encode_put_expiring, encode_txn};
 use kv_store::{
-    Condition, KeyValueStore, Lsn, Pending, ScanPage, ScanRange, Txn, TxnOutcome, Versioned, Write,
+    Condition, Hold, KeyValueStore, Lsn, Pending, ScanPage, ScanRange, Txn, TxnOutcome, Versioned,
+    Write,
 };
 
 use super::commands::{err, store_error};
@@ -255,18 +256,22 @@ impl Db {
         }
     }
 
-    /// Submits a put (with an optional absolute deadline) now.
+    /// Submits a put (with an optional absolute deadline) now, or, on a
+    /// single node, through `hold` if given (sent when it is released).
     pub(crate) fn submit_put(
         &self,
+        hold: Option<&mut Hold>,
         key: &[u8],
         value: &[u8],
         deadline: Option<u64>,
     ) -> Result<Ticket<Lsn>, Failed> {
         match self {
-            Db::Single(store) => store
-                .submit_put_expiring(key, value, deadline)
-                .map(Ticket::Store)
-                .map_err(|e| failed(&e)),
+            Db::Single(store) => match hold {
+                Some(hold) => hold.submit_put_expiring(key, value, deadline),
+                None => store.submit_put_expiring(key, value, deadline),
+            }
+            .map(Ticket::Store)
+            .map_err(|e| failed(&e)),
             Db::Member(backend) => {
                 check_key(backend, key)?;
                 check_value(backend, value)?;
@@ -278,13 +283,20 @@ impl Db {
         }
     }
 
-    /// Submits a transaction now.
-    pub(crate) fn submit_txn(&self, txn: Txn) -> Result<Ticket<TxnOutcome>, Failed> {
+    /// Submits a transaction now, or, on a single node, through `hold` if
+    /// given (sent when it is released).
+    pub(crate) fn submit_txn(
+        &self,
+        hold: Option<&mut Hold>,
+        txn: Txn,
+    ) -> Result<Ticket<TxnOutcome>, Failed> {
         match self {
-            Db::Single(store) => store
-                .submit_txn(txn)
-                .map(Ticket::Store)
-                .map_err(|e| failed(&e)),
+            Db::Single(store) => match hold {
+                Some(hold) => hold.submit_txn(txn),
+                None => store.submit_txn(txn),
+            }
+            .map(Ticket::Store)
+            .map_err(|e| failed(&e)),
             Db::Member(backend) => {
                 check(backend, &txn)?;
                 let pending = backend.node.submit(encode_txn(&txn));

@@ -41,6 +41,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -223,6 +224,9 @@ async fn read_commands<R: AsyncRead + Unpin>(
         let args = match resp::parse_command(&mut buf, limits) {
             Ok(Some(args)) => args,
             Ok(None) => {
+                // Every command read so far is started: the held writes
+                // go to the commit thread together, before the wait.
+                session.release();
                 if draining {
                     return "shutdown";
                 }
@@ -257,6 +261,7 @@ async fn read_commands<R: AsyncRead + Unpin>(
                 }
             }
             Err(e) => {
+                session.release();
                 let reply = Frame::error(format!("ERR Protocol error: {}", e.0));
                 let _ = queue
                     .send(Queued {
@@ -275,7 +280,15 @@ async fn read_commands<R: AsyncRead + Unpin>(
             continue;
         }
         let size = before - buf.len();
-        let charge = budget.charge(size).await;
+        // Held writes must not wait for a charge that their own replies
+        // would give back.
+        let charge = match budget.charge(size).now_or_never() {
+            Some(charge) => charge,
+            None => {
+                session.release();
+                budget.charge(size).await
+            }
+        };
         let outcome = commands::dispatch(args, &mut session, shared);
         let version = session.version;
         let (reply, done, close) = match outcome {
@@ -283,6 +296,8 @@ async fn read_commands<R: AsyncRead + Unpin>(
             Outcome::Later(later) => (later, None, false),
             Outcome::Close(frame) => (ready(frame), None, true),
             Outcome::Barrier(later) => {
+                // Its writes go after the held ones.
+                session.release();
                 let (tx, rx) = oneshot::channel();
                 if queue
                     .send(Queued {
@@ -311,13 +326,23 @@ async fn read_commands<R: AsyncRead + Unpin>(
             done,
             close,
         };
-        if queue.send(queued).await.is_err() {
-            return "writer stopped";
+        // A full queue waits for the writer, which may be waiting for a
+        // held write.
+        match queue.try_send(queued) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(queued)) => {
+                session.release();
+                if queue.send(queued).await.is_err() {
+                    return "writer stopped";
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return "writer stopped",
         }
         if close {
             return "quit";
         }
         if !session.delay.is_zero() {
+            session.release();
             let delay = std::mem::take(&mut session.delay);
             tokio::select! {
                 () = token.cancelled() => {}

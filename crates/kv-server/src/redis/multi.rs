@@ -254,6 +254,7 @@ fn still_holds(condition: &Condition, version: Option<&kv_store::Versioned>) -> 
 /// that every watched key is unchanged; a nil array when one is not.
 pub(super) fn exec(
     store: &Db,
+    hold: Option<&mut kv_store::Hold>,
     queued: Vec<Vec<Bytes>>,
     watched: HashMap<Vec<u8>, Condition>,
     now: u64,
@@ -309,8 +310,14 @@ pub(super) fn exec(
             }
         }));
     }
-    txn(store, conditions, writes, move |outcome| match outcome {
-        Some(results) => answer(results),
-        None => Frame::NullArray,
-    })
+    txn(
+        store,
+        hold,
+        conditions,
+        writes,
+        move |outcome| match outcome {
+            Some(results) => answer(results),
+            None => Frame::NullArray,
+        },
+    )
 }

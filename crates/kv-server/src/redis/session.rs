@@ -11,6 +11,7 @@ use bytes::Bytes;
 use super::commands::{
     REDIS_VERSION, RedisServer, SYNTAX, err, parse_int, printable, upper, wrong_arity,
 };
+use super::db::Db;
 use super::multi::{Multi, Watched};
 use super::resp::Frame;
 
@@ -29,6 +30,11 @@ pub(super) struct Session {
     pub(super) multi: Option<Multi>,
     /// The keys WATCH recorded.
     pub(super) watched: Watched,
+    /// On a single node, the writes started since the reader last waited
+    /// for anything: released (sent to the commit thread together, so a
+    /// pipeline shares one sync) before the reader reads the socket again
+    /// or waits for anything else.
+    pub(super) hold: Option<kv_store::Hold>,
 }
 
 impl Session {
@@ -42,6 +48,17 @@ impl Session {
             delay: Duration::ZERO,
             multi: None,
             watched: Arc::default(),
+            hold: match &shared.db {
+                Db::Single(store) => Some(store.hold()),
+                Db::Member(_) => None,
+            },
+        }
+    }
+
+    /// Sends the held writes on (see [`Session::hold`]).
+    pub(super) fn release(&mut self) {
+        if let Some(hold) = self.hold.as_mut() {
+            hold.release();
         }
     }
 }
