@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::error::{
+    ChangeMembershipError, CheckIsLeaderError, ClientWriteError, InitializeError, RaftError,
+};
 use openraft::{Config, Raft, ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -89,6 +91,33 @@ impl ClusterConfig {
             expiry_sweep_rate: 20_000,
             join: false,
             redis_addr: None,
+        }
+    }
+}
+
+/// How long a membership change waits for one still in progress (a new
+/// leader's first membership not yet committed, or an earlier change)
+/// before it gives up.
+const MEMBERSHIP_SETTLE: Duration = Duration::from_secs(10);
+
+type MembershipResult<T> =
+    std::result::Result<T, RaftError<NodeId, ClientWriteError<NodeId, Node>>>;
+
+/// Runs a membership change, again every 50 ms while openraft refuses it
+/// because another is in progress (it commits within a heartbeat or two),
+/// for at most [`MEMBERSHIP_SETTLE`]; any other outcome is returned.
+async fn settled<T, F: Future<Output = MembershipResult<T>>>(
+    mut change: impl FnMut() -> F,
+) -> MembershipResult<T> {
+    let until = tokio::time::Instant::now() + MEMBERSHIP_SETTLE;
+    loop {
+        match change().await {
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(_),
+            ))) if tokio::time::Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
         }
     }
 }
@@ -576,16 +605,16 @@ impl ClusterNode {
         id: NodeId,
         node: Node,
     ) -> std::result::Result<(), RequestError> {
-        self.raft
-            .add_learner(id, node, true)
+        settled(|| self.raft.add_learner(id, node.clone(), true))
             .await
             .map_err(|e| self.membership_error(e))?;
-        let mut voters = self.voters();
-        voters.insert(id);
-        self.raft
-            .change_membership(voters, false)
-            .await
-            .map_err(|e| self.membership_error(e))?;
+        settled(|| {
+            let mut voters = self.voters();
+            voters.insert(id);
+            self.raft.change_membership(voters, false)
+        })
+        .await
+        .map_err(|e| self.membership_error(e))?;
         Ok(())
     }
 
@@ -601,8 +630,7 @@ impl ClusterNode {
                 "the last voter cannot be removed".to_string(),
             ));
         }
-        self.raft
-            .change_membership(voters, false)
+        settled(|| self.raft.change_membership(voters.clone(), false))
             .await
             .map_err(|e| self.membership_error(e))?;
         Ok(())
