@@ -142,7 +142,13 @@ pub(crate) enum Reply {
 
 impl Reply {
     /// Starts answering `request`: submits writes now, defers reads.
-    pub(crate) fn start(request: Request, shared: &Shared) -> Reply {
+    /// On a single node, writes go through `hold` if given: sent to the
+    /// commit thread when the reader releases it.
+    pub(crate) fn start(
+        request: Request,
+        shared: &Shared,
+        mut hold: Option<&mut kv_store::Hold>,
+    ) -> Reply {
         let id = request.id;
         let Some(command) = request.command else {
             return Reply::error(id, ErrorCode::InvalidRequest, "request has no command");
@@ -157,23 +163,28 @@ impl Reply {
             }
         };
         let now = kv_store::now_ms();
-        let write = |ask: kv_store::Result<WriteAsk>| {
+        let mut write = |ask: kv_store::Result<WriteAsk>| {
+            let held = hold.as_deref_mut();
             let submitted = ask.and_then(|ask| match ask {
                 WriteAsk::Put {
                     key,
                     value,
                     deadline,
-                } => store
-                    .submit_put_expiring(&key, &value, deadline)
-                    .map(|pending| Reply::Put { id, pending }),
-                WriteAsk::Delete { key } => store
-                    .submit_delete(&key)
-                    .map(|pending| Reply::Delete { id, pending }),
-                WriteAsk::Txn(kind, txn) => {
-                    store
-                        .submit_txn(txn)
-                        .map(|pending| Reply::Txn { id, kind, pending })
+                } => match held {
+                    Some(hold) => hold.submit_put_expiring(&key, &value, deadline),
+                    None => store.submit_put_expiring(&key, &value, deadline),
                 }
+                .map(|pending| Reply::Put { id, pending }),
+                WriteAsk::Delete { key } => match held {
+                    Some(hold) => hold.submit_delete(&key),
+                    None => store.submit_delete(&key),
+                }
+                .map(|pending| Reply::Delete { id, pending }),
+                WriteAsk::Txn(kind, txn) => match held {
+                    Some(hold) => hold.submit_txn(txn),
+                    None => store.submit_txn(txn),
+                }
+                .map(|pending| Reply::Txn { id, kind, pending }),
             });
             submitted.unwrap_or_else(|err| Reply::Ready(store_error(id, &err, shared)))
         };

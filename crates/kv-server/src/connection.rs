@@ -120,6 +120,13 @@ impl FrameReader {
             .map(|header| u32::from_be_bytes(*header) as usize)
     }
 
+    /// Whether a whole frame (header and body) is buffered: the next one
+    /// needs no read of the socket.
+    pub(crate) fn has_whole_frame(&self) -> bool {
+        self.buffered_len()
+            .is_some_and(|len| self.buffer.len() >= 4 + len)
+    }
+
     /// Restarts the frame timeout of the frame now in the buffer: the time
     /// the server spent waiting for its in-flight budget is not the peer's.
     pub(crate) fn restart_frame_clock(&mut self) {

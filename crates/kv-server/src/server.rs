@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use futures::FutureExt;
 use kv_proto::{ErrorCode, Response};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -395,13 +396,20 @@ async fn read_requests(
     budget: &ConnectionBudget,
     token: &CancellationToken,
 ) -> &'static str {
+    let held = Held::new(shared);
     loop {
+        // Every whole request read so far is started: the held writes go
+        // to the commit thread together before the socket is read again.
+        if !reader.has_whole_frame() {
+            held.release();
+        }
         let next = tokio::select! {
             biased;
             () = token.cancelled() => {
+                held.release();
                 return drain_buffered(&mut reader, &mut gate, &replies, shared, budget).await;
             }
-            next = next_request(&mut reader, budget) => next,
+            next = next_request(&mut reader, budget, &held) => next,
         };
         let (inbound, charge) = match next {
             Ok(Some(next)) => next,
@@ -414,6 +422,7 @@ async fn read_requests(
                     ErrorCode::TooLarge,
                     format!("frame of {len} bytes exceeds the maximum of {max}"),
                 );
+                held.release();
                 let _ = replies
                     .send((reply, budget.nothing(), Started::now(UNKNOWN_COMMAND)))
                     .await;
@@ -427,8 +436,9 @@ async fn read_requests(
                 return "read error";
             }
         };
-        let (reply, started, delay) = reply_to(inbound, &mut gate, shared);
+        let (reply, started, delay) = reply_to(inbound, &mut gate, shared, &held);
         if !delay.is_zero() {
+            held.release();
             // A failed authentication: read nothing more for a while (the
             // shutdown cuts the wait short).
             tokio::select! {
@@ -436,8 +446,45 @@ async fn read_requests(
                 () = tokio::time::sleep(delay) => {}
             }
         }
-        if replies.send((reply, charge, started)).await.is_err() {
-            return "writer stopped";
+        // A full queue waits for the writer, which may be waiting for a
+        // held write.
+        match replies.try_send((reply, charge, started)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(queued)) => {
+                held.release();
+                if replies.send(queued).await.is_err() {
+                    return "writer stopped";
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return "writer stopped",
+        }
+    }
+}
+
+/// On a single node, the writes a connection's reader has started and not
+/// yet handed to the commit thread (a [`kv_store::Hold`]): released
+/// together, so that a pipeline shares one sync, before the reader waits
+/// for anything. Behind a lock only so that the reader's branches can
+/// share it; only the reader takes it.
+struct Held(std::sync::Mutex<Option<kv_store::Hold>>);
+
+impl Held {
+    fn new(shared: &Shared) -> Held {
+        Held(std::sync::Mutex::new(match &shared.backend {
+            Backend::Single(store) => Some(store.hold()),
+            Backend::Cluster(_) => None,
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<kv_store::Hold>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn release(&self) {
+        if let Some(hold) = self.lock().as_mut() {
+            hold.release();
         }
     }
 }
@@ -448,11 +495,20 @@ async fn read_requests(
 async fn next_request(
     reader: &mut FrameReader,
     budget: &ConnectionBudget,
+    held: &Held,
 ) -> Result<Option<(Inbound, Charge)>, ReadError> {
     let Some(len) = reader.next_len().await? else {
         return Ok(None);
     };
-    let charge = budget.charge(len).await;
+    // Held writes must not wait for a charge that their own replies would
+    // give back.
+    let charge = match budget.charge(len).now_or_never() {
+        Some(charge) => charge,
+        None => {
+            held.release();
+            budget.charge(len).await
+        }
+    };
     reader.restart_frame_clock();
     match reader.next().await? {
         Some(inbound) => Ok(Some((inbound, charge))),
@@ -470,6 +526,8 @@ async fn drain_buffered(
     shared: &Shared,
     budget: &ConnectionBudget,
 ) -> &'static str {
+    // The reader released its hold: what is drained is submitted directly.
+    let direct = Held(std::sync::Mutex::new(None));
     loop {
         if replies.is_closed() {
             // The writer is gone: nobody would get these answers.
@@ -481,7 +539,7 @@ async fn drain_buffered(
         let charge = budget.charge(len).await;
         let (reply, started) = match reader.next_buffered() {
             Ok(Some(inbound)) => {
-                let (reply, started, _) = reply_to(inbound, gate, shared);
+                let (reply, started, _) = reply_to(inbound, gate, shared, &direct);
                 (reply, started)
             }
             Ok(None) => return "shutdown",
@@ -514,6 +572,7 @@ fn reply_to(
     inbound: Inbound,
     gate: &mut Gate<'_>,
     shared: &Shared,
+    held: &Held,
 ) -> (Reply, Started, std::time::Duration) {
     match inbound {
         Ok(request) => {
@@ -524,7 +583,7 @@ fn reply_to(
             let started = Started::now(command);
             match gate.admit(request) {
                 Admission::Pass(request) => (
-                    Reply::start(request, shared),
+                    Reply::start(request, shared, held.lock().as_mut()),
                     started,
                     std::time::Duration::ZERO,
                 ),

@@ -153,8 +153,8 @@ pub struct KeyValueStore {
 }
 
 /// Writes submitted through a hold are checked at once, as
-/// [`KeyValueStore::submit_put_expiring`] and
-/// [`KeyValueStore::submit_txn`] check them, but reach the commit thread
+/// [`KeyValueStore::submit_put_expiring`], [`KeyValueStore::submit_delete`]
+/// and [`KeyValueStore::submit_txn`] check them, but reach the commit thread
 /// only when the hold is released (or dropped), as one message, so that
 /// they share one group commit and one sync. A server that has read
 /// a pipeline of writes from a socket submits them through a hold and
@@ -180,6 +180,13 @@ impl Hold {
         deadline: Option<u64>,
     ) -> Result<Pending<Lsn>> {
         let (command, pending) = self.store.prepare_put(key, value, deadline)?;
+        self.held.push(command);
+        Ok(pending)
+    }
+
+    /// As [`KeyValueStore::submit_delete`], sent on release.
+    pub fn submit_delete(&mut self, key: &[u8]) -> Result<Pending<Option<Lsn>>> {
+        let (command, pending) = self.store.prepare_delete(key)?;
         self.held.push(command);
         Ok(pending)
     }
@@ -504,14 +511,21 @@ impl KeyValueStore {
     /// (nothing written) if not. Errors as for
     /// [`submit_put`](KeyValueStore::submit_put).
     pub fn submit_delete(&self, key: &[u8]) -> Result<Pending<Option<Lsn>>> {
+        let (command, pending) = self.prepare_delete(key)?;
+        self.send(command)?;
+        Ok(pending)
+    }
+
+    /// A delete checked and made into its command, not yet sent.
+    fn prepare_delete(&self, key: &[u8]) -> Result<(Command, Pending<Option<Lsn>>)> {
         self.check_key(key)?;
         self.inner.shared.check_writable()?;
         let (done, rx) = oneshot::channel();
-        self.send(Command::Delete {
+        let command = Command::Delete {
             key: key.into(),
             done,
-        })?;
-        Ok(Pending::new(rx))
+        };
+        Ok((command, Pending::new(rx)))
     }
 
     /// Blocking put: [`submit_put`](KeyValueStore::submit_put) then
