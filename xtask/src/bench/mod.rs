@@ -137,6 +137,14 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
     };
     std::fs::create_dir_all(&paths.bench)
         .map_err(|e| format!("cannot create {}: {e}", paths.bench.display()))?;
+    // Servers append to their logs: start each run with none.
+    for entry in std::fs::read_dir(&paths.bench).map_err(|e| e.to_string())? {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        if path.extension().is_some_and(|ext| ext == "log") {
+            std::fs::remove_file(&path)
+                .map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+        }
+    }
 
     let started = Instant::now();
     let cpu_before = report::CpuSample::read();

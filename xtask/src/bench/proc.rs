@@ -178,8 +178,14 @@ impl Server {
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start `{what}`: {e}"))?;
-        let mut log_file = std::fs::File::create(log)
-            .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        // Appended to: a restarted server (the cluster's failover rounds)
+        // keeps the log of its earlier runs; the bench clears the logs
+        // when it starts.
+        let mut log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
         let stderr = child.stderr.take();
         // From here on the guard owns the child: any early return stops it.
         let mut server = Server {
