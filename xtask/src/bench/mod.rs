@@ -16,6 +16,7 @@
 mod cluster;
 mod floor;
 mod json;
+mod plots;
 mod proc;
 mod report;
 
@@ -186,6 +187,10 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
         .zip(report::CpuSample::read())
         .map(|(before, after)| before.others_share(&after));
 
+    match plots::write(&paths.bench, &results) {
+        Ok(plots) => results.plots = plots,
+        Err(e) => results.errors.push(e),
+    }
     let text = report::render(&results, &params);
     let path = paths.bench.join("report.md");
     std::fs::write(&path, &text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;

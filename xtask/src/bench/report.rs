@@ -302,6 +302,8 @@ pub struct Results {
     pub redis: Vec<RedisRun>,
     /// Our server's Redis listener under the same redis-benchmark runs.
     pub ours_resp: Vec<RedisRun>,
+    /// The plots written beside the report (file names).
+    pub plots: Vec<&'static str>,
     pub redis_note: Option<String>,
     pub errors: Vec<String>,
 }
@@ -867,6 +869,9 @@ pub fn render(r: &Results, p: &Params) -> String {
                 lat(theirs.p99_ms),
                 mine.rps / theirs.rps
             );
+        }
+        for plot in &r.plots {
+            let _ = writeln!(s, "\n![{plot}]({plot})");
         }
     }
 
