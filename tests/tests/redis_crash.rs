@@ -143,6 +143,47 @@ async fn set_until_killed(
     acked
 }
 
+/// The SETs the clients' tasks saw acknowledged (at least 100 of them).
+async fn acknowledged(
+    tasks: Vec<tokio::task::JoinHandle<Vec<(String, String)>>>,
+) -> Vec<(String, String)> {
+    let mut acked = Vec::new();
+    for task in tasks {
+        acked.extend(task.await.expect("client task"));
+    }
+    assert!(acked.len() >= 100, "only {} SETs acknowledged", acked.len());
+    acked
+}
+
+/// Reads every acknowledged key back from `addr`, pipelined; `lost` says
+/// what a missing one means.
+async fn assert_all_readable(
+    addr: SocketAddr,
+    acked: &[(String, String)],
+    lost: impl Fn() -> String,
+) {
+    let mut conn = connect(addr).await;
+    for batch in acked.chunks(VERIFY_BATCH) {
+        let mut requests = Vec::new();
+        for (key, _) in batch {
+            requests.extend(command(&[b"GET", key.as_bytes()]));
+        }
+        conn.get_mut().write_all(&requests).await.unwrap();
+        for (key, value) in batch {
+            let reply = tokio::time::timeout(DEADLINE, read_reply(&mut conn))
+                .await
+                .expect("GET answered in time")
+                .expect("GET answered");
+            assert_eq!(
+                reply,
+                Reply::Bulk(Some(value.clone().into_bytes())),
+                "acknowledged SET {key} {}",
+                lost()
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_keeps_every_acknowledged_redis_set() {
     let dir = tempfile::tempdir().unwrap();
@@ -170,33 +211,13 @@ async fn kill9_keeps_every_acknowledged_redis_set() {
     tokio::time::sleep(LOAD).await;
     server.kill9();
     stop.store(true, Ordering::Relaxed);
-    let mut acked = Vec::new();
-    for task in tasks {
-        acked.extend(task.await.expect("client task"));
-    }
-    assert!(acked.len() >= 100, "only {} SETs acknowledged", acked.len());
+    let acked = acknowledged(tasks).await;
 
     let server = server.restart();
-    let mut conn = connect(addr).await;
-    for batch in acked.chunks(VERIFY_BATCH) {
-        let mut requests = Vec::new();
-        for (key, _) in batch {
-            requests.extend(command(&[b"GET", key.as_bytes()]));
-        }
-        conn.get_mut().write_all(&requests).await.unwrap();
-        for (key, value) in batch {
-            let reply = tokio::time::timeout(DEADLINE, read_reply(&mut conn))
-                .await
-                .expect("GET answered in time")
-                .expect("GET answered");
-            assert_eq!(
-                reply,
-                Reply::Bulk(Some(value.clone().into_bytes())),
-                "acknowledged SET {key} lost by kill -9; stderr:\n{}",
-                server.stderr()
-            );
-        }
-    }
+    assert_all_readable(addr, &acked, || {
+        format!("lost by kill -9; stderr:\n{}", server.stderr())
+    })
+    .await;
     println!(
         "redis_crash: {} acknowledged SETs from {CLIENTS} clients all readable after kill -9",
         acked.len()
@@ -669,33 +690,14 @@ async fn a_cluster_serves_redis_on_its_leader_and_its_followers_name_it() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     members[leader].process.take().unwrap().kill9();
     stop.store(true, Ordering::Relaxed);
-    let mut acked = Vec::new();
-    for task in tasks {
-        acked.extend(task.await.expect("client task"));
-    }
-    assert!(acked.len() >= 100, "only {} SETs acknowledged", acked.len());
+    let acked = acknowledged(tasks).await;
 
     let new_leader = redis_leader(&members).await;
     assert_ne!(new_leader, leader);
-    let mut conn = connect(members[new_leader].redis).await;
-    for batch in acked.chunks(VERIFY_BATCH) {
-        let mut requests = Vec::new();
-        for (key, _) in batch {
-            requests.extend(command(&[b"GET", key.as_bytes()]));
-        }
-        conn.get_mut().write_all(&requests).await.unwrap();
-        for (key, value) in batch {
-            let reply = tokio::time::timeout(DEADLINE, read_reply(&mut conn))
-                .await
-                .expect("GET answered in time")
-                .expect("GET answered");
-            assert_eq!(
-                reply,
-                Reply::Bulk(Some(value.clone().into_bytes())),
-                "acknowledged SET {key} lost with the leader"
-            );
-        }
-    }
+    assert_all_readable(members[new_leader].redis, &acked, || {
+        "lost with the leader".to_string()
+    })
+    .await;
     println!(
         "redis cluster: {} SETs acknowledged by leader {} all readable on new leader {}",
         acked.len(),
