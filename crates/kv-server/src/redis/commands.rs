@@ -720,10 +720,7 @@ fn swap(store: &Db, key: Bytes, write: SwapWrite, only: Only) -> Outcome {
             if skip || (matches!(write, SwapWrite::Delete) && current.is_none()) {
                 return old;
             }
-            let condition = match &current {
-                Some(v) => Condition::SeqEquals(v.seq),
-                None => Condition::Absent,
-            };
+            let condition = unchanged(current.as_ref());
             let w = match &write {
                 SwapWrite::Put(value, expiry) => put(&key, value, *expiry),
                 SwapWrite::Delete => Write::Delete { key: key.to_vec() },
