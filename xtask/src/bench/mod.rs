@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick] [--vs-redis] [--cluster] [--only-cluster]`
+//! `cargo xtask bench [--quick] [--vs-redis] [--cluster] [--only-cluster] [--scale]`
 //! ([`BenchArgs`]): builds the release binaries once, measures the disk
 //! floor, wal-core, recovery, the server end to end, memory and checkpoint
 //! interference on this machine, and writes `target/bench/report.md` with
@@ -49,6 +49,10 @@ pub struct Params {
     pub checkpoint_secs: f64,
     pub checkpoint_connections: u32,
     pub server_flags: Vec<&'static str>,
+    /// Store sizes of the scale step, smaller first.
+    pub scale_entries: Vec<u64>,
+    /// Seconds of the scale step's latency run without a checkpoint.
+    pub scale_secs: f64,
 }
 
 impl Params {
@@ -73,6 +77,12 @@ impl Params {
             // Durable acknowledgements; no automatic checkpoint, so that
             // only the checkpoints this suite starts ever run.
             server_flags: vec!["--sync-policy", "always", "--checkpoint-after", "0"],
+            scale_entries: if quick {
+                vec![100_000, 1_000_000]
+            } else {
+                vec![1_000_000, 10_000_000]
+            },
+            scale_secs: if quick { 2.0 } else { 5.0 },
         }
     }
 }
@@ -121,6 +131,13 @@ pub struct BenchArgs {
     /// The server end to end and the cluster only.
     #[arg(long)]
     only_cluster: bool,
+    /// Also the scale run: a store of 10,000,000 keys beside one of
+    /// 1,000,000 (100,000 and 1,000,000 with --quick): memory per key,
+    /// recovery from the log and from a snapshot, checkpoint time and the
+    /// write p99 during one (the kv-store `figures` example; needs about
+    /// 4 GiB of memory and 3 GiB of disk, and a few minutes).
+    #[arg(long)]
+    scale: bool,
 }
 
 pub fn run(args: &BenchArgs) -> Result<(), String> {
@@ -169,6 +186,9 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
             memory_and_checkpoint(&paths, &params, r)
         });
     }
+    if args.scale && !only_cluster {
+        step(&mut results, "scale", |r| scale(&paths, &params, r));
+    }
     if with_cluster {
         step(&mut results, "cluster", |_| {
             let mut text = String::from("# Cluster bench\n\n");
@@ -195,6 +215,7 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
     let path = paths.bench.join("report.md");
     std::fs::write(&path, &text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     println!("{}", report::targets_table(&results));
+    println!("{}", report::performance_table(&results));
     eprintln!(
         "xtask: report written to {} (measuring took {:.0} s)",
         path.display(),
@@ -253,6 +274,8 @@ fn build(root: &Path) -> Result<(), String> {
         "bench_wal",
         "--example",
         "bench_recovery",
+        "--example",
+        "figures",
     ];
     eprintln!("xtask: cargo {}", args.join(" "));
     let status = Command::new(cargo())
@@ -491,6 +514,35 @@ fn recovery(paths: &Paths, params: &Params, results: &mut Results) -> Result<(),
         obj.num("snapshot_entries_per_sec")?
     );
     results.recovery = Some(obj);
+    Ok(())
+}
+
+// g. Scale: the same figures at two store sizes, the larger ten times the
+// smaller, so that growth worse than linear shows.
+fn scale(paths: &Paths, params: &Params, results: &mut Results) -> Result<(), String> {
+    let dir = TempDir::fresh(paths.bench.join("scale"))?;
+    for &entries in &params.scale_entries {
+        let mut cmd = Command::new(paths.example("figures"));
+        // One writer count with a short run: the put figures of this
+        // example are not what this step is for.
+        cmd.arg(entries.to_string())
+            .args(["1", &params.scale_secs.to_string()])
+            .arg(&dir.0)
+            .arg("--json");
+        let done = proc::run(cmd, Duration::from_secs(1800))?;
+        let obj = json::parse_last_object(&done.stdout)?;
+        eprintln!(
+            "  scale {entries}: {:.0} B/key, WAL {:.0} entries/s, snapshot {:.0} entries/s, \
+             checkpoint {:.1} s, p99 {:.0} / {:.0} us",
+            obj.num("bytes_per_key")?,
+            obj.num("wal_entries_per_sec")?,
+            obj.num("snapshot_entries_per_sec")?,
+            obj.num("checkpoint_idle_secs")?,
+            obj.num("p99_us_during")?,
+            obj.num("p99_us_without")?
+        );
+        results.scale.push(obj);
+    }
     Ok(())
 }
 

@@ -302,6 +302,8 @@ pub struct Results {
     pub redis: Vec<RedisRun>,
     /// Our server's Redis listener under the same redis-benchmark runs.
     pub ours_resp: Vec<RedisRun>,
+    /// The scale step's figures, one object per store size, smaller first.
+    pub scale: Vec<Object>,
     /// The plots written beside the report (file names).
     pub plots: Vec<&'static str>,
     pub redis_note: Option<String>,
@@ -515,6 +517,183 @@ pub fn targets(r: &Results) -> Vec<Target> {
     out
 }
 
+/// A target that is a ratio of two measured rates.
+fn ratio_target(
+    name: String,
+    goal: &str,
+    threshold: f64,
+    mine: f64,
+    theirs: f64,
+    of: &str,
+) -> Target {
+    Target {
+        name,
+        goal: goal.into(),
+        measured: format!(
+            "{} vs {} ops/s = {:.2}× {of}",
+            int(mine),
+            int(theirs),
+            mine / theirs
+        ),
+        pass: Some(mine >= threshold * theirs),
+    }
+}
+
+/// The targets of the performance issue (14): redis-benchmark driving
+/// both servers, durable writes against our own reads, and the scale run.
+pub fn performance_targets(r: &Results) -> Vec<Target> {
+    let mut out = Vec::new();
+    let ours = |test: &str, c: u32, p: u32| {
+        r.ours_resp
+            .iter()
+            .find(|x| x.test == test && x.connections == c && x.pipeline == p)
+            .map(|x| x.rps)
+    };
+    for mine in &r.ours_resp {
+        let (c, p) = (mine.connections, mine.pipeline);
+        let Some(theirs) = r.redis_rate(mine.test, c, p) else {
+            continue;
+        };
+        let (threshold, goal) = match mine.test {
+            "set" if c * p >= 16 => (2.0, "≥ 2× Redis's SET"),
+            "set" => (1.0, "≥ 1× Redis's SET"),
+            _ => (1.2, "≥ 1.2× Redis's GET"),
+        };
+        let name = format!(
+            "{} {c}×{p}, redis-benchmark",
+            mine.test.to_ascii_uppercase()
+        );
+        out.push(ratio_target(
+            name, goal, threshold, mine.rps, theirs, "Redis",
+        ));
+    }
+    for mine in r.ours_resp.iter().filter(|x| x.test == "set") {
+        let (c, p) = (mine.connections, mine.pipeline);
+        if let Some(get) = ours("get", c, p) {
+            out.push(ratio_target(
+                format!("durable SET {c}×{p} against our GET, redis-benchmark"),
+                "≥ 0.9× our GET",
+                0.9,
+                mine.rps,
+                get,
+                "our GET",
+            ));
+        }
+    }
+    for put in r.server.iter().filter(|x| x.op == "put") {
+        let (c, p) = (put.connections, put.pipeline);
+        let (Ok(rate), Some(get)) = (put.obj.num("ops_per_sec"), r.server("get", c, p)) else {
+            continue;
+        };
+        out.push(ratio_target(
+            format!("durable put {c}×{p} against our get, kv-client bench"),
+            "≥ 0.9× our get",
+            0.9,
+            rate,
+            get,
+            "our get",
+        ));
+    }
+    out.extend(scale_targets(&r.scale));
+    out
+}
+
+/// The scale targets, judged on the largest store, with its growth from
+/// the smallest.
+fn scale_targets(scale: &[Object]) -> Vec<Target> {
+    let mut out = Vec::new();
+    let Some(big) = scale.last() else {
+        return out;
+    };
+    let n = num(big, "entries");
+    let size = if n >= 1e6 {
+        format!("{:.0}M keys", n / 1e6)
+    } else {
+        format!("{} keys", int(n))
+    };
+    let raw = num(big, "raw_bytes_per_key");
+    let per_key = num(big, "bytes_per_key");
+    out.push(Target {
+        name: format!("memory, {size}"),
+        goal: "≤ 1.2× raw key+value bytes".into(),
+        measured: format!(
+            "{per_key:.0} B/key = {:.2}× raw ({raw:.0} B)",
+            per_key / raw
+        ),
+        pass: Some(per_key <= 1.2 * raw),
+    });
+    for (key, what) in [
+        ("wal_entries_per_sec", "recovery from the WAL"),
+        ("snapshot_entries_per_sec", "recovery from a snapshot"),
+    ] {
+        let rate = num(big, key);
+        out.push(Target {
+            name: format!("{what}, {size}"),
+            goal: "≥ 5,000,000 entries/s".into(),
+            measured: format!("{} entries/s", int(rate)),
+            pass: Some(rate >= 5e6),
+        });
+    }
+    let (idle, loaded) = (
+        num(big, "checkpoint_idle_secs"),
+        num(big, "checkpoint_loaded_secs"),
+    );
+    out.push(Target {
+        name: format!("checkpoint, {size}"),
+        goal: "≤ 60 s".into(),
+        measured: format!("{idle:.1} s alone, {loaded:.1} s under 16 writers"),
+        pass: Some(idle <= 60.0),
+    });
+    let (without, during) = (num(big, "p99_us_without"), num(big, "p99_us_during"));
+    out.push(Target {
+        name: format!("write p99 during a checkpoint, {size}"),
+        goal: "≤ 2× the p99 without one".into(),
+        measured: format!(
+            "{} vs {} = {:.2}×",
+            us(during),
+            us(without),
+            during / without
+        ),
+        pass: Some(during <= 2.0 * without),
+    });
+    if let (Some(small), true) = (scale.first(), scale.len() > 1) {
+        // Cost per key at the large size over the same at the small one:
+        // 1 is linear growth.
+        let growth = |cost: &dyn Fn(&Object) -> f64| cost(big) / cost(small);
+        let figures = [
+            ("memory", growth(&|o| num(o, "bytes_per_key"))),
+            (
+                "WAL recovery",
+                growth(&|o| 1.0 / num(o, "wal_entries_per_sec")),
+            ),
+            (
+                "snapshot recovery",
+                growth(&|o| 1.0 / num(o, "snapshot_entries_per_sec")),
+            ),
+            (
+                "checkpoint",
+                growth(&|o| num(o, "checkpoint_idle_secs") / num(o, "entries")),
+            ),
+        ];
+        let worst = figures.iter().map(|(_, g)| *g).fold(f64::NAN, f64::max);
+        out.push(Target {
+            name: format!(
+                "growth from {} to {} keys",
+                int(num(small, "entries")),
+                int(n)
+            ),
+            goal: "cost per key ≤ 1.25× (linear, with room for noise)".into(),
+            measured: figures
+                .iter()
+                .map(|(what, g)| format!("{what} {g:.2}×"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            pass: Some(worst <= 1.25),
+        });
+    }
+    out
+}
+
 /// `rate ops/s`, and its ratio to Redis's rate when Redis was measured.
 fn with_redis_ratio(rate: f64, redis: Option<f64>) -> String {
     match redis {
@@ -533,8 +712,22 @@ fn missing(name: &str, goal: &str) -> Target {
 }
 
 pub fn targets_table(r: &Results) -> String {
+    table(targets(r))
+}
+
+/// The performance issue's targets as a table; empty when none was
+/// measured (no --vs-redis, no --scale and no server step).
+pub fn performance_table(r: &Results) -> String {
+    let rows = performance_targets(r);
+    if rows.is_empty() {
+        return String::new();
+    }
+    table(rows)
+}
+
+fn table(targets: Vec<Target>) -> String {
     let mut t = String::from("| Target | Goal | Measured | |\n|---|---|---|---|\n");
-    for target in targets(r) {
+    for target in targets {
         let verdict = match target.pass {
             Some(true) => "PASS",
             Some(false) => "MISS",
@@ -610,6 +803,21 @@ pub fn render(r: &Results, p: &Params) -> String {
     let _ = writeln!(s, "## Targets (issue 5)\n");
     s.push_str(&targets_table(r));
     s.push('\n');
+
+    let _ = writeln!(
+        s,
+        "## Targets (performance issue: redis-benchmark against both, writes against reads, scale)\n"
+    );
+    let performance = performance_table(r);
+    if performance.is_empty() {
+        let _ = writeln!(
+            s,
+            "Not measured: pass --vs-redis for the same-generator rows and --scale for the scale rows.\n"
+        );
+    } else {
+        s.push_str(&performance);
+        s.push('\n');
+    }
 
     let _ = writeln!(s, "## Parameters\n");
     let _ = writeln!(
@@ -934,6 +1142,36 @@ pub fn render(r: &Results, p: &Params) -> String {
     } else {
         let _ = writeln!(s, "Not measured (the step failed).");
     }
+
+    let _ = writeln!(s, "\n## g. Scale\n");
+    if r.scale.is_empty() {
+        let _ = writeln!(s, "Not measured (pass --scale).");
+    } else {
+        let _ = writeln!(
+            s,
+            "`figures` example of kv-store (15-byte keys, 100-byte values; filled without syncs, \
+             then each figure measured on the reopened store; the p99s are durable puts from 16 \
+             threads over the loaded keys).\n\n\
+             | keys | bytes/key | × raw | WAL recovery | snapshot recovery | checkpoint alone | \
+             checkpoint under writes | p99 without / during a checkpoint |\n\
+             |---|---|---|---|---|---|---|---|"
+        );
+        for o in &r.scale {
+            let _ = writeln!(
+                s,
+                "| {} | {:.0} | {:.2}× | {} entries/s | {} entries/s | {:.1} s | {:.1} s | {} / {} |",
+                int(num(o, "entries")),
+                num(o, "bytes_per_key"),
+                num(o, "bytes_per_key") / num(o, "raw_bytes_per_key"),
+                int(num(o, "wal_entries_per_sec")),
+                int(num(o, "snapshot_entries_per_sec")),
+                num(o, "checkpoint_idle_secs"),
+                num(o, "checkpoint_loaded_secs"),
+                us(num(o, "p99_us_without")),
+                us(num(o, "p99_us_during"))
+            );
+        }
+    }
     s
 }
 
@@ -1044,5 +1282,67 @@ mod tests {
         assert_eq!(by_name("recovery"), None);
         let table = targets_table(&results);
         assert!(table.contains("PASS") && table.contains("MISS") && table.contains("n/a"));
+    }
+
+    fn resp(test: &'static str, connections: u32, pipeline: u32, rps: f64) -> RedisRun {
+        RedisRun {
+            test,
+            connections,
+            pipeline,
+            rps,
+            p50_ms: None,
+            p99_ms: None,
+        }
+    }
+
+    #[test]
+    fn performance_targets_judge_each_ratio() {
+        let scale = |entries: u64, bytes: f64, checkpoint: f64| {
+            parse_object(&format!(
+                "{{\"entries\":{entries},\"raw_bytes_per_key\":115,\"bytes_per_key\":{bytes},\
+                 \"wal_entries_per_sec\":6000000,\"snapshot_entries_per_sec\":4000000,\
+                 \"checkpoint_idle_secs\":{checkpoint},\"checkpoint_loaded_secs\":50,\
+                 \"p99_us_without\":1000,\"p99_us_during\":3000}}"
+            ))
+            .unwrap()
+        };
+        let results = Results {
+            // 1×1 needs 1×, 16×1 needs 2×; GET needs 1.2×.
+            redis: vec![
+                resp("set", 1, 1, 1000.0),
+                resp("set", 16, 1, 1000.0),
+                resp("get", 16, 1, 1000.0),
+            ],
+            ours_resp: vec![
+                resp("set", 1, 1, 1000.0),
+                resp("set", 16, 1, 1900.0),
+                resp("get", 16, 1, 2000.0),
+            ],
+            server: vec![run("put", 16, 1, 950.0), run("get", 16, 1, 1000.0)],
+            scale: vec![scale(1_000_000, 120.0, 3.0), scale(10_000_000, 150.0, 45.0)],
+            ..Results::default()
+        };
+        let t = performance_targets(&results);
+        let by_name = |n: &str| {
+            t.iter()
+                .find(|x| x.name.starts_with(n))
+                .unwrap_or_else(|| panic!("no row {n}"))
+                .pass
+        };
+        assert_eq!(by_name("SET 1×1"), Some(true));
+        assert_eq!(by_name("SET 16×1"), Some(false));
+        assert_eq!(by_name("GET 16×1"), Some(true));
+        // 1,900 against our GET of 2,000: 0.95×.
+        assert_eq!(by_name("durable SET 16×1 against our GET"), Some(true));
+        assert_eq!(by_name("durable put 16×1 against our get"), Some(true));
+        // No GET at 1×1: no row.
+        assert!(t.iter().all(|x| !x.name.starts_with("durable SET 1×1")));
+        assert_eq!(by_name("memory, 10M keys"), Some(false)); // 1.30× raw
+        assert_eq!(by_name("recovery from the WAL, 10M"), Some(true));
+        assert_eq!(by_name("recovery from a snapshot, 10M"), Some(false));
+        assert_eq!(by_name("checkpoint, 10M"), Some(true));
+        assert_eq!(by_name("write p99 during a checkpoint, 10M"), Some(false));
+        // Checkpoint time per key grew 1.5×: worse than linear.
+        assert_eq!(by_name("growth from 1,000,000"), Some(false));
     }
 }
