@@ -17,6 +17,16 @@
 //! is wal-core's `truncate_after`, `purge` its `truncate_before`, both run
 //! on tokio's blocking pool because they fsync.
 //!
+//! The tail: the newest appended entries are also kept in memory, up to
+//! [`TAIL_ENTRIES`] entries and [`TAIL_BYTES`] bytes of commands, and reads
+//! that fall in it are served from there. A leader reads every entry back
+//! once per follower (to send it) and once more to apply it, and a
+//! follower once to apply it: from the tail these are clones that share
+//! the commands' buffers, where a read from wal-core is a copy and a
+//! protobuf decode with an allocation per command. The tail always ends at
+//! the log's last entry and is contiguous; `truncate` and `purge` cut it as
+//! they cut the log, and a gap filled with holes empties it.
+//!
 //! Holes: openraft appends contiguous entries, but its storage test suite
 //! also appends with gaps (index 1, then 5). A gap is filled with hole
 //! records (a `RaftEntry` without payload) that reads skip, so the log
@@ -46,6 +56,14 @@ pub const MAX_HOLE: u64 = 1 << 16;
 /// Bytes a range read asks wal-core for at a time.
 const READ_BATCH: usize = 4 << 20;
 
+/// Most entries the in-memory tail holds (see the module docs). A leader
+/// sends a follower at most `max_payload_entries` (64) entries at a time
+/// and keeps a few hundred in flight under load.
+pub const TAIL_ENTRIES: usize = 4096;
+
+/// Most command bytes the in-memory tail holds.
+pub const TAIL_BYTES: usize = 64 << 20;
+
 /// The Raft log storage. Cheap to clone: clones share the log (the clone
 /// serves as openraft's log reader).
 #[derive(Clone)]
@@ -70,6 +88,96 @@ struct Meta {
     last: Option<LogId<NodeId>>,
     /// The persisted Raft state.
     state: RaftState,
+    /// The newest entries, ending at `last` (see the module docs).
+    tail: Tail,
+}
+
+/// The in-memory copy of the log's newest entries: contiguous indexes,
+/// the last one the log's last.
+#[derive(Debug, Clone, Default)]
+struct Tail {
+    entries: std::collections::VecDeque<Entry>,
+    bytes: usize,
+}
+
+/// Bytes of commands an entry carries (what the tail counts).
+fn payload_bytes(entry: &Entry) -> usize {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(batch) => batch.0.iter().map(|c| c.len()).sum(),
+        _ => 0,
+    }
+}
+
+impl Tail {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.log_id.index)
+    }
+
+    /// Adds entries that follow the tail's last (or starts it anew), then
+    /// drops the oldest beyond the bounds.
+    fn extend(&mut self, entries: &[Entry]) {
+        let follows = match (self.entries.back(), entries.first()) {
+            (Some(back), Some(first)) => {
+                back.log_id.index.checked_add(1) == Some(first.log_id.index)
+            }
+            _ => true,
+        };
+        if !follows {
+            self.clear();
+        }
+        for entry in entries {
+            self.bytes += payload_bytes(entry);
+            self.entries.push_back(entry.clone());
+        }
+        while self.entries.len() > TAIL_ENTRIES
+            || (self.bytes > TAIL_BYTES && self.entries.len() > 1)
+        {
+            if let Some(old) = self.entries.pop_front() {
+                self.bytes -= payload_bytes(&old);
+            }
+        }
+    }
+
+    /// Drops the entries with index >= `index`.
+    fn cut_from(&mut self, index: u64) {
+        while self.entries.back().is_some_and(|e| e.log_id.index >= index) {
+            if let Some(old) = self.entries.pop_back() {
+                self.bytes -= payload_bytes(&old);
+            }
+        }
+    }
+
+    /// Drops the entries with index <= `index`.
+    fn cut_upto(&mut self, index: u64) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|e| e.log_id.index <= index)
+        {
+            if let Some(old) = self.entries.pop_front() {
+                self.bytes -= payload_bytes(&old);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// Clones of the entries with indexes in `[start, end)`, which must all
+    /// be in the tail.
+    fn range(&self, start: u64, end: u64) -> Vec<Entry> {
+        let Some(first) = self.first_index() else {
+            return Vec::new();
+        };
+        let from = usize::try_from(start.saturating_sub(first)).unwrap_or(usize::MAX);
+        let to = usize::try_from(end.saturating_sub(first)).unwrap_or(usize::MAX);
+        self.entries
+            .range(from.min(self.entries.len())..to.min(self.entries.len()))
+            .cloned()
+            .collect()
+    }
 }
 
 impl fmt::Debug for LogStore {
@@ -174,7 +282,7 @@ impl LogStore {
 
     /// The entries with indexes in `[start, end)` that the log holds.
     fn entries(&self, start: u64, end: u64) -> Result<Vec<Entry>> {
-        let meta = lock(&self.inner.meta).clone();
+        let meta = lock(&self.inner.meta);
         let Some(offset) = meta.offset else {
             return Ok(Vec::new());
         };
@@ -189,10 +297,29 @@ impl LogStore {
         let start = start.max(purged_end);
         let last_index = meta.last.map_or(0, |l| l.index);
         let end = end.min(last_index.saturating_add(1));
-        let mut out = Vec::new();
         if meta.last.is_none() || start >= end {
-            return Ok(out);
+            return Ok(Vec::new());
         }
+        // What the tail holds comes from memory; only what lies before it
+        // is read from the log, without holding the lock.
+        let in_tail = meta.tail.first_index().filter(|&first| first < end);
+        let tail = match in_tail {
+            Some(first) => meta.tail.range(start.max(first), end),
+            None => Vec::new(),
+        };
+        let end = in_tail.map_or(end, |first| first.max(start));
+        drop(meta);
+        let mut out = Vec::new();
+        if start < end {
+            self.read_log(offset, start, end, &mut out)?;
+        }
+        out.extend(tail);
+        Ok(out)
+    }
+
+    /// Reads the entries with indexes in `[start, end)` from the log itself
+    /// into `out`.
+    fn read_log(&self, offset: i128, start: u64, end: u64, out: &mut Vec<Entry>) -> Result<()> {
         let to_lsn = |index: u64| -> Result<u64> {
             u64::try_from(i128::from(index) + offset)
                 .map_err(|_| ClusterError::Corrupt(format!("index {index} maps below LSN 0")))
@@ -221,7 +348,7 @@ impl LogStore {
                 out.push(entry);
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Runs blocking work (fsyncs) off the async workers.
@@ -254,9 +381,11 @@ impl LogStore {
             .unwrap_or(0)
             .max(oldest.saturating_sub(1));
         wal.truncate_after(keep)?;
+        meta.tail.cut_from(index);
         if wal.last_lsn().is_none() {
             meta.offset = None;
             meta.last = None;
+            meta.tail.clear();
         } else {
             let last = read_record(wal, keep)?;
             meta.last = last.log_id.as_ref().map(decode_log_id);
@@ -281,8 +410,10 @@ impl LogStore {
             }
             meta.offset = None;
             meta.last = None;
+            meta.tail.clear();
             return Ok(());
         }
+        meta.tail.cut_upto(log_id.index);
         let upto = i128::from(log_id.index) + offset;
         if let Ok(upto) = u64::try_from(upto) {
             wal.truncate_before(upto + 1)?;
@@ -415,10 +546,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 for index in expected..first.log_id.index {
                     records.push(hole(last, index).encode_to_vec());
                 }
+                if first.log_id.index > expected {
+                    // Holes are not entries: the tail restarts after them.
+                    meta.tail.clear();
+                }
                 debug_assert_eq!(i128::from(wal.next_lsn()) - i128::from(expected), offset);
             }
             _ => {
                 meta.offset = Some(i128::from(wal.next_lsn()) - i128::from(first.log_id.index));
+                meta.tail.clear();
             }
         }
         for entry in &entries {
@@ -437,6 +573,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         match appended {
             Ok(_) => {
                 meta.last = last_id;
+                meta.tail.extend(&entries);
                 Ok(())
             }
             Err(e) => Err(storage_error(e.into())),
@@ -468,5 +605,101 @@ fn hole(after: LogId<NodeId>, index: u64) -> RaftEntry {
             ..encode_log_id(&after)
         }),
         payload: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Batch;
+    use bytes::Bytes;
+
+    fn entry(term: u64, index: u64, bytes: usize) -> Entry {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(term, 1), index),
+            payload: openraft::EntryPayload::Normal(Batch(vec![Bytes::from(vec![0u8; bytes])])),
+        }
+    }
+
+    fn ids(entries: &[Entry]) -> Vec<(u64, u64)> {
+        entries
+            .iter()
+            .map(|e| (e.log_id.leader_id.term, e.log_id.index))
+            .collect()
+    }
+
+    #[test]
+    fn the_tail_follows_appends_truncations_and_purges() {
+        let mut tail = Tail::default();
+        tail.extend(&(1..=10).map(|i| entry(1, i, 10)).collect::<Vec<_>>());
+        assert_eq!(tail.bytes, 100);
+        assert_eq!(ids(&tail.range(4, 7)), vec![(1, 4), (1, 5), (1, 6)]);
+        // A new leader overwrites from 6.
+        tail.cut_from(6);
+        tail.extend(&[entry(2, 6, 10), entry(2, 7, 10)]);
+        assert_eq!(
+            ids(&tail.range(5, 100)),
+            vec![(1, 5), (2, 6), (2, 7)],
+            "reads past the end stop at the last entry"
+        );
+        tail.cut_upto(3);
+        assert_eq!(tail.first_index(), Some(4));
+        assert_eq!(tail.bytes, 40);
+        // Entries that do not follow the tail's last start it anew.
+        tail.extend(&[entry(2, 20, 10)]);
+        assert_eq!(ids(&tail.range(0, 100)), vec![(2, 20)]);
+    }
+
+    #[test]
+    fn the_tail_keeps_at_most_its_bounds_and_never_drops_the_last() {
+        let mut tail = Tail::default();
+        tail.extend(
+            &(1..=(TAIL_ENTRIES as u64 + 10))
+                .map(|i| entry(1, i, 1))
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(tail.entries.len(), TAIL_ENTRIES);
+        assert_eq!(tail.first_index(), Some(11));
+        // One entry larger than the byte bound stays (it is the last).
+        tail.extend(&[entry(1, TAIL_ENTRIES as u64 + 11, TAIL_BYTES + 1)]);
+        assert_eq!(
+            ids(&tail.range(0, u64::MAX)),
+            vec![(1, TAIL_ENTRIES as u64 + 11)]
+        );
+        assert_eq!(tail.bytes, TAIL_BYTES + 1);
+    }
+
+    #[test]
+    fn reads_join_the_log_and_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path()).unwrap();
+        // Entries written to the log as `append` writes them, with the tail
+        // holding only the newest.
+        let entries: Vec<Entry> = (1..=20).map(|i| entry(1, i, 8)).collect();
+        let records: Vec<Vec<u8>> = entries
+            .iter()
+            .map(|e| encode_entry(e).encode_to_vec())
+            .collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        store
+            .inner
+            .wal
+            .append_with(&records, move |r| {
+                let _ = tx.send(r.is_ok());
+            })
+            .unwrap();
+        assert!(rx.recv().unwrap());
+        {
+            let mut meta = lock(&store.inner.meta);
+            meta.offset = Some(i128::from(store.inner.wal.first_lsn().unwrap()) - 1);
+            meta.last = Some(entries[19].log_id);
+            meta.tail.extend(&entries[15..]);
+        }
+        let read = store.entries(3, 19).unwrap();
+        assert_eq!(ids(&read), (3..19).map(|i| (1, i)).collect::<Vec<_>>());
+        assert_eq!(read, entries[2..18].to_vec());
+        // Wholly in the tail, and wholly before it.
+        assert_eq!(store.entries(17, 21).unwrap(), entries[16..].to_vec());
+        assert_eq!(store.entries(1, 5).unwrap(), entries[..4].to_vec());
     }
 }

@@ -229,8 +229,10 @@ async fn propose(
             bytes += next.command.len();
             batch.push(next);
         }
-        let (commands, replies): (Vec<_>, Vec<_>) =
-            batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+        let (commands, replies): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .map(|p| (p.command.into(), p.reply))
+            .unzip();
         // Whether this member leads as it proposes: a ForwardToLeader
         // answer then means the entry may have been appended and lost.
         let led = raft.metrics().borrow().current_leader == Some(node_id);
@@ -850,7 +852,7 @@ async fn sweep_expired(
                 .collect(),
         };
         let command = kv_store::replica::encode_txn(&txn);
-        match raft.client_write(Batch(vec![command])).await {
+        match raft.client_write(Batch(vec![command.into()])).await {
             Ok(response) => {
                 let removed = match response.data.0.first().and_then(|r| r.txn.as_ref()) {
                     Some(Ok(outcome)) => outcome

@@ -199,7 +199,7 @@ impl StateMachine {
                     let mut results = Vec::with_capacity(commands.len());
                     for command in commands {
                         let pos = next_position(&replica, entry.log_id.index)?;
-                        results.push(match replica.apply(pos, command) {
+                        results.push(match replica.apply_shared(pos, command.clone()) {
                             Ok(a) => CommandResult {
                                 seq: a.seq,
                                 index: entry.log_id.index,
@@ -451,7 +451,7 @@ mod tests {
         EntryPayload::Normal(Batch(
             pairs
                 .iter()
-                .map(|(k, v)| kv_store::replica::encode_put(k.as_bytes(), v.as_bytes()))
+                .map(|(k, v)| kv_store::replica::encode_put(k.as_bytes(), v.as_bytes()).into())
                 .collect(),
         ))
     }

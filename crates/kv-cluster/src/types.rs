@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 
+use bytes::Bytes;
 use kv_proto::{
     RaftBatch, RaftBlank, RaftEntry, RaftLogId, RaftMembership, RaftNode, RaftVote, RaftVoterSet,
     raft_entry::Payload,
@@ -34,8 +35,12 @@ pub struct Node {
 /// entry. The leader gathers into one entry the writes that arrive while
 /// its earlier entries are on their way (see `node.rs`), so one log append,
 /// one fdatasync on each member and one round trip carry them all.
+///
+/// The commands are [`Bytes`], so that an entry is cheap to clone: the log
+/// keeps its newest entries in memory and hands clones to replication and
+/// apply (see `log_store.rs`), and decoding shares the received buffer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Batch(pub Vec<Vec<u8>>);
+pub struct Batch(pub Vec<Bytes>);
 
 /// What applying a [`Batch`] did: one result per command, in order (none
 /// for entries that carry no command).
@@ -162,10 +167,10 @@ pub fn encode_entry(entry: &Entry) -> RaftEntry {
         EntryPayload::Blank => Payload::Blank(RaftBlank {}),
         // A batch of one keeps the format entries had before batches.
         EntryPayload::Normal(Batch(commands)) if commands.len() == 1 => {
-            Payload::Command(commands[0].clone().into())
+            Payload::Command(commands[0].clone())
         }
         EntryPayload::Normal(Batch(commands)) => Payload::Batch(RaftBatch {
-            commands: commands.iter().map(|c| c.clone().into()).collect(),
+            commands: commands.clone(),
         }),
         EntryPayload::Membership(m) => Payload::Membership(encode_membership(m)),
     };
@@ -184,10 +189,8 @@ pub fn decode_entry(entry: &RaftEntry) -> Result<Option<Entry>, ClusterError> {
     let payload = match &entry.payload {
         None => return Ok(None),
         Some(Payload::Blank(_)) => EntryPayload::Blank,
-        Some(Payload::Command(c)) => EntryPayload::Normal(Batch(vec![c.to_vec()])),
-        Some(Payload::Batch(b)) => {
-            EntryPayload::Normal(Batch(b.commands.iter().map(|c| c.to_vec()).collect()))
-        }
+        Some(Payload::Command(c)) => EntryPayload::Normal(Batch(vec![c.clone()])),
+        Some(Payload::Batch(b)) => EntryPayload::Normal(Batch(b.commands.clone())),
         Some(Payload::Membership(m)) => EntryPayload::Membership(decode_membership(m)),
     };
     Ok(Some(Entry {
@@ -213,8 +216,12 @@ mod tests {
         let id = LogId::new(openraft::CommittedLeaderId::new(3, 1), 9);
         for payload in [
             EntryPayload::Blank,
-            EntryPayload::Normal(Batch(vec![b"cmd".to_vec()])),
-            EntryPayload::Normal(Batch(vec![b"one".to_vec(), Vec::new(), b"three".to_vec()])),
+            EntryPayload::Normal(Batch(vec![Bytes::from_static(b"cmd")])),
+            EntryPayload::Normal(Batch(vec![
+                Bytes::from_static(b"one"),
+                Bytes::new(),
+                Bytes::from_static(b"three"),
+            ])),
             EntryPayload::Normal(Batch(Vec::new())),
             EntryPayload::Membership(m),
         ] {

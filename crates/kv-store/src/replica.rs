@@ -109,6 +109,12 @@ impl Replica {
     /// earlier one). An undecodable command is [`Error::CorruptLogEntry`]
     /// and changes nothing.
     pub fn apply(&mut self, seq: Lsn, command: &[u8]) -> Result<Applied> {
+        self.apply_shared(seq, Bytes::copy_from_slice(command))
+    }
+
+    /// [`Replica::apply`] of a command already in a shared buffer, which
+    /// the decoded key and value then borrow instead of a copy.
+    pub fn apply_shared(&mut self, seq: Lsn, command: Bytes) -> Result<Applied> {
         if seq <= self.state.last_applied() && self.state.last_applied() != 0 {
             return Err(Error::CorruptLogEntry {
                 lsn: seq,
@@ -119,7 +125,7 @@ impl Replica {
             });
         }
         // The command carries no `seq` (0 on decode): checked against 0.
-        let op = record::decode(0, Bytes::copy_from_slice(command)).map_err(|e| match e {
+        let op = record::decode(0, command).map_err(|e| match e {
             Error::CorruptLogEntry { reason, .. } => Error::CorruptLogEntry { lsn: seq, reason },
             other => other,
         })?;
@@ -131,9 +137,10 @@ impl Replica {
                 value,
                 deadline,
             } => {
-                let existed = live(&self.state, &key);
-                self.state
-                    .apply(Op::Put(Entry::new(&key, &value, seq, deadline)), seq);
+                let existed = self
+                    .state
+                    .apply_put(Entry::new(&key, &value, seq, deadline), seq)
+                    .is_some_and(|old| !old.expired_at(clock));
                 Ok(Applied {
                     seq,
                     existed,

@@ -265,12 +265,16 @@ impl State {
             self.last_applied
         );
         match op {
-            Op::Put(entry) => self.put(entry),
+            Op::Put(entry) => {
+                self.put(entry);
+            }
             Op::Delete(key) => self.delete(key),
             Op::Batch(changes) => {
                 for change in changes {
                     match change {
-                        Change::Put(entry) => self.put(entry),
+                        Change::Put(entry) => {
+                            self.put(entry);
+                        }
                         Change::Delete(entry) => self.delete(entry.key()),
                     }
                 }
@@ -279,18 +283,33 @@ impl State {
         self.last_applied = lsn;
     }
 
-    fn put(&mut self, entry: Entry) {
+    /// [`State::apply`] of one put, returning the entry it replaced: one
+    /// walk of the tree where a lookup before the put would be two.
+    pub(crate) fn apply_put(&mut self, entry: Entry, lsn: Lsn) -> Option<Entry> {
+        debug_assert!(
+            lsn > self.last_applied,
+            "LSN {lsn} applied after {}",
+            self.last_applied
+        );
+        let old = self.put(entry);
+        self.last_applied = lsn;
+        old
+    }
+
+    fn put(&mut self, entry: Entry) -> Option<Entry> {
         self.bytes += entry.payload_len();
         let indexed = entry
             .deadline()
             .map(|d| (d, Box::<[u8]>::from(entry.key())));
-        if let Some(old) = self.entries.replace(entry) {
-            self.unindex(&old);
+        let old = self.entries.replace(entry);
+        if let Some(old) = &old {
+            self.unindex(old);
             self.bytes -= old.payload_len();
         }
         if let Some(indexed) = indexed {
             self.deadlines.insert(indexed);
         }
+        old
     }
 
     fn delete(&mut self, key: &[u8]) {
@@ -353,7 +372,9 @@ impl State {
         if changes.len() < self.entries.len() / 8 {
             for change in changes {
                 match change {
-                    Change::Put(entry) => self.put(entry),
+                    Change::Put(entry) => {
+                        self.put(entry);
+                    }
                     Change::Delete(entry) => self.delete(entry.key()),
                 }
             }
