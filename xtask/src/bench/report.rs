@@ -706,7 +706,7 @@ fn missing(name: &str, goal: &str) -> Target {
     Target {
         name: name.into(),
         goal: goal.into(),
-        measured: "not measured (step failed)".into(),
+        measured: "not measured (its step failed or was not run)".into(),
         pass: None,
     }
 }
