@@ -143,14 +143,9 @@ async fn set_until_killed(
     acked
 }
 
-/// The SETs the clients' tasks saw acknowledged (at least 100 of them).
-async fn acknowledged(
-    tasks: Vec<tokio::task::JoinHandle<Vec<(String, String)>>>,
-) -> Vec<(String, String)> {
-    let mut acked = Vec::new();
-    for task in tasks {
-        acked.extend(task.await.expect("client task"));
-    }
+/// The SETs the clients saw acknowledged (at least 100 of them).
+fn acknowledged(per_client: Vec<Vec<(String, String)>>) -> Vec<(String, String)> {
+    let acked: Vec<_> = per_client.into_iter().flatten().collect();
     assert!(acked.len() >= 100, "only {} SETs acknowledged", acked.len());
     acked
 }
@@ -184,35 +179,54 @@ async fn assert_all_readable(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill9_keeps_every_acknowledged_redis_set() {
-    let dir = tempfile::tempdir().unwrap();
-    let redis_addr = free_addrs(1).remove(0);
-    let mut server = ServerProcess::start(dir.path(), &["--redis-addr", &redis_addr]);
-    let addr: SocketAddr = redis_addr.parse().unwrap();
-
+/// Runs `CLIENTS` copies of `client` against the Redis listener at `addr`
+/// until `what` has been acknowledged 100 times and then for `load` more,
+/// calls `kill` (a `kill -9`) while they still write, and returns each
+/// client's result, in client order.
+async fn load_then_kill<T, Fut>(
+    addr: SocketAddr,
+    what: &str,
+    load: Duration,
+    client: impl Fn(SocketAddr, u32, Arc<AtomicBool>, Arc<AtomicU64>) -> Fut,
+    kill: impl FnOnce(),
+) -> Vec<T>
+where
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
     let stop = Arc::new(AtomicBool::new(false));
     let acks = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..CLIENTS)
-        .map(|client| {
-            tokio::spawn(set_until_killed(
-                addr,
-                client,
-                Arc::clone(&stop),
-                Arc::clone(&acks),
-            ))
-        })
+        .map(|c| tokio::spawn(client(addr, c, Arc::clone(&stop), Arc::clone(&acks))))
         .collect();
-    wait_until("the first acknowledged SETs", DEADLINE, || {
+    wait_until(&format!("the first acknowledged {what}"), DEADLINE, || {
         acks.load(Ordering::Relaxed) >= 100
     })
     .await;
     // The load's duration, then the crash, with the clients still writing.
-    tokio::time::sleep(LOAD).await;
-    server.kill9();
+    tokio::time::sleep(load).await;
+    kill();
     stop.store(true, Ordering::Relaxed);
-    let acked = acknowledged(tasks).await;
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.expect("client task"));
+    }
+    results
+}
 
+/// A server with a Redis listener in `dir`, and that listener's address.
+fn start_with_redis(dir: &Path) -> (ServerProcess, SocketAddr) {
+    let redis_addr = free_addrs(1).remove(0);
+    let server = ServerProcess::start(dir, &["--redis-addr", &redis_addr]);
+    (server, redis_addr.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_keeps_every_acknowledged_redis_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, addr) = start_with_redis(dir.path());
+    let sets = load_then_kill(addr, "SETs", LOAD, set_until_killed, || server.kill9()).await;
+    let acked = acknowledged(sets);
     let server = server.restart();
     assert_all_readable(addr, &acked, || {
         format!("lost by kill -9; stderr:\n{}", server.stderr())
@@ -292,34 +306,11 @@ async fn transact_until_killed(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_never_half_applies_a_redis_transaction() {
     let dir = tempfile::tempdir().unwrap();
-    let redis_addr = free_addrs(1).remove(0);
-    let mut server = ServerProcess::start(dir.path(), &["--redis-addr", &redis_addr]);
-    let addr: SocketAddr = redis_addr.parse().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let acks = Arc::new(AtomicU64::new(0));
-    let tasks: Vec<_> = (0..CLIENTS)
-        .map(|client| {
-            tokio::spawn(transact_until_killed(
-                addr,
-                client,
-                Arc::clone(&stop),
-                Arc::clone(&acks),
-            ))
-        })
-        .collect();
-    wait_until("the first acknowledged transactions", DEADLINE, || {
-        acks.load(Ordering::Relaxed) >= 100
+    let (mut server, addr) = start_with_redis(dir.path());
+    let lasts = load_then_kill(addr, "transactions", LOAD, transact_until_killed, || {
+        server.kill9()
     })
     .await;
-    // The load's duration, then the crash, with the clients still writing.
-    tokio::time::sleep(LOAD).await;
-    server.kill9();
-    stop.store(true, Ordering::Relaxed);
-    let mut lasts = Vec::new();
-    for task in tasks {
-        lasts.push(task.await.expect("client task"));
-    }
-
     let server = server.restart();
     let mut conn = connect(addr).await;
     for (client, last) in lasts.iter().enumerate() {
@@ -347,8 +338,8 @@ async fn kill9_never_half_applies_a_redis_transaction() {
         }
     }
     println!(
-        "redis_crash: {} transactions acknowledged; none half applied after kill -9",
-        acks.load(Ordering::Relaxed)
+        "redis_crash: {} clients' transactions acknowledged; none half applied after kill -9",
+        lasts.iter().filter(|last| last.is_some()).count()
     );
 }
 
@@ -671,26 +662,15 @@ async fn a_cluster_serves_redis_on_its_leader_and_its_followers_name_it() {
     );
     drop(conn);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let acks = Arc::new(AtomicU64::new(0));
-    let tasks: Vec<_> = (0..CLIENTS)
-        .map(|client| {
-            tokio::spawn(set_until_killed(
-                members[leader].redis,
-                client,
-                Arc::clone(&stop),
-                Arc::clone(&acks),
-            ))
-        })
-        .collect();
-    wait_until("the first acknowledged SETs", DEADLINE, || {
-        acks.load(Ordering::Relaxed) >= 100
-    })
+    let sets = load_then_kill(
+        members[leader].redis,
+        "SETs",
+        Duration::from_secs(2),
+        set_until_killed,
+        || members[leader].process.take().unwrap().kill9(),
+    )
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    members[leader].process.take().unwrap().kill9();
-    stop.store(true, Ordering::Relaxed);
-    let acked = acknowledged(tasks).await;
+    let acked = acknowledged(sets);
 
     let new_leader = redis_leader(&members).await;
     assert_ne!(new_leader, leader);
