@@ -61,10 +61,15 @@ async fn client(addr: SocketAddr, resp3: bool) -> MultiplexedConnection {
         format!("redis://{addr}/")
     };
     let client = redis::Client::open(url).unwrap();
-    tokio::time::timeout(DEADLINE, client.get_multiplexed_async_connection())
+    let mut con = tokio::time::timeout(DEADLINE, client.get_multiplexed_async_connection())
         .await
         .unwrap()
-        .unwrap()
+        .unwrap();
+    // redis-rs gives up on an answer after 500 ms by default: a long
+    // pipeline on a busy machine takes longer. The tests' own deadline
+    // decides instead.
+    con.set_response_timeout(DEADLINE);
+    con
 }
 
 async fn q(con: &mut MultiplexedConnection, args: &[&[u8]]) -> redis::RedisResult<Value> {
