@@ -42,10 +42,17 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn encode(op: Operation, key: &[u8], value: &[u8], deadline: Option<u64>) -> Vec<u8> {
+/// The record after `headroom` spare bytes.
+fn encode(
+    op: Operation,
+    key: &[u8],
+    value: &[u8],
+    deadline: Option<u64>,
+    headroom: usize,
+) -> Vec<u8> {
     let ts = now_ms();
-    let mut buf = Vec::with_capacity(HEADROOM + body_len(key, value, ts, deadline));
-    buf.resize(HEADROOM, 0);
+    let mut buf = Vec::with_capacity(headroom + body_len(key, value, ts, deadline));
+    buf.resize(headroom, 0);
     encode_body(&mut buf, op, key, value, ts, deadline);
     buf
 }
@@ -134,14 +141,29 @@ pub(crate) fn encode_txn(out: &mut Vec<u8>, seq: Lsn, txn: kv_proto::Txn, ts: u6
     let _ = entry.encode(out);
 }
 
-/// Encodes a PUT entry without its `seq`, after [`HEADROOM`] spare bytes.
+/// Encodes a PUT entry without its `seq`, after [`HEADROOM`] spare bytes
+/// (with `fill_seq`, the way tests build a single node's records).
+#[cfg(test)]
 pub(crate) fn encode_put(key: &[u8], value: &[u8], deadline: Option<u64>) -> Vec<u8> {
-    encode(Operation::Put, key, value, deadline)
+    encode(Operation::Put, key, value, deadline, HEADROOM)
+}
+
+/// A PUT entry without its `seq` and without headroom: a replica's
+/// command, whose position is given when it is applied.
+pub(crate) fn encode_put_bare(key: &[u8], value: &[u8], deadline: Option<u64>) -> Vec<u8> {
+    encode(Operation::Put, key, value, deadline, 0)
 }
 
 /// Encodes a DELETE entry without its `seq`, after [`HEADROOM`] spare bytes.
+#[cfg(test)]
 pub(crate) fn encode_delete(key: &[u8]) -> Vec<u8> {
-    encode(Operation::Delete, key, &[], None)
+    encode(Operation::Delete, key, &[], None, HEADROOM)
+}
+
+/// A DELETE entry without its `seq` and without headroom (see
+/// [`encode_put_bare`]).
+pub(crate) fn encode_delete_bare(key: &[u8]) -> Vec<u8> {
+    encode(Operation::Delete, key, &[], None, 0)
 }
 
 /// Writes field 1 (`seq`) into the headroom of `buf`, right before the body,
@@ -414,7 +436,7 @@ mod tests {
                 (Operation::Put, &b"value"[..], None),
                 (Operation::Put, &b""[..], Some(seq)),
             ] {
-                let ours = finish(encode(op, b"key", value, deadline), seq);
+                let ours = finish(encode(op, b"key", value, deadline, HEADROOM), seq);
                 let decoded = LogEntry::decode(&ours[..]).unwrap();
                 assert_eq!(decoded.seq, seq);
                 assert_eq!(decoded.op, op as i32);

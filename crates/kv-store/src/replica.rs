@@ -20,7 +20,7 @@ use bytes::Bytes;
 use wal_core::{Lsn, Vfs};
 
 use crate::error::{Error, Result};
-use crate::record::{self, HEADROOM};
+use crate::record;
 use crate::snapshot::{self, SnapshotWriter};
 use crate::state::{Entry, Op, State};
 use crate::store::KeyValueStore;
@@ -35,7 +35,7 @@ pub fn encode_put(key: &[u8], value: &[u8]) -> Vec<u8> {
 /// A put command for a key that expires at `deadline` (ms since the Unix
 /// epoch).
 pub fn encode_put_expiring(key: &[u8], value: &[u8], deadline: Option<u64>) -> Vec<u8> {
-    strip_headroom(record::encode_put(key, value, deadline))
+    record::encode_put_bare(key, value, deadline)
 }
 
 /// A transaction command, stamped with this node's clock: the clock its
@@ -48,14 +48,7 @@ pub fn encode_txn(txn: &Txn) -> Vec<u8> {
 
 /// A delete command, likewise.
 pub fn encode_delete(key: &[u8]) -> Vec<u8> {
-    strip_headroom(record::encode_delete(key))
-}
-
-/// The encoders leave room for the `seq` field the single node fills in;
-/// a command travels without it (its position is its Raft index).
-fn strip_headroom(mut buf: Vec<u8>) -> Vec<u8> {
-    buf.drain(..HEADROOM);
-    buf
+    record::encode_delete_bare(key)
 }
 
 /// What applying a command did.
