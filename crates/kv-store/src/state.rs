@@ -34,7 +34,7 @@ use crate::record::OpRef;
 /// slot plus two allocations per entry, close to 100% overhead on a 100-byte
 /// value. A boxed slice is 16 bytes and one allocation, and the header and
 /// version cost 12 bytes (20 with a deadline). In the tree it sits in a
-/// [`Slot`] beside the [`Head`] of its key (40 bytes in all), so that a
+/// [`Slot`] beside the [`Head`] of its key (32 bytes in all), so that a
 /// search reads few entries; the tree is ordered by the key alone.
 #[derive(Clone)]
 pub(crate) struct Entry(Box<[u8]>);
@@ -162,9 +162,8 @@ impl Borrow<[u8]> for Entry {
 const HEAD_BYTES: usize = 16;
 
 /// The start of a key, kept in the tree's own nodes: its first
-/// [`HEAD_BYTES`] bytes (zero-padded, as two big-endian words, so that
-/// comparing the words compares the bytes) and its length, capped at one
-/// more than that.
+/// [`HEAD_BYTES`] bytes, zero-padded, as two big-endian words, so that
+/// comparing the words compares the bytes.
 ///
 /// Why: a search compares the key sought with a dozen or more keys on its
 /// way down, and with the key only in the entry's own allocation each
@@ -172,13 +171,13 @@ const HEAD_BYTES: usize = 16;
 /// miss. Measured on this machine with 100,000 entries of 16-byte keys and
 /// 100-byte values (random lookups): 1.2 to 1.4 µs per lookup with the key
 /// in the entry alone, 0.6 to 0.8 µs with this head beside it; replacing
-/// an entry 1.5 to 1.7 µs against 0.8 to 0.9 µs. The cost is 24 bytes of
-/// tree slot per key. Keys of at most 16 bytes (most keys) are then
-/// ordered without reading the entry at all.
+/// an entry 1.5 to 1.7 µs against 0.8 to 0.9 µs. The cost is 16 bytes of
+/// tree slot per key. Two keys whose first 16 bytes differ are ordered
+/// without reading either entry; only equal heads (the key found, or keys
+/// that share their first 16 bytes) read the whole keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Head {
     words: [u64; 2],
-    len: u32,
 }
 
 impl Head {
@@ -194,21 +193,16 @@ impl Head {
         };
         Head {
             words: [word(hi), word(lo)],
-            len: key.len().min(HEAD_BYTES + 1) as u32,
         }
     }
 
-    /// The order of the two keys when their heads decide it. Equal padded
-    /// words with both keys no longer than the head: the shorter key is
-    /// the other's prefix. Otherwise, with equal words, only the whole keys
-    /// tell.
+    /// The order of the two keys when their heads decide it. Different
+    /// padded heads order as the keys do: at the first byte where they
+    /// differ, either both keys have a byte there, or the shorter one has
+    /// ended (padding, 0) and the other's byte is greater. Equal heads say
+    /// nothing ("ab" and "ab\0" have the same one): the whole keys tell.
     fn order(&self, other: &Head) -> Option<Ordering> {
         match self.words.cmp(&other.words) {
-            Ordering::Equal
-                if self.len as usize <= HEAD_BYTES && other.len as usize <= HEAD_BYTES =>
-            {
-                Some(self.len.cmp(&other.len))
-            }
             Ordering::Equal => None,
             decided => Some(decided),
         }
