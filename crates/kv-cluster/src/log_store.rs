@@ -115,7 +115,7 @@ impl Tail {
 
     /// Adds entries that follow the tail's last (or starts it anew), then
     /// drops the oldest beyond the bounds.
-    fn extend(&mut self, entries: &[Entry]) {
+    fn extend(&mut self, entries: Vec<Entry>) {
         let follows = match (self.entries.back(), entries.first()) {
             (Some(back), Some(first)) => {
                 back.log_id.index.checked_add(1) == Some(first.log_id.index)
@@ -126,15 +126,19 @@ impl Tail {
             self.clear();
         }
         for entry in entries {
-            self.bytes += payload_bytes(entry);
-            self.entries.push_back(entry.clone());
+            self.bytes += payload_bytes(&entry);
+            self.entries.push_back(entry);
         }
         while self.entries.len() > TAIL_ENTRIES
             || (self.bytes > TAIL_BYTES && self.entries.len() > 1)
         {
-            if let Some(old) = self.entries.pop_front() {
-                self.bytes -= payload_bytes(&old);
-            }
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(old) = self.entries.pop_front() {
+            self.bytes -= payload_bytes(&old);
         }
     }
 
@@ -154,9 +158,7 @@ impl Tail {
             .front()
             .is_some_and(|e| e.log_id.index <= index)
         {
-            if let Some(old) = self.entries.pop_front() {
-                self.bytes -= payload_bytes(&old);
-            }
+            self.pop_front();
         }
     }
 
@@ -573,7 +575,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         match appended {
             Ok(_) => {
                 meta.last = last_id;
-                meta.tail.extend(&entries);
+                // The entries are the tail's now: no clone.
+                meta.tail.extend(entries);
                 Ok(())
             }
             Err(e) => Err(storage_error(e.into())),
@@ -631,12 +634,12 @@ mod tests {
     #[test]
     fn the_tail_follows_appends_truncations_and_purges() {
         let mut tail = Tail::default();
-        tail.extend(&(1..=10).map(|i| entry(1, i, 10)).collect::<Vec<_>>());
+        tail.extend((1..=10).map(|i| entry(1, i, 10)).collect::<Vec<_>>());
         assert_eq!(tail.bytes, 100);
         assert_eq!(ids(&tail.range(4, 7)), vec![(1, 4), (1, 5), (1, 6)]);
         // A new leader overwrites from 6.
         tail.cut_from(6);
-        tail.extend(&[entry(2, 6, 10), entry(2, 7, 10)]);
+        tail.extend(vec![entry(2, 6, 10), entry(2, 7, 10)]);
         assert_eq!(
             ids(&tail.range(5, 100)),
             vec![(1, 5), (2, 6), (2, 7)],
@@ -646,7 +649,7 @@ mod tests {
         assert_eq!(tail.first_index(), Some(4));
         assert_eq!(tail.bytes, 40);
         // Entries that do not follow the tail's last start it anew.
-        tail.extend(&[entry(2, 20, 10)]);
+        tail.extend(vec![entry(2, 20, 10)]);
         assert_eq!(ids(&tail.range(0, 100)), vec![(2, 20)]);
     }
 
@@ -654,14 +657,14 @@ mod tests {
     fn the_tail_keeps_at_most_its_bounds_and_never_drops_the_last() {
         let mut tail = Tail::default();
         tail.extend(
-            &(1..=(TAIL_ENTRIES as u64 + 10))
+            (1..=(TAIL_ENTRIES as u64 + 10))
                 .map(|i| entry(1, i, 1))
                 .collect::<Vec<_>>(),
         );
         assert_eq!(tail.entries.len(), TAIL_ENTRIES);
         assert_eq!(tail.first_index(), Some(11));
         // One entry larger than the byte bound stays (it is the last).
-        tail.extend(&[entry(1, TAIL_ENTRIES as u64 + 11, TAIL_BYTES + 1)]);
+        tail.extend(vec![entry(1, TAIL_ENTRIES as u64 + 11, TAIL_BYTES + 1)]);
         assert_eq!(
             ids(&tail.range(0, u64::MAX)),
             vec![(1, TAIL_ENTRIES as u64 + 11)]
@@ -693,7 +696,7 @@ mod tests {
             let mut meta = lock(&store.inner.meta);
             meta.offset = Some(i128::from(store.inner.wal.first_lsn().unwrap()) - 1);
             meta.last = Some(entries[19].log_id);
-            meta.tail.extend(&entries[15..]);
+            meta.tail.extend(entries[15..].to_vec());
         }
         let read = store.entries(3, 19).unwrap();
         assert_eq!(ids(&read), (3..19).map(|i| (1, i)).collect::<Vec<_>>());
