@@ -119,8 +119,15 @@ fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<(), String> {
 
 fn test(extra: &[String]) -> Result<(), String> {
     // The end-to-end tests in tests/ drive the real binaries, which
-    // `cargo test` does not build for another package.
-    cargo(&["build", "--workspace", "--bins"], &[])?;
+    // `cargo test` does not build for another package. They are built with
+    // the tests (`--tests`) so that both see the same features of every
+    // dependency (dev-dependencies turn on more): built alone, the
+    // binaries would need a second build of most of the tree. A profile
+    // chosen for the tests is the binaries' too, so the tests find them
+    // beside themselves.
+    let mut build = vec!["build", "--workspace", "--bins", "--tests"];
+    build.extend(profile_flags(extra));
+    cargo(&build, &[])?;
     let mut args = vec!["test"];
     // Cargo ignores `-p` beside `--workspace`: `cargo xtask test -p
     // wal-core` would run every test.
@@ -129,6 +136,24 @@ fn test(extra: &[String]) -> Result<(), String> {
     }
     args.extend(extra.iter().map(String::as_str));
     cargo(&args, &[])
+}
+
+/// The cargo flags in `args` (those before a `--`) that choose a profile:
+/// `--release`, `--profile NAME`, `--profile=NAME`.
+fn profile_flags(args: &[String]) -> Vec<&str> {
+    let mut flags = Vec::new();
+    let mut args = args.iter().take_while(|a| *a != "--");
+    while let Some(arg) = args.next() {
+        if arg == "--release" || arg.starts_with("--profile=") {
+            flags.push(arg.as_str());
+        } else if arg == "--profile" {
+            flags.push(arg.as_str());
+            if let Some(name) = args.next() {
+                flags.push(name.as_str());
+            }
+        }
+    }
+    flags
 }
 
 /// Whether the cargo flags in `args` (those before a `--`) choose packages.
@@ -156,4 +181,26 @@ fn ci() -> Result<(), String> {
         &["doc", "--workspace", "--no-deps"],
         &[("RUSTDOCFLAGS", "-D warnings")],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn profile_flags_are_those_before_the_test_arguments() {
+        let args = strings(&["-p", "wal-core", "--release", "--", "--profile", "x"]);
+        assert_eq!(profile_flags(&args), ["--release"]);
+        let args = strings(&["--profile", "bench", "--test", "cluster"]);
+        assert_eq!(profile_flags(&args), ["--profile", "bench"]);
+        let args = strings(&["--profile=bench"]);
+        assert_eq!(profile_flags(&args), ["--profile=bench"]);
+        assert!(profile_flags(&strings(&["--", "--release"])).is_empty());
+        assert!(names_packages(&strings(&["-p", "wal-core"])));
+        assert!(!names_packages(&strings(&["--", "-p"])));
+    }
 }
