@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::{ClusterError, Result};
 use crate::log_store::LogStore;
-use crate::network::{Network, PeerIdentity, PeerRedisAddrs, cluster_id, serve_peers};
+use crate::network::{Network, PeerIdentity, PeerRedisAddrs, Redial, cluster_id, serve_peers};
 use crate::state_machine::StateMachine;
 use crate::types::{Batch, CommandResult, Node, NodeId, TypeConfig};
 use kv_store::replica::Replica;
@@ -428,7 +428,13 @@ impl ClusterNode {
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
-            Network::new(identity.clone()),
+            Network::new(
+                identity.clone(),
+                Redial {
+                    first: config.heartbeat,
+                    max: config.election_timeout.0,
+                },
+            ),
             log.clone(),
             state.clone(),
         )
