@@ -16,8 +16,13 @@
 //! Applying is in memory; the Raft log is what makes it durable. At open,
 //! the state is the snapshot's, and openraft re-applies the committed
 //! entries after it.
+//!
+//! openraft's snapshot data is an open file, never the snapshot in memory:
+//! a built or current snapshot is read from its file as openraft sends it
+//! in chunks, and a received one is written chunk by chunk into
+//! `snapshot.recv`, so a snapshot's size costs disk, not memory.
 
-use std::io::Cursor;
+use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
@@ -30,6 +35,7 @@ use openraft::{
     EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
     StorageIOError, StoredMembership,
 };
+use tokio::io::AsyncWriteExt;
 use wal_core::{StdFs, Vfs};
 
 use crate::error::{ClusterError, Result};
@@ -47,6 +53,9 @@ pub(crate) fn snapshot_path(dir: &Path) -> std::path::PathBuf {
     dir.join(SNAPSHOT)
 }
 pub(crate) const SNAPSHOT_META: &str = "snapshot.meta";
+/// Where a snapshot received from the leader is written before it is
+/// verified and renamed into place.
+const RECEIVED: &str = "snapshot.recv";
 
 /// The state machine. Cheap to clone: clones share the state (a clone is
 /// openraft's snapshot builder).
@@ -247,7 +256,7 @@ impl StateMachine {
         let tmp = dir.join("snapshot.build");
         let _ = std::fs::remove_file(&tmp);
         // The state and the log id it is at, under one read lock.
-        let (meta, bytes, at) = {
+        let (meta, at) = {
             let replica = self
                 .inner
                 .replica
@@ -264,15 +273,17 @@ impl StateMachine {
                 last_membership: applied.membership,
                 snapshot_id: id,
             };
-            let bytes = std::fs::read(&tmp).map_err(ClusterError::io("read", &tmp))?;
-            (meta, bytes, replica.last_applied())
+            (meta, replica.last_applied())
         };
+        // Opened before the rename: the handle reads this snapshot even if
+        // a later one replaces the name.
+        let data = std::fs::File::open(&tmp).map_err(ClusterError::io("open", &tmp))?;
         self.publish(&tmp, &meta, at)?;
         lock(&self.inner.applied).snapshot = Some(meta.clone());
         self.inner.built.fetch_add(1, Ordering::Relaxed);
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Box::new(tokio::fs::File::from_std(data)),
         })
     }
 
@@ -288,16 +299,46 @@ impl StateMachine {
         state_file::write(&dir.join(SNAPSHOT_META), &encode_meta(meta, at))
     }
 
-    /// Installs a received snapshot: written, synced and committed on disk
-    /// first, then loaded (verified) and swapped in.
-    fn install(&self, meta: &SnapshotMeta<NodeId, Node>, data: Vec<u8>) -> Result<()> {
+    /// A new, empty `snapshot.recv` for a snapshot about to be received.
+    /// The old one is unlinked first, so a handle to it that openraft
+    /// dropped with an abandoned transfer writes to no file of ours.
+    fn begin_receiving(&self) -> Result<std::fs::File> {
+        let _one = lock(&self.inner.snapshots);
+        let tmp = self.inner.dir.join(RECEIVED);
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(ClusterError::io("remove", &tmp)(e));
+            }
+            _ => {}
+        }
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(ClusterError::io("create", &tmp))
+    }
+
+    /// Installs a received snapshot: synced and committed on disk first,
+    /// then loaded (verified) and swapped in. `data` is normally
+    /// `snapshot.recv` as [`StateMachine::begin_receiving`] made it; any
+    /// other file (openraft's storage test suite hands over another
+    /// state machine's snapshot) is first copied there from its start.
+    fn install(&self, meta: &SnapshotMeta<NodeId, Node>, mut data: std::fs::File) -> Result<()> {
         let _one = lock(&self.inner.snapshots);
         let dir = &self.inner.dir;
-        let tmp = dir.join("snapshot.recv");
-        std::fs::write(&tmp, &data).map_err(ClusterError::io("write", &tmp))?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(ClusterError::io("sync", &tmp))?;
+        let tmp = dir.join(RECEIVED);
+        if !same_file(&data, &tmp)? {
+            let _ = std::fs::remove_file(&tmp);
+            let mut copy =
+                std::fs::File::create_new(&tmp).map_err(ClusterError::io("create", &tmp))?;
+            data.seek(SeekFrom::Start(0))
+                .and_then(|_| std::io::copy(&mut data, &mut copy))
+                .map_err(ClusterError::io("write", &tmp))?;
+            data = copy;
+        }
+        data.sync_all().map_err(ClusterError::io("sync", &tmp))?;
+        drop(data);
         let vfs: Arc<dyn Vfs> = StdFs::shared();
         // Verified before it replaces anything. Its position is its
         // header's (the leader's store position at that index), which
@@ -332,11 +373,22 @@ impl StateMachine {
             return Ok(None);
         };
         let path = self.inner.dir.join(SNAPSHOT);
-        let bytes = std::fs::read(&path).map_err(ClusterError::io("read", &path))?;
+        let data = std::fs::File::open(&path).map_err(ClusterError::io("open", &path))?;
         Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Box::new(tokio::fs::File::from_std(data)),
         }))
+    }
+}
+
+/// Whether the open `file` is the file at `path` (false if there is none).
+fn same_file(file: &std::fs::File, path: &Path) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let open = file.metadata().map_err(ClusterError::io("stat", path))?;
+    match std::fs::metadata(path) {
+        Ok(named) => Ok(open.dev() == named.dev() && open.ino() == named.ino()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(ClusterError::io("stat", path)(e)),
     }
 }
 
@@ -411,17 +463,26 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn begin_receiving_snapshot(
         &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    ) -> Result<Box<tokio::fs::File>, StorageError<NodeId>> {
+        let file = blocking(self, |sm| sm.begin_receiving())
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e.into_io()))?;
+        Ok(Box::new(tokio::fs::File::from_std(file)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, Node>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError<NodeId>> {
         let meta = meta.clone();
-        let data = snapshot.into_inner();
+        let mut file = *snapshot;
+        // tokio's file finishes a write in the background: wait for the
+        // last chunk before the file is read as a plain one.
+        file.flush()
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let data = file.into_std().await;
         blocking(self, move |sm| sm.install(&meta, data))
             .await
             .map_err(sm_error)
@@ -517,6 +578,86 @@ mod tests {
             .apply_entries(vec![entry(1, puts(&[("a", "4")]))])
             .unwrap();
         assert_eq!(r[0].0[0].seq, 4);
+    }
+
+    /// A snapshot goes from one state machine to another as files: the
+    /// leader's is read from its file, the follower writes what it
+    /// receives into `snapshot.recv` (here in two writes, as chunks come),
+    /// and installing renames it into place.
+    #[tokio::test]
+    async fn a_snapshot_travels_from_file_to_file() {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let (dl, df) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut leader = StateMachine::open(dl.path()).unwrap();
+        leader
+            .apply_entries(vec![entry(0, puts(&[("a", "1"), ("b", "2")]))])
+            .unwrap();
+        let built = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let mut sent = leader.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(sent.meta, built.meta);
+        let mut bytes = Vec::new();
+        sent.snapshot.read_to_end(&mut bytes).await.unwrap();
+        assert_eq!(bytes, std::fs::read(dl.path().join(SNAPSHOT)).unwrap());
+
+        let mut follower = StateMachine::open(df.path()).unwrap();
+        // An abandoned transfer first: its handle must not reach the file
+        // of the next one.
+        let mut abandoned = follower.begin_receiving_snapshot().await.unwrap();
+        let mut receiving = follower.begin_receiving_snapshot().await.unwrap();
+        abandoned.write_all(b"garbage").await.unwrap();
+        abandoned.flush().await.unwrap();
+        let half = bytes.len() / 2;
+        receiving.write_all(&bytes[..half]).await.unwrap();
+        receiving.seek(SeekFrom::Start(half as u64)).await.unwrap();
+        receiving.write_all(&bytes[half..]).await.unwrap();
+        follower
+            .install_snapshot(&sent.meta, receiving)
+            .await
+            .unwrap();
+        assert!(!df.path().join(RECEIVED).exists());
+        assert_eq!(std::fs::read(df.path().join(SNAPSHOT)).unwrap(), bytes);
+        follower.read(|r| {
+            assert_eq!(r.get_versioned(b"b").unwrap().value, b"2");
+        });
+        assert_eq!(follower.last_applied(), sent.meta.last_log_id);
+        drop(follower);
+        let reopened = StateMachine::open(df.path()).unwrap();
+        assert_eq!(reopened.read(|r| r.last_applied()), 2);
+    }
+
+    /// A damaged transfer is refused and replaces nothing.
+    #[tokio::test]
+    async fn a_damaged_received_snapshot_is_refused() {
+        let (dl, df) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut leader = StateMachine::open(dl.path()).unwrap();
+        leader
+            .apply_entries(vec![entry(0, puts(&[("a", "1")]))])
+            .unwrap();
+        let built = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let mut bytes = std::fs::read(dl.path().join(SNAPSHOT)).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last / 2] ^= 0xff;
+        let mut follower = StateMachine::open(df.path()).unwrap();
+        let mut receiving = follower.begin_receiving_snapshot().await.unwrap();
+        receiving.write_all(&bytes).await.unwrap();
+        assert!(
+            follower
+                .install_snapshot(&built.meta, receiving)
+                .await
+                .is_err()
+        );
+        assert!(!df.path().join(SNAPSHOT).exists());
+        assert_eq!(follower.last_applied(), None);
     }
 
     #[test]

@@ -5,7 +5,6 @@
 //! our formats.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Cursor;
 
 use bytes::Bytes;
 use kv_proto::{
@@ -71,7 +70,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = Node,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
