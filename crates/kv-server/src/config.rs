@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use kv_proto::parse_size;
 use kv_store::{RecoveryMode, StoreOptions, SyncPolicy, WalOptions};
 
@@ -38,6 +39,70 @@ pub const DEFAULT_MAX_TOTAL_IN_FLIGHT_BYTES: usize = 1 << 30;
 
 /// Most runtime worker threads `--worker-threads` accepts.
 pub const MAX_WORKER_THREADS: u32 = 1024;
+
+/// Default of `--snapshot-every`: the applied entries between a cluster
+/// member's snapshots (kv-cluster's own default).
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 100_000;
+
+/// A flag a single node uses and a cluster member does not, and what a
+/// member does instead: given explicitly to a member, it is a usage error.
+struct SingleNodeOnly {
+    /// clap's id of the flag (the field's name).
+    id: &'static str,
+    flag: &'static str,
+    env: &'static str,
+    instead: &'static str,
+}
+
+const MEMBER_SYNCS: &str =
+    "a cluster member's Raft log always fdatasyncs before a write is acknowledged";
+
+/// The single-node flags a cluster member refuses, in the order of `--help`.
+const SINGLE_NODE_ONLY: [SingleNodeOnly; 4] = [
+    SingleNodeOnly {
+        id: "sync_policy",
+        flag: "--sync-policy",
+        env: "KV_SYNC_POLICY",
+        instead: MEMBER_SYNCS,
+    },
+    SingleNodeOnly {
+        id: "group_commit_delay_us",
+        flag: "--group-commit-delay-us",
+        env: "KV_GROUP_COMMIT_DELAY_US",
+        instead: MEMBER_SYNCS,
+    },
+    SingleNodeOnly {
+        id: "sync_interval_ms",
+        flag: "--sync-interval-ms",
+        env: "KV_SYNC_INTERVAL_MS",
+        instead: MEMBER_SYNCS,
+    },
+    SingleNodeOnly {
+        id: "checkpoint_after",
+        flag: "--checkpoint-after",
+        env: "KV_CHECKPOINT_AFTER",
+        instead: "a cluster member snapshots every --snapshot-every entries",
+    },
+];
+
+/// The flags with a default whose explicit use (on the command line or in
+/// the environment) [`Args::cluster_config`] checks: the single-node ones
+/// and `--snapshot-every`.
+const RECORDED: [&str; 5] = [
+    SINGLE_NODE_ONLY[0].id,
+    SINGLE_NODE_ONLY[1].id,
+    SINGLE_NODE_ONLY[2].id,
+    SINGLE_NODE_ONLY[3].id,
+    "snapshot_every",
+];
+
+/// A flag of [`RECORDED`] that was given explicitly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Explicit {
+    id: &'static str,
+    /// Given by its environment variable, not on the command line.
+    from_env: bool,
+}
 
 const AFTER_HELP: &str = "\
 Exit status: 0 after a clean shutdown (SIGINT/SIGTERM), 1 when start-up or \
@@ -187,21 +252,24 @@ pub struct Args {
     /// When a write is acknowledged relative to durability: `always`
     /// (fdatasync before the reply; concurrent writes share syncs), `group`
     /// (as always, but the store gathers writes for --group-commit-delay-us
-    /// after the first of a batch, then syncs them together), `interval` (synced every --sync-interval-ms; a
-    /// crash may lose that much), `never` (left to the OS; a crash may lose
-    /// anything not yet written back).
+    /// after the first of a batch, then syncs them together), `interval`
+    /// (synced every --sync-interval-ms; a crash may lose that much), `never`
+    /// (left to the OS; a crash may lose anything not yet written back).
+    /// Single node only: a cluster member refuses any but `always` (its Raft
+    /// log always fdatasyncs before a write is acknowledged); see
+    /// --snapshot-every for cluster members.
     #[arg(long, env = "KV_SYNC_POLICY", value_enum, default_value_t = SyncPolicyArg::Always)]
     pub sync_policy: SyncPolicyArg,
 
     /// With --sync-policy group: how long the store gathers writes after the
     /// first of a batch before syncing them together, in microseconds (at
-    /// most one day).
+    /// most one day). Single node only.
     #[arg(long, env = "KV_GROUP_COMMIT_DELAY_US", default_value_t = 200,
           value_parser = clap::value_parser!(u64).range(0..=MAX_DURATION.as_micros() as u64))]
     pub group_commit_delay_us: u64,
 
     /// With --sync-policy interval: time between background syncs, in
-    /// milliseconds (0 is taken as 1; at most one day).
+    /// milliseconds (0 is taken as 1; at most one day). Single node only.
     #[arg(long, env = "KV_SYNC_INTERVAL_MS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(0..=MAX_DURATION.as_millis() as u64))]
     pub sync_interval_ms: u64,
@@ -227,7 +295,8 @@ pub struct Args {
     /// checkpoints off. One that fails is retried after 0.5 s, then twice as
     /// long each time up to 60 s, with one warning per failure; only the
     /// first failed attempt rotates the log. A checkpoint request while one
-    /// runs gets that one's outcome.
+    /// runs gets that one's outcome. Single node only; see --snapshot-every
+    /// for cluster members.
     #[arg(long, env = "KV_CHECKPOINT_AFTER", default_value = "256MiB", value_parser = parse_size)]
     pub checkpoint_after: u64,
 
@@ -403,11 +472,27 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(10..=20_000))]
     pub heartbeat_ms: u64,
 
+    /// A cluster member builds a snapshot of its store, and purges its Raft
+    /// log behind it (keeping the last 1000 entries for followers a little
+    /// behind), once it has applied this many entries since its last one;
+    /// at least 1. The cluster's counterpart of --checkpoint-after, which a
+    /// member refuses; needs --node-id. Fewer entries keep less log on
+    /// disk but write more snapshots (each one the whole store).
+    #[arg(long, env = "KV_SNAPSHOT_EVERY", value_name = "ENTRIES", help_heading = "Cluster",
+          default_value_t = DEFAULT_SNAPSHOT_EVERY, value_parser = parse_snapshot_every)]
+    pub snapshot_every: u64,
+
     /// Format of the log on stderr: `text` for people, `json` (one JSON
     /// object a line: timestamp, level, target, message and fields) for a
     /// log collector. The level comes from RUST_LOG (default info).
     #[arg(long, env = "KV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Which of the [`RECORDED`] flags were given explicitly: recorded by
+    /// [`Args::parse_command_line`] and [`Args::try_parse_command_line_from`]
+    /// (clap's own `parse` leaves it empty, as if none were).
+    #[arg(skip)]
+    explicit: Vec<Explicit>,
 }
 
 /// `--log-format` values.
@@ -512,6 +597,51 @@ impl Default for ServerConfig {
 }
 
 impl Args {
+    /// The flags of the process's command line and environment, as
+    /// [`Parser::parse`] reads them (a usage error exits 2 with clap's
+    /// message), also recording which flags were given explicitly, which
+    /// [`Args::cluster_config`] checks. The binary parses its flags with
+    /// this, not with `Parser::parse`.
+    pub fn parse_command_line() -> Args {
+        let matches = Args::command().get_matches();
+        Args::from_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+
+    /// As [`Args::parse_command_line`], from `argv` (its first item is the
+    /// program's name), returning a usage error instead of exiting.
+    ///
+    /// # Errors
+    /// clap's usage error.
+    pub fn try_parse_command_line_from<I, T>(argv: I) -> Result<Args, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Args::command().try_get_matches_from(argv)?;
+        Args::from_matches(&matches)
+    }
+
+    fn from_matches(matches: &ArgMatches) -> Result<Args, clap::Error> {
+        let mut args =
+            Args::from_arg_matches(matches).map_err(|e| e.format(&mut Args::command()))?;
+        args.explicit = RECORDED
+            .iter()
+            .filter_map(|&id| match matches.value_source(id) {
+                Some(ValueSource::CommandLine) => Some(Explicit {
+                    id,
+                    from_env: false,
+                }),
+                Some(ValueSource::EnvVariable) => Some(Explicit { id, from_env: true }),
+                _ => None,
+            })
+            .collect();
+        Ok(args)
+    }
+
+    fn given(&self, id: &str) -> Option<Explicit> {
+        self.explicit.iter().copied().find(|e| e.id == id)
+    }
+
     /// The sync policy the flags select.
     pub fn sync_policy(&self) -> SyncPolicy {
         match self.sync_policy {
@@ -528,13 +658,45 @@ impl Args {
 
     /// The cluster configuration, if `--node-id` was given: the flags
     /// checked together (one line saying what is wrong, for a usage error).
+    /// A cluster member refuses the single-node flags given explicitly
+    /// (`--sync-policy`, `--checkpoint-after`, ...), and a single node
+    /// `--snapshot-every`: as recorded by [`Args::parse_command_line`].
     pub fn cluster_config(&self) -> Result<Option<kv_cluster::ClusterConfig>, String> {
         let Some(node_id) = self.node_id else {
             if self.initial_cluster.is_some() || self.peer_addr.is_some() {
                 return Err("--initial-cluster and --peer-addr need --node-id".to_string());
             }
+            if let Some(given) = self.given("snapshot_every") {
+                let name = if given.from_env {
+                    "KV_SNAPSHOT_EVERY (--snapshot-every)"
+                } else {
+                    "--snapshot-every"
+                };
+                return Err(format!(
+                    "{name} needs --node-id: it is a cluster member's setting (a single node \
+                     checkpoints by --checkpoint-after)"
+                ));
+            }
             return Ok(None);
         };
+        // `--sync-policy always` says what a member does: no obstacle.
+        let says_what_a_member_does =
+            |f: &SingleNodeOnly| f.id == "sync_policy" && self.sync_policy == SyncPolicyArg::Always;
+        if let Some((flag, given)) = SINGLE_NODE_ONLY
+            .iter()
+            .filter(|f| !says_what_a_member_does(f))
+            .find_map(|f| self.given(f.id).map(|given| (f, given)))
+        {
+            let name = if given.from_env {
+                format!("{} ({})", flag.env, flag.flag)
+            } else {
+                flag.flag.to_string()
+            };
+            return Err(format!(
+                "{name} is a single-node setting: {}; drop it to run as a cluster member",
+                flag.instead
+            ));
+        }
         let spec = self
             .initial_cluster
             .as_deref()
@@ -571,6 +733,7 @@ impl Args {
             Duration::from_millis(self.election_timeout_ms * 2),
         );
         config.heartbeat = Duration::from_millis(self.heartbeat_ms);
+        config.snapshot_every = self.snapshot_every;
         config.expiry_sweep_rate = self.expiry_sweep_rate;
         // A peer frame carries up to 64 entries of the largest put.
         let largest_put = self.max_key_size as usize + self.max_value_size as usize + 256;
@@ -786,6 +949,19 @@ pub fn parse_host_port(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// Parses `--snapshot-every`: a count of entries, at least 1.
+pub fn parse_snapshot_every(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(0) => Err(format!(
+            "`{s}`: must be at least 1 (a snapshot every ENTRIES applied entries)"
+        )),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!(
+            "`{s}` is not a number of entries (example: 100000)"
+        )),
+    }
+}
+
 /// Parses a size as [`parse_size`] does, more than zero.
 pub fn parse_nonzero_size(s: &str) -> Result<u64, String> {
     match parse_size(s)? {
@@ -849,8 +1025,18 @@ fn is_loopback_addr(addr: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// The flags as the binary parses them.
     fn parse(args: &[&str]) -> Result<Args, clap::Error> {
-        Args::try_parse_from(std::iter::once("kv-server").chain(args.iter().copied()))
+        Args::try_parse_command_line_from(std::iter::once("kv-server").chain(args.iter().copied()))
+    }
+
+    const SPEC: &str = "1=127.0.0.1:7001/127.0.0.1:7101,2=127.0.0.1:7002/127.0.0.1:7102";
+
+    /// The cluster configuration of member 1 of [`SPEC`] with `extra`.
+    fn member(extra: &[&str]) -> Result<Option<kv_cluster::ClusterConfig>, String> {
+        let mut argv = vec!["--node-id", "1", "--initial-cluster", SPEC];
+        argv.extend_from_slice(extra);
+        parse(&argv).unwrap().cluster_config()
     }
 
     #[test]
@@ -1111,11 +1297,7 @@ mod tests {
 
     #[test]
     fn cluster_flags_are_checked_together() {
-        let parse = |extra: &[&str]| {
-            let mut argv = vec!["kv-server"];
-            argv.extend_from_slice(extra);
-            Args::try_parse_from(argv).unwrap().cluster_config()
-        };
+        let parse = |extra: &[&str]| parse(extra).unwrap().cluster_config();
         assert!(parse(&[]).unwrap().is_none());
         let spec = "1=127.0.0.1:7001/127.0.0.1:7101,2=127.0.0.1:7002/127.0.0.1:7102";
         let config = parse(&["--node-id", "2", "--initial-cluster", spec])
@@ -1154,6 +1336,115 @@ mod tests {
             let e = parse(&extra).unwrap_err();
             assert!(e.contains(says), "{extra:?}: {e}");
         }
+    }
+
+    #[test]
+    fn snapshot_every_reaches_the_cluster_config() {
+        let config = member(&[]).unwrap().unwrap();
+        assert_eq!(config.snapshot_every, DEFAULT_SNAPSHOT_EVERY);
+        assert_eq!(DEFAULT_SNAPSHOT_EVERY, 100_000);
+        // The documented default is kv-cluster's own.
+        let own = kv_cluster::ClusterConfig::new(1, config.members.clone(), PathBuf::new());
+        assert_eq!(own.snapshot_every, DEFAULT_SNAPSHOT_EVERY);
+        for (given, expected) in [("500", 500), ("1", 1), ("18446744073709551615", u64::MAX)] {
+            let config = member(&["--snapshot-every", given]).unwrap().unwrap();
+            assert_eq!(config.snapshot_every, expected, "{given}");
+        }
+    }
+
+    #[test]
+    fn snapshot_every_must_be_at_least_one() {
+        let err = parse(&[
+            "--node-id",
+            "1",
+            "--initial-cluster",
+            SPEC,
+            "--snapshot-every",
+            "0",
+        ])
+        .expect_err("0 accepted");
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(err.to_string().contains("must be at least 1"), "{err}");
+        for bad in ["-1", "many", "1e5", ""] {
+            // `=`: clap would take a bare "-1" for a flag.
+            let err = parse(&[&format!("--snapshot-every={bad}")]).expect_err(bad);
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn snapshot_every_needs_the_cluster_flags() {
+        let err = parse(&["--snapshot-every", "500"])
+            .unwrap()
+            .cluster_config()
+            .expect_err("a single node took --snapshot-every");
+        assert_eq!(
+            err,
+            "--snapshot-every needs --node-id: it is a cluster member's setting (a single \
+             node checkpoints by --checkpoint-after)"
+        );
+        // Even at its default value: given is given.
+        assert!(
+            parse(&["--snapshot-every", "100000"])
+                .unwrap()
+                .cluster_config()
+                .is_err()
+        );
+        // Not given: a single node.
+        assert!(parse(&[]).unwrap().cluster_config().unwrap().is_none());
+    }
+
+    #[test]
+    fn single_node_flags_are_refused_in_a_cluster_when_given() {
+        const SYNCS: &str =
+            "a cluster member's Raft log always fdatasyncs before a write is acknowledged";
+        const SNAPSHOTS: &str = "a cluster member snapshots every --snapshot-every entries";
+        for (flag, value, instead) in [
+            ("--sync-policy", "group", SYNCS),
+            ("--sync-policy", "never", SYNCS),
+            ("--group-commit-delay-us", "50", SYNCS),
+            ("--sync-interval-ms", "10", SYNCS),
+            ("--checkpoint-after", "0", SNAPSHOTS),
+            ("--checkpoint-after", "256MiB", SNAPSHOTS),
+        ] {
+            let err = member(&[flag, value]).expect_err(flag);
+            assert_eq!(
+                err,
+                format!(
+                    "{flag} is a single-node setting: {instead}; drop it to run as a cluster \
+                     member"
+                ),
+                "{flag} {value}"
+            );
+            // A single node takes them.
+            assert!(
+                parse(&[flag, value])
+                    .unwrap()
+                    .cluster_config()
+                    .unwrap()
+                    .is_none()
+            );
+        }
+        // With several, the first in --help order is named.
+        let err = member(&["--checkpoint-after", "0", "--sync-policy", "interval"]).unwrap_err();
+        assert!(err.starts_with("--sync-policy "), "{err}");
+        // `--sync-policy always` is what a member does: taken, and the
+        // next one given is named.
+        let err = member(&["--checkpoint-after", "0", "--sync-policy", "always"]).unwrap_err();
+        assert!(err.starts_with("--checkpoint-after "), "{err}");
+        assert!(member(&["--sync-policy", "always"]).unwrap().is_some());
+        // Not given, their defaults are no obstacle, beside the cluster's own flags.
+        let config = member(&["--snapshot-every", "10", "--heartbeat-ms", "40"])
+            .unwrap()
+            .unwrap();
+        assert_eq!((config.node_id, config.snapshot_every), (1, 10));
+        let args = parse(&["--node-id", "1", "--initial-cluster", SPEC]).unwrap();
+        assert!(args.cluster_config().unwrap().is_some());
+        assert_eq!(args.store_options().wal.sync_policy, SyncPolicy::Always);
     }
 
     #[test]

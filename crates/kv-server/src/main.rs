@@ -6,7 +6,6 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
 use kv_server::config::{EXIT_FAILURE, EXIT_OK, LogFormat, check_exposure};
 use kv_server::{Args, refuse_until_ready};
 use kv_store::{KeyValueStore, RecoveryMode};
@@ -14,10 +13,11 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    // Usage errors exit 2 inside clap.
-    let args = Args::parse();
-    // The cluster flags are checked together; a bad combination is a usage
-    // error, like a bad flag.
+    // Usage errors exit 2 inside clap. Not clap's `Args::parse`: this one
+    // also records which flags were given explicitly, for the checks below.
+    let args = Args::parse_command_line();
+    // The cluster flags are checked together (and a member refuses the
+    // single-node ones); a bad combination is a usage error, like a bad flag.
     let checked = args.check_limits().and_then(|()| args.cluster_config());
     let cluster = match checked {
         Ok(cluster) => cluster,

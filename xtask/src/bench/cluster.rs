@@ -2,7 +2,9 @@
 //! Durable puts at 1, 16 and 64 connections x pipeline 1 and 16 against
 //! the leader; then the throughput target's configuration (64 x 16) in
 //! [`ROUNDS`] rounds that alternate the cluster with a single node started
-//! beside it, with the same flags and keys, so that the ratio compares the
+//! beside it, with the same keys (and the durable flags of the other steps,
+//! `Params::server_flags`; members get `Params::member_flags`, since they
+//! refuse the single-node ones), so that the ratio compares the
 //! two in the same minute (the machine's speed drifts by a third between
 //! hours, which made ratios taken minutes apart move from 0.30x to 0.62x);
 //! then the failover time over 20 leader kills (SIGKILL): from the kill to
@@ -76,8 +78,8 @@ struct Member {
     server: Option<Server>,
 }
 
-/// Starts member `m` of the cluster `spec`, with the single node's
-/// `flags` besides the cluster's own.
+/// Starts member `m` of the cluster `spec`, with `flags`
+/// (`Params::member_flags`) besides the cluster's own.
 fn start_member(paths: &Paths, m: &mut Member, spec: &str, flags: &[&str]) -> Result<(), String> {
     let node = m.id.to_string();
     let log = paths.bench.join(format!("cluster-{}.log", m.id));
@@ -199,7 +201,7 @@ pub(super) fn run(paths: &Paths, params: &Params, out: &mut String) -> Result<()
         .collect::<Vec<_>>()
         .join(",");
     for m in &mut members {
-        start_member(paths, m, &spec, &params.server_flags)?;
+        start_member(paths, m, &spec, &params.member_flags)?;
     }
     let lead = leader(paths, &all, Duration::from_secs(30))?;
     let leader_addr = members[(lead - 1) as usize].client.clone();
@@ -271,7 +273,7 @@ pub(super) fn run(paths: &Paths, params: &Params, out: &mut String) -> Result<()
         let took = killed.elapsed().as_secs_f64() * 1e3;
         eprintln!("  failover {kill}: {took:.0} ms");
         times.push(took);
-        start_member(paths, &mut members[index], &spec, &params.server_flags)?;
+        start_member(paths, &mut members[index], &spec, &params.member_flags)?;
         // Rejoined: every member reports the same leader again, and has
         // caught up with its log. Killing the leader while the restarted
         // member still lags is a second fault on top of the first (only
@@ -304,9 +306,9 @@ pub(super) fn run(paths: &Paths, params: &Params, out: &mut String) -> Result<()
 
 /// The throughput target, measured in [`ROUNDS`] rounds that alternate
 /// the cluster (its leader at `leader_addr`, loaded with the keys of
-/// `prefix`) with a single node started now with the same flags and keys;
-/// which goes first alternates too, so a drift of the machine's speed
-/// within the minute falls on both alike.
+/// `prefix`) with a single node started now with the same keys (and
+/// `Params::server_flags`); which goes first alternates too, so a drift of
+/// the machine's speed within the minute falls on both alike.
 fn compare_with_single(
     paths: &Paths,
     params: &Params,
@@ -389,5 +391,22 @@ mod tests {
         assert!((two - 0.5).abs() < 1e-12);
         assert_eq!(verdict(true), "PASS");
         assert_eq!(verdict(false), "MISS");
+    }
+
+    #[test]
+    fn members_get_no_single_node_flags() {
+        // kv-server refuses these on a cluster member.
+        let single_node_only = [
+            "--sync-policy",
+            "--group-commit-delay-us",
+            "--sync-interval-ms",
+            "--checkpoint-after",
+        ];
+        for quick in [false, true] {
+            let params = Params::new(quick);
+            for flag in &params.member_flags {
+                assert!(!single_node_only.contains(flag), "{flag}");
+            }
+        }
     }
 }
