@@ -255,15 +255,17 @@ impl StateMachine {
         let dir = &self.inner.dir;
         let tmp = dir.join("snapshot.build");
         let _ = std::fs::remove_file(&tmp);
-        // The state and the log id it is at, under one read lock.
-        let (meta, at) = {
+        // The state and the log id it is at, under one read lock: applying
+        // waits while the state is copied into the file (the page cache),
+        // not while the file is written back, which is done after.
+        let (meta, at, unsynced) = {
             let replica = self
                 .inner
                 .replica
                 .read()
                 .unwrap_or_else(PoisonError::into_inner);
             let applied = lock(&self.inner.applied).clone();
-            replica.write_snapshot(&StdFs, &tmp, now_ms())?;
+            let unsynced = replica.write_snapshot_unsynced(&StdFs, &tmp, now_ms())?;
             let id = applied.last.map_or_else(
                 || "empty".to_string(),
                 |l| format!("{}-{}-{}", l.leader_id.term, l.index, now_ms()),
@@ -273,8 +275,9 @@ impl StateMachine {
                 last_membership: applied.membership,
                 snapshot_id: id,
             };
-            (meta, replica.last_applied())
+            (meta, replica.last_applied(), unsynced)
         };
+        unsynced.sync()?;
         // Opened before the rename: the handle reads this snapshot even if
         // a later one replaces the name.
         let data = std::fs::File::open(&tmp).map_err(ClusterError::io("open", &tmp))?;

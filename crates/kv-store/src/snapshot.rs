@@ -259,7 +259,21 @@ impl SnapshotWriter {
 
     /// Writes the header and trailer and syncs the file. Returns the number
     /// of entries written.
-    pub(crate) fn finish(mut self, seq: Lsn, created_ms: u64) -> Result<u64> {
+    pub(crate) fn finish(self, seq: Lsn, created_ms: u64) -> Result<u64> {
+        let path = self.path.clone();
+        let (count, file) = self.finish_unsynced(seq, created_ms)?;
+        file.sync_data()
+            .map_err(|e| Error::io("sync snapshot", &path, e))?;
+        Ok(count)
+    }
+
+    /// As [`SnapshotWriter::finish`] without the final sync: returns the
+    /// number of entries and the file, which the caller syncs.
+    pub(crate) fn finish_unsynced(
+        mut self,
+        seq: Lsn,
+        created_ms: u64,
+    ) -> Result<(u64, Box<dyn VfsFile>)> {
         self.flush()?;
         let header = SnapshotHeader {
             version: FORMAT_VERSION,
@@ -297,10 +311,7 @@ impl SnapshotWriter {
         self.file
             .write_all_at(&region, 0)
             .map_err(|e| Error::io("write snapshot", &self.path, e))?;
-        self.file
-            .sync_data()
-            .map_err(|e| Error::io("sync snapshot", &self.path, e))?;
-        Ok(self.count)
+        Ok((self.count, self.file))
     }
 }
 
