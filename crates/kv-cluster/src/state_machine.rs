@@ -587,20 +587,28 @@ mod tests {
     /// leader's is read from its file, the follower writes what it
     /// receives into `snapshot.recv` (here in two writes, as chunks come),
     /// and installing renames it into place.
-    #[tokio::test]
-    async fn a_snapshot_travels_from_file_to_file() {
-        use tokio::io::{AsyncReadExt, AsyncSeekExt};
-        let (dl, df) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let mut leader = StateMachine::open(dl.path()).unwrap();
-        leader
-            .apply_entries(vec![entry(0, puts(&[("a", "1"), ("b", "2")]))])
-            .unwrap();
-        let built = leader
+    /// A state machine in a new directory that applied `pairs` at index 0
+    /// and built a snapshot of them.
+    async fn snapshotted(
+        pairs: &[(&str, &str)],
+    ) -> (tempfile::TempDir, StateMachine, Snapshot<TypeConfig>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        sm.apply_entries(vec![entry(0, puts(pairs))]).unwrap();
+        let built = sm
             .get_snapshot_builder()
             .await
             .build_snapshot()
             .await
             .unwrap();
+        (dir, sm, built)
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_travels_from_file_to_file() {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let (dl, mut leader, built) = snapshotted(&[("a", "1"), ("b", "2")]).await;
+        let df = tempfile::tempdir().unwrap();
         let mut sent = leader.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(sent.meta, built.meta);
         let mut bytes = Vec::new();
@@ -636,17 +644,8 @@ mod tests {
     /// A damaged transfer is refused and replaces nothing.
     #[tokio::test]
     async fn a_damaged_received_snapshot_is_refused() {
-        let (dl, df) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let mut leader = StateMachine::open(dl.path()).unwrap();
-        leader
-            .apply_entries(vec![entry(0, puts(&[("a", "1")]))])
-            .unwrap();
-        let built = leader
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let (dl, _leader, built) = snapshotted(&[("a", "1")]).await;
+        let df = tempfile::tempdir().unwrap();
         let mut bytes = std::fs::read(dl.path().join(SNAPSHOT)).unwrap();
         let last = bytes.len() - 1;
         bytes[last / 2] ^= 0xff;
