@@ -177,7 +177,7 @@ impl PeerClient {
         let reused = self.conn.is_some();
         self.ensure_link().await?;
         let started = tokio::time::Instant::now();
-        let mut answer = tokio::time::timeout(ttl, self.exchange(request.clone())).await;
+        let mut answer = tokio::time::timeout(ttl, self.exchange(&request)).await;
         // A link that served earlier calls may be dead without our knowing
         // (the peer restarted): its first use fails at once. The request
         // was then never handled by the peer that listens now, and Raft's
@@ -188,7 +188,7 @@ impl PeerClient {
             self.conn = None;
             self.ensure_link().await?;
             let left = ttl.saturating_sub(started.elapsed());
-            answer = tokio::time::timeout(left, self.exchange(request)).await;
+            answer = tokio::time::timeout(left, self.exchange(&request)).await;
         }
         match answer {
             Ok(Ok(response)) if response.id == id => match response.result {
@@ -262,7 +262,9 @@ impl PeerClient {
         ))
     }
 
-    async fn exchange(&mut self, request: PeerRequest) -> io::Result<PeerResponse> {
+    /// Sends `request` (by reference: a retry sends it again, and an
+    /// append can carry megabytes of entries) and reads the answer.
+    async fn exchange(&mut self, request: &PeerRequest) -> io::Result<PeerResponse> {
         let Some(conn) = self.conn.as_mut() else {
             return Err(io::Error::other("no connection"));
         };
