@@ -17,6 +17,11 @@
 //! the state is the snapshot's, and openraft re-applies the committed
 //! entries after it.
 //!
+//! A snapshot is the exact state at its log id, yet it is copied in pieces
+//! while entries keep being applied: the replica keeps what each key
+//! changed since the snapshot's beginning held
+//! ([`Replica::begin_snapshot`]), and the copy takes that instead.
+//!
 //! openraft's snapshot data is an open file, never the snapshot in memory:
 //! a built or current snapshot is read from its file as openraft sends it
 //! in chunks, and a received one is written chunk by chunk into
@@ -255,17 +260,20 @@ impl StateMachine {
         let dir = &self.inner.dir;
         let tmp = dir.join("snapshot.build");
         let _ = std::fs::remove_file(&tmp);
-        // The state and the log id it is at, under one read lock: applying
-        // waits while the state is copied into the file (the page cache),
-        // not while the file is written back, which is done after.
-        let (meta, at, unsynced) = {
-            let replica = self
+        // The log id and the store position the snapshot holds, taken
+        // together under the write lock (applying takes it too). The state
+        // is then copied in pieces with the lock let go in between, so that
+        // applying goes on: the replica keeps, for the keys changed
+        // meanwhile, what they held at the beginning, and the snapshot is
+        // exactly the state at that log id.
+        let (meta, at) = {
+            let mut replica = self
                 .inner
                 .replica
-                .read()
+                .write()
                 .unwrap_or_else(PoisonError::into_inner);
             let applied = lock(&self.inner.applied).clone();
-            let unsynced = replica.write_snapshot_unsynced(&StdFs, &tmp, now_ms())?;
+            let at = replica.begin_snapshot();
             let id = applied.last.map_or_else(
                 || "empty".to_string(),
                 |l| format!("{}-{}-{}", l.leader_id.term, l.index, now_ms()),
@@ -275,9 +283,21 @@ impl StateMachine {
                 last_membership: applied.membership,
                 snapshot_id: id,
             };
-            (meta, replica.last_applied(), unsynced)
+            (meta, at)
         };
-        unsynced.sync()?;
+        let read = || {
+            self.inner
+                .replica
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+        };
+        let written = kv_store::replica::write_begun_snapshot(read, &StdFs, &tmp, now_ms());
+        self.inner
+            .replica
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .end_snapshot();
+        written?.sync()?;
         // Opened before the rename: the handle reads this snapshot even if
         // a later one replaces the name.
         let data = std::fs::File::open(&tmp).map_err(ClusterError::io("open", &tmp))?;

@@ -305,23 +305,26 @@ impl Replica {
         )
     }
 
-    /// As [`Replica::write_snapshot`], without the final sync, which the
-    /// returned [`UnsyncedSnapshot`] does: so that a caller holding a lock
-    /// around the replica while the state is copied can let go of it
-    /// before the sync, the slow part (writing back the whole file).
-    pub fn write_snapshot_unsynced(
-        &self,
-        vfs: &dyn Vfs,
-        path: &Path,
-        created_ms: u64,
-    ) -> Result<UnsyncedSnapshot> {
-        let writer = copy_state(&self.state, vfs, path)?;
-        let (entries, file) = writer.finish_unsynced(self.state.last_applied(), created_ms)?;
-        Ok(UnsyncedSnapshot {
-            file,
-            path: path.to_path_buf(),
-            entries,
-        })
+    /// Begins an exact snapshot of the state as of now, to be copied in
+    /// pieces by [`write_begun_snapshot`] with the lock around the replica
+    /// let go between them, so that applying goes on meanwhile. Until
+    /// [`Replica::end_snapshot`], what each key held before its first change
+    /// is kept: memory grows with the keys written during the copy. Returns
+    /// the position the snapshot holds. Beginning again restarts it.
+    pub fn begin_snapshot(&mut self) -> Lsn {
+        self.state.begin_undo()
+    }
+
+    /// Ends what [`Replica::begin_snapshot`] began, whether the snapshot
+    /// was written or abandoned; must always follow it.
+    pub fn end_snapshot(&mut self) {
+        self.state.end_undo();
+    }
+
+    /// If a snapshot is begun: its position, and the keys changed since
+    /// (whose earlier entries are kept for it).
+    pub fn snapshot_in_progress(&self) -> Option<(Lsn, usize)> {
+        self.state.undo_status()
     }
 
     /// Reads and verifies a snapshot written by [`Replica::write_snapshot`]
@@ -361,7 +364,7 @@ pub fn write_store_snapshot(
     write_state(&store.state(), vfs, path, seq, created_ms)
 }
 
-/// A snapshot file written in full by [`Replica::write_snapshot_unsynced`],
+/// A snapshot file written in full by [`write_begun_snapshot`],
 /// not yet durable: [`UnsyncedSnapshot::sync`] makes it so, and only then
 /// may it be renamed into place.
 #[must_use = "a snapshot is not durable until it is synced"]
@@ -390,6 +393,61 @@ impl std::fmt::Debug for UnsyncedSnapshot {
     }
 }
 
+/// Entries copied per piece by [`write_begun_snapshot`]: the lock is held
+/// for about a hundred microseconds at a time (as the single node's
+/// checkpoint does, `checkpoint::CHUNK`).
+const SNAPSHOT_PIECE: usize = crate::checkpoint::CHUNK;
+
+/// Writes the snapshot [`Replica::begin_snapshot`] began, of the state at
+/// the position it returned, at `path` (which must not exist), without its
+/// final sync, which the returned [`UnsyncedSnapshot`] does. `replica` gives
+/// the replica under its lock (a read lock is enough); it is called once per
+/// piece of a thousand entries or so, and the lock is let go in between,
+/// so that commands are applied while the file is written: the snapshot
+/// still holds the state as of its beginning, from the entries kept for
+/// the keys changed since. Fails if the snapshot was ended, begun again or
+/// the replica replaced meanwhile.
+pub fn write_begun_snapshot<G: std::ops::Deref<Target = Replica>>(
+    mut replica: impl FnMut() -> G,
+    vfs: &dyn Vfs,
+    path: &Path,
+    created_ms: u64,
+) -> Result<UnsyncedSnapshot> {
+    let begun = |r: &Replica| {
+        r.snapshot_in_progress().map(|(at, _)| at).ok_or_else(|| {
+            Error::Unavailable("no snapshot begun (Replica::begin_snapshot)".to_string())
+        })
+    };
+    let at = begun(&replica())?;
+    let mut writer = SnapshotWriter::create(vfs, path)?;
+    let mut after: Option<Box<[u8]>> = None;
+    loop {
+        let next = {
+            let r = replica();
+            if begun(&r)? != at {
+                return Err(Error::Unavailable(
+                    "the snapshot was begun again while it was copied".to_string(),
+                ));
+            }
+            r.state
+                .copy_as_of_undo(after.as_deref(), SNAPSHOT_PIECE, |e| writer.add(e))?
+        };
+        if writer.buffer_full() {
+            writer.flush()?;
+        }
+        match next {
+            Some(key) => after = Some(key),
+            None => break,
+        }
+    }
+    let (entries, file) = writer.finish_unsynced(at, created_ms)?;
+    Ok(UnsyncedSnapshot {
+        file,
+        path: path.to_path_buf(),
+        entries,
+    })
+}
+
 fn write_state(
     state: &State,
     vfs: &dyn Vfs,
@@ -397,12 +455,6 @@ fn write_state(
     seq: Lsn,
     created_ms: u64,
 ) -> Result<u64> {
-    copy_state(state, vfs, path)?.finish(seq, created_ms)
-}
-
-/// Writes every entry of `state` into a new snapshot file at `path`,
-/// unfinished (no header, trailer or sync yet).
-fn copy_state(state: &State, vfs: &dyn Vfs, path: &Path) -> Result<SnapshotWriter> {
     let mut writer = SnapshotWriter::create(vfs, path)?;
     for entry in state.range_from(&[], false) {
         writer.add(entry)?;
@@ -410,7 +462,7 @@ fn copy_state(state: &State, vfs: &dyn Vfs, path: &Path) -> Result<SnapshotWrite
             writer.flush()?;
         }
     }
-    Ok(writer)
+    writer.finish(seq, created_ms)
 }
 
 #[cfg(test)]
@@ -431,7 +483,8 @@ mod tests {
             let fs = SimFs::new();
             fs.create_dir_all(dir).unwrap();
             fs.sync_dir(Path::new("/")).unwrap();
-            let unsynced = r.write_snapshot_unsynced(&fs, &path, 7).unwrap();
+            r.begin_snapshot();
+            let unsynced = write_begun_snapshot(|| &r, &fs, &path, 7).unwrap();
             if sync {
                 assert_eq!(unsynced.sync().unwrap(), 1);
             }
@@ -443,6 +496,128 @@ mod tests {
             } else {
                 assert!(loaded.is_err(), "an unsynced snapshot survived power loss");
             }
+            r.end_snapshot();
+        }
+    }
+
+    /// A snapshot copied in pieces while commands keep being applied
+    /// between them (puts of old and new keys before and after the copy's
+    /// position, deletes, expiring puts, transactions) holds exactly the
+    /// state as of its beginning: the same file, byte for byte, as one
+    /// written at once before any of those commands.
+    #[test]
+    fn a_snapshot_copied_in_pieces_holds_the_state_as_of_its_beginning() {
+        use std::cell::RefCell;
+        let dir = tempfile::tempdir().unwrap();
+        let key = |i: u64| format!("k{:06}", i).into_bytes();
+        let mut r = Replica::new();
+        let mut seq = 0;
+        for i in (0..6000).step_by(2) {
+            seq += 1;
+            r.apply(seq, &encode_put(&key(i), format!("v{i}").as_bytes()))
+                .unwrap();
+        }
+        let at = r.begin_snapshot();
+        assert_eq!(at, seq);
+        let whole = dir.path().join("whole");
+        r.write_snapshot(&StdFs, &whole, 5).unwrap();
+
+        let cell = RefCell::new(r);
+        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut pieces = 0;
+        let pieced = dir.path().join("pieced");
+        let unsynced = write_begun_snapshot(
+            || {
+                pieces += 1;
+                let mut r = cell.borrow_mut();
+                for _ in 0..400 {
+                    seq += 1;
+                    let k = key(next() % 6100);
+                    let command = match next() % 5 {
+                        0 => encode_delete(&k),
+                        1 => encode_put_expiring(&k, b"expiring", Some(u64::MAX / 2)),
+                        2 => {
+                            let mut txn = Txn::default();
+                            txn.writes
+                                .push(crate::txn::Write::Delete { key: k.clone() });
+                            txn.writes.push(crate::txn::Write::Put {
+                                key: key(next() % 6100),
+                                value: b"txn".to_vec(),
+                                expiry: crate::txn::Expiry::Clear,
+                            });
+                            encode_txn(&txn)
+                        }
+                        _ => encode_put(&k, format!("w{seq}").as_bytes()),
+                    };
+                    r.apply(seq, &command).unwrap();
+                }
+                drop(r);
+                cell.borrow()
+            },
+            &StdFs,
+            &pieced,
+            5,
+        )
+        .unwrap();
+        assert_eq!(unsynced.sync().unwrap(), 3000);
+        assert!(pieces > 3, "copied in {pieces} pieces");
+        let (_, changed) = cell.borrow().snapshot_in_progress().unwrap();
+        assert!(changed > 1000, "{changed} keys changed during the copy");
+        assert!(
+            std::fs::read(&pieced).unwrap() == std::fs::read(&whole).unwrap(),
+            "the pieced snapshot differs from the state at its beginning"
+        );
+        let mut r = cell.into_inner();
+        r.end_snapshot();
+        assert_eq!(r.snapshot_in_progress(), None);
+        let vfs = StdFs::shared();
+        let back = Replica::load_snapshot(&vfs, &pieced, at).unwrap();
+        assert_eq!(back.get(&key(2)), Some(b"v2".to_vec()));
+    }
+
+    /// A snapshot whose recording ends (or restarts) before its copy is
+    /// done fails rather than mix two states.
+    #[test]
+    fn a_snapshot_ended_during_its_copy_fails() {
+        use std::cell::RefCell;
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Replica::new();
+        for i in 0..3000u64 {
+            r.apply(i + 1, &encode_put(format!("k{i:05}").as_bytes(), b"v"))
+                .unwrap();
+        }
+        for restart in [false, true] {
+            r.begin_snapshot();
+            let cell = RefCell::new(r);
+            let mut calls = 0;
+            let result = write_begun_snapshot(
+                || {
+                    calls += 1;
+                    if calls == 3 {
+                        let mut r = cell.borrow_mut();
+                        if restart {
+                            let last = r.last_applied();
+                            r.apply(last + 1, &encode_put(b"x", b"y")).unwrap();
+                            r.begin_snapshot();
+                        } else {
+                            r.end_snapshot();
+                        }
+                    }
+                    cell.borrow()
+                },
+                &StdFs,
+                &dir.path().join(format!("s{restart}")),
+                1,
+            );
+            assert!(matches!(result, Err(Error::Unavailable(_))), "{restart}");
+            r = cell.into_inner();
+            r.end_snapshot();
         }
     }
 

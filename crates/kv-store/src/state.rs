@@ -17,7 +17,7 @@
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 use wal_core::Lsn;
@@ -388,6 +388,16 @@ pub(crate) struct State {
     /// of this and their own timestamp, so decisions never see time go
     /// back, on any replica.
     clock_ms: u64,
+    /// While an exact snapshot is copied in pieces ([`State::begin_undo`]):
+    /// for every key changed since it began, what the key held then (`None`:
+    /// absent), recorded at its first change. The copy takes these instead
+    /// of the keys' current entries, so it holds the state as of the start
+    /// however many changes land between its pieces. Grows with the keys
+    /// written during one copy, and is dropped when the copy ends.
+    undo: Option<BTreeMap<Box<[u8]>, Option<Entry>>>,
+    /// The last applied LSN when `undo` began: the position its snapshot
+    /// holds.
+    undo_at: Lsn,
 }
 
 impl State {
@@ -414,6 +424,8 @@ impl State {
             last_applied: 0,
             deadlines,
             clock_ms: 0,
+            undo: None,
+            undo_at: 0,
         }
     }
 
@@ -464,10 +476,20 @@ impl State {
         let indexed = entry
             .deadline()
             .map(|d| (d, Box::<[u8]>::from(entry.key())));
+        // The key's first change since an exact snapshot began: what it
+        // held is kept for the snapshot (see `undo`).
+        let first_change = self
+            .undo
+            .as_ref()
+            .filter(|undo| !undo.contains_key(entry.key()))
+            .map(|_| Box::<[u8]>::from(entry.key()));
         let old = self
             .entries
             .replace(Slot::new(entry))
             .map(|slot| slot.entry);
+        if let (Some(key), Some(undo)) = (first_change, &mut self.undo) {
+            undo.insert(key, old.clone());
+        }
         if let Some(old) = &old {
             self.unindex(old);
             self.bytes -= old.payload_len();
@@ -480,6 +502,11 @@ impl State {
 
     fn delete(&mut self, key: &[u8]) {
         if let Some(Slot { entry: old, .. }) = self.entries.take(&Probe::new(key) as &dyn TreeKey) {
+            if let Some(undo) = &mut self.undo
+                && !undo.contains_key(key)
+            {
+                undo.insert(Box::from(key), Some(old.clone()));
+            }
             self.unindex(&old);
             self.bytes -= old.payload_len();
         }
@@ -535,7 +562,9 @@ impl State {
     /// common case, make the sort linear.
     pub(crate) fn apply_batch(&mut self, last: Lsn, mut changes: Vec<Change>) {
         debug_assert!(last >= self.last_applied);
-        if changes.len() < self.entries.len() / 8 {
+        // While a snapshot records what keys held (`undo`), the changes go
+        // one by one, through `put` and `delete`, which record it.
+        if changes.len() < self.entries.len() / 8 || self.undo.is_some() {
             for change in changes {
                 match change {
                     Change::Put(entry) => {
@@ -590,8 +619,9 @@ impl State {
     /// sort or a merge. `bytes` is the sum of their
     /// [`Entry::payload_len`], which replay has already counted.
     pub(crate) fn apply_ascending_puts(&mut self, last: Lsn, entries: Vec<Entry>, bytes: u64) {
-        if self.len() != 0 {
-            // Not the case this is for: the generic way gives the same state.
+        if self.len() != 0 || self.undo.is_some() {
+            // Not the case this is for: the generic way gives the same state
+            // (and records what a running snapshot needs).
             self.apply_batch(last, entries.into_iter().map(Change::Put).collect());
             return;
         }
@@ -640,6 +670,82 @@ impl State {
 
     /// Entries with keys within the bounds, ascending (reversible). The
     /// caller makes sure the bounds are not inverted.
+    /// Starts recording what each key holds before its first change (see
+    /// `undo`), for an exact snapshot of the state as of now copied in
+    /// pieces with [`State::copy_as_of_undo`]; returns the last applied
+    /// LSN, the position that snapshot holds. Restarts a recording already
+    /// running.
+    pub(crate) fn begin_undo(&mut self) -> Lsn {
+        self.undo = Some(BTreeMap::new());
+        self.undo_at = self.last_applied;
+        self.undo_at
+    }
+
+    /// Stops recording (the snapshot is written, or abandoned).
+    pub(crate) fn end_undo(&mut self) {
+        self.undo = None;
+    }
+
+    /// If it is recording: the LSN [`State::begin_undo`] returned, and the
+    /// keys recorded since.
+    pub(crate) fn undo_status(&self) -> Option<(Lsn, usize)> {
+        self.undo.as_ref().map(|u| (self.undo_at, u.len()))
+    }
+
+    /// One piece of an exact snapshot: hands `emit`, in key order, the
+    /// entries after `after` as they were when [`State::begin_undo`] was
+    /// called, covering the keys up to the `max`-th current entry after
+    /// `after`. A key changed since then gives what it held (nothing if it
+    /// was absent), including one deleted since. Returns the last key of
+    /// the piece, from which the next one goes on, or `None` once the
+    /// piece reached the end. Fails with [`Error::Unavailable`] if nothing
+    /// is recording (the recording was ended, or the state replaced).
+    pub(crate) fn copy_as_of_undo(
+        &self,
+        after: Option<&[u8]>,
+        max: usize,
+        mut emit: impl FnMut(&Entry) -> crate::Result<()>,
+    ) -> crate::Result<Option<Box<[u8]>>> {
+        let Some(undo) = &self.undo else {
+            return Err(crate::Error::Unavailable(
+                "the snapshot's recording of changes ended before its copy did".to_string(),
+            ));
+        };
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let current: Vec<&Entry> = self
+            .range(lower, Bound::Unbounded)
+            .take(max.max(1))
+            .collect();
+        let end = (current.len() == max.max(1))
+            .then(|| current.last().map(|e| e.key()))
+            .flatten();
+        let upper = end.map_or(Bound::Unbounded, Bound::Included);
+        let mut before = undo.range::<[u8], _>((lower, upper)).peekable();
+        let mut now = current.into_iter().peekable();
+        loop {
+            let from_undo = match (now.peek(), before.peek()) {
+                (None, None) => break,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some(e), Some((key, _))) => key.as_ref() <= e.key(),
+            };
+            if from_undo {
+                let Some((key, held)) = before.next() else {
+                    break;
+                };
+                if now.peek().is_some_and(|e| e.key() == key.as_ref()) {
+                    now.next();
+                }
+                if let Some(held) = held {
+                    emit(held)?;
+                }
+            } else if let Some(e) = now.next() {
+                emit(e)?;
+            }
+        }
+        Ok(end.map(Box::from))
+    }
+
     pub(crate) fn range<'a>(
         &'a self,
         lower: Bound<&[u8]>,
