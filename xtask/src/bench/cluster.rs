@@ -10,6 +10,7 @@
 //! then the failover time over 20 leader kills (SIGKILL): from the kill to
 //! the first put acknowledged by a new leader, as `kv-client --addr`
 //! (which follows the leader) sees it. Each target is judged PASS or MISS.
+//! Last, what a snapshot costs the writers ([`checkpoint_pause`]).
 //! Writes `target/bench/cluster.md`.
 
 use std::net::TcpListener;
@@ -296,10 +297,80 @@ pub(super) fn run(paths: &Paths, params: &Params, out: &mut String) -> Result<()
     out.push_str(&format!(
         "\n## Failover over {KILLS} leader kills (SIGKILL to the first acknowledged put)\n\n{line}"
     ));
+    checkpoint_pause(paths, params, &all, &members, out)?;
     for m in members {
         if let Some(server) = m.server {
             let _ = server.stop(Duration::from_secs(30));
         }
+    }
+    Ok(())
+}
+
+/// Keys loaded for the checkpoint-pause step (per key of the other steps'
+/// keyspace): a snapshot's cost grows with the state, so this one is ten
+/// times larger.
+const PAUSE_SCALE: u64 = 10;
+
+/// What a snapshot costs the writers: 16 connections x pipeline 1 of
+/// durable puts on the leader, once alone and once with `kv-client
+/// checkpoint` on the leader a third of the way in; prints the worst and
+/// the p99.9 latency of both. A member that stopped applying while it
+/// copies its state shows as a worst latency that grows with the keys.
+fn checkpoint_pause(
+    paths: &Paths,
+    params: &Params,
+    all: &str,
+    members: &[Member],
+    out: &mut String,
+) -> Result<(), String> {
+    let lead = leader(paths, all, Duration::from_secs(30))?;
+    let leader_addr = members[(lead - 1) as usize].client.clone();
+    let keys = params.server_keyspace * PAUSE_SCALE;
+    let prefix = "pause:";
+    load_keys(paths, &leader_addr, keys, prefix, params.value_size)?;
+    let secs = params.server_secs.max(3.0);
+    let mut f = load_flags(params, "put", 16, 1, prefix);
+    for pair in f.chunks_mut(2) {
+        match pair[0].as_str() {
+            "--keyspace" => pair[1] = keys.to_string(),
+            "--duration" => pair[1] = secs.to_string(),
+            _ => {}
+        }
+    }
+    let timeout = Duration::from_secs_f64(secs + 120.0);
+    let alone = client_bench(paths, &leader_addr, &f, timeout)?;
+    let checkpoint = std::thread::scope(|scope| {
+        let during = scope.spawn(|| {
+            std::thread::sleep(Duration::from_secs_f64(secs / 3.0));
+            let started = Instant::now();
+            kv(paths, &leader_addr, &["checkpoint"]).map(|_| started.elapsed())
+        });
+        let with = client_bench(paths, &leader_addr, &f, timeout);
+        let took = during
+            .join()
+            .map_err(|_| "the checkpoint thread panicked".to_string())?;
+        Ok::<_, String>((with?, took?))
+    });
+    let (with, took) = checkpoint?;
+    let line = |what: &str, obj: &super::json::Object| -> Result<String, String> {
+        Ok(format!(
+            "| {what} | {:.0} | {:.1} | {:.1} |\n",
+            obj.num("ops_per_sec")?,
+            obj.num("p999_us")? / 1e3,
+            obj.num("max_us")? / 1e3
+        ))
+    };
+    let rows = [
+        line("alone", &alone)?,
+        line(&format!("checkpoint ({:.2} s)", took.as_secs_f64()), &with)?,
+    ];
+    out.push_str(&format!(
+        "\n## Puts during a checkpoint on the leader ({keys} keys, 16 connections x pipeline 1)\n\n\
+         | run | ops/s | p99.9 ms | max ms |\n|---|---|---|---|\n"
+    ));
+    for row in rows {
+        eprint!("  checkpoint pause {row}");
+        out.push_str(&row);
     }
     Ok(())
 }
