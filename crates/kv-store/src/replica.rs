@@ -21,6 +21,7 @@ use wal_core::{Lsn, Vfs};
 
 use crate::error::{Error, Result};
 use crate::record;
+pub use crate::snapshot::UnsyncedSnapshot;
 use crate::snapshot::{self, SnapshotWriter};
 use crate::state::{Entry, Op, State};
 use crate::store::KeyValueStore;
@@ -364,35 +365,6 @@ pub fn write_store_snapshot(
     write_state(&store.state(), vfs, path, seq, created_ms)
 }
 
-/// A snapshot file written in full by [`write_begun_snapshot`],
-/// not yet durable: [`UnsyncedSnapshot::sync`] makes it so, and only then
-/// may it be renamed into place.
-#[must_use = "a snapshot is not durable until it is synced"]
-pub struct UnsyncedSnapshot {
-    file: Box<dyn wal_core::VfsFile>,
-    path: std::path::PathBuf,
-    entries: u64,
-}
-
-impl UnsyncedSnapshot {
-    /// Syncs the file; returns the number of entries it holds.
-    pub fn sync(self) -> Result<u64> {
-        self.file
-            .sync_data()
-            .map_err(|e| crate::Error::io("sync snapshot", &self.path, e))?;
-        Ok(self.entries)
-    }
-}
-
-impl std::fmt::Debug for UnsyncedSnapshot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UnsyncedSnapshot")
-            .field("path", &self.path)
-            .field("entries", &self.entries)
-            .finish_non_exhaustive()
-    }
-}
-
 /// Entries copied per piece by [`write_begun_snapshot`]: the lock is held
 /// for about a hundred microseconds at a time (as the single node's
 /// checkpoint does, `checkpoint::CHUNK`).
@@ -440,12 +412,7 @@ pub fn write_begun_snapshot<G: std::ops::Deref<Target = Replica>>(
             None => break,
         }
     }
-    let (entries, file) = writer.finish_unsynced(at, created_ms)?;
-    Ok(UnsyncedSnapshot {
-        file,
-        path: path.to_path_buf(),
-        entries,
-    })
+    writer.finish_unsynced(at, created_ms)
 }
 
 fn write_state(

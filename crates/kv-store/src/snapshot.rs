@@ -260,20 +260,12 @@ impl SnapshotWriter {
     /// Writes the header and trailer and syncs the file. Returns the number
     /// of entries written.
     pub(crate) fn finish(self, seq: Lsn, created_ms: u64) -> Result<u64> {
-        let path = self.path.clone();
-        let (count, file) = self.finish_unsynced(seq, created_ms)?;
-        file.sync_data()
-            .map_err(|e| Error::io("sync snapshot", &path, e))?;
-        Ok(count)
+        self.finish_unsynced(seq, created_ms)?.sync()
     }
 
-    /// As [`SnapshotWriter::finish`] without the final sync: returns the
-    /// number of entries and the file, which the caller syncs.
-    pub(crate) fn finish_unsynced(
-        mut self,
-        seq: Lsn,
-        created_ms: u64,
-    ) -> Result<(u64, Box<dyn VfsFile>)> {
+    /// As [`SnapshotWriter::finish`] without the final sync, which the
+    /// returned [`UnsyncedSnapshot`] does.
+    pub(crate) fn finish_unsynced(mut self, seq: Lsn, created_ms: u64) -> Result<UnsyncedSnapshot> {
         self.flush()?;
         let header = SnapshotHeader {
             version: FORMAT_VERSION,
@@ -311,7 +303,40 @@ impl SnapshotWriter {
         self.file
             .write_all_at(&region, 0)
             .map_err(|e| Error::io("write snapshot", &self.path, e))?;
-        Ok((self.count, self.file))
+        Ok(UnsyncedSnapshot {
+            file: self.file,
+            path: self.path,
+            entries: self.count,
+        })
+    }
+}
+
+/// A snapshot file written in full, not yet durable:
+/// [`UnsyncedSnapshot::sync`] makes it so, and only then may it be renamed
+/// into place (see [`crate::replica::write_begun_snapshot`]).
+#[must_use = "a snapshot is not durable until it is synced"]
+pub struct UnsyncedSnapshot {
+    file: Box<dyn VfsFile>,
+    path: PathBuf,
+    entries: u64,
+}
+
+impl UnsyncedSnapshot {
+    /// Syncs the file; returns the number of entries it holds.
+    pub fn sync(self) -> Result<u64> {
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io("sync snapshot", &self.path, e))?;
+        Ok(self.entries)
+    }
+}
+
+impl std::fmt::Debug for UnsyncedSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnsyncedSnapshot")
+            .field("path", &self.path)
+            .field("entries", &self.entries)
+            .finish_non_exhaustive()
     }
 }
 

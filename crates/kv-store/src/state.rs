@@ -373,6 +373,17 @@ impl Change {
     }
 }
 
+/// What an exact snapshot copied in pieces needs of the changes made since
+/// it began (`State::undo`).
+#[derive(Debug)]
+struct Undo {
+    /// The last applied LSN when it began: the position the snapshot holds.
+    at: Lsn,
+    /// For every key changed since, what it held then (`None`: absent),
+    /// recorded at its first change.
+    held: BTreeMap<Box<[u8]>, Option<Entry>>,
+}
+
 /// The state: entries, their byte total, the LSN of the last applied write,
 /// and an index of the keys that have a deadline.
 #[derive(Debug, Default)]
@@ -389,15 +400,12 @@ pub(crate) struct State {
     /// back, on any replica.
     clock_ms: u64,
     /// While an exact snapshot is copied in pieces ([`State::begin_undo`]):
-    /// for every key changed since it began, what the key held then (`None`:
-    /// absent), recorded at its first change. The copy takes these instead
+    /// for every key changed since it began, what the key held then. The
+    /// copy takes these instead
     /// of the keys' current entries, so it holds the state as of the start
     /// however many changes land between its pieces. Grows with the keys
     /// written during one copy, and is dropped when the copy ends.
-    undo: Option<BTreeMap<Box<[u8]>, Option<Entry>>>,
-    /// The last applied LSN when `undo` began: the position its snapshot
-    /// holds.
-    undo_at: Lsn,
+    undo: Option<Undo>,
 }
 
 impl State {
@@ -425,7 +433,6 @@ impl State {
             deadlines,
             clock_ms: 0,
             undo: None,
-            undo_at: 0,
         }
     }
 
@@ -481,14 +488,14 @@ impl State {
         let first_change = self
             .undo
             .as_ref()
-            .filter(|undo| !undo.contains_key(entry.key()))
+            .filter(|undo| !undo.held.contains_key(entry.key()))
             .map(|_| Box::<[u8]>::from(entry.key()));
         let old = self
             .entries
             .replace(Slot::new(entry))
             .map(|slot| slot.entry);
         if let (Some(key), Some(undo)) = (first_change, &mut self.undo) {
-            undo.insert(key, old.clone());
+            undo.held.insert(key, old.clone());
         }
         if let Some(old) = &old {
             self.unindex(old);
@@ -503,9 +510,9 @@ impl State {
     fn delete(&mut self, key: &[u8]) {
         if let Some(Slot { entry: old, .. }) = self.entries.take(&Probe::new(key) as &dyn TreeKey) {
             if let Some(undo) = &mut self.undo
-                && !undo.contains_key(key)
+                && !undo.held.contains_key(key)
             {
-                undo.insert(Box::from(key), Some(old.clone()));
+                undo.held.insert(Box::from(key), Some(old.clone()));
             }
             self.unindex(&old);
             self.bytes -= old.payload_len();
@@ -676,9 +683,11 @@ impl State {
     /// LSN, the position that snapshot holds. Restarts a recording already
     /// running.
     pub(crate) fn begin_undo(&mut self) -> Lsn {
-        self.undo = Some(BTreeMap::new());
-        self.undo_at = self.last_applied;
-        self.undo_at
+        self.undo = Some(Undo {
+            at: self.last_applied,
+            held: BTreeMap::new(),
+        });
+        self.last_applied
     }
 
     /// Stops recording (the snapshot is written, or abandoned).
@@ -689,7 +698,7 @@ impl State {
     /// If it is recording: the LSN [`State::begin_undo`] returned, and the
     /// keys recorded since.
     pub(crate) fn undo_status(&self) -> Option<(Lsn, usize)> {
-        self.undo.as_ref().map(|u| (self.undo_at, u.len()))
+        self.undo.as_ref().map(|u| (u.at, u.held.len()))
     }
 
     /// One piece of an exact snapshot: hands `emit`, in key order, the
@@ -720,7 +729,7 @@ impl State {
             .then(|| current.last().map(|e| e.key()))
             .flatten();
         let upper = end.map_or(Bound::Unbounded, Bound::Included);
-        let mut before = undo.range::<[u8], _>((lower, upper)).peekable();
+        let mut before = undo.held.range::<[u8], _>((lower, upper)).peekable();
         let mut now = current.into_iter().peekable();
         loop {
             let from_undo = match (now.peek(), before.peek()) {

@@ -3,8 +3,8 @@
 //! the leader; then the throughput target's configuration (64 x 16) in
 //! [`ROUNDS`] rounds that alternate the cluster with a single node started
 //! beside it, with the same keys (and the durable flags of the other steps,
-//! `Params::server_flags`; members get `Params::member_flags`, since they
-//! refuse the single-node ones), so that the ratio compares the
+//! `Params::server_flags`; members get only the cluster's own flags, since
+//! they refuse the single-node ones), so that the ratio compares the
 //! two in the same minute (the machine's speed drifts by a third between
 //! hours, which made ratios taken minutes apart move from 0.30x to 0.62x);
 //! then the failover time over 20 leader kills (SIGKILL): from the kill to
@@ -19,7 +19,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::proc::{self, Server, TempDir};
-use super::{Params, Paths, client_bench, load_flags, load_keys};
+use super::{Params, Paths, client_bench, flags, load_flags, load_keys};
 
 /// Leader kills measured.
 const KILLS: usize = 20;
@@ -79,9 +79,11 @@ struct Member {
     server: Option<Server>,
 }
 
-/// Starts member `m` of the cluster `spec`, with `flags`
-/// (`Params::member_flags`) besides the cluster's own.
-fn start_member(paths: &Paths, m: &mut Member, spec: &str, flags: &[&str]) -> Result<(), String> {
+/// Starts member `m` of the cluster `spec`: only the cluster's flags, as a
+/// member refuses the single-node ones of `Params::server_flags`; its Raft
+/// log always fdatasyncs before a write is acknowledged, and it snapshots
+/// every `--snapshot-every` entries (default 100,000).
+fn start_member(paths: &Paths, m: &mut Member, spec: &str) -> Result<(), String> {
     let node = m.id.to_string();
     let log = paths.bench.join(format!("cluster-{}.log", m.id));
     m.server = Some(Server::start_at(
@@ -95,10 +97,7 @@ fn start_member(paths: &Paths, m: &mut Member, spec: &str, flags: &[&str]) -> Re
             &m.peer,
             "--initial-cluster",
             spec,
-        ]
-        .into_iter()
-        .chain(flags.iter().copied())
-        .collect::<Vec<_>>(),
+        ],
         &log,
     )?);
     Ok(())
@@ -202,7 +201,7 @@ pub(super) fn run(paths: &Paths, params: &Params, out: &mut String) -> Result<()
         .collect::<Vec<_>>()
         .join(",");
     for m in &mut members {
-        start_member(paths, m, &spec, &params.member_flags)?;
+        start_member(paths, m, &spec)?;
     }
     let lead = leader(paths, &all, Duration::from_secs(30))?;
     let leader_addr = members[(lead - 1) as usize].client.clone();
@@ -274,7 +273,7 @@ pub(super) fn run(paths: &Paths, params: &Params, out: &mut String) -> Result<()
         let took = killed.elapsed().as_secs_f64() * 1e3;
         eprintln!("  failover {kill}: {took:.0} ms");
         times.push(took);
-        start_member(paths, &mut members[index], &spec, &params.member_flags)?;
+        start_member(paths, &mut members[index], &spec)?;
         // Rejoined: every member reports the same leader again, and has
         // caught up with its log. Killing the leader while the restarted
         // member still lags is a second fault on top of the first (only
@@ -329,14 +328,15 @@ fn checkpoint_pause(
     let prefix = "pause:";
     load_keys(paths, &leader_addr, keys, prefix, params.value_size)?;
     let secs = params.server_secs.max(3.0);
-    let mut f = load_flags(params, "put", 16, 1, prefix);
-    for pair in f.chunks_mut(2) {
-        match pair[0].as_str() {
-            "--keyspace" => pair[1] = keys.to_string(),
-            "--duration" => pair[1] = secs.to_string(),
-            _ => {}
-        }
-    }
+    let f = flags(&[
+        ("--mix", "put".into()),
+        ("--connections", "16".into()),
+        ("--pipeline", "1".into()),
+        ("--duration", secs.to_string()),
+        ("--keyspace", keys.to_string()),
+        ("--key-prefix", prefix.into()),
+        ("--value-size", params.value_size.to_string()),
+    ]);
     let timeout = Duration::from_secs_f64(secs + 120.0);
     let alone = client_bench(paths, &leader_addr, &f, timeout)?;
     let checkpoint = std::thread::scope(|scope| {
@@ -462,22 +462,5 @@ mod tests {
         assert!((two - 0.5).abs() < 1e-12);
         assert_eq!(verdict(true), "PASS");
         assert_eq!(verdict(false), "MISS");
-    }
-
-    #[test]
-    fn members_get_no_single_node_flags() {
-        // kv-server refuses these on a cluster member.
-        let single_node_only = [
-            "--sync-policy",
-            "--group-commit-delay-us",
-            "--sync-interval-ms",
-            "--checkpoint-after",
-        ];
-        for quick in [false, true] {
-            let params = Params::new(quick);
-            for flag in &params.member_flags {
-                assert!(!single_node_only.contains(flag), "{flag}");
-            }
-        }
     }
 }

@@ -50,12 +50,6 @@ pub struct Params {
     pub checkpoint_connections: u32,
     /// The single node's flags (every single-node server of the suite).
     pub server_flags: Vec<&'static str>,
-    /// A cluster member's flags besides the cluster's own. Not
-    /// `server_flags`: a member refuses the single-node ones
-    /// (`--sync-policy`, `--checkpoint-after`, ...); its Raft log always
-    /// fdatasyncs before a write is acknowledged, and it snapshots every
-    /// `--snapshot-every` entries (default 100,000).
-    pub member_flags: Vec<&'static str>,
     /// Store sizes of the scale step, smaller first.
     pub scale_entries: Vec<u64>,
     /// Seconds of the scale step's latency run without a checkpoint.
@@ -84,7 +78,6 @@ impl Params {
             // Durable acknowledgements; no automatic checkpoint, so that
             // only the checkpoints this suite starts ever run.
             server_flags: vec!["--sync-policy", "always", "--checkpoint-after", "0"],
-            member_flags: vec![],
             scale_entries: if quick {
                 vec![100_000, 1_000_000]
             } else {
