@@ -47,7 +47,7 @@ use crate::error::{ClusterError, Result};
 use crate::state_file;
 use crate::types::{
     Entry, NodeId, TypeConfig, decode_entry, decode_log_id, decode_vote, encode_entry,
-    encode_log_id, encode_vote,
+    encode_log_id, encode_vote, payload_bytes,
 };
 
 /// The longest gap filled with holes (see the module docs).
@@ -57,7 +57,7 @@ pub const MAX_HOLE: u64 = 1 << 16;
 const READ_BATCH: usize = 4 << 20;
 
 /// Most entries the in-memory tail holds (see the module docs). A leader
-/// sends a follower at most `max_payload_entries` (64) entries at a time
+/// sends a follower at most `max_payload_entries` (16) entries at a time
 /// and keeps a few hundred in flight under load.
 pub const TAIL_ENTRIES: usize = 4096;
 
@@ -98,14 +98,6 @@ struct Meta {
 struct Tail {
     entries: std::collections::VecDeque<Entry>,
     bytes: usize,
-}
-
-/// Bytes of commands an entry carries (what the tail counts).
-fn payload_bytes(entry: &Entry) -> usize {
-    match &entry.payload {
-        openraft::EntryPayload::Normal(batch) => batch.0.iter().map(|c| c.len()).sum(),
-        _ => 0,
-    }
 }
 
 impl Tail {

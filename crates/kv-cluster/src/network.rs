@@ -40,8 +40,39 @@ use tokio_util::codec::Framed;
 use crate::tls::{PeerStream, PeerTls};
 use crate::types::{
     Entry, Node, NodeId, TypeConfig, decode_entry, decode_log_id, decode_vote, encode_entry,
-    encode_log_id, encode_vote,
+    encode_log_id, encode_vote, payload_bytes,
 };
+
+/// Most command bytes one append carries (it carries at least one entry,
+/// whatever its size).
+///
+/// Why: openraft 0.9 gives an append one heartbeat (50 ms by default) to
+/// be answered, and a new leader finds where each follower's log stops
+/// matching by a binary search whose every probe carries as many entries
+/// as `max_payload_entries` allows. Entries are batches of up to 64 KiB,
+/// so a probe could be megabytes: on a busy machine it missed its time,
+/// was sent again, missed again, and a follower that lacked two entries
+/// took seconds to be reached after every election (long enough to stand
+/// for election itself and depose the leader). An append cut short here
+/// is reported to openraft as a partial success up to its last entry, and
+/// openraft sends the rest next; the follower commits no further than what
+/// it received.
+pub const MAX_APPEND_BYTES: usize = 512 << 10;
+
+/// How many of `entries` one append carries: those that fit in
+/// `max_bytes` of commands, and at least one.
+fn append_len(entries: &[Entry], max_bytes: usize) -> usize {
+    let mut bytes = 0usize;
+    let mut n = 0;
+    for entry in entries {
+        bytes = bytes.saturating_add(payload_bytes(entry));
+        if n > 0 && bytes > max_bytes {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
 
 /// What identifies a cluster on the wire: a hash of `--initial-cluster`
 /// in a canonical form (members sorted by id), so that a node started with
@@ -318,10 +349,15 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
         let ttl = option.hard_ttl();
+        let sent = append_len(&rpc.entries, MAX_APPEND_BYTES);
+        // The last entry sent, when the append is cut short.
+        let cut = (sent < rpc.entries.len())
+            .then(|| rpc.entries[..sent].last().map(|e| e.log_id))
+            .flatten();
         let request = RaftAppendRequest {
             vote: Some(encode_vote(&rpc.vote)),
             prev_log_id: rpc.prev_log_id.as_ref().map(encode_log_id),
-            entries: rpc.entries.iter().map(encode_entry).collect(),
+            entries: rpc.entries[..sent].iter().map(encode_entry).collect(),
             leader_commit: rpc.leader_commit.as_ref().map(encode_log_id),
         };
         let answer = self
@@ -332,7 +368,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             return Err(unexpected("append"));
         };
         Ok(match RaftAppendOutcome::try_from(r.outcome) {
-            Ok(RaftAppendOutcome::RaftAppendSuccess) => AppendEntriesResponse::Success,
+            Ok(RaftAppendOutcome::RaftAppendSuccess) => match cut {
+                Some(last) => AppendEntriesResponse::PartialSuccess(Some(last)),
+                None => AppendEntriesResponse::Success,
+            },
             Ok(RaftAppendOutcome::RaftAppendPartial) => {
                 AppendEntriesResponse::PartialSuccess(r.matched.as_ref().map(decode_log_id))
             }
@@ -652,6 +691,36 @@ fn append_response(resp: AppendEntriesResponse<NodeId>) -> RaftAppendResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::Batch;
+
+    /// An entry at `index` carrying one command of `bytes` bytes (none for
+    /// a blank entry: `bytes` 0).
+    fn entry(index: u64, bytes: usize) -> Entry {
+        Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: if bytes == 0 {
+                openraft::EntryPayload::Blank
+            } else {
+                openraft::EntryPayload::Normal(Batch(vec![vec![7u8; bytes].into()]))
+            },
+        }
+    }
+
+    #[test]
+    fn an_append_carries_what_fits_and_at_least_one_entry() {
+        let kib = |n: usize| n << 10;
+        let entries: Vec<Entry> = (1..=6).map(|i| entry(i, kib(200))).collect();
+        // 200 + 200 fit in 512 KiB; a third would not.
+        assert_eq!(append_len(&entries, kib(512)), 2);
+        assert_eq!(append_len(&entries, kib(600)), 3);
+        assert_eq!(append_len(&entries, usize::MAX), 6);
+        // An entry larger than the bound still goes, alone.
+        assert_eq!(append_len(&entries, kib(100)), 1);
+        // Blank entries weigh nothing; nothing to send is nothing sent.
+        let blanks: Vec<Entry> = (1..=3).map(|i| entry(i, 0)).collect();
+        assert_eq!(append_len(&blanks, 1), 3);
+        assert_eq!(append_len(&[], kib(512)), 0);
+    }
 
     #[test]
     fn redial_doubles_from_the_first_wait_up_to_the_longest() {

@@ -174,8 +174,8 @@ impl PendingWrite {
 const MAX_BATCH_COMMANDS: usize = 512;
 
 /// Most command bytes one Raft entry carries; a larger command goes alone.
-/// With `max_payload_entries` at 64 an append stays at a few MiB of
-/// gathered writes, well under the peer frame limit.
+/// An append carries at most [`MAX_APPEND_BYTES`](crate::network::MAX_APPEND_BYTES)
+/// of them (and at least one entry), well under the peer frame limit.
 const MAX_BATCH_BYTES: usize = 64 << 10;
 
 /// Entries the proposer has handed to Raft and not yet seen answered, at
@@ -406,9 +406,10 @@ impl ClusterNode {
             election_timeout_min: config.election_timeout.0.as_millis() as u64,
             election_timeout_max: config.election_timeout.1.as_millis() as u64,
             heartbeat_interval: config.heartbeat.as_millis() as u64,
-            // Entries per append: keeps a peer frame well under max_frame
-            // for the store's largest values.
-            max_payload_entries: 64,
+            // Entries per append: a bound on what the log reads for one;
+            // the network cuts an append at MAX_APPEND_BYTES, so that many
+            // batches of 64 KiB are about two appends.
+            max_payload_entries: 16,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
             max_in_snapshot_log_to_keep: config.keep_after_snapshot,
             ..Config::default()

@@ -77,6 +77,15 @@ openraft::declare_raft_types!(
 /// openraft's entry for our configuration.
 pub type Entry = openraft::Entry<TypeConfig>;
 
+/// Bytes of commands an entry carries (what the log's in-memory tail and
+/// an append's size bound count).
+pub(crate) fn payload_bytes(entry: &Entry) -> usize {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(batch) => batch.0.iter().map(|c| c.len()).sum(),
+        _ => 0,
+    }
+}
+
 /// The protobuf form of a log id.
 pub fn encode_log_id(id: &LogId<NodeId>) -> RaftLogId {
     RaftLogId {

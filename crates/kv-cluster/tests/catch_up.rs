@@ -157,3 +157,63 @@ async fn a_follower_behind_the_purged_log_catches_up_and_can_lead() {
     cluster.shutdown().await;
     println!("catch-up test took {:?}", started.elapsed());
 }
+
+/// A follower that lacks entries larger than one append may carry (the
+/// network cuts an append at `MAX_APPEND_BYTES` and reports a partial
+/// success to openraft): restarted, it receives them all, a few at a time,
+/// and holds exactly what was acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_lacking_large_entries_gets_them_in_appends_cut_short() {
+    let mut cluster = Cluster::start(3, false, |_| {}).await;
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    let lagging = *cluster
+        .members
+        .keys()
+        .find(|id| **id != leader)
+        .expect("a follower");
+    let mut model = Contents::new();
+    let put = |i: u64, model: &mut Contents| {
+        let key = format!("large-{i:03}").into_bytes();
+        // Larger than a batch's 64 KiB, so alone in its entry, and two of
+        // them are more than one append carries.
+        let value = vec![b'a' + (i % 26) as u8; (kv_cluster::network::MAX_APPEND_BYTES / 2) + 1];
+        model.insert(key.clone(), value.clone());
+        encode_put(&key, &value)
+    };
+    let first = leader_write(&cluster, leader, put(0, &mut model)).await;
+    cluster
+        .applied(lagging, first, Duration::from_secs(5))
+        .await;
+    cluster.stop(lagging).await;
+
+    let mut last = first;
+    for i in 1..24 {
+        last = leader_write(&cluster, leader, put(i, &mut model)).await;
+    }
+    cluster.restart(lagging).await;
+    cluster
+        .applied(lagging, last, Duration::from_secs(20))
+        .await;
+    let state = cluster.stop_and_read(lagging, last).await;
+    assert!(
+        state == model,
+        "the restarted member's state differs: {} keys, {} expected",
+        state.len(),
+        model.len()
+    );
+    cluster.shutdown().await;
+}
+
+/// Writes `command` on `leader` and returns its Raft index, asserting it
+/// was acknowledged.
+async fn leader_write(cluster: &Cluster, leader: NodeId, command: Vec<u8>) -> u64 {
+    let r = within(
+        Duration::from_secs(10),
+        "a write",
+        cluster.node(leader).submit(command).wait(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("write refused: {e}"));
+    assert!(r.error.is_none(), "{r:?}");
+    r.index
+}
