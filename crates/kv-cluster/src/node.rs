@@ -183,6 +183,23 @@ const MAX_BATCH_BYTES: usize = 64 << 10;
 /// [`propose`]).
 const MAX_ENTRIES_IN_FLIGHT: usize = 16;
 
+/// Proposes the initial membership from this member, unless it has heard
+/// from a candidate or holds a log already (openraft then refuses).
+async fn propose_membership(
+    raft: &Raft<TypeConfig>,
+    node: NodeId,
+    members: &BTreeMap<NodeId, Node>,
+) -> Result<()> {
+    match raft.initialize(members.clone()).await {
+        Ok(()) => tracing::info!(node, "proposed the initial membership"),
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+            tracing::info!(node, "another member proposed the initial membership")
+        }
+        Err(e) => return Err(ClusterError::Corrupt(format!("initialize failed: {e}"))),
+    }
+    Ok(())
+}
+
 /// A write waiting for the proposer.
 struct Proposal {
     command: Vec<u8>,
@@ -473,17 +490,40 @@ impl ClusterNode {
                 peer_redis,
             });
         }
-        match raft.initialize(config.members.clone()).await {
-            Ok(()) => tracing::info!(node = config.node_id, "proposed the initial membership"),
-            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
-                tracing::info!(
-                    node = config.node_id,
-                    "rejoining: the log already holds a membership"
-                )
-            }
-            Err(e) => {
-                return Err(ClusterError::Corrupt(format!("initialize failed: {e}")));
-            }
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| ClusterError::Corrupt(format!("Raft stopped at start: {e}")))?;
+        let rank = config
+            .members
+            .keys()
+            .position(|id| *id == config.node_id)
+            .unwrap_or(0) as u32;
+        if initialized {
+            tracing::info!(
+                node = config.node_id,
+                "rejoining: the log already holds a membership"
+            );
+        } else if rank == 0 {
+            propose_membership(&raft, config.node_id, &config.members).await?;
+        } else {
+            // Every member may form the cluster, but not all at once: the
+            // one with the lowest id proposes at once, the others one
+            // longest election timeout apart, by rank, and only if no
+            // candidate has reached them by then (openraft refuses a node
+            // that has voted). Members that all stood at once would split
+            // the first votes, and openraft 0.9 keeps a member that lost
+            // with a shorter log slower to stand (by twice the longest
+            // election timeout) until it next stands: after forming that
+            // way, a leader's death took over a second to mend.
+            let delay = config.election_timeout.1 * rank;
+            let (raft, node, members) = (raft.clone(), config.node_id, config.members.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if let Err(e) = propose_membership(&raft, node, &members).await {
+                    tracing::error!(node, "{e}");
+                }
+            });
         }
         Ok(ClusterNode {
             raft,

@@ -19,6 +19,11 @@ struct Cluster {
 }
 
 async fn start(n: u64) -> Cluster {
+    start_without(n, &[]).await
+}
+
+/// Starts members `1..=n` of an `n`-member cluster but those `absent`.
+async fn start_without(n: u64, absent: &[NodeId]) -> Cluster {
     let mut listeners = BTreeMap::new();
     let mut members = BTreeMap::new();
     for id in 1..=n {
@@ -32,14 +37,22 @@ async fn start(n: u64) -> Cluster {
         );
         listeners.insert(id, peer);
     }
+    // All at once, as processes started together would.
     let mut dirs = Vec::new();
-    let mut nodes = BTreeMap::new();
+    let mut starting = Vec::new();
     for (id, listener) in listeners {
+        if absent.contains(&id) {
+            continue;
+        }
         let dir = tempfile::tempdir().unwrap();
         let config = ClusterConfig::new(id, members.clone(), dir.path().to_path_buf());
-        nodes.insert(id, ClusterNode::start(config, listener).await.unwrap());
         dirs.push(dir);
+        starting.push(async move { (id, ClusterNode::start(config, listener).await.unwrap()) });
     }
+    let nodes: BTreeMap<NodeId, ClusterNode> = futures::future::join_all(starting)
+        .await
+        .into_iter()
+        .collect();
     Cluster {
         _dirs: dirs,
         nodes,
@@ -67,6 +80,37 @@ impl Cluster {
             assert!(Instant::now() < deadline, "no agreed leader: {seen:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// Members started together do not all stand at once: the first proposes
+/// the membership and stands, the others vote for it before their own
+/// turn comes (all standing at once, any of them could win) (a split first vote would leave the losers slow to stand
+/// later; see `ClusterNode::start`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_started_together_elect_the_first() {
+    let cluster = start(3).await;
+    assert_eq!(cluster.leader().await, 1);
+    for node in cluster.nodes.into_values() {
+        node.shutdown().await;
+    }
+}
+
+/// Without the first member, the others still form the cluster, the
+/// second when its turn comes, and serve writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_others_form_the_cluster_when_the_first_member_is_absent() {
+    let cluster = start_without(3, &[1]).await;
+    let leader = cluster.leader().await;
+    assert_eq!(leader, 2);
+    let answer = cluster.nodes[&leader]
+        .submit(encode_put(b"k", b"v"))
+        .wait()
+        .await
+        .expect("a write on the leader");
+    assert!(answer.error.is_none(), "{answer:?}");
+    for node in cluster.nodes.into_values() {
+        node.shutdown().await;
     }
 }
 
