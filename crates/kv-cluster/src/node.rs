@@ -200,6 +200,53 @@ async fn propose_membership(
     Ok(())
 }
 
+/// Waits until the snapshot `snapshot` reads from the metrics reaches
+/// `target`, having asked for one with `trigger`, and asks again each time
+/// a snapshot is published that falls short: openraft ignores the request
+/// while a snapshot is being built (one it started by itself every
+/// `--snapshot-every` entries, say), and that build may end before
+/// `target`. Without asking again, a checkpoint that came during such a
+/// build waited for the next one, up to [`CHECKPOINT_TIMEOUT`].
+async fn await_snapshot<M, K, F, Fut>(
+    rx: &mut tokio::sync::watch::Receiver<M>,
+    target: K,
+    snapshot: impl Fn(&M) -> K,
+    mut trigger: F,
+    deadline: tokio::time::Instant,
+) -> std::result::Result<(), RequestError>
+where
+    K: PartialOrd,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<(), RequestError>>,
+{
+    let mut asked_at = snapshot(&rx.borrow_and_update());
+    trigger().await?;
+    loop {
+        let now = snapshot(&rx.borrow_and_update());
+        if now >= target {
+            return Ok(());
+        }
+        if now != asked_at {
+            asked_at = now;
+            trigger().await?;
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                return Err(RequestError::Unavailable(
+                    "Raft stopped before the snapshot was written".to_string(),
+                ));
+            }
+            Err(_) => {
+                return Err(RequestError::Unavailable(format!(
+                    "the snapshot was not written within {} s",
+                    CHECKPOINT_TIMEOUT.as_secs()
+                )));
+            }
+        }
+    }
+}
+
 /// A write waiting for the proposer.
 struct Proposal {
     command: Vec<u8>,
@@ -716,31 +763,15 @@ impl ClusterNode {
         // until one covers everything applied when it was asked.
         let mut rx = self.raft.metrics();
         let target = rx.borrow().last_applied;
-        self.raft
-            .trigger()
-            .snapshot()
-            .await
-            .map_err(|e| RequestError::Unavailable(e.to_string()))?;
         let deadline = tokio::time::Instant::now() + CHECKPOINT_TIMEOUT;
-        loop {
-            if rx.borrow().snapshot >= target {
-                return Ok(());
-            }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => {
-                    return Err(RequestError::Unavailable(
-                        "Raft stopped before the snapshot was written".to_string(),
-                    ));
-                }
-                Err(_) => {
-                    return Err(RequestError::Unavailable(format!(
-                        "the snapshot was not written within {} s",
-                        CHECKPOINT_TIMEOUT.as_secs()
-                    )));
-                }
-            }
-        }
+        let trigger = || async {
+            self.raft
+                .trigger()
+                .snapshot()
+                .await
+                .map_err(|e| RequestError::Unavailable(e.to_string()))
+        };
+        await_snapshot(&mut rx, target, |m| m.snapshot, trigger, deadline).await
     }
 
     /// One piece of a backup of this member's state (see
@@ -915,5 +946,69 @@ async fn sweep_expired(
             // Lost the lead or shutting down: the next leader sweeps.
             Err(e) => tracing::debug!(error = %e, "sweeping expired keys failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The snapshot index a fake member publishes, and how often it was
+    /// asked for a snapshot.
+    struct Fake {
+        published: tokio::sync::watch::Sender<Option<u64>>,
+        asked: std::sync::atomic::AtomicUsize,
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_asks_again_when_a_running_snapshot_ends_short() {
+        let (published, mut rx) = tokio::sync::watch::channel(Some(5));
+        let fake = Arc::new(Fake {
+            published,
+            asked: std::sync::atomic::AtomicUsize::new(0),
+        });
+        // The member was building a snapshot up to 8 when asked for one
+        // up to 10: it ignores the first request; the second one, made
+        // after 8 is published, gives 10.
+        let member = Arc::clone(&fake);
+        let trigger = move || {
+            let member = Arc::clone(&member);
+            async move {
+                let n = member.asked.fetch_add(1, Ordering::SeqCst) + 1;
+                let member = Arc::clone(&member);
+                tokio::spawn(async move {
+                    let index = if n == 1 { 8 } else { 10 };
+                    member.published.send_replace(Some(index));
+                });
+                Ok(())
+            }
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        await_snapshot(&mut rx, Some(10), |m| *m, trigger, deadline)
+            .await
+            .expect("the snapshot reaches 10");
+        assert_eq!(fake.asked.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_covered_already_asks_once_and_a_stalled_one_times_out() {
+        let (_published, mut rx) = tokio::sync::watch::channel(Some(12));
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&asked);
+        let trigger = move || {
+            count.fetch_add(1, Ordering::SeqCst);
+            async { Ok(()) }
+        };
+        let soon = tokio::time::Instant::now() + Duration::from_secs(10);
+        await_snapshot(&mut rx, Some(10), |m| *m, trigger.clone(), soon)
+            .await
+            .expect("12 covers 10");
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        // Nothing is ever published: the wait ends at its deadline.
+        let past = tokio::time::Instant::now() + Duration::from_millis(50);
+        let e = await_snapshot(&mut rx, Some(20), |m| *m, trigger, past)
+            .await
+            .expect_err("no snapshot reaches 20");
+        assert!(e.to_string().contains("not written"), "{e}");
     }
 }
