@@ -147,13 +147,7 @@ async fn a_follower_behind_the_purged_log_catches_up_and_can_lead() {
     // The restarted member's own state, read back from its snapshot once
     // stopped, is the same.
     cluster.applied(lagging, last, Duration::from_secs(5)).await;
-    let state = cluster.stop_and_read(lagging, last).await;
-    assert!(
-        state == model,
-        "the restarted member's state differs: {} keys, {} expected",
-        state.len(),
-        model.len()
-    );
+    assert_snapshot_holds(&mut cluster, lagging, last, &model).await;
     cluster.shutdown().await;
     println!("catch-up test took {:?}", started.elapsed());
 }
@@ -194,14 +188,20 @@ async fn a_follower_lacking_large_entries_gets_them_in_appends_cut_short() {
     cluster
         .applied(lagging, last, Duration::from_secs(20))
         .await;
-    let state = cluster.stop_and_read(lagging, last).await;
+    assert_snapshot_holds(&mut cluster, lagging, last, &model).await;
+    cluster.shutdown().await;
+}
+
+/// Has member `id` snapshot its state at `last`, stops it, and asserts
+/// that the snapshot holds exactly `model`.
+async fn assert_snapshot_holds(cluster: &mut Cluster, id: NodeId, last: u64, model: &Contents) {
+    let state = cluster.stop_and_read(id, last).await;
     assert!(
-        state == model,
-        "the restarted member's state differs: {} keys, {} expected",
+        state == *model,
+        "member {id}'s state differs: {} keys, {} expected",
         state.len(),
         model.len()
     );
-    cluster.shutdown().await;
 }
 
 /// Writes `command` on `leader` and returns its Raft index, asserting it
