@@ -350,10 +350,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
         let ttl = option.hard_ttl();
         let sent = append_len(&rpc.entries, MAX_APPEND_BYTES);
-        // The last entry sent, when the append is cut short.
-        let cut = (sent < rpc.entries.len())
-            .then(|| rpc.entries[..sent].last().map(|e| e.log_id))
-            .flatten();
+        // The last entry sent, when the append is cut short (it then
+        // carries at least one).
+        let cut = (sent < rpc.entries.len()).then(|| rpc.entries[sent - 1].log_id);
         let request = RaftAppendRequest {
             vote: Some(encode_vote(&rpc.vote)),
             prev_log_id: rpc.prev_log_id.as_ref().map(encode_log_id),

@@ -85,8 +85,8 @@ impl Cluster {
 
 /// Members started together do not all stand at once: the first proposes
 /// the membership and stands, the others vote for it before their own
-/// turn comes (all standing at once, any of them could win) (a split first vote would leave the losers slow to stand
-/// later; see `ClusterNode::start`).
+/// turn comes. Were they all to stand at once, any of them could win, and
+/// the losers would be slow to stand later (see `ClusterNode::start`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_started_together_elect_the_first() {
     let cluster = start(3).await;

@@ -401,10 +401,10 @@ pub(crate) struct State {
     clock_ms: u64,
     /// While an exact snapshot is copied in pieces ([`State::begin_undo`]):
     /// for every key changed since it began, what the key held then. The
-    /// copy takes these instead
-    /// of the keys' current entries, so it holds the state as of the start
-    /// however many changes land between its pieces. Grows with the keys
-    /// written during one copy, and is dropped when the copy ends.
+    /// copy takes these instead of the keys' current entries, so it holds
+    /// the state as of the start however many changes land between its
+    /// pieces. Grows with the keys written during one copy, and is dropped
+    /// when the copy ends.
     undo: Option<Undo>,
 }
 

@@ -126,10 +126,10 @@ fn cpus() -> usize {
 /// Why not kv-server's default (one per CPU): three members on two cores
 /// then run six runtime workers (and three log flushers), and a write hops
 /// between threads that preempt one another. Measured on this 2-core
-/// machine at 64 connections x pipeline 16 against the leader (alternating
-/// runs of 5 s): 241,800, 238,114 and 267,842 puts/s with two workers a
-/// member, 260,701, 271,852, 272,321, 283,200, 279,149 and 273,615 with
-/// one. The single node beside the cluster keeps its default: one or two
+/// machine at 64 connections x pipeline 16 against the leader (runs of
+/// 5 s, alternating where paired): 247,001, 224,339, 241,800, 238,114 and
+/// 267,842 puts/s with two workers a member; 263,120, 275,499, 260,701,
+/// 271,852, 272,321, 283,200, 279,149 and 273,615 with one. The single node beside the cluster keeps its default: one or two
 /// workers made no difference beyond the spread there (653,244 / 660,066 /
 /// 440,185 against 651,636 / 530,977 / 612,429).
 fn member_worker_threads(cpus: usize, members: usize) -> usize {
